@@ -1,0 +1,76 @@
+"""The FIFO memory bank of target embeddings and its nearest-neighbour search.
+
+Speed lives here, not in the loss: the search walks the bank in chunks and keeps a
+running top-k, so the extra memory is O(batch x chunk) rather than O(batch x bank).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MemoryBank(nn.Module):
+    """`size` unit vectors of dimension `dim`, overwritten oldest-first.
+
+    Buffers (saved in checkpoints): `embeddings` (size x dim), `labels` (size,; -1 = unknown)
+    and `pointer` (the row the next batch is written to).
+    """
+
+    def __init__(self, size: int, dim: int, chunk_size: int = 65536, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        if size <= 0 or dim <= 0 or chunk_size <= 0:
+            raise ValueError(f"memory bank size, dim and chunk_size must be positive, got {size}, {dim}, {chunk_size}")
+        self.size = size
+        self.chunk_size = chunk_size
+        self.register_buffer("embeddings", F.normalize(torch.randn(size, dim), dim=1).to(dtype))
+        self.register_buffer("labels", torch.full((size,), -1, dtype=torch.long))
+        self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
+        # A host-side copy of the pointer: reading the buffer would force a device sync every step.
+        self._pointer = 0
+        self.register_load_state_dict_post_hook(lambda module, _: module._sync_pointer())
+
+    def _sync_pointer(self) -> None:
+        self._pointer = int(self.pointer)
+
+    @torch.no_grad()
+    def enqueue(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        batch = embeddings.shape[0]
+        if self.size % batch != 0:
+            raise ValueError(f"memory bank size {self.size} is not a multiple of the batch size {batch}")
+        start = self._pointer
+        self.embeddings[start:start + batch] = embeddings.to(self.embeddings.dtype)
+        if labels is None:
+            self.labels[start:start + batch] = -1
+        else:
+            self.labels[start:start + batch] = labels
+        self._pointer = (start + batch) % self.size
+        self.pointer.fill_(self._pointer)
+
+    @torch.no_grad()
+    def nearest(self, queries: torch.Tensor, k: int) -> torch.Tensor:
+        """Indices (B x k) of the k bank rows closest to each unit-norm query, closest first.
+
+        Closest by squared distance 2 - 2 q.b, i.e. largest dot product.
+        """
+        if not 0 < k <= self.size:
+            raise ValueError(f"top-k must be in [1, {self.size}] (the bank size), got {k}")
+        queries = queries.to(self.embeddings.dtype)
+        best_sims = best_idx = None
+        for start in range(0, self.size, self.chunk_size):
+            chunk = self.embeddings[start:start + self.chunk_size]
+            sims = queries @ chunk.T
+            chunk_sims, chunk_idx = sims.topk(min(k, chunk.shape[0]), dim=1)
+            chunk_idx += start
+            if best_sims is None:
+                best_sims, best_idx = chunk_sims, chunk_idx
+            else:
+                merged_sims = torch.cat([best_sims, chunk_sims], dim=1)
+                merged_idx = torch.cat([best_idx, chunk_idx], dim=1)
+                best_sims, order = merged_sims.topk(min(k, merged_sims.shape[1]), dim=1)
+                best_idx = merged_idx.gather(1, order)
+        return best_idx
+
+    def gather(self, indices: torch.Tensor) -> torch.Tensor:
+        """Bank rows at `indices` (any shape) -> indices.shape + (dim,)."""
+        return self.embeddings[indices]

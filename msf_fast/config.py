@@ -1,0 +1,165 @@
+"""Every knob of a training run, declared once as fastargs Sections (schema at a glance).
+
+Recipes are YAML files in configs/; any value can be overridden on the command line:
+    python train_imagenet.py --config-file configs/rn50_200_epochs.yaml --train.epochs=100
+`load_config` returns a plain nested namespace (`cfg.msf.topk`), so the core takes explicit values.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from types import SimpleNamespace
+
+import yaml
+from fastargs import Config, Param, Section
+from fastargs.validation import And, Checker, OneOf
+
+from msf_fast.model import RESNETS
+from pipelines.recipe import RECIPE_NAMES
+
+
+class Flag(Checker):
+    """A boolean that also reads "0/1/true/false/yes/no/on/off" from the command line."""
+
+    def check(self, value):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(value)
+
+    def help(self):
+        return "a boolean"
+
+
+def declare_schema(config: Config) -> None:
+    def section(name, desc):
+        return Section(name, desc, config_descriptor=config)
+
+    section("model", "Backbone and heads").params(
+        arch=Param(OneOf(RESNETS), "torchvision ResNet architecture", default="resnet50"),
+        small_input=Param(Flag(), "3x3 stride-1 stem for 32-64 px images", default=False),
+        hidden_dim=Param(int, "MLP hidden width (0: 2 x backbone features)", default=0),
+        proj_dim=Param(int, "embedding width (0: backbone features / 4)", default=0),
+    )
+    section("msf", "Mean-shift loss and memory bank").params(
+        topk=Param(int, "neighbours the query is pulled to (1 = BYOL)", default=5),
+        bank_size=Param(int, "memory bank entries; a multiple of the global batch", default=1_024_000),
+        momentum=Param(float, "target EMA momentum", default=0.99),
+        bank_chunk=Param(int, "bank rows scored at once by the top-k search", default=65536),
+    )
+    section("data", "Training data").params(
+        backend=Param(OneOf(["torch"]), "loader backend", default="torch"),
+        train_path=Param(str, "training ImageFolder", default=""),
+        val_path=Param(str, "held-out ImageFolder for the k-NN monitor ('' = none)", default=""),
+        recipe=Param(OneOf(RECIPE_NAMES), "augmentations target/online: w = weak, s = strong", default="w/s"),
+        resolution=Param(int, "training crop size", default=224),
+        workers=Param(int, "loader worker processes", default=8),
+    )
+    section("optim", "SGD with a cosine schedule").params(
+        lr=Param(float, "learning rate per 256 images (scaled linearly with the global batch)", default=0.05),
+        momentum=Param(float, "SGD momentum", default=0.9),
+        weight_decay=Param(float, "weight decay (all parameters)", default=1e-4),
+        schedule=Param(OneOf(["cosine", "cosine_epoch", "constant"]),
+                       "cosine per step, per epoch (the original code), or constant", default="cosine"),
+    )
+    section("train", "Training loop").params(
+        epochs=Param(int, "epochs", default=200),
+        batch_size=Param(int, "images per process and step", default=256),
+        max_steps=Param(int, "stop after this many steps in total (0 = no limit)", default=0),
+        seed=Param(int, "seed of weights, bank, data order and augmentations", default=0),
+        device=Param(OneOf(["auto", "cpu", "cuda"]), "compute device", default="auto"),
+        amp=Param(OneOf(["auto", "bf16", "fp16", "off"]), "autocast dtype (auto: bf16 where supported)",
+                  default="auto"),
+        channels_last=Param(Flag(), "channels-last memory format", default=True),
+        threads=Param(int, "torch CPU threads (0 = torch's default)", default=0),
+        resume=Param(str, "checkpoint to resume from ('' = start fresh)", default=""),
+    )
+    section("logging", "Outputs").params(
+        folder=Param(str, "run folder: log.jsonl, plots, checkpoints", default="runs/msf"),
+        log_every=Param(int, "steps between log lines", default=50),
+        checkpoint_every=Param(int, "epochs between checkpoints (0 = only at the end)", default=1),
+        progress=Param(Flag(), "progress bar", default=True),
+    )
+    section("eval", "k-NN monitor on held-out images").params(
+        knn_every=Param(int, "epochs between k-NN evaluations (0 = only at the end)", default=0),
+        knn_k=Param(int, "neighbours voting", default=20),
+        knn_final=Param(Flag(), "evaluate k-NN at the end of training", default=True),
+    )
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the parameter."""
+
+
+def load_config(argv: list[str] | None = None) -> SimpleNamespace:
+    config = Config()
+    declare_schema(config)
+    parser = argparse.ArgumentParser(description="Train MSF (see README for the recipes).")
+    parser.add_argument("--config-file", "-C", action="append", default=[],
+                        help="YAML recipe (repeatable; later files and CLI values override earlier ones)")
+    for path in config.entries:
+        parser.add_argument("--" + ".".join(path), default=None)
+    args = parser.parse_args(argv)
+    for fname in args.config_file:
+        config.collect(read_recipe(fname, known=config.entries))
+    config.collect({k: v for k, v in vars(args).items() if k != "config_file" and v is not None})
+    errors = config.validate(mode="errordict")
+    if errors:
+        path, _ = next(iter(errors.items()))
+        param = config.entries[path]
+        raise ConfigError(f"{'.'.join(path)}={config.content.get(path)!r}: expected {param.checker.help()}")
+    cfg = config.get()
+    validate(cfg)
+    return cfg
+
+
+def read_recipe(fname: str, known) -> dict:
+    """A YAML recipe as a dict, rejecting keys the schema does not know (a typo would be ignored)."""
+    if not os.path.isfile(fname):
+        raise ConfigError(f"--config-file: no such file {fname}")
+    with open(fname) as handle:
+        content = yaml.safe_load(handle) or {}
+    for section, values in content.items():
+        for key in (values or {}):
+            if (section, key) not in known:
+                raise ConfigError(f"{fname}: unknown parameter {section}.{key}")
+    return content
+
+
+def validate(cfg, world_size: int = 1) -> None:
+    positive = ["model.hidden_dim>=0", "model.proj_dim>=0", "msf.topk", "msf.bank_size", "msf.bank_chunk",
+                "data.resolution", "data.workers>=0", "train.epochs", "train.batch_size", "train.max_steps>=0",
+                "train.threads>=0", "logging.log_every", "logging.checkpoint_every>=0", "eval.knn_every>=0",
+                "eval.knn_k", "optim.lr>=0"]
+    for rule in positive:
+        name, _, bound = rule.partition(">=")
+        section, key = name.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if bound and value < 0:
+            raise ConfigError(f"{name}={value}: must be >= 0")
+        if not bound and value <= 0:
+            raise ConfigError(f"{name}={value}: must be positive")
+    if not 0 <= cfg.msf.momentum <= 1:
+        raise ConfigError(f"msf.momentum={cfg.msf.momentum}: must be in [0, 1]")
+    global_batch = cfg.train.batch_size * world_size
+    if cfg.msf.bank_size % global_batch:
+        raise ConfigError(f"msf.bank_size={cfg.msf.bank_size}: must be a multiple of the global batch "
+                          f"{global_batch} (train.batch_size={cfg.train.batch_size} x {world_size} process(es))")
+    if cfg.msf.topk > cfg.msf.bank_size:
+        raise ConfigError(f"msf.topk={cfg.msf.topk}: must not exceed msf.bank_size={cfg.msf.bank_size}")
+    if not cfg.data.train_path:
+        raise ConfigError("data.train_path: required (an ImageFolder directory)")
+    if not os.path.isdir(cfg.data.train_path):
+        raise ConfigError(f"data.train_path={cfg.data.train_path}: no such directory")
+    if cfg.data.val_path and not os.path.isdir(cfg.data.val_path):
+        raise ConfigError(f"data.val_path={cfg.data.val_path}: no such directory")
+    if cfg.train.resume and not os.path.isfile(cfg.train.resume):
+        raise ConfigError(f"train.resume={cfg.train.resume}: no such checkpoint file")
+
+
+def to_dict(cfg) -> dict:
+    return {name: dict(vars(section)) for name, section in vars(cfg).items()}

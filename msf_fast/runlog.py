@@ -1,0 +1,53 @@
+"""The run's JSONL log and its plot of loss and k-NN accuracy per epoch."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+class JsonlLog:
+    def __init__(self, path: str | Path, append: bool = False):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a" if append else "w")
+
+    def write(self, **record) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def plot_run(log_path: str | Path, out_path: str | Path) -> Path:
+    """Loss (left axis) and k-NN top-1 (right axis) per epoch, from the `epoch` records of a log."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [r for r in read_jsonl(log_path) if r.get("event") == "epoch"]
+    fig, loss_ax = plt.subplots(figsize=(7, 4), dpi=100)
+    loss_points = [(r["epoch"], r["loss"]) for r in records if r.get("loss") is not None]
+    if loss_points:
+        loss_ax.plot(*zip(*loss_points), color="tab:blue", marker="o", label="MSF loss")
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("loss", color="tab:blue")
+    knn_ax = loss_ax.twinx()
+    knn_points = [(r["epoch"], r["knn_top1"]) for r in records if r.get("knn_top1") is not None]
+    if knn_points:
+        knn_ax.plot(*zip(*knn_points), color="tab:red", marker="s", label="k-NN top-1")
+    knn_ax.set_ylabel("k-NN top-1", color="tab:red")
+    knn_ax.set_ylim(0, 1)
+    fig.suptitle("MSF training: loss and k-NN accuracy per epoch (epoch 0 = random init)")
+    fig.tight_layout()
+    tmp = f"{out_path}.tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, out_path)
+    return Path(out_path)

@@ -1,0 +1,195 @@
+"""The training loop: builds everything from a config, runs epochs of `train_step`, logs,
+evaluates k-NN (epoch 0 = the random initialisation), checkpoints, resumes."""
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from msf_fast import checkpoint as ckpt
+from msf_fast.config import to_dict
+from msf_fast.ema import ForeachEMA
+from msf_fast.knn import knn_accuracy
+from msf_fast.model import MSF
+from msf_fast.runlog import JsonlLog, plot_run
+from msf_fast.schedule import learning_rate, scaled_lr
+from msf_fast.step import resolve_precision, train_step
+from pipelines import build_eval_loader, build_train_loader, two_view_recipe
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(cfg, device: torch.device) -> MSF:
+    model = MSF(arch=cfg.model.arch, bank_size=cfg.msf.bank_size, topk=cfg.msf.topk,
+                momentum=cfg.msf.momentum, hidden_dim=cfg.model.hidden_dim or None,
+                proj_dim=cfg.model.proj_dim or None, small_input=cfg.model.small_input,
+                bank_chunk_size=cfg.msf.bank_chunk)
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    return model.to(device, memory_format=memory_format)
+
+
+class Trainer:
+    def __init__(self, cfg, rank: int = 0, world_size: int = 1):
+        self.cfg = cfg
+        self.rank, self.world_size = rank, world_size
+        self.is_main = rank == 0
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.device = resolve_device(cfg.train.device)
+        self.precision = resolve_precision(cfg.train.amp, self.device)
+        seed_everything(cfg.train.seed)
+
+        self.recipe = two_view_recipe(cfg.data.recipe, cfg.data.resolution)
+        self.loader = build_train_loader(cfg.data.backend, cfg.data.train_path, self.recipe, cfg.train.batch_size,
+                                         cfg.data.workers, cfg.train.seed, rank, world_size,
+                                         pin_memory=self.device.type == "cuda")
+        self.steps_per_epoch = len(self.loader)
+        self.total_steps = self.steps_per_epoch * cfg.train.epochs
+        if cfg.train.max_steps:
+            self.total_steps = min(self.total_steps, cfg.train.max_steps)
+
+        self.model = build_model(cfg, self.device)
+        self.ema = ForeachEMA(self.model.online, self.model.target)
+        self.base_lr = scaled_lr(cfg.optim.lr, cfg.train.batch_size * world_size)
+        self.optimizer = torch.optim.SGD(self.model.trainable_parameters(), lr=self.base_lr,
+                                         momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_scaler else None
+
+        self.folder = Path(cfg.logging.folder)
+        self.checkpoint_path = self.folder / "checkpoints" / "latest.pt"
+        self.epoch, self.step = 0, 0
+        if cfg.train.resume:
+            self._resume(cfg.train.resume)
+        self.log = JsonlLog(self.folder / "log.jsonl", append=bool(cfg.train.resume)) if self.is_main else None
+        self.eval_loaders = None
+        if cfg.data.val_path and (cfg.eval.knn_every or cfg.eval.knn_final):
+            self.eval_loaders = tuple(build_eval_loader(path, self.recipe, 2 * cfg.train.batch_size,
+                                                        cfg.data.workers)
+                                      for path in (cfg.data.train_path, cfg.data.val_path))
+
+    # ------------------------------------------------------------------ state
+    def _resume(self, path: str) -> None:
+        state = ckpt.load_checkpoint(path, map_location=self.device)
+        if state.get("format") != ckpt.FORMAT:
+            raise ValueError(f"{path}: not an msf-fast checkpoint (import original ones with msf_fast.checkpoint)")
+        if state["steps_per_epoch"] != self.steps_per_epoch:
+            raise ValueError(f"{path}: saved with {state['steps_per_epoch']} steps per epoch, this run has "
+                             f"{self.steps_per_epoch} (different data, batch size or world size)")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        ckpt.set_rng_state(state["rng"])
+        self.step = state["step"]
+        self.epoch = self.step // self.steps_per_epoch
+
+    def save_checkpoint(self) -> Path | None:
+        if not self.is_main:
+            return None
+        state = ckpt.training_state(self.model, self.optimizer, self.scaler, self.epoch, self.step,
+                                    self.steps_per_epoch, to_dict(self.cfg))
+        return ckpt.atomic_save(state, self.checkpoint_path)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate_knn(self) -> float | None:
+        if self.eval_loaders is None:
+            return None
+        train_loader, val_loader = self.eval_loaders
+        return knn_accuracy(self.model.online, train_loader, val_loader, self.device, k=self.cfg.eval.knn_k,
+                            amp_dtype=self.precision.dtype)
+
+    def _knn_due(self, epoch: int) -> bool:
+        every = self.cfg.eval.knn_every
+        last = epoch == self.cfg.train.epochs or self.step >= self.total_steps
+        return (every and epoch % every == 0) or (last and self.cfg.eval.knn_final)
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> dict:
+        cfg = self.cfg
+        history = {"knn": {}, "loss": {}}
+        if self.step == 0 and self.eval_loaders is not None and self.is_main:
+            knn0 = self.evaluate_knn()
+            history["knn"][0] = knn0
+            self.log.write(event="epoch", epoch=0, step=0, loss=None, purity=None, knn_top1=knn0)
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (cfg.logging.progress and self.is_main),
+                   unit="step", dynamic_ncols=True, desc="MSF")
+        momentum = cfg.msf.momentum
+        while self.step < self.total_steps:
+            epoch_start = time.perf_counter()
+            skip = self.step - self.epoch * self.steps_per_epoch
+            loss_sum = torch.zeros((), device=self.device)
+            purity_sum = torch.zeros((), device=self.device)
+            steps_done = 0
+            tick, tick_step = time.perf_counter(), self.step
+            for online, target, labels in self.loader.iterate(self.epoch, skip_batches=skip):
+                if self.step >= self.total_steps:
+                    break
+                online = online.to(self.device, non_blocking=True)
+                target = target.to(self.device, non_blocking=True)
+                labels = labels.to(self.device, non_blocking=True)
+                lr = learning_rate(self.base_lr, cfg.optim.schedule, self.step, self.steps_per_epoch,
+                                   cfg.train.epochs)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                out = train_step(self.model, self.ema, self.optimizer, self.scaler, self.precision,
+                                 online, target, labels, momentum)
+                loss_sum += out.loss.detach()
+                purity_sum += out.purity
+                steps_done += 1
+                self.step += 1
+                bar.update(1)
+                if self.step % cfg.logging.log_every == 0 and self.is_main:
+                    now = time.perf_counter()
+                    rate = (self.step - tick_step) * cfg.train.batch_size * self.world_size / (now - tick)
+                    tick, tick_step = now, self.step
+                    record = dict(event="step", epoch=self.epoch + 1, step=self.step, lr=lr,
+                                  loss=out.loss.item(), purity=out.purity.item(), images_per_s=rate)
+                    self.log.write(**record)
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", purity=f"{record['purity']:.2f}",
+                                    img_s=f"{rate:.0f}")
+            epoch_complete = self.step % self.steps_per_epoch == 0
+            if epoch_complete:
+                self.epoch += 1
+            self._end_epoch(history, loss_sum, purity_sum, steps_done, epoch_complete,
+                            time.perf_counter() - epoch_start)
+        bar.close()
+        if self.is_main:
+            self.save_checkpoint()
+            if self.log is not None:
+                self.log.close()
+                plot_run(self.folder / "log.jsonl", self.folder / "training.png")
+        return history
+
+    def _end_epoch(self, history, loss_sum, purity_sum, steps_done, epoch_complete, seconds) -> None:
+        if not self.is_main or steps_done == 0:
+            return
+        epoch = self.epoch if epoch_complete else self.epoch + 1
+        loss = (loss_sum / steps_done).item()
+        purity = (purity_sum / steps_done).item()
+        knn = self.evaluate_knn() if self._knn_due(epoch) else None
+        history["loss"][epoch] = loss
+        if knn is not None:
+            history["knn"][epoch] = knn
+        self.log.write(event="epoch", epoch=epoch, step=self.step, loss=loss, purity=purity, knn_top1=knn,
+                       seconds=seconds, complete=epoch_complete)
+        every = self.cfg.logging.checkpoint_every
+        if epoch_complete and every and epoch % every == 0:
+            self.save_checkpoint()
+        tqdm.write(f"epoch {epoch}: loss {loss:.4f} purity {purity:.3f}"
+                   + (f" k-NN top-1 {knn:.3f}" if knn is not None else "") + f" ({seconds:.0f} s)")

@@ -1,0 +1,39 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_imagefolder(tmp_path_factory):
+    """4 classes x (24 train + 6 val) small random JPEGs of varied sizes."""
+    import numpy as np
+    from PIL import Image
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 24), ("val", 6)):
+        for c in range(4):
+            folder = root / split / f"class_{c}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                h, w = rng.integers(24, 48, size=2)
+                pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+                pixels[..., c % 3] //= 2
+                Image.fromarray(pixels).save(folder / f"{i}.jpg")
+    return root
