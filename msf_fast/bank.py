@@ -6,7 +6,6 @@ running top-k, so the extra memory is O(batch x chunk) rather than O(batch x ban
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -23,7 +22,9 @@ class MemoryBank(nn.Module):
             raise ValueError(f"memory bank size, dim and chunk_size must be positive, got {size}, {dim}, {chunk_size}")
         self.size = size
         self.chunk_size = chunk_size
-        self.register_buffer("embeddings", F.normalize(torch.randn(size, dim), dim=1).to(dtype))
+        embeddings = torch.randn(size, dim)
+        embeddings /= embeddings.norm(dim=1, keepdim=True)  # in place: a 1M x 512 bank is 2 GB
+        self.register_buffer("embeddings", embeddings.to(dtype))
         self.register_buffer("labels", torch.full((size,), -1, dtype=torch.long))
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
         # A host-side copy of the pointer: reading the buffer would force a device sync every step.

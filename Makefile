@@ -1,0 +1,30 @@
+# The two commands of the README. Both set up the project virtualenv first (once; again only
+# when pyproject.toml changes), so a fresh clone needs nothing but python3.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: setup demo test bench clean-demo
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "msf-fast needs Python >= 3.10"; exit 1; }
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+demo: setup
+	$(PY) -m msf_fast.demo
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) -m msf_fast.bench bank
+	$(PY) -m msf_fast.bench ema
+
+clean-demo:
+	rm -rf data/demo runs/demo

@@ -1,0 +1,64 @@
+"""Invalid configurations fail at start with one line naming the parameter."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from msf_fast.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def base(tmp_path):
+    (tmp_path / "train").mkdir(exist_ok=True)
+    return [f"--data.train_path={tmp_path / 'train'}", "--train.batch_size=64", "--msf.bank_size=1024"]
+
+
+@pytest.mark.parametrize("override, named", [
+    ("--msf.bank_size=1000", "msf.bank_size"),
+    ("--msf.topk=2048", "msf.topk"),
+    ("--model.arch=vgg16", "model.arch"),
+    ("--train.batch_size=0", "train.batch_size"),
+    ("--data.resolution=-32", "data.resolution"),
+    ("--data.train_path=/nonexistent/imagenet", "data.train_path"),
+    ("--data.recipe=x/y", "data.recipe"),
+    ("--train.channels_last=maybe", "train.channels_last"),
+    ("--msf.momentum=1.5", "msf.momentum"),
+])
+def test_invalid_values_name_the_parameter(tmp_path, override, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_config(base(tmp_path) + [override])
+
+
+def test_missing_train_path(tmp_path):
+    with pytest.raises(ConfigError, match="data.train_path"):
+        load_config(["--train.batch_size=64", "--msf.bank_size=1024"])
+
+
+def test_yaml_recipe_and_override(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("msf:\n  topk: 3\ntrain:\n  epochs: 7\n")
+    cfg = load_config(base(tmp_path) + ["--config-file", str(recipe), "--train.epochs=9"])
+    assert (cfg.msf.topk, cfg.train.epochs, cfg.model.arch) == (3, 9, "resnet50")
+
+
+def test_yaml_typo_is_an_error(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("msf:\n  top_k: 3\n")
+    with pytest.raises(ConfigError, match="msf.top_k"):
+        load_config(base(tmp_path) + ["--config-file", str(recipe)])
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "configs").glob("*.yaml")))
+def test_shipped_recipes_parse(tmp_path, recipe):
+    cfg = load_config(["--config-file", str(recipe), *base(tmp_path)[:1]])
+    assert cfg.msf.bank_size % cfg.train.batch_size == 0
+
+
+def test_entry_point_exits_2_with_one_line(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "train_imagenet.py"), *base(tmp_path), "--msf.bank_size=1000"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "msf.bank_size=1000" in result.stderr
