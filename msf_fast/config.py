@@ -101,8 +101,9 @@ def load_config(argv: list[str] | None = None) -> SimpleNamespace:
     parser = argparse.ArgumentParser(description="Train MSF (see README for the recipes).")
     parser.add_argument("--config-file", "-C", action="append", default=[],
                         help="YAML recipe (repeatable; later files and CLI values override earlier ones)")
-    for path in config.entries:
-        parser.add_argument("--" + ".".join(path), default=None)
+    for path, param in config.entries.items():
+        parser.add_argument("--" + ".".join(path), default=None, metavar="VALUE",
+                            help=f"{param.desc}; {param.checker.help()} (default: {param.default!r})")
     args = parser.parse_args(argv)
     for fname in args.config_file:
         config.collect(read_recipe(fname, known=config.entries))

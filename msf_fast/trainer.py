@@ -74,6 +74,7 @@ class Trainer:
         self.folder = Path(cfg.logging.folder)
         self.checkpoint_path = self.folder / "checkpoints" / "latest.pt"
         self.epoch, self.step = 0, 0
+        self._saved_step = -1
         if cfg.train.resume:
             self._resume(cfg.train.resume)
         self.log = JsonlLog(self.folder / "log.jsonl", append=bool(cfg.train.resume)) if self.is_main else None
@@ -102,9 +103,12 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         if not self.is_main:
             return None
-        state = ckpt.training_state(self.model, self.optimizer, self.scaler, self.epoch, self.step,
-                                    self.steps_per_epoch, to_dict(self.cfg))
-        return ckpt.atomic_save(state, self.checkpoint_path)
+        if self._saved_step != self.step:
+            state = ckpt.training_state(self.model, self.optimizer, self.scaler, self.epoch, self.step,
+                                        self.steps_per_epoch, to_dict(self.cfg))
+            ckpt.atomic_save(state, self.checkpoint_path)
+            self._saved_step = self.step
+        return self.checkpoint_path
 
     # ------------------------------------------------------------------ evaluation
     def evaluate_knn(self) -> float | None:
