@@ -28,13 +28,17 @@ def ensure_demo_data(root: Path, train_per_class: int, val_per_class: int, seed:
         if all(summary.get(k) == v for k, v in wanted.items()):
             return summary
     print(f"generating the demo dataset in {root} ...", flush=True)
-    return generate_demo_dataset(root, train_per_class=train_per_class, val_per_class=val_per_class, seed=seed)
+    summary_path.unlink(missing_ok=True)
+    summary = generate_demo_dataset(root, train_per_class=train_per_class, val_per_class=val_per_class, seed=seed)
+    summary.update(wanted)
+    summary_path.write_text(json.dumps(summary, indent=2))  # written last: marks the dataset complete
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT / "data" / "demo"), help="where the demo dataset lives")
-    parser.add_argument("--train-per-class", type=int, default=300)
+    parser.add_argument("--train-per-class", type=int, default=200)
     parser.add_argument("--val-per-class", type=int, default=50)
     parser.add_argument("--data-seed", type=int, default=0)
     args, overrides = parser.parse_known_args(argv)

@@ -42,6 +42,10 @@ def plot_run(log_path: str | Path, out_path: str | Path) -> Path:
     knn_points = [(r["epoch"], r["knn_top1"]) for r in records if r.get("knn_top1") is not None]
     if knn_points:
         knn_ax.plot(*zip(*knn_points), color="tab:red", marker="s", label="k-NN top-1")
+        if knn_points[0][0] == 0:
+            knn_ax.axhline(knn_points[0][1], color="tab:red", linestyle=":", linewidth=1,
+                           label="k-NN of the random init")
+        knn_ax.legend(loc="lower right")
     knn_ax.set_ylabel("k-NN top-1", color="tab:red")
     knn_ax.set_ylim(0, 1)
     fig.suptitle("MSF training: loss and k-NN accuracy per epoch (epoch 0 = random init)")
