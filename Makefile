@@ -10,7 +10,8 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "msf-fast needs Python >= 3.10"; exit 1; }
-	@test -x $(PY) || python3 -m venv $(VENV)
+	@test -x $(PY) || python3 -m venv $(VENV) || { command -v apt-get >/dev/null && \
+		apt-get update -qq && apt-get install -y -qq python3-venv && python3 -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	@rm -f $(VENV)/.installed-*
