@@ -75,7 +75,8 @@ def declare_schema(config: Config) -> None:
         amp=Param(OneOf(["auto", "bf16", "fp16", "off"]), "autocast dtype (auto: bf16 where supported)",
                   default="auto"),
         channels_last=Param(Flag(), "channels-last memory format", default=True),
-        threads=Param(int, "torch CPU threads (0 = torch's default)", default=0),
+        threads=Param(int, "torch CPU threads (0 = on CPU the cores left by the loader workers, else torch's default)",
+                      default=0),
         resume=Param(str, "checkpoint to resume from ('' = start fresh)", default=""),
     )
     section("logging", "Outputs").params(

@@ -2,6 +2,7 @@
 evaluates k-NN (epoch 0 = the random initialisation), checkpoints, resumes."""
 from __future__ import annotations
 
+import os
 import random
 import time
 from pathlib import Path
@@ -49,9 +50,13 @@ class Trainer:
         self.cfg = cfg
         self.rank, self.world_size = rank, world_size
         self.is_main = rank == 0
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
         self.device = resolve_device(cfg.train.device)
+        threads = cfg.train.threads
+        if not threads and self.device.type == "cpu":
+            # Loader workers share the cores; oversubscribed torch threads ran ~10x slower on 2 cores.
+            threads = max(1, (os.cpu_count() or 1) - cfg.data.workers)
+        if threads:
+            torch.set_num_threads(threads)
         self.precision = resolve_precision(cfg.train.amp, self.device)
         seed_everything(cfg.train.seed)
 
@@ -167,6 +172,8 @@ class Trainer:
                     self.log.write(**record)
                     bar.set_postfix(loss=f"{record['loss']:.3f}", purity=f"{record['purity']:.2f}",
                                     img_s=f"{rate:.0f}")
+            if steps_done == 0:
+                raise RuntimeError(f"the {self.loader.backend} loader yielded no batch for epoch {self.epoch + 1}")
             epoch_complete = self.step % self.steps_per_epoch == 0
             if epoch_complete:
                 self.epoch += 1
