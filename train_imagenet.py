@@ -14,7 +14,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from msf_fast.trainer import Trainer
-    trainer = Trainer(cfg)
+    try:
+        trainer = Trainer(cfg)
+    except (OSError, ValueError, RuntimeError) as error:  # bad data folder, unusable checkpoint, no CUDA
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     history = trainer.train()
     if trainer.is_main:
         print(json.dumps({"steps": trainer.step, "final_loss": history["loss"].get(max(history["loss"], default=0)),

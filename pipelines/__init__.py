@@ -22,10 +22,9 @@ def build_train_loader(backend: str, root: str, recipe: TwoViewRecipe, batch_siz
 def build_eval_loader(root: str, recipe: TwoViewRecipe, batch_size: int, workers: int):
     """(images, labels) batches with the evaluation transform (resize, centre crop), in file order."""
     from torch.utils.data import DataLoader
-    from torchvision import datasets
 
-    from pipelines.torchvision_backend import eval_transform
-    dataset = datasets.ImageFolder(root, eval_transform(recipe))
+    from pipelines.torchvision_backend import eval_transform, image_folder
+    dataset = image_folder(root, eval_transform(recipe))
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
 
 

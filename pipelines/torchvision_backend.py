@@ -54,6 +54,14 @@ def view_transform(view: ViewRecipe, recipe: TwoViewRecipe) -> transforms.Compos
     return transforms.Compose(ops)
 
 
+def image_folder(root: str, transform=None) -> datasets.ImageFolder:
+    """torchvision's ImageFolder, with the folder named in its errors."""
+    try:
+        return datasets.ImageFolder(root, transform)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{root}: {error}") from None
+
+
 def eval_transform(recipe: TwoViewRecipe) -> transforms.Compose:
     return transforms.Compose([
         transforms.Resize(recipe.eval_resize),
@@ -68,7 +76,7 @@ class TwoViewImageFolder(Dataset):
     (seed, epoch, index) so that an epoch is reproducible whatever the worker count or resume point."""
 
     def __init__(self, root: str, recipe: TwoViewRecipe, seed: int = 0):
-        self.images = datasets.ImageFolder(root)
+        self.images = image_folder(root)
         self.online_transform = view_transform(recipe.online, recipe)
         self.target_transform = view_transform(recipe.target, recipe)
         self.seed = seed

@@ -62,3 +62,11 @@ def test_entry_point_exits_2_with_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "msf.bank_size=1000" in result.stderr
+
+
+def test_entry_point_reports_a_folder_without_images(tmp_path):
+    (tmp_path / "train" / "empty_class").mkdir(parents=True)
+    result = subprocess.run([sys.executable, str(ROOT / "train_imagenet.py"), *base(tmp_path)],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and str(tmp_path / "train") in result.stderr
