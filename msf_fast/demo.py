@@ -59,15 +59,19 @@ def main(argv: list[str] | None = None) -> int:
     history = trainer.train()
     minutes = (time.perf_counter() - start) / 60
     knn = history["knn"]
-    random_init, trained = knn.get(0), knn.get(max(knn)) if knn else None
+    random_init = knn.get(0)
+    trained = knn[max(knn)] if knn and max(knn) > 0 else None
     summary = {"random_init_knn_top1": random_init, "trained_knn_top1": trained,
                "knn_by_epoch": knn, "loss_by_epoch": history["loss"], "steps": trainer.step,
                "minutes": round(minutes, 2), "log": str(trainer.folder / "log.jsonl"),
                "plot": str(trainer.folder / "training.png")}
     (trainer.folder / "summary.json").write_text(json.dumps(summary, indent=2))
     print()
-    print(f"k-NN top-1 (k={cfg.eval.knn_k}, held-out images): random init {random_init:.3f} -> "
-          f"trained {trained:.3f} after {trainer.step} steps ({minutes:.1f} min)")
+    if random_init is None or trained is None:
+        print(f"trained {trainer.step} steps ({minutes:.1f} min); k-NN was not evaluated (eval.* settings)")
+    else:
+        print(f"k-NN top-1 (k={cfg.eval.knn_k}, held-out images): random init {random_init:.3f} -> "
+              f"trained {trained:.3f} after {trainer.step} steps ({minutes:.1f} min)")
     print(f"log: {summary['log']}  plot: {summary['plot']}")
     return 0
 
