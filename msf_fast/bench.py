@@ -2,6 +2,7 @@
 
     python -m msf_fast.bench bank [--batch-size 256 --bank-size 1024000 --dim 512 --topk 5 --chunk 65536]
     python -m msf_fast.bench ema  [--arch resnet50]
+    python -m msf_fast.bench step [--arch resnet50 --batch-size 256 --resolution 224 --steps 10 --reference]
 
 `bank` times the memory-bank search + loss gather against the original's dense formulation,
 each variant in its own process so that its peak extra memory (above the bank itself) is measured.
@@ -110,6 +111,79 @@ def bench_ema(args) -> list[dict]:
     return results + [summary]
 
 
+def _step_runners(args, device: torch.device) -> dict:
+    """name -> (callable running one training step, model)."""
+    from msf_fast.ema import ForeachEMA
+    from msf_fast.model import MSF
+    from msf_fast.reference import OriginalMeanShift
+    from msf_fast.step import resolve_precision, train_step
+
+    generator = torch.Generator().manual_seed(0)
+    shape = (args.batch_size, 3, args.resolution, args.resolution)
+    online_view = torch.randn(shape, generator=generator).to(device)
+    target_view = torch.randn(shape, generator=generator).to(device)
+    labels = torch.arange(args.batch_size, device=device) % 10
+    runners = {}
+
+    torch.manual_seed(0)
+    model = MSF(arch=args.arch, bank_size=args.bank_size, topk=args.topk).to(device, memory_format=torch.channels_last)
+    ema = ForeachEMA(model.online, model.target)
+    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    precision = resolve_precision(args.amp, device)
+    scaler = torch.amp.GradScaler(device.type) if precision.needs_scaler else None
+    online_cl = online_view.contiguous(memory_format=torch.channels_last)
+    target_cl = target_view.contiguous(memory_format=torch.channels_last)
+    runners["msf-fast"] = lambda: train_step(model, ema, optimizer, scaler, precision, online_cl, target_cl,
+                                             labels, 0.99)
+    if args.reference:
+        torch.manual_seed(0)
+        reference = OriginalMeanShift(args.arch, mem_bank_size=args.bank_size, topk=args.topk).to(device)
+        ref_optimizer = torch.optim.SGD([p for p in reference.parameters() if p.requires_grad], lr=0.05,
+                                        momentum=0.9, weight_decay=1e-4, foreach=False)
+
+        def reference_step():  # fp32, NCHW, per-parameter EMA, dense distances: as the original trains
+            loss, _ = reference(online_view, target_view, labels)
+            ref_optimizer.zero_grad()
+            loss.backward()
+            ref_optimizer.step()
+        runners["reference"] = reference_step
+    return runners
+
+
+def bench_step(args) -> list[dict]:
+    device = torch.device(args.device)
+    if args.bank_size % args.batch_size:
+        raise SystemExit(f"bench step: --bank-size {args.bank_size} is not a multiple of --batch-size {args.batch_size}")
+    runners = _step_runners(args, device)
+    for run in runners.values():  # warm-up: allocator, cuDNN autotuning, first-touch
+        for _ in range(2):
+            run()
+    times = {name: [] for name in runners}
+    for _ in range(args.repeats):  # blocks interleaved so every variant sees the same machine
+        for name, run in runners.items():
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                run()
+            _sync(device)
+            times[name].append((time.perf_counter() - start) / args.steps)
+    name_of_device = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    results = []
+    for name in runners:
+        seconds = statistics.median(times[name])
+        results.append({"bench": "step", "variant": name, "arch": args.arch, "batch": args.batch_size,
+                        "resolution": args.resolution, "device": name_of_device, "amp": args.amp if name == "msf-fast" else "off",
+                        "ms_per_step": round(1000 * seconds, 2), "images_per_s": round(args.batch_size / seconds, 1)})
+        print(json.dumps(results[-1]), flush=True)
+    # one process holds every variant, so the peak is the run's, not a variant's
+    summary = {"bench": "step", "process_peak_mem_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+               if device.type == "cuda" else round(_peak_rss_mb(), 1)}
+    if args.reference:
+        summary["speedup_vs_reference"] = round(results[1]["ms_per_step"] / results[0]["ms_per_step"], 2)
+    print(json.dumps(summary), flush=True)
+    return results + [summary]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,12 +203,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default="resnet50")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--device", default=default_device)
+    p = sub.add_parser("step", help="one whole training step on synthetic data (optionally vs the original's way)")
+    p.add_argument("--arch", default="resnet50")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("--bank-size", type=int, default=65536)
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--steps", type=int, default=10, help="steps per timed block")
+    p.add_argument("--repeats", type=int, default=3, help="timed blocks per variant (median reported)")
+    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
+    p.add_argument("--reference", action="store_true", help="also time the original-style step, print the ratio")
+    p.add_argument("--device", default=default_device)
     args = parser.parse_args(argv)
-    if args.command == "_bank_variant":
+    if args.command == "step":
+        bench_step(args)
+    elif args.command == "_bank_variant":
         print(json.dumps(_bank_variant(args)))
     elif args.command == "bank":
         bench_bank(args)
-    else:
+    elif args.command == "ema":
         bench_ema(args)
     return 0
 

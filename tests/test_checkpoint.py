@@ -10,7 +10,7 @@ from msf_fast import export
 from msf_fast.config import load_config
 from msf_fast.model import MSF
 from msf_fast.trainer import Trainer
-from original_msf import OriginalMeanShift, data_parallel_state_dict
+from msf_fast.reference import OriginalMeanShift, data_parallel_state_dict
 
 
 def test_atomic_save_never_leaves_a_torn_file(tmp_path, monkeypatch):

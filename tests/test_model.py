@@ -9,7 +9,7 @@ from msf_fast.bank import MemoryBank
 from msf_fast.ema import ForeachEMA, reference_ema_update
 from msf_fast.model import MSF
 from msf_fast.step import Precision, train_step
-from original_msf import OriginalMeanShift
+from msf_fast.reference import OriginalMeanShift
 
 FP32 = Precision(None, "cpu")
 

@@ -1,5 +1,4 @@
 """The recipe spec and the torchvision baseline loader's contract."""
-import json
 
 import numpy as np
 import pytest
@@ -7,7 +6,6 @@ import torch
 from PIL import Image
 from torchvision import datasets
 
-from msf_fast import bench
 from pipelines import build_train_loader, two_view_recipe
 from pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD, STRONG, WEAK
 from pipelines.sampling import rank_batches
@@ -76,10 +74,3 @@ def test_weak_view_keeps_colour_strong_view_changes_it(tmp_path):
     changed = ((online - expected.view(1, 3, 1, 1)).abs().amax(dim=(1, 2, 3)) > 0.05).float().mean().item()
     # jitter (p 0.8) or grayscale (p 0.2) changes the colour with probability 1 - 0.2 * 0.8 = 0.84
     assert 0.84 - 3 * np.sqrt(0.84 * 0.16 / 64) <= changed <= 1.0
-
-
-def test_bank_benchmark_prints_json(capsys):
-    bench.main(["bank", "--bank-size=8192", "--batch-size=32", "--dim=64", "--chunk=1024", "--repeats=1"])
-    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
-    assert [line.get("variant") for line in lines[:2]] == ["chunked", "dense"]
-    assert lines[2]["same_loss"] is True and lines[0]["peak_extra_mb"] >= 0

@@ -1,6 +1,6 @@
-"""An independent re-statement of the original MSF module (UMBCvision/MSF `MeanShift`), used as the
-test oracle: original parameter names, EMA at the start of forward, dense B x N distance matrices,
-top-k on the full matrix. Written for these tests; no speed tricks."""
+"""The original MSF formulation (UMBCvision/MSF `MeanShift`), re-stated independently of msf_fast.model:
+original parameter names, per-parameter EMA at the start of forward, dense B x N distance matrices,
+top-k on the full matrix. It is the tests' oracle and the step benchmark's baseline; no speed tricks."""
 from __future__ import annotations
 
 import torch
