@@ -153,6 +153,15 @@ def load_original(path: str | Path, map_location="cpu", topk: int | None = None,
                 bank_size=bank_size,
                 topk=topk or getattr(opt, "topk", 5),
                 momentum=momentum if momentum is not None else getattr(opt, "momentum", 0.99))
+    try:
+        model.load_state_dict(original_to_msf_state(state))
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    return model
+
+
+def original_to_msf_state(state: dict) -> dict:
+    """An original MSF state dict (without the DataParallel infix) renamed to `MSF`'s keys."""
     renamed = {}
     for key, value in state.items():
         if key in _ORIGINAL_BUFFERS:
@@ -163,6 +172,5 @@ def load_original(path: str | Path, map_location="cpu", topk: int | None = None,
                 renamed[new + key[len(old):]] = value
                 break
         else:
-            raise ValueError(f"{path}: unexpected key {key!r} in an original MSF checkpoint")
-    model.load_state_dict(renamed)
-    return model
+            raise ValueError(f"unexpected key {key!r} in an original MSF checkpoint")
+    return renamed

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from msf_fast.bank import MemoryBank
+from msf_fast.checkpoint import original_to_msf_state
 from msf_fast.ema import ForeachEMA, reference_ema_update
 from msf_fast.model import MSF
 from msf_fast.step import Precision, train_step
@@ -73,11 +74,7 @@ def test_training_steps_match_the_original_module():
     torch.manual_seed(0)
     original = OriginalMeanShift("resnet18", m=0.99, mem_bank_size=32, topk=5).double()
     ours = MSF(arch="resnet18", bank_size=32, topk=5, momentum=0.99).double()
-    ours.load_state_dict({k.replace("encoder_q.", "online.").replace("encoder_t.", "target.")
-                          .replace("predict_q.", "predictor.").replace("queue_ptr", "bank.pointer")
-                          .replace("queue", "bank.embeddings").replace("labels", "bank.labels"):
-                          v.reshape(()) if k == "queue_ptr" else v
-                          for k, v in original.state_dict().items()})
+    ours.load_state_dict(original_to_msf_state(original.state_dict()))
     opt_a = torch.optim.SGD([p for p in original.parameters() if p.requires_grad], lr=0.05, momentum=0.9,
                             weight_decay=1e-4)
     opt_b = torch.optim.SGD(ours.trainable_parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
