@@ -29,6 +29,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _interleaved_seconds(runners: dict, repeats: int, device: torch.device, calls: int = 1) -> dict:
+    """name -> median seconds per call, timing blocks of `calls` calls interleaved across the
+    variants so that every variant sees the same machine load."""
+    times = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(calls):
+                run()
+            _sync(device)
+            times[name].append((time.perf_counter() - start) / calls)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def _bank_variant(args) -> dict:
     """Runs in a child process: one variant, its median time and its peak extra memory."""
     from msf_fast.bank import MemoryBank
@@ -93,18 +108,11 @@ def bench_ema(args) -> list[dict]:
     ema = ForeachEMA(model.online, model.target)
     variants = {"foreach": lambda: ema.update(0.99),
                 "reference": lambda: reference_ema_update(model.online, model.target, 0.99)}
-    times = {name: [] for name in variants}
-    for _ in range(args.repeats):  # interleaved so both see the same machine load
-        for name, fn in variants.items():
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
+    seconds = _interleaved_seconds(variants, args.repeats, device)
     results = []
     for name in variants:
         results.append({"bench": "ema", "variant": name, "arch": args.arch, "device": str(device),
-                        "us": round(1e6 * statistics.median(times[name]), 1)})
+                        "us": round(1e6 * seconds[name], 1)})
         print(json.dumps(results[-1]), flush=True)
     summary = {"bench": "ema", "speedup_vs_reference": round(results[1]["us"] / results[0]["us"], 2)}
     print(json.dumps(summary), flush=True)
@@ -112,7 +120,7 @@ def bench_ema(args) -> list[dict]:
 
 
 def _step_runners(args, device: torch.device) -> dict:
-    """name -> (callable running one training step, model)."""
+    """name -> a callable running one training step of that variant."""
     from msf_fast.ema import ForeachEMA
     from msf_fast.model import MSF
     from msf_fast.reference import OriginalMeanShift
@@ -158,19 +166,11 @@ def bench_step(args) -> list[dict]:
     for run in runners.values():  # warm-up: allocator, cuDNN autotuning, first-touch
         for _ in range(2):
             run()
-    times = {name: [] for name in runners}
-    for _ in range(args.repeats):  # blocks interleaved so every variant sees the same machine
-        for name, run in runners.items():
-            _sync(device)
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                run()
-            _sync(device)
-            times[name].append((time.perf_counter() - start) / args.steps)
+    per_step = _interleaved_seconds(runners, args.repeats, device, calls=args.steps)
     name_of_device = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     results = []
     for name in runners:
-        seconds = statistics.median(times[name])
+        seconds = per_step[name]
         results.append({"bench": "step", "variant": name, "arch": args.arch, "batch": args.batch_size,
                         "resolution": args.resolution, "device": name_of_device, "amp": args.amp if name == "msf-fast" else "off",
                         "ms_per_step": round(1000 * seconds, 2), "images_per_s": round(args.batch_size / seconds, 1)})

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from msf_fast.ema import reference_ema_update
+
 
 def _mlp(in_dim, hidden, out_dim):
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
@@ -35,8 +37,7 @@ class OriginalMeanShift(nn.Module):
     def forward(self, im_q, im_t, labels):
         query = F.normalize(self.predict_q(self.encoder_q(im_q)), dim=1)
         with torch.no_grad():
-            for q, t in zip(self.encoder_q.parameters(), self.encoder_t.parameters()):
-                t.data = t.data * self.m + q.data * (1.0 - self.m)
+            reference_ema_update(self.encoder_q, self.encoder_t, self.m)
             target = F.normalize(self.encoder_t(im_t), dim=1)
             ptr = int(self.queue_ptr)
             self.queue[ptr:ptr + len(target)] = target
