@@ -4,7 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test bench clean-demo
+FFCV_SYSTEM_PACKAGES := pkg-config libturbojpeg0-dev libopencv-dev
+
+.PHONY: setup demo test bench clean-demo ffcv-system-packages
 
 setup: $(STAMP)
 
@@ -13,7 +15,9 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV) || { command -v apt-get >/dev/null && \
 		apt-get update -qq && apt-get install -y -qq python3-venv && python3 -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	@$(MAKE) --no-print-directory ffcv-system-packages || echo "note: FFCV's system libraries are missing; FFCV is left out"
+	$(PY) -m pip install -q -e '.[test,ffcv]' || { echo "note: FFCV did not install; installing without it"; \
+		$(PY) -m pip install -q -e '.[test]'; }
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -29,3 +33,8 @@ bench: setup
 
 clean-demo:
 	rm -rf data/demo runs/demo
+
+# FFCV compiles against libturbojpeg and OpenCV; install them with apt when missing (needs root).
+ffcv-system-packages:
+	@dpkg -s $(FFCV_SYSTEM_PACKAGES) >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(FFCV_SYSTEM_PACKAGES) >/dev/null; }

@@ -1,0 +1,168 @@
+"""What both store writers share: the command line, choosing the samples, the manifest, the summary, exit codes.
+
+Exit codes: 0 written; 1 nothing written because every image was bad or `--strict` met a bad image;
+2 the source or the destination is unusable (one error line, before any work).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+
+from dataset_prep.image_folder import ImageFolderListing, SourceError, list_image_folder, random_subset
+from dataset_prep.progress import available_cores
+from dataset_prep.staging import OutputError, check_destination
+
+SHOWN_SKIPS = 20
+
+
+class ConversionError(Exception):
+    """The conversion ran but produced nothing worth keeping (exit code 1)."""
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, max_resolution_help: str, default_resolution: int):
+    parser.add_argument("src", metavar="SRC_DIR", help="ImageFolder: SRC_DIR/class_name/image.jpg")
+    parser.add_argument("--max-resolution", type=int, default=default_resolution, metavar="S",
+                        help=max_resolution_help)
+    parser.add_argument("--jpeg-quality", type=int, default=90, metavar="Q",
+                        help="quality of re-encoded JPEGs, 1-100 (default 90)")
+    parser.add_argument("--workers", type=int, default=available_cores(), metavar="N",
+                        help="processes that decode and encode (default: the cores available, here "
+                             f"{available_cores()})")
+    parser.add_argument("--limit", type=int, default=0, metavar="N",
+                        help="convert a seeded random subset of N images, spread over all classes (quick tests)")
+    parser.add_argument("--val", action="store_true",
+                        help="validation split: keep ImageFolder order (see the README for the eval recipe)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for --limit and shuffling (default 0)")
+    parser.add_argument("--strict", action="store_true",
+                        help="write nothing and exit 1 if any image is bad (they are all listed)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output (kept until done)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def check_common_arguments(args) -> None:
+    if args.max_resolution < 0:
+        raise SourceError(f"--max-resolution must be >= 0, got {args.max_resolution}")
+    if not 1 <= args.jpeg_quality <= 100:
+        raise SourceError(f"--jpeg-quality must be in 1..100, got {args.jpeg_quality}")
+    if args.workers < 1:
+        raise SourceError(f"--workers must be >= 1, got {args.workers}")
+    if args.limit < 0:
+        raise SourceError(f"--limit must be >= 0, got {args.limit}")
+
+
+@dataclass
+class ConversionReport:
+    """Everything the manifest and the summary line say about one conversion."""
+    store_format: str
+    args: argparse.Namespace
+    listing: ImageFolderListing
+    selected: list[tuple[str, int]]
+    written: list[tuple[str, int]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    extra: dict = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    def relative(self, path: str) -> str:
+        return os.path.relpath(path, self.listing.root)
+
+    def manifest(self, store_path: str) -> dict:
+        seconds = time.perf_counter() - self.started
+        options = {key: value for key, value in vars(self.args).items()
+                   if key not in ("src", "out", "progress", "overwrite")}
+        return {
+            "format": self.store_format,
+            "split": "val" if self.args.val else "train",
+            "store": os.path.basename(os.path.normpath(store_path)),
+            "source": os.path.abspath(self.listing.root),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "writer": f"msf-fast {_version()}",
+            "options": options,
+            "num_classes": len(self.listing.classes),
+            "classes": self.listing.class_to_index,
+            "counts": {"found": len(self.listing.samples), "selected": len(self.selected),
+                       "written": len(self.written), "skipped": len(self.skipped),
+                       "ignored_non_image_files": len(self.listing.ignored_files)},
+            "written_per_class": self.listing.counts_per_class(self.written),
+            "skipped": [{"path": self.relative(path), "reason": reason} for path, reason in self.skipped],
+            "seconds": round(seconds, 3),
+            "images_per_s": round(len(self.selected) / seconds, 1) if seconds > 0 else None,
+            **self.extra,
+        }
+
+    def check_outcome(self, prog: str) -> None:
+        """Print the skipped files; raise ConversionError when the store must not be kept."""
+        for path, reason in self.skipped[:SHOWN_SKIPS]:
+            print(f"{prog}: skipped {self.relative(path)}: {reason}", file=sys.stderr)
+        if len(self.skipped) > SHOWN_SKIPS:
+            print(f"{prog}: ... and {len(self.skipped) - SHOWN_SKIPS} more skipped files", file=sys.stderr)
+        if not self.written:
+            raise ConversionError(f"no image could be converted ({len(self.skipped)} bad files); nothing written")
+        if self.skipped and self.args.strict:
+            raise ConversionError(f"--strict: {len(self.skipped)} of {len(self.selected)} images are bad; "
+                                  "nothing written")
+
+    def summary(self, prog: str, store_path: str, manifest_path: str, size_bytes: int) -> str:
+        seconds = time.perf_counter() - self.started
+        line = (f"{prog}: wrote {len(self.written):,} images of {len(self.listing.classes)} classes to "
+                f"{store_path} ({human_bytes(size_bytes)}) in {seconds:.1f} s "
+                f"({len(self.selected) / seconds:,.0f} img/s)")
+        if self.skipped:
+            line += f"; skipped {len(self.skipped)} bad files (listed in {manifest_path})"
+        return line
+
+
+def human_bytes(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+        size /= 1024
+    raise AssertionError
+
+
+def _version() -> str:
+    try:
+        return metadata.version("msf-fast")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def select_samples(args) -> tuple[ImageFolderListing, list[tuple[str, int]]]:
+    listing = list_image_folder(args.src)
+    return listing, random_subset(listing.samples, args.limit, args.seed)
+
+
+def write_json(path: str, data: dict) -> None:
+    with open(path, "w") as file:
+        json.dump(data, file, indent=1)
+        file.write("\n")
+
+
+def stored_bytes(path: str) -> int:
+    if os.path.isdir(path):
+        return sum(entry.stat().st_size for entry in os.scandir(path) if entry.is_file())
+    return os.path.getsize(path)
+
+
+def run_cli(prog: str, parser: argparse.ArgumentParser, convert, argv=None) -> int:
+    """Parse, check the source and destination, convert; map failures to one line and an exit code."""
+    args = parser.parse_args(argv)
+    try:
+        check_common_arguments(args)
+        check_destination(args.out, args.overwrite)
+        convert(args)
+    except (SourceError, OutputError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    except ConversionError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; nothing written", file=sys.stderr)
+        return 130
+    return 0

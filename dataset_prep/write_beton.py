@@ -1,0 +1,193 @@
+"""ImageFolder -> FFCV `.beton` (RGBImageField + IntField), written by FFCV's own DatasetWriter.
+
+    python -m dataset_prep.write_beton SRC_DIR OUT.beton [--max-resolution 256] [--write-mode proportion] ...
+
+Two parallel passes: a fast scan decodes every file once (JPEGs at 1/8 DCT scale, which still reads every byte)
+to find the bad ones, because FFCV needs the final sample count up front; then FFCV's workers decode, make upright
+RGB, shrink to --max-resolution (FFCV's INTER_AREA) and store each image as JPEG or raw pixels. Samples keep
+ImageFolder order. A manifest is written beside the store as OUT.beton.manifest.json.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import sys
+import time
+from functools import partial
+from multiprocessing import Process, Queue, Value
+
+import numpy as np
+
+from dataset_prep.conversion import (ConversionError, ConversionReport, add_common_arguments, run_cli,
+                                     select_samples, stored_bytes, write_json)
+from dataset_prep.image_folder import SourceError
+from dataset_prep.images import BadImage, check_image, fitted_size, load_rgb
+from dataset_prep.progress import parallel_map, progress_bar
+from dataset_prep.staging import StagedPath
+
+PROG = "write_beton"
+WRITE_MODES = ("proportion", "jpg", "raw", "smart")
+
+
+def scan_sample(sample: tuple[str, int]) -> tuple[tuple[int, int] | None, str | None]:
+    try:
+        return check_image(sample[0]), None
+    except BadImage as error:
+        return None, str(error)
+
+
+class StoreDataset:
+    """What FFCV's writer workers index: (upright RGB uint8 array, label).
+
+    Seeding numpy per sample makes FFCV's random JPEG-or-raw choice ('proportion' mode, drawn right after
+    this call) a function of the sample, so the store is the same whatever the number of workers.
+    """
+
+    def __init__(self, samples: list[tuple[str, int]], max_side: int, seed: int):
+        self.samples, self.max_side, self.seed = samples, max_side, seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        np.random.seed((self.seed * 1_000_003 + index) % 2**32)
+        try:
+            image = load_rgb(path, self.max_side)
+        except BadImage as error:  # it decoded during the scan: the file changed under us
+            raise RuntimeError(f"{path}: {error} (the file changed after the scan)") from None
+        return np.asarray(image), label
+
+
+def page_size_for(sizes: list[tuple[int, int]]) -> int:
+    """FFCV page size: a power of two that holds the largest sample twice; 8 MiB (FFCV's default, good for
+    reading) unless the store is small, where 2 MiB wastes less of the last page of each worker."""
+    raw_bytes = [width * height * 3 for width, height in sizes]
+    smallest = 1 << 23 if sum(raw_bytes) > 64 << 23 else 1 << 21
+    return max(smallest, 1 << int(2 * max(raw_bytes) - 1).bit_length())
+
+
+def import_ffcv():
+    try:
+        import ffcv.fields
+        import ffcv.writer
+    except ImportError as error:
+        raise SourceError(f"FFCV is not installed ({error}); install it with: apt-get install -y pkg-config "
+                          "libturbojpeg0-dev libopencv-dev && pip install -e '.[ffcv]'") from None
+    return ffcv
+
+
+def make_writer(path: str, args, sizes: list[tuple[int, int]]):
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    class MonitoredDatasetWriter(DatasetWriter):
+        """FFCV's writer with our progress bar, and an error instead of a hang when a worker dies.
+
+        `_write_common` follows ffcv 1.0.2's; its progress loop waits forever for samples of a dead worker.
+        """
+
+        def _write_common(self, num_samples, queue_content, work_fn, extra_worker_args):
+            from ffcv.memory_allocator import MemoryAllocator
+
+            self.num_samples = num_samples
+            self.prepare()
+            work_queue, allocations_queue = Queue(), Queue()
+            for todo in queue_content:
+                work_queue.put(todo)
+            for _ in range(self.num_workers):
+                work_queue.put(None)
+            done = Value(ctypes.c_uint64, 0)
+            allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
+            worker_args = (work_queue, self.metadata_sm, self.metadata_type, self.fields, allocator, done,
+                           allocations_queue, *extra_worker_args)
+            workers = [Process(target=work_fn, args=worker_args, daemon=True) for _ in range(self.num_workers)]
+            for worker in workers:
+                worker.start()
+            try:
+                with progress_bar(num_samples, PROG, args.progress) as bar:
+                    reported = 0
+                    while reported < num_samples:
+                        time.sleep(0.05)
+                        bar.update(done.value - reported)
+                        reported = done.value
+                        failed = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+                        if failed:
+                            raise ConversionError(f"an FFCV writer worker failed (exit code {failed[0]}); "
+                                                  "its error is printed above; nothing written")
+                allocations = []
+                for _ in workers:
+                    allocations.extend(allocations_queue.get())
+                self.finalize(allocations)
+            finally:
+                for worker in workers:
+                    if worker.is_alive():
+                        worker.terminate()
+                    worker.join()
+                self.metadata_sm.close()
+                self.metadata_sm.unlink()
+
+    image_field = RGBImageField(write_mode=args.write_mode, max_resolution=args.max_resolution or None,
+                                smart_threshold=args.smart_threshold, jpeg_quality=args.jpeg_quality,
+                                compress_probability=args.compress_probability)
+    return MonitoredDatasetWriter(path, {"image": image_field, "label": IntField()},
+                                  page_size=page_size_for(sizes), num_workers=args.workers)
+
+
+def convert(args) -> None:
+    if args.val:
+        args.write_mode = "jpg"
+    if not 0.0 <= args.compress_probability <= 1.0:
+        raise SourceError(f"--compress-probability must be in [0, 1], got {args.compress_probability}")
+    import_ffcv()  # seconds of torch/numba imports: before the clock starts, and a clear error if missing
+    listing, samples = select_samples(args)
+    report = ConversionReport("ffcv-beton", args, listing, samples)
+    store = StagedPath(args.out)
+    manifest = StagedPath(args.out + ".manifest.json")
+    try:
+        sizes = []
+        for sample, (size, reason) in zip(samples, parallel_map(scan_sample, samples, args.workers,
+                                                                 f"{PROG} (scan)", args.progress)):
+            if size is None:
+                report.skipped.append((sample[0], reason))
+            else:
+                report.written.append(sample)
+                sizes.append(fitted_size(*size, args.max_resolution))
+        report.check_outcome(PROG)
+        writer = make_writer(store.temporary, args, sizes)
+        writer.from_indexed_dataset(StoreDataset(report.written, args.max_resolution, args.seed),
+                                    chunksize=max(1, min(100, len(report.written) // (8 * args.workers))))
+        write_json(manifest.temporary, report.manifest(args.out))
+        size = stored_bytes(store.temporary)
+        manifest.commit()
+        store.commit()
+    except BaseException:
+        store.discard()
+        manifest.discard()
+        raise
+    print(report.summary(PROG, args.out, args.out + ".manifest.json", size))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m dataset_prep.{PROG}", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser, "longest side of stored images, larger ones are shrunk (default 256; "
+                                 "0 keeps full resolution)", default_resolution=256)
+    parser.add_argument("out", metavar="OUT.beton", help="the store to create")
+    parser.add_argument("--write-mode", choices=WRITE_MODES, default="proportion",
+                        help="how images are stored: 'jpg', 'raw' pixels (fast to read, ~6x larger), "
+                             "'proportion' (JPEG with probability --compress-probability, else raw), 'smart' "
+                             "(raw unless larger than --smart-threshold bytes); default proportion; --val sets jpg")
+    parser.add_argument("--compress-probability", type=float, default=0.5, metavar="P",
+                        help="'proportion' mode: fraction stored as JPEG (default 0.5)")
+    parser.add_argument("--smart-threshold", type=int, default=256 * 256 * 3, metavar="BYTES",
+                        help="'smart' mode: raw images above this many bytes are stored as JPEG (default 196608)")
+    return parser
+
+
+def main(argv=None) -> int:
+    return run_cli(PROG, build_parser(), convert, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""ImageFolder -> TFRecord shards of `tf.train.Example` (JPEG bytes + int64 label), each with a DALI index.
+
+    python -m dataset_prep.write_tfrecord SRC_DIR OUT_DIR [--shards N] [--max-resolution 0|S] [--workers N] ...
+
+Images are shuffled across shards (seeded) and shards are balanced to within one record. Upright RGB JPEGs
+that need no resizing are stored byte for byte; everything else is decoded, made upright RGB, shrunk and
+re-encoded. OUT_DIR holds SPLIT-00000-of-0000N.tfrecord, the matching .idx files and manifest.json.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import sys
+from functools import partial
+
+from dataset_prep.conversion import (ConversionReport, add_common_arguments, run_cli, select_samples,
+                                     stored_bytes, write_json)
+from dataset_prep.image_folder import SourceError
+from dataset_prep.images import BadImage, stored_jpeg
+from dataset_prep.progress import parallel_map
+from dataset_prep.staging import StagedPath
+from dataset_prep.tfrecord_format import TFRecordWriter, image_example
+
+PROG = "write_tfrecord"
+IMAGES_PER_SHARD = 1024  # --shards 0: ImageNet's 1.28 M images give about 1,250 shards of ~140 MB
+
+
+def encode_sample(sample: tuple[str, int], max_side: int, quality: int) -> tuple[bytes | None, str | None]:
+    path, label = sample
+    try:
+        return image_example(stored_jpeg(path, max_side, quality), label), None
+    except BadImage as error:
+        return None, str(error)
+
+
+def shard_plan(samples: list, shards: int, shuffle: bool, seed: int) -> list[list]:
+    """Split the samples into `shards` lists whose sizes differ by at most one; shuffled first unless told not to."""
+    order = list(samples)
+    if shuffle:
+        random.Random(seed).shuffle(order)
+    bounds = [round(i * len(order) / shards) for i in range(shards + 1)]
+    return [order[bounds[i]:bounds[i + 1]] for i in range(shards)]
+
+
+def convert(args) -> None:
+    listing, samples = select_samples(args)
+    if args.shards < 0:
+        raise SourceError(f"--shards must be >= 0, got {args.shards}")
+    shards = args.shards or math.ceil(len(samples) / IMAGES_PER_SHARD)
+    if shards > len(samples):
+        raise SourceError(f"--shards {shards} is more than the {len(samples)} images to write")
+    report = ConversionReport("tfrecord", args, listing, samples)
+    split = "val" if args.val else "train"
+    staged = StagedPath(args.out, is_dir=True)
+    try:
+        plan = shard_plan(samples, shards, shuffle=not args.val, seed=args.seed)
+        encode = partial(encode_sample, max_side=args.max_resolution, quality=args.jpeg_quality)
+        results = parallel_map(encode, [sample for shard in plan for sample in shard], args.workers,
+                               "write_tfrecord", args.progress)
+        shard_records = []
+        for number, shard in enumerate(plan):
+            name = f"{split}-{number:05d}-of-{shards:05d}"
+            with TFRecordWriter(os.path.join(staged.temporary, f"{name}.tfrecord"),
+                                os.path.join(staged.temporary, f"{name}.idx")) as writer:
+                for sample, (example, reason) in zip(shard, results):
+                    if example is None:
+                        report.skipped.append((sample[0], reason))
+                    else:
+                        writer.write(example)
+                        report.written.append(sample)
+            shard_records.append({"tfrecord": f"{name}.tfrecord", "index": f"{name}.idx",
+                                  "records": writer.count})
+        report.check_outcome(PROG)
+        report.extra["shards"] = shard_records
+        write_json(os.path.join(staged.temporary, "manifest.json"), report.manifest(args.out))
+        size = stored_bytes(staged.temporary)
+        staged.commit()
+    except BaseException:
+        staged.discard()
+        raise
+    print(report.summary(PROG, args.out, os.path.join(args.out, "manifest.json"), size))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m dataset_prep.{PROG}", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser, "longest side of stored images; larger ones are shrunk and re-encoded "
+                                 "(default 0: keep every image's resolution)", default_resolution=0)
+    parser.add_argument("out", metavar="OUT_DIR", help="folder to create for the shards (must not exist)")
+    parser.add_argument("--shards", type=int, default=0, metavar="N",
+                        help=f"number of shards (default 0: one per {IMAGES_PER_SHARD} images)")
+    return parser
+
+
+def main(argv=None) -> int:
+    return run_cli(PROG, build_parser(), convert, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
