@@ -57,7 +57,8 @@ def image_example(jpeg: bytes, label: int) -> bytes:
 
 
 class TFRecordWriter:
-    """Appends framed records to a shard file and the matching DALI index lines to its index file."""
+    """Appends framed records (see `frame_record`) to a shard file and the matching DALI index lines to its
+    index file. Framing is left to the caller so that CRCs can be computed in worker processes."""
 
     def __init__(self, record_path: str, index_path: str):
         self.records = open(record_path, "wb")
@@ -65,8 +66,7 @@ class TFRecordWriter:
         self.offset = 0
         self.count = 0
 
-    def write(self, payload: bytes) -> None:
-        record = frame_record(payload)
+    def write(self, record: bytes) -> None:
         self.records.write(record)
         self.index.write(f"{self.offset} {len(record)}\n")
         self.offset += len(record)

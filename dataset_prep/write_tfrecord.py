@@ -21,16 +21,17 @@ from dataset_prep.image_folder import SourceError
 from dataset_prep.images import BadImage, stored_jpeg
 from dataset_prep.progress import parallel_map
 from dataset_prep.staging import StagedPath
-from dataset_prep.tfrecord_format import TFRecordWriter, image_example
+from dataset_prep.tfrecord_format import TFRecordWriter, frame_record, image_example
 
 PROG = "write_tfrecord"
 IMAGES_PER_SHARD = 1024  # --shards 0: ImageNet's 1.28 M images give about 1,250 shards of ~140 MB
 
 
 def encode_sample(sample: tuple[str, int], max_side: int, quality: int) -> tuple[bytes | None, str | None]:
+    """The framed record for one sample (all CPU work happens here, in a worker), or the reason it is bad."""
     path, label = sample
     try:
-        return image_example(stored_jpeg(path, max_side, quality), label), None
+        return frame_record(image_example(stored_jpeg(path, max_side, quality), label)), None
     except BadImage as error:
         return None, str(error)
 
@@ -64,11 +65,11 @@ def convert(args) -> None:
             name = f"{split}-{number:05d}-of-{shards:05d}"
             with TFRecordWriter(os.path.join(staged.temporary, f"{name}.tfrecord"),
                                 os.path.join(staged.temporary, f"{name}.idx")) as writer:
-                for sample, (example, reason) in zip(shard, results):
-                    if example is None:
+                for sample, (record, reason) in zip(shard, results):
+                    if record is None:
                         report.skipped.append((sample[0], reason))
                     else:
-                        writer.write(example)
+                        writer.write(record)
                         report.written.append(sample)
             shard_records.append({"tfrecord": f"{name}.tfrecord", "index": f"{name}.idx",
                                   "records": writer.count})

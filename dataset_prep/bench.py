@@ -1,0 +1,75 @@
+"""Conversion speed of both writers, 1 worker vs N workers, on the demo images and on ImageNet-like photos.
+
+    python -m dataset_prep.bench [--photos 600] [--workers 1 2] [--repeats 3]
+
+Each run is a fresh `python -m dataset_prep.write_*` process; its conversion time is the manifest's `seconds`
+(listing the source and importing FFCV are not counted). Runs are interleaved over the repeats and the medians
+are reported, one JSON line per (writer, data, workers), then one line per (writer, data) with the speed-up.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+from dataset_prep.demo_data import generate_demo_dataset
+from dataset_prep.synthetic_photos import generate_photo_folder
+
+WRITERS = {
+    "beton": ("write_beton", "store.beton", ["--max-resolution", "256"]),  # default: proportion, JPEG q90
+    "tfrecord": ("write_tfrecord", "store", []),  # default: full resolution, upright RGB JPEGs kept as they are
+    "tfrecord-256": ("write_tfrecord", "store", ["--max-resolution", "256"]),  # every photo re-encoded
+}
+
+
+def convert_seconds(writer: str, source: str, workers: int, scratch: str) -> tuple[float, int]:
+    module, name, options = WRITERS[writer]
+    out = os.path.join(scratch, name)
+    subprocess.run([sys.executable, "-m", f"dataset_prep.{module}", source, out, "--workers", str(workers),
+                    "--no-progress", "--overwrite", *options], check=True, stdout=subprocess.DEVNULL)
+    manifest = json.load(open(os.path.join(out, "manifest.json") if os.path.isdir(out) else out + ".manifest.json"))
+    return manifest["seconds"], manifest["counts"]["written"]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dataset_prep.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", default="data/bench", help="where the benchmark images are generated")
+    parser.add_argument("--photos", type=int, default=600, help="number of 500x375 synthetic photos")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--writers", nargs="+", default=list(WRITERS), choices=list(WRITERS))
+    args = parser.parse_args(argv)
+
+    demo = os.path.join(args.data_root, "demo")
+    generate_demo_dataset(demo, train_per_class=100, val_per_class=1, seed=0)
+    sources = {"demo": os.path.join(demo, "train"),
+               "photos-500x375": generate_photo_folder(os.path.join(args.data_root, "photos"),
+                                                       classes=10, per_class=max(1, args.photos // 10))}
+    seconds: dict = {}
+    with tempfile.TemporaryDirectory(dir=args.data_root) as scratch:
+        for _ in range(args.repeats):
+            for data, source in sources.items():
+                for writer in args.writers:
+                    for workers in args.workers:
+                        elapsed, images = convert_seconds(writer, source, workers, scratch)
+                        seconds.setdefault((writer, data, workers), []).append(elapsed)
+                        seconds.setdefault(("images", data), images)
+    for (writer, data, workers), runs in ((k, v) for k, v in seconds.items() if k[0] != "images"):
+        rate = seconds[("images", data)] / statistics.median(runs)
+        print(json.dumps({"writer": writer, "data": data, "workers": workers, "images": seconds[("images", data)],
+                          "images_per_s": round(rate, 1), "images_per_s_per_worker": round(rate / workers, 1),
+                          "seconds_runs": [round(s, 3) for s in runs]}))
+    low, high = min(args.workers), max(args.workers)
+    for data in sources:
+        for writer in args.writers:
+            speedup = statistics.median(seconds[(writer, data, low)]) / statistics.median(seconds[(writer, data, high)])
+            print(json.dumps({"writer": writer, "data": data, f"speedup_{high}_vs_{low}_workers": round(speedup, 2)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

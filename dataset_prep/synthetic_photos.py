@@ -1,0 +1,69 @@
+"""ImageNet-like synthetic photos for conversion and loader benchmarks.
+
+Colour 1/f noise (the amplitude spectrum of natural images) at 500x375 or 375x500, saved as JPEG quality 90:
+files of about 100 KB like ImageNet's training JPEGs, so decode, resize and encode cost what they cost there.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+from PIL import Image
+
+from dataset_prep.progress import progress_bar
+
+MARKER = "photos.json"
+
+
+def photo(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    fy = np.fft.fftfreq(height)[:, None]
+    fx = np.fft.rfftfreq(width)[None, :]
+    amplitude = 1.0 / np.maximum(np.hypot(fx, fy), 1.0 / max(width, height))
+    channels = []
+    for _ in range(3):
+        phase = rng.uniform(0, 2 * np.pi, amplitude.shape)
+        field = np.fft.irfft2(amplitude * np.exp(1j * phase), s=(height, width))
+        channels.append(field)
+    luminance = channels[0]
+    mixed = np.stack([luminance + 0.4 * channels[1], luminance, luminance + 0.4 * channels[2]], -1)
+    mixed = (mixed - mixed.mean()) / (mixed.std() + 1e-9)
+    return np.clip(128 + 45 * mixed, 0, 255).astype(np.uint8)
+
+
+def generate_photo_folder(root: str, classes: int = 10, per_class: int = 50, seed: int = 0,
+                          progress: bool = True) -> str:
+    """`root/class_XX/NNNNN.jpg`, deterministic; reuses a complete earlier folder with the same settings."""
+    settings = {"classes": classes, "per_class": per_class, "seed": seed}
+    marker = os.path.join(root, MARKER)
+    if os.path.exists(marker) and json.load(open(marker)) == settings:
+        return root
+    rng = np.random.default_rng(seed)
+    with progress_bar(classes * per_class, "synthetic photos", progress) as bar:
+        for label in range(classes):
+            folder = os.path.join(root, f"class_{label:02d}")
+            os.makedirs(folder, exist_ok=True)
+            for index in range(per_class):
+                width, height = (500, 375) if rng.random() < 0.75 else (375, 500)
+                Image.fromarray(photo(rng, width, height)).save(os.path.join(folder, f"{index:05d}.jpg"),
+                                                                quality=90)
+                bar.update()
+    with open(marker, "w") as file:
+        json.dump(settings, file)
+    return root
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dataset_prep.synthetic_photos", description=__doc__)
+    parser.add_argument("root")
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--per-class", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    generate_photo_folder(args.root, args.classes, args.per_class, args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
