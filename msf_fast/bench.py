@@ -3,6 +3,7 @@
     python -m msf_fast.bench bank [--batch-size 256 --bank-size 1024000 --dim 512 --topk 5 --chunk 65536]
     python -m msf_fast.bench ema  [--arch resnet50]
     python -m msf_fast.bench step [--arch resnet50 --batch-size 256 --resolution 224 --steps 10 --reference]
+    python -m msf_fast.bench loader --data IMAGEFOLDER [--backend torch ffcv] [--compare] [--recipe w/s] ...
 
 `bank` times the memory-bank search + loss gather against the original's dense formulation,
 each variant in its own process so that its peak extra memory (above the bank itself) is measured.
@@ -18,6 +19,8 @@ import sys
 import time
 
 import torch
+
+from msf_fast import bench_loader as bench_loader_module
 
 
 def _peak_rss_mb() -> float:
@@ -214,8 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
     p.add_argument("--reference", action="store_true", help="also time the original-style step, print the ratio")
     p.add_argument("--device", default=default_device)
+    p = sub.add_parser("loader", help="two-view loader throughput: torchvision baseline vs FFCV")
+    bench_loader_module.add_arguments(p)
     args = parser.parse_args(argv)
-    if args.command == "step":
+    if args.command == "loader":
+        bench_loader_module.bench_loader(args)
+    elif args.command == "step":
         bench_step(args)
     elif args.command == "_bank_variant":
         print(json.dumps(_bank_variant(args)))

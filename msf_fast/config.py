@@ -52,9 +52,10 @@ def declare_schema(config: Config) -> None:
         bank_chunk=Param(int, "bank rows scored at once by the top-k search", default=65536),
     )
     section("data", "Training data").params(
-        backend=Param(OneOf(["torch"]), "loader backend", default="torch"),
-        train_path=Param(str, "training ImageFolder", default=""),
-        val_path=Param(str, "held-out ImageFolder for the k-NN monitor ('' = none)", default=""),
+        backend=Param(OneOf(["auto", "torch", "ffcv"]),
+                      "loader backend (auto: ffcv for a .beton, torch for an ImageFolder)", default="auto"),
+        train_path=Param(str, "training data: an ImageFolder, or a .beton (dataset_prep.write_beton)", default=""),
+        val_path=Param(str, "held-out data for the k-NN monitor, folder or .beton ('' = none)", default=""),
         recipe=Param(OneOf(RECIPE_NAMES), "augmentations target/online: w = weak, s = strong", default="w/s"),
         resolution=Param(int, "training crop size", default=224),
         workers=Param(int, "loader worker processes", default=8),
@@ -89,6 +90,8 @@ def declare_schema(config: Config) -> None:
         knn_every=Param(int, "epochs between k-NN evaluations (0 = only at the end)", default=0),
         knn_k=Param(int, "neighbours voting", default=20),
         knn_final=Param(Flag(), "evaluate k-NN at the end of training", default=True),
+        knn_memory_path=Param(str, "labelled images the k-NN monitor searches, folder or .beton "
+                                   "('' = data.train_path)", default=""),
     )
 
 
@@ -154,13 +157,25 @@ def validate(cfg, world_size: int = 1) -> None:
     if cfg.msf.topk > cfg.msf.bank_size:
         raise ConfigError(f"msf.topk={cfg.msf.topk}: must not exceed msf.bank_size={cfg.msf.bank_size}")
     if not cfg.data.train_path:
-        raise ConfigError("data.train_path: required (an ImageFolder directory)")
-    if not os.path.isdir(cfg.data.train_path):
-        raise ConfigError(f"data.train_path={cfg.data.train_path}: no such directory")
-    if cfg.data.val_path and not os.path.isdir(cfg.data.val_path):
-        raise ConfigError(f"data.val_path={cfg.data.val_path}: no such directory")
+        raise ConfigError("data.train_path: required (an ImageFolder directory or a .beton file)")
+    for name, path in (("data.train_path", cfg.data.train_path), ("data.val_path", cfg.data.val_path),
+                       ("eval.knn_memory_path", cfg.eval.knn_memory_path)):
+        if path and not (os.path.isdir(path) or (path.endswith(".beton") and os.path.isfile(path))):
+            raise ConfigError(f"{name}={path}: no such ImageFolder directory or .beton file")
+    backend = resolve_backend(cfg.data.backend, cfg.data.train_path)
+    if backend == "torch" and not os.path.isdir(cfg.data.train_path):
+        raise ConfigError(f"data.backend=torch reads an ImageFolder, not {cfg.data.train_path}")
+    if backend == "ffcv" and not cfg.data.train_path.endswith(".beton"):
+        raise ConfigError(f"data.backend=ffcv reads a .beton (python -m dataset_prep.write_beton "
+                          f"{cfg.data.train_path} OUT.beton), not {cfg.data.train_path}")
     if cfg.train.resume and not os.path.isfile(cfg.train.resume):
         raise ConfigError(f"train.resume={cfg.train.resume}: no such checkpoint file")
+
+
+def resolve_backend(backend: str, train_path: str) -> str:
+    if backend != "auto":
+        return backend
+    return "ffcv" if train_path.endswith(".beton") else "torch"
 
 
 def to_dict(cfg) -> dict:

@@ -29,10 +29,34 @@ def ensure_demo_data(root: Path, train_per_class: int, val_per_class: int, seed:
             return summary
     print(f"generating the demo dataset in {root} ...", flush=True)
     summary_path.unlink(missing_ok=True)
+    for stale in root.glob("*.beton*"):
+        stale.unlink()
     summary = generate_demo_dataset(root, train_per_class=train_per_class, val_per_class=val_per_class, seed=seed)
     summary.update(wanted)
     summary_path.write_text(json.dumps(summary, indent=2))  # written last: marks the dataset complete
     return summary
+
+
+def demo_store(data: Path, overrides: list[str]) -> list[str]:
+    """Train from an FFCV store of the demo images when FFCV is installed (written once, raw pixels: the images
+    are tiny), else from the ImageFolder with the torchvision loader. Returns the data overrides."""
+    folder_args = [f"--data.train_path={data / 'train'}", f"--data.val_path={data / 'val'}"]
+    if "--data.backend=torch" in overrides:
+        return folder_args
+    from pipelines.ffcv_backend import FFCVUnavailable, import_ffcv
+    try:
+        import_ffcv()
+    except FFCVUnavailable as error:
+        print(f"note: the demo uses the torchvision loader: {error}", flush=True)
+        return folder_args
+    beton = data / "train.beton"
+    if not beton.exists():
+        from dataset_prep import write_beton
+        if write_beton.main([str(data / "train"), str(beton), "--write-mode", "raw", "--no-progress"]) != 0:
+            raise SystemExit(f"could not write {beton}")
+    # the k-NN monitor keeps reading the folders: an FFCV eval loader would add numba compilation for little gain
+    return [f"--data.train_path={beton}", f"--eval.knn_memory_path={data / 'train'}",
+            f"--data.val_path={data / 'val'}"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(args.data)
     ensure_demo_data(data, args.train_per_class, args.val_per_class, args.data_seed)
     try:
-        cfg = load_config(["--config-file", str(DEMO_CONFIG), f"--data.train_path={data / 'train'}",
-                           f"--data.val_path={data / 'val'}", *overrides])
+        cfg = load_config(["--config-file", str(DEMO_CONFIG), *demo_store(data, overrides), *overrides])
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2

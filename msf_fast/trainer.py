@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from msf_fast import checkpoint as ckpt
-from msf_fast.config import to_dict
+from msf_fast.config import resolve_backend, to_dict
 from msf_fast.ema import ForeachEMA
 from msf_fast.knn import knn_accuracy
 from msf_fast.model import MSF
@@ -61,9 +61,10 @@ class Trainer:
         seed_everything(cfg.train.seed)
 
         self.recipe = two_view_recipe(cfg.data.recipe, cfg.data.resolution)
-        self.loader = build_train_loader(cfg.data.backend, cfg.data.train_path, self.recipe, cfg.train.batch_size,
+        self.loader = build_train_loader(resolve_backend(cfg.data.backend, cfg.data.train_path),
+                                         cfg.data.train_path, self.recipe, cfg.train.batch_size,
                                          cfg.data.workers, cfg.train.seed, rank, world_size,
-                                         pin_memory=self.device.type == "cuda")
+                                         pin_memory=self.device.type == "cuda", device=self.device)
         self.steps_per_epoch = len(self.loader)
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         if cfg.train.max_steps:
@@ -87,7 +88,8 @@ class Trainer:
         if cfg.data.val_path and (cfg.eval.knn_every or cfg.eval.knn_final):
             self.eval_loaders = tuple(build_eval_loader(path, self.recipe, 2 * cfg.train.batch_size,
                                                         cfg.data.workers)
-                                      for path in (cfg.data.train_path, cfg.data.val_path))
+                                      for path in (cfg.eval.knn_memory_path or cfg.data.train_path,
+                                                   cfg.data.val_path))
 
     # ------------------------------------------------------------------ state
     def _resume(self, path: str) -> None:

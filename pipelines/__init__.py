@@ -8,19 +8,32 @@ from __future__ import annotations
 
 from pipelines.recipe import TwoViewRecipe, two_view_recipe
 
-BACKENDS = ("torch",)
+BACKENDS = ("torch", "ffcv")
 
 
 def build_train_loader(backend: str, root: str, recipe: TwoViewRecipe, batch_size: int, workers: int,
-                       seed: int, rank: int = 0, world_size: int = 1, pin_memory: bool = False):
+                       seed: int, rank: int = 0, world_size: int = 1, pin_memory: bool = False,
+                       device="cpu", dtype=None):
+    """`root` is an ImageFolder (torch) or a .beton (ffcv). The FFCV loader augments on `device` and
+    yields `dtype` (default float32); the torchvision loader yields float32 on the CPU."""
+    import torch
+
     if backend == "torch":
         from pipelines.torchvision_backend import TorchvisionTwoViewLoader
         return TorchvisionTwoViewLoader(root, recipe, batch_size, workers, seed, rank, world_size, pin_memory)
+    if backend == "ffcv":
+        from pipelines.ffcv_backend import FFCVTwoViewLoader
+        return FFCVTwoViewLoader(root, recipe, batch_size, workers, seed, rank, world_size, device,
+                                 dtype or torch.float32)
     raise ValueError(f"unknown data backend {backend!r}; expected one of {', '.join(BACKENDS)}")
 
 
 def build_eval_loader(root: str, recipe: TwoViewRecipe, batch_size: int, workers: int):
-    """(images, labels) batches with the evaluation transform (resize, centre crop), in file order."""
+    """(images, labels) batches with the evaluation transform (resize, centre crop), in file order;
+    `root` is an ImageFolder or a .beton."""
+    if root.endswith(".beton"):
+        from pipelines.ffcv_backend import FFCVEvalLoader
+        return FFCVEvalLoader(root, recipe, batch_size, workers)
     from torch.utils.data import DataLoader
 
     from pipelines.torchvision_backend import eval_transform, image_folder

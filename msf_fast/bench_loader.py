@@ -1,0 +1,112 @@
+"""Two-view loader throughput: `python -m msf_fast.bench loader ...` (see `add_arguments`).
+
+Every run is its own process (FFCV's thread settings, numba compilation and peak memory stay separate).
+A run iterates `--epochs` epochs of (online, target, labels) with the full recipe and prints one JSON line:
+`images_per_s` counts images (each gives two views) over the epochs after the first (steady state; the first
+epoch alone when there is only one), `compile_s` is the wait for the first batch (FFCV: numba compilation).
+With `--compare`, the backends run interleaved `--repeats` times and the medians' ratio is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+DEFAULT_STORE_RESOLUTION = 256
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", nargs="+", default=["torch", "ffcv"], choices=["torch", "ffcv"])
+    parser.add_argument("--data", required=True, help="ImageFolder of the source images")
+    parser.add_argument("--beton", default="", help="the .beton of the same images (default: written once into "
+                                                      "data/bench/stores/ with --store-resolution)")
+    parser.add_argument("--store-resolution", type=int, default=DEFAULT_STORE_RESOLUTION,
+                        help="--max-resolution of the .beton written when --beton is not given")
+    parser.add_argument("--recipe", default="w/s")
+    parser.add_argument("--resolution", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: the cores not used by workers)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--max-batches", type=int, default=0, help="stop each epoch after this many batches")
+    parser.add_argument("--compare", action="store_true", help="run the backends interleaved; print the ratio")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved runs per backend with --compare")
+    parser.add_argument("--one-run", action="store_true", help=argparse.SUPPRESS)
+
+
+def store_for(args) -> str:
+    if args.beton:
+        return args.beton
+    name = os.path.basename(os.path.normpath(args.data))
+    path = os.path.join("data", "bench", "stores", f"{name}-{args.store_resolution}.beton")
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        subprocess.run([sys.executable, "-m", "dataset_prep.write_beton", args.data, path,
+                        "--max-resolution", str(args.store_resolution), "--no-progress"], check=True,
+                       stdout=sys.stderr)
+    return path
+
+
+def one_run(args) -> dict:
+    import resource
+
+    import torch
+
+    from pipelines import build_train_loader, two_view_recipe
+
+    backend = args.backend[0]
+    threads = args.threads or max(1, (os.cpu_count() or 1) - args.workers)
+    torch.set_num_threads(threads)
+    recipe = two_view_recipe(args.recipe, args.resolution)
+    source = args.beton if backend == "ffcv" else args.data
+    loader = build_train_loader(backend, source, recipe, args.batch_size, args.workers, seed=0)
+    compile_s, epoch_times, epoch_images = None, [], []
+    for epoch in range(args.epochs):
+        started, images = time.perf_counter(), 0
+        for step, (online, target, labels) in enumerate(loader.iterate(epoch)):
+            if compile_s is None:
+                compile_s = time.perf_counter() - started
+                started = time.perf_counter()  # the first epoch's rate excludes the compilation wait
+            images += labels.shape[0]
+            if args.max_batches and step + 1 >= args.max_batches:
+                break
+        epoch_times.append(time.perf_counter() - started)
+        epoch_images.append(images - (args.batch_size if epoch == 0 else 0))
+    steady = slice(1, None) if args.epochs > 1 else slice(0, 1)
+    return {"backend": backend, "recipe": args.recipe, "resolution": args.resolution,
+            "batch_size": args.batch_size, "workers": args.workers, "threads": threads,
+            "images_per_s": round(sum(epoch_images[steady]) / sum(epoch_times[steady]), 1),
+            "compile_s": round(compile_s or 0.0, 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "data": source}
+
+
+def bench_loader(args) -> list[dict]:
+    if args.one_run:
+        result = one_run(args)
+        print(json.dumps(result))
+        return [result]
+    if "ffcv" in args.backend:
+        args.beton = store_for(args)
+    runs: dict[str, list[dict]] = {backend: [] for backend in args.backend}
+    for _ in range(args.repeats if args.compare else 1):
+        for backend in args.backend:
+            command = [sys.executable, "-m", "msf_fast.bench", "loader", "--one-run", "--backend", backend,
+                       "--data", args.data, "--beton", args.beton, "--recipe", args.recipe,
+                       "--resolution", str(args.resolution), "--batch-size", str(args.batch_size),
+                       "--workers", str(args.workers), "--threads", str(args.threads),
+                       "--epochs", str(args.epochs), "--max-batches", str(args.max_batches)]
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            result = json.loads(output.strip().splitlines()[-1])
+            runs[backend].append(result)
+            print(json.dumps(result), flush=True)
+    if args.compare and len(args.backend) == 2:
+        base, fast = args.backend if args.backend[0] == "torch" else args.backend[::-1]
+        medians = {b: statistics.median(r["images_per_s"] for r in runs[b]) for b in runs}
+        print(json.dumps({f"{fast}_vs_{base}": round(medians[fast] / medians[base], 2),
+                          **{f"{b}_images_per_s": medians[b] for b in medians}}))
+    return [r for rs in runs.values() for r in rs]

@@ -1,0 +1,173 @@
+"""The FFCV backend: a `.beton` read by FFCV, two crops decoded per image, photometric ops batched on the device.
+
+Per view, FFCV (numba threads, `data.workers` of them) decodes and random-resized-crops each image on the CPU
+at the training resolution; the rest of the view's recipe (colour jitter, grayscale, blur, solarize, flip,
+normalization) runs as batched tensor ops on the training device (`pipelines.batched_augment`).
+
+FFCV facts this module works around (ffcv 1.0.2):
+- no `custom_field_mapper`: the two views are two outputs (`PipelineSpec('image', ...)`) over one field, so each
+  image is decoded twice;
+- `import ffcv` sets torch's threads to 1 and every Loader/epoch resets them to its worker count: the caller's
+  count is restored after each;
+- batches are views into a ring of reused buffers: views are consumed (augmented into new tensors) and labels
+  cloned before the next batch is fetched;
+- the order is seeded (`seed + epoch`, sharded like DistributedSampler when distributed), so a resumed run sees
+  the same samples in the same batches; the photometric parameters are seeded per (seed, epoch, step, rank);
+  FFCV's crop positions come from numba's unseeded generator and are not reproducible;
+- numba compiles the pipeline on the first epoch of each Loader in each process (`compile_seconds`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+from pipelines.batched_augment import BatchedViewAugment
+from pipelines.recipe import TwoViewRecipe, ViewRecipe
+from pipelines.sampling import per_sample_seed
+
+
+class FFCVUnavailable(ImportError):
+    pass
+
+
+def import_ffcv():
+    """Import FFCV without letting it change torch's thread count."""
+    threads = torch.get_num_threads()
+    try:
+        import ffcv  # noqa: F401
+        from ffcv.loader import Loader  # noqa: F401
+    except ImportError as error:
+        raise FFCVUnavailable(f"FFCV is not installed ({error}): apt-get install -y pkg-config libturbojpeg0-dev "
+                              "libopencv-dev && pip install -e '.[ffcv]'") from None
+    finally:
+        torch.set_num_threads(threads)
+
+
+def ffcv_available() -> bool:
+    try:
+        import_ffcv()
+        return True
+    except FFCVUnavailable:
+        return False
+
+
+def _view_pipeline(view: ViewRecipe, resolution: int, device: torch.device):
+    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
+    from ffcv.pipeline import PipelineSpec
+    from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
+
+    transforms = [ToTensor()]
+    if device.type == "cuda":
+        transforms.append(ToDevice(device, non_blocking=True))
+    transforms.append(ToTorchImage(channels_last=True))
+    decoder = RandomResizedCropRGBImageDecoder((resolution, resolution), scale=view.crop_scale,
+                                               ratio=view.crop_ratio)
+    return PipelineSpec("image", decoder=decoder, transforms=transforms)
+
+
+def beton_num_classes(path: str, labels: np.ndarray) -> int:
+    manifest = path + ".manifest.json"
+    if os.path.exists(manifest):
+        return int(json.load(open(manifest))["num_classes"])
+    return int(labels.max()) + 1
+
+
+class FFCVTwoViewLoader:
+    """Batches of (online_view, target_view, labels) on `device`: NCHW `dtype` in channels-last memory."""
+
+    backend = "ffcv"
+
+    def __init__(self, path: str, recipe: TwoViewRecipe, batch_size: int, workers: int = 2, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32, os_cache: bool = True):
+        import_ffcv()
+        from ffcv.fields.basics import IntDecoder
+        from ffcv.loader import Loader, OrderOption
+        from ffcv.transforms import Squeeze, ToDevice, ToTensor
+
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such .beton file")
+        self.device = torch.device(device)
+        self.seed, self.rank, self.batch_size, self.world_size = seed, rank, batch_size, world_size
+        threads = torch.get_num_threads()
+        label_ops = [IntDecoder(), ToTensor(), Squeeze()]
+        if self.device.type == "cuda":
+            label_ops.append(ToDevice(self.device, non_blocking=True))
+        self.loader = Loader(
+            path, batch_size=batch_size, num_workers=max(1, workers), order=OrderOption.RANDOM,
+            distributed=world_size > 1, seed=seed, drop_last=True, os_cache=os_cache, batches_ahead=2,
+            pipelines={"image": None, "label": label_ops,
+                       "online": _view_pipeline(recipe.online, recipe.resolution, self.device),
+                       "target": _view_pipeline(recipe.target, recipe.resolution, self.device)})
+        torch.set_num_threads(threads)
+        self.threads = threads
+        self.outputs = list(self.loader.pipeline_specs)  # the order of each batch's tensors
+        self.num_classes = beton_num_classes(path, self.loader.reader.metadata["f1"])
+        self.online_augment = BatchedViewAugment(recipe.online, recipe.mean, recipe.std, dtype, flip=True)
+        self.target_augment = BatchedViewAugment(recipe.target, recipe.mean, recipe.std, dtype, flip=True)
+        self.compile_seconds: float | None = None  # the first epoch's wait for its first batch
+        if len(self) == 0:
+            raise ValueError(f"{path}: {self.loader.reader.num_samples} images make no full batch of "
+                             f"{batch_size} x {world_size} rank(s)")
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def iterate(self, epoch: int, skip_batches: int = 0):
+        self.loader.next_epoch = epoch  # FFCV orders epoch e with seed + e
+        started = time.perf_counter()
+        batches = iter(self.loader)
+        torch.set_num_threads(self.threads)
+        for step, batch in enumerate(batches):
+            if self.compile_seconds is None:
+                self.compile_seconds = time.perf_counter() - started
+                torch.set_num_threads(self.threads)  # the epoch's thread reset it again
+            if step < skip_batches:
+                continue
+            named = dict(zip(self.outputs, batch))
+            generator = torch.Generator().manual_seed(
+                per_sample_seed(self.seed, epoch, step * self.world_size + self.rank))
+            with torch.no_grad():
+                online = self.online_augment(named["online"], generator)
+                target = self.target_augment(named["target"], generator)
+            yield online, target, named["label"].clone()
+
+
+class FFCVEvalLoader:
+    """(images, labels) in store order with the evaluation transform: the centre crop of side
+    resolution/eval_resize of the shorter side, resized to the resolution (FFCV's CenterCropRGBImageDecoder),
+    normalized; float32 NCHW channels-last on the CPU. Iterable more than once."""
+
+    def __init__(self, path: str, recipe: TwoViewRecipe, batch_size: int, workers: int = 2):
+        import_ffcv()
+        from ffcv.fields.basics import IntDecoder
+        from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
+        from ffcv.loader import Loader, OrderOption
+        from ffcv.transforms import Squeeze, ToTensor, ToTorchImage
+
+        threads = torch.get_num_threads()
+        decoder = CenterCropRGBImageDecoder((recipe.resolution, recipe.resolution),
+                                            ratio=recipe.resolution / recipe.eval_resize)
+        self.loader = Loader(path, batch_size=batch_size, num_workers=max(1, workers),
+                             order=OrderOption.SEQUENTIAL, drop_last=False,
+                             pipelines={"image": [decoder, ToTensor(), ToTorchImage(channels_last=True)],
+                                        "label": [IntDecoder(), ToTensor(), Squeeze()]})
+        torch.set_num_threads(threads)
+        self.threads = threads
+        self.mean = torch.tensor(recipe.mean).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(recipe.std).view(1, 3, 1, 1) * 255
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        batches = iter(self.loader)
+        torch.set_num_threads(self.threads)
+        for images, labels in batches:
+            torch.set_num_threads(self.threads)
+            normalized = (images.float() - self.mean) / self.std
+            yield normalized.contiguous(memory_format=torch.channels_last), labels.clone().reshape(-1)

@@ -1,0 +1,185 @@
+"""The FFCV backend: batch contract, recipe behaviour measured on the images, order, resume, threads, training."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("ffcv")
+
+from dataset_prep import write_beton  # noqa: E402
+from pipelines import build_train_loader  # noqa: E402
+from pipelines.ffcv_backend import FFCVTwoViewLoader  # noqa: E402
+from pipelines.recipe import RECIPE_NAMES, two_view_recipe  # noqa: E402
+
+RESOLUTION = 32
+
+
+def make_store(root, images: dict[str, list[np.ndarray]], write_mode="raw") -> str:
+    for name, arrays in images.items():
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        for i, array in enumerate(arrays):
+            Image.fromarray(array).save(os.path.join(root, name, f"{i}.png"))
+    path = str(root) + ".beton"
+    assert write_beton.main([str(root), path, "--write-mode", write_mode, "--workers", "1", "--no-progress"]) == 0
+    return path
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    assert torch.get_num_threads() == threads, "the FFCV backend must restore torch's thread count"
+
+
+@pytest.fixture(scope="module")
+def coordinate_store(tmp_path_factory):
+    """One image per class (so labels identify samples): red encodes x, green encodes y, blue the sample id."""
+    y, x = np.mgrid[0:128, 0:128]
+    images = {}
+    for i in range(32):
+        pixels = np.stack([x * 2, y * 2, np.full_like(x, i * 8)], -1).astype(np.uint8)
+        images[f"s{i:02d}"] = [pixels]
+    return make_store(tmp_path_factory.mktemp("coords") / "src", images)
+
+
+@pytest.fixture(scope="module")
+def uniform_store(tmp_path_factory):
+    """Images of one flat colour each: crops and flips keep the colour exactly, photometric ops change it."""
+    rng = np.random.default_rng(0)
+    images = {f"c{i}": [np.full((40, 56, 3), rng.integers(30, 226, 3), np.uint8) for _ in range(8)]
+              for i in range(4)}
+    return make_store(tmp_path_factory.mktemp("uniform") / "src", images)
+
+
+def unnormalize(views: torch.Tensor, recipe) -> torch.Tensor:
+    mean = torch.tensor(recipe.mean).view(1, 3, 1, 1)
+    std = torch.tensor(recipe.std).view(1, 3, 1, 1)
+    return (views.float() * std + mean) * 255
+
+
+def test_contract_for_every_recipe(coordinate_store):
+    for name in RECIPE_NAMES:
+        recipe = two_view_recipe(name, RESOLUTION)
+        loader = build_train_loader("ffcv", coordinate_store, recipe, batch_size=8, workers=1, seed=0)
+        assert len(loader) == 4 and loader.num_classes == 32
+        batches = list(loader.iterate(0))
+        assert len(batches) == 4
+        online, target, labels = batches[0]
+        for view in (online, target):
+            assert view.shape == (8, 3, RESOLUTION, RESOLUTION) and view.dtype == torch.float32
+            assert view.is_contiguous(memory_format=torch.channels_last)
+        assert labels.dtype == torch.int64 and labels.shape == (8,)
+        seen = torch.cat([b[2] for b in batches])
+        assert sorted(seen.tolist()) == list(range(32))  # every sample once per epoch
+
+
+def test_crop_scale_and_views_differ(coordinate_store):
+    from torchvision.transforms import RandomResizedCrop
+
+    def crop_areas(pixels: torch.Tensor) -> torch.Tensor:
+        """Fraction of the image a crop covers, read from the coordinate colours (x in red, y in green)."""
+        width = (pixels[:, 0].amax((1, 2)) - pixels[:, 0].amin((1, 2)) + 2) / 256
+        height = (pixels[:, 1].amax((1, 2)) - pixels[:, 1].amin((1, 2)) + 2) / 256
+        return width * height
+
+    recipe = two_view_recipe("w/w", RESOLUTION)  # no photometric change: pixel values are coordinates
+    loader = FFCVTwoViewLoader(coordinate_store, recipe, batch_size=8, workers=1, seed=0)
+    scales = []
+    for epoch in range(8):
+        for online, target, _ in loader.iterate(epoch):
+            scales += [crop_areas(unnormalize(view, recipe)) for view in (online, target)]
+            assert not torch.allclose(online, target)  # two independent crops
+    scales = torch.cat(scales)
+    # the same measurement through torchvision's RandomResizedCrop (the baseline's): same distribution
+    torch.manual_seed(0)
+    y, x = torch.meshgrid(torch.arange(128), torch.arange(128), indexing="ij")
+    image = torch.stack([x * 2, y * 2, torch.zeros_like(x)]).to(torch.uint8)
+    crop = RandomResizedCrop(RESOLUTION, scale=recipe.online.crop_scale, ratio=recipe.online.crop_ratio)
+    reference = crop_areas(torch.stack([crop(image) for _ in range(1000)]).float())
+    assert scales.min() > 0.2 - 0.03 and scales.max() <= 1.0 + 1e-6
+    assert abs(scales.mean().item() - reference.mean().item()) < 0.04, (scales.mean(), reference.mean())
+
+
+def test_weak_target_view_carries_no_colour_change(uniform_store):
+    recipe = two_view_recipe("w/s", RESOLUTION)
+    loader = FFCVTwoViewLoader(uniform_store, recipe, batch_size=8, workers=1, seed=0)
+    changed = []
+    for epoch in range(4):
+        for online, target, labels in loader.iterate(epoch):
+            target_pixels = unnormalize(target, recipe)
+            flat = target_pixels.amax((2, 3)) - target_pixels.amin((2, 3))
+            assert flat.max() < 0.5, "the weak view of a flat image must stay flat (no blur/jitter/noise)"
+            online_pixels = unnormalize(online, recipe)
+            changed.append((online_pixels.mean((2, 3)) - target_pixels.mean((2, 3))).abs().amax(1) > 1.0)
+    fraction = torch.cat(changed).float().mean().item()
+    # strong: jitter p=0.8 or grayscale p=0.2 changes the colour: P(change) = 1 - 0.2 * 0.8 = 0.84
+    assert 0.65 < fraction < 0.98
+
+
+def test_order_is_seeded_and_resumable(coordinate_store):
+    recipe = two_view_recipe("w/s", RESOLUTION)
+    loader = FFCVTwoViewLoader(coordinate_store, recipe, batch_size=8, workers=1, seed=3)
+    first = [labels.tolist() for _, _, labels in loader.iterate(2)]
+    again = [labels.tolist() for _, _, labels in loader.iterate(2)]
+    resumed = [labels.tolist() for _, _, labels in loader.iterate(2, skip_batches=2)]
+    other_epoch = [labels.tolist() for _, _, labels in loader.iterate(3)]
+    assert first == again and resumed == first[2:] and other_epoch != first
+
+
+def test_training_steps_through_ffcv(coordinate_store, tmp_path):
+    from msf_fast.config import load_config
+    from msf_fast.trainer import Trainer
+
+    cfg = load_config([f"--data.train_path={coordinate_store}", "--model.arch=resnet18", "--model.small_input=1",
+                       f"--data.resolution={RESOLUTION}", "--data.workers=1", "--train.batch_size=8",
+                       "--msf.bank_size=32", "--train.epochs=1", "--train.device=cpu", "--train.threads=1",
+                       f"--logging.folder={tmp_path / 'run'}", "--logging.progress=0"])
+    trainer = Trainer(cfg)
+    assert trainer.loader.backend == "ffcv"
+    history = trainer.train()
+    assert trainer.step == 4 and np.isfinite(history["loss"][1])
+
+
+def _rank_labels(rank: int, world_size: int, store: str, port: int, out: str) -> None:
+    import json
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        torch.set_num_threads(1)
+        loader = FFCVTwoViewLoader(store, two_view_recipe("w/s", RESOLUTION), batch_size=8, workers=1, seed=0,
+                                   rank=rank, world_size=world_size)
+        epochs = {epoch: [labels.tolist() for _, _, labels in loader.iterate(epoch)] for epoch in (0, 1)}
+        with open(out, "w") as file:
+            json.dump({"len": len(loader), "epochs": epochs}, file)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_ranks_read_disjoint_shards(coordinate_store, tmp_path):
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    outs = [str(tmp_path / f"rank{rank}.json") for rank in range(2)]
+    mp.start_processes(_worker_entry, args=(2, coordinate_store, port, outs), nprocs=2, start_method="spawn")
+    ranks = [json.load(open(out)) for out in outs]
+    assert [r["len"] for r in ranks] == [2, 2]  # 32 samples / (8 per rank x 2 ranks)
+    for epoch in ("0", "1"):
+        per_rank = [sorted(sum(r["epochs"][epoch], [])) for r in ranks]
+        assert not set(per_rank[0]) & set(per_rank[1])
+        assert sorted(per_rank[0] + per_rank[1]) == list(range(32))
+    assert ranks[0]["epochs"]["0"] != ranks[0]["epochs"]["1"]  # reshuffled every epoch
+
+
+def _worker_entry(rank: int, world_size: int, store: str, port: int, outs: list[str]) -> None:
+    _rank_labels(rank, world_size, store, port, outs[rank])
