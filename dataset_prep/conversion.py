@@ -25,8 +25,13 @@ class ConversionError(Exception):
     """The conversion ran but produced nothing worth keeping (exit code 1)."""
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, max_resolution_help: str, default_resolution: int):
+def writer_parser(prog: str, doc: str, out_metavar: str, out_help: str, max_resolution_help: str,
+                  default_resolution: int) -> argparse.ArgumentParser:
+    """The options both writers share; each adds its own."""
+    parser = argparse.ArgumentParser(prog=f"python -m dataset_prep.{prog}", description=doc.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src", metavar="SRC_DIR", help="ImageFolder: SRC_DIR/class_name/image.jpg")
+    parser.add_argument("out", metavar=out_metavar, help=out_help)
     parser.add_argument("--max-resolution", type=int, default=default_resolution, metavar="S",
                         help=max_resolution_help)
     parser.add_argument("--jpeg-quality", type=int, default=90, metavar="Q",
@@ -43,6 +48,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, max_resolution_help: s
                         help="write nothing and exit 1 if any image is bad (they are all listed)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output (kept until done)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return parser
 
 
 def check_common_arguments(args) -> None:

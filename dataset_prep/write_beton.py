@@ -13,13 +13,12 @@ import argparse
 import ctypes
 import sys
 import time
-from functools import partial
 from multiprocessing import Process, Queue, Value
 
 import numpy as np
 
-from dataset_prep.conversion import (ConversionError, ConversionReport, add_common_arguments, run_cli,
-                                     select_samples, stored_bytes, write_json)
+from dataset_prep.conversion import (ConversionError, ConversionReport, run_cli,
+                                     select_samples, stored_bytes, write_json, writer_parser)
 from dataset_prep.image_folder import SourceError
 from dataset_prep.images import BadImage, check_image, fitted_size, load_rgb
 from dataset_prep.progress import parallel_map, progress_bar
@@ -169,11 +168,9 @@ def convert(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m dataset_prep.{PROG}", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser, "longest side of stored images, larger ones are shrunk (default 256; "
-                                 "0 keeps full resolution)", default_resolution=256)
-    parser.add_argument("out", metavar="OUT.beton", help="the store to create")
+    parser = writer_parser(PROG, __doc__, "OUT.beton", "the store to create",
+                           "longest side of stored images, larger ones are shrunk (default 256; 0 keeps full "
+                           "resolution)", default_resolution=256)
     parser.add_argument("--write-mode", choices=WRITE_MODES, default="proportion",
                         help="how images are stored: 'jpg', 'raw' pixels (fast to read, ~6x larger), "
                              "'proportion' (JPEG with probability --compress-probability, else raw), 'smart' "

@@ -15,8 +15,8 @@ import random
 import sys
 from functools import partial
 
-from dataset_prep.conversion import (ConversionReport, add_common_arguments, run_cli, select_samples,
-                                     stored_bytes, write_json)
+from dataset_prep.conversion import (ConversionReport, run_cli, select_samples, stored_bytes, write_json,
+                                     writer_parser)
 from dataset_prep.image_folder import SourceError
 from dataset_prep.images import BadImage, stored_jpeg
 from dataset_prep.progress import parallel_map
@@ -85,11 +85,9 @@ def convert(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m dataset_prep.{PROG}", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser, "longest side of stored images; larger ones are shrunk and re-encoded "
-                                 "(default 0: keep every image's resolution)", default_resolution=0)
-    parser.add_argument("out", metavar="OUT_DIR", help="folder to create for the shards (must not exist)")
+    parser = writer_parser(PROG, __doc__, "OUT_DIR", "folder to create for the shards (must not exist)",
+                           "longest side of stored images; larger ones are shrunk and re-encoded (default 0: keep "
+                           "every image's resolution)", default_resolution=0)
     parser.add_argument("--shards", type=int, default=0, metavar="N",
                         help=f"number of shards (default 0: one per {IMAGES_PER_SHARD} images)")
     return parser

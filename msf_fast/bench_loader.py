@@ -2,8 +2,9 @@
 
 Every run is its own process (FFCV's thread settings, numba compilation and peak memory stay separate).
 A run iterates `--epochs` epochs of (online, target, labels) with the full recipe and prints one JSON line:
-`images_per_s` counts images (each gives two views) over the epochs after the first (steady state; the first
-epoch alone when there is only one), `compile_s` is the wait for the first batch (FFCV: numba compilation).
+`images_per_s` counts images (each gives two views) over the whole wall time of the epochs after the first
+(steady state: worker start-up included, compilation not; the first epoch alone when there is only one),
+`compile_s` is the first epoch's wait for its first batch (FFCV: numba compilation).
 With `--compare`, the backends run interleaved `--repeats` times and the medians' ratio is printed.
 """
 from __future__ import annotations
@@ -33,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: the cores not used by workers)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--max-batches", type=int, default=0, help="stop each epoch after this many batches")
+    parser.add_argument("--photometric", choices=["on", "off"], default="on",
+                        help="off: FFCV runs without its batched photometric ops, i.e. the CPU's share of the work "
+                             "when those ops run on a GPU")
     parser.add_argument("--compare", action="store_true", help="run the backends interleaved; print the ratio")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved runs per backend with --compare")
     parser.add_argument("--one-run", action="store_true", help=argparse.SUPPRESS)
@@ -64,20 +68,22 @@ def one_run(args) -> dict:
     recipe = two_view_recipe(args.recipe, args.resolution)
     source = args.beton if backend == "ffcv" else args.data
     loader = build_train_loader(backend, source, recipe, args.batch_size, args.workers, seed=0)
+    if backend == "ffcv" and args.photometric == "off":
+        loader.online_augment = loader.target_augment = lambda images, generator=None: images
     compile_s, epoch_times, epoch_images = None, [], []
     for epoch in range(args.epochs):
         started, images = time.perf_counter(), 0
         for step, (online, target, labels) in enumerate(loader.iterate(epoch)):
             if compile_s is None:
                 compile_s = time.perf_counter() - started
-                started = time.perf_counter()  # the first epoch's rate excludes the compilation wait
             images += labels.shape[0]
             if args.max_batches and step + 1 >= args.max_batches:
                 break
         epoch_times.append(time.perf_counter() - started)
-        epoch_images.append(images - (args.batch_size if epoch == 0 else 0))
+        epoch_images.append(images)
     steady = slice(1, None) if args.epochs > 1 else slice(0, 1)
-    return {"backend": backend, "recipe": args.recipe, "resolution": args.resolution,
+    return {"backend": backend, "recipe": args.recipe, "photometric": args.photometric if backend == "ffcv" else "on",
+            "resolution": args.resolution,
             "batch_size": args.batch_size, "workers": args.workers, "threads": threads,
             "images_per_s": round(sum(epoch_images[steady]) / sum(epoch_times[steady]), 1),
             "compile_s": round(compile_s or 0.0, 2),
@@ -99,7 +105,8 @@ def bench_loader(args) -> list[dict]:
                        "--data", args.data, "--beton", args.beton, "--recipe", args.recipe,
                        "--resolution", str(args.resolution), "--batch-size", str(args.batch_size),
                        "--workers", str(args.workers), "--threads", str(args.threads),
-                       "--epochs", str(args.epochs), "--max-batches", str(args.max_batches)]
+                       "--epochs", str(args.epochs), "--max-batches", str(args.max_batches),
+                       "--photometric", args.photometric]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             result = json.loads(output.strip().splitlines()[-1])
             runs[backend].append(result)

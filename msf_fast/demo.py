@@ -37,7 +37,7 @@ def ensure_demo_data(root: Path, train_per_class: int, val_per_class: int, seed:
     return summary
 
 
-def demo_store(data: Path, overrides: list[str]) -> list[str]:
+def demo_store(data: Path, overrides: list[str], store_resolution: int = 0) -> list[str]:
     """Train from an FFCV store of the demo images when FFCV is installed (written once, raw pixels: the images
     are tiny), else from the ImageFolder with the torchvision loader. Returns the data overrides."""
     folder_args = [f"--data.train_path={data / 'train'}", f"--data.val_path={data / 'val'}"]
@@ -49,10 +49,11 @@ def demo_store(data: Path, overrides: list[str]) -> list[str]:
     except FFCVUnavailable as error:
         print(f"note: the demo uses the torchvision loader: {error}", flush=True)
         return folder_args
-    beton = data / "train.beton"
+    beton = data / (f"train-{store_resolution}px.beton" if store_resolution else "train.beton")
     if not beton.exists():
         from dataset_prep import write_beton
-        if write_beton.main([str(data / "train"), str(beton), "--write-mode", "raw", "--no-progress"]) != 0:
+        if write_beton.main([str(data / "train"), str(beton), "--write-mode", "raw", "--no-progress",
+                             "--max-resolution", str(store_resolution)]) != 0:
             raise SystemExit(f"could not write {beton}")
     # the k-NN monitor keeps reading the folders: an FFCV eval loader would add numba compilation for little gain
     return [f"--data.train_path={beton}", f"--eval.knn_memory_path={data / 'train'}",
@@ -65,13 +66,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-per-class", type=int, default=200)
     parser.add_argument("--val-per-class", type=int, default=50)
     parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--store-resolution", type=int, default=0,
+                        help="longest side of the images in the demo's .beton (default 0: as generated, 40-96 px)")
     args, overrides = parser.parse_known_args(argv)
 
     from msf_fast.config import ConfigError, load_config
     data = Path(args.data)
     ensure_demo_data(data, args.train_per_class, args.val_per_class, args.data_seed)
     try:
-        cfg = load_config(["--config-file", str(DEMO_CONFIG), *demo_store(data, overrides), *overrides])
+        cfg = load_config(["--config-file", str(DEMO_CONFIG), *demo_store(data, overrides, args.store_resolution),
+                           *overrides])
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2

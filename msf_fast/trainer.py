@@ -160,6 +160,8 @@ class Trainer:
                     group["lr"] = lr
                 out = train_step(self.model, self.ema, self.optimizer, self.scaler, self.precision,
                                  online, target, labels, momentum)
+                if steps_done == 0 and self.is_main:
+                    self._report_loader_compilation()
                 loss_sum += out.loss.detach()
                 purity_sum += out.purity
                 steps_done += 1
@@ -188,6 +190,13 @@ class Trainer:
                 self.log.close()
                 plot_run(self.folder / "log.jsonl", self.folder / "training.png")
         return history
+
+    def _report_loader_compilation(self) -> None:
+        seconds = getattr(self.loader, "compile_seconds", None)  # FFCV's numba compilation, once per process
+        if seconds is not None and not getattr(self, "_compile_reported", False):
+            self._compile_reported = True
+            self.log.write(event="loader", backend=self.loader.backend, compile_seconds=seconds)
+            tqdm.write(f"{self.loader.backend} loader: first batch after {seconds:.1f} s (numba compilation)")
 
     def _end_epoch(self, history, loss_sum, purity_sum, steps_done, epoch_complete, seconds) -> None:
         if not self.is_main or steps_done == 0:

@@ -142,6 +142,9 @@ def test_training_steps_through_ffcv(coordinate_store, tmp_path):
     assert trainer.loader.backend == "ffcv"
     history = trainer.train()
     assert trainer.step == 4 and np.isfinite(history["loss"][1])
+    from msf_fast.runlog import read_jsonl
+    compiled = [r for r in read_jsonl(tmp_path / "run" / "log.jsonl") if r["event"] == "loader"]
+    assert len(compiled) == 1 and compiled[0]["backend"] == "ffcv" and compiled[0]["compile_seconds"] > 0
 
 
 def _rank_labels(rank: int, world_size: int, store: str, port: int, out: str) -> None:
