@@ -22,7 +22,8 @@ DEFAULT_STORE_RESOLUTION = 256
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", nargs="+", default=["torch", "ffcv"], choices=["torch", "ffcv"])
-    parser.add_argument("--data", required=True, help="ImageFolder of the source images")
+    parser.add_argument("--data", required=True,
+                        help="ImageFolder of the source images (or a .beton, for --backend ffcv alone)")
     parser.add_argument("--beton", default="", help="the .beton of the same images (default: written once into "
                                                       "data/bench/stores/ with --store-resolution)")
     parser.add_argument("--store-resolution", type=int, default=DEFAULT_STORE_RESOLUTION,
@@ -45,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def store_for(args) -> str:
     if args.beton:
         return args.beton
+    if args.data.endswith(".beton"):
+        return args.data
     name = os.path.basename(os.path.normpath(args.data))
     path = os.path.join("data", "bench", "stores", f"{name}-{args.store_resolution}.beton")
     if not os.path.exists(path):
@@ -96,6 +99,8 @@ def bench_loader(args) -> list[dict]:
         result = one_run(args)
         print(json.dumps(result))
         return [result]
+    if "torch" in args.backend and args.data.endswith(".beton"):
+        raise SystemExit("bench loader: the torch backend reads an ImageFolder: pass the source folder as --data")
     if "ffcv" in args.backend:
         args.beton = store_for(args)
     runs: dict[str, list[dict]] = {backend: [] for backend in args.backend}

@@ -40,7 +40,8 @@ def ensure_demo_data(root: Path, train_per_class: int, val_per_class: int, seed:
 def demo_store(data: Path, overrides: list[str], store_resolution: int = 0) -> list[str]:
     """Train from an FFCV store of the demo images when FFCV is installed (written once, raw pixels: the images
     are tiny), else from the ImageFolder with the torchvision loader. Returns the data overrides."""
-    folder_args = [f"--data.train_path={data / 'train'}", f"--data.val_path={data / 'val'}"]
+    folder_args = [f"--data.train_path={data / 'train'}", f"--data.val_path={data / 'val'}",
+                   "--data.backend=torch"]
     if "--data.backend=torch" in overrides:
         return folder_args
     from pipelines.ffcv_backend import FFCVUnavailable, import_ffcv

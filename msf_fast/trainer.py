@@ -2,6 +2,7 @@
 evaluates k-NN (epoch 0 = the random initialisation), checkpoints, resumes."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import time
@@ -36,6 +37,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def loader_notice(folder: str) -> str:
+    if importlib.util.find_spec("ffcv") is None:
+        return ("note: FFCV is not installed, so the torchvision loader reads the ImageFolder (install: "
+                "apt-get install -y pkg-config libturbojpeg0-dev libopencv-dev && pip install -e '.[ffcv]')")
+    return (f"note: torchvision loader for the ImageFolder {folder}; for the FFCV loader convert it once: "
+            f"python -m dataset_prep.write_beton {folder} train.beton")
+
+
 def build_model(cfg, device: torch.device) -> MSF:
     model = MSF(arch=cfg.model.arch, bank_size=cfg.msf.bank_size, topk=cfg.msf.topk,
                 momentum=cfg.msf.momentum, hidden_dim=cfg.model.hidden_dim or None,
@@ -61,7 +70,10 @@ class Trainer:
         seed_everything(cfg.train.seed)
 
         self.recipe = two_view_recipe(cfg.data.recipe, cfg.data.resolution)
-        self.loader = build_train_loader(resolve_backend(cfg.data.backend, cfg.data.train_path),
+        backend = resolve_backend(cfg.data.backend, cfg.data.train_path)
+        if cfg.data.backend == "auto" and backend == "torch" and self.is_main:
+            print(loader_notice(cfg.data.train_path), flush=True)
+        self.loader = build_train_loader(backend,
                                          cfg.data.train_path, self.recipe, cfg.train.batch_size,
                                          cfg.data.workers, cfg.train.seed, rank, world_size,
                                          pin_memory=self.device.type == "cuda", device=self.device)
