@@ -138,9 +138,13 @@ def test_training_steps_through_ffcv(coordinate_store, tmp_path):
                        f"--data.resolution={RESOLUTION}", "--data.workers=1", "--train.batch_size=8",
                        "--msf.bank_size=32", "--train.epochs=1", "--train.device=cpu", "--train.threads=1",
                        f"--logging.folder={tmp_path / 'run'}", "--logging.progress=0"])
-    trainer = Trainer(cfg)
-    assert trainer.loader.backend == "ffcv"
-    history = trainer.train()
+    threads = torch.get_num_threads()
+    try:
+        trainer = Trainer(cfg)  # sets torch's threads to train.threads
+        assert trainer.loader.backend == "ffcv"
+        history = trainer.train()
+    finally:
+        torch.set_num_threads(threads)
     assert trainer.step == 4 and np.isfinite(history["loss"][1])
     from msf_fast.runlog import read_jsonl
     compiled = [r for r in read_jsonl(tmp_path / "run" / "log.jsonl") if r["event"] == "loader"]
