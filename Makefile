@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV) || { command -v apt-get >/dev/null && \
 		apt-get update -qq && apt-get install -y -qq python3-venv && python3 -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
-	@$(MAKE) --no-print-directory ffcv-system-packages || echo "note: FFCV's system libraries are missing; FFCV is left out"
-	$(PY) -m pip install -q -e '.[test,ffcv]' || { echo "note: FFCV did not install; installing without it"; \
-		$(PY) -m pip install -q -e '.[test]'; }
+	$(PY) -m pip install -q -e '.[test]'
+	@$(MAKE) --no-print-directory ffcv-system-packages || echo "note: FFCV's system libraries are missing"
+	$(PY) -m pip install -q -e '.[ffcv]' || echo "note: FFCV did not install; its loader and tests are skipped"
+	$(PY) -m pip install -q -e '.[dali]' || echo "note: DALI did not install; its loader and tests are skipped"
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

@@ -21,11 +21,13 @@ DEFAULT_STORE_RESOLUTION = 256
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", nargs="+", default=["torch", "ffcv"], choices=["torch", "ffcv"])
+    parser.add_argument("--backend", nargs="+", default=["torch", "ffcv"], choices=["torch", "ffcv", "dali"])
     parser.add_argument("--data", required=True,
                         help="ImageFolder of the source images (or a .beton, for --backend ffcv alone)")
     parser.add_argument("--beton", default="", help="the .beton of the same images (default: written once into "
                                                       "data/bench/stores/ with --store-resolution)")
+    parser.add_argument("--tfrecord", default="", help="the TFRecord store of the same images (default: written "
+                                                         "once into data/bench/stores/, full resolution)")
     parser.add_argument("--store-resolution", type=int, default=DEFAULT_STORE_RESOLUTION,
                         help="--max-resolution of the .beton written when --beton is not given")
     parser.add_argument("--recipe", default="w/s")
@@ -43,18 +45,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--one-run", action="store_true", help=argparse.SUPPRESS)
 
 
-def store_for(args) -> str:
-    if args.beton:
-        return args.beton
-    if args.data.endswith(".beton"):
+def store_for(args, backend: str) -> str:
+    """The store a backend reads: given, or written once from the --data ImageFolder into data/bench/stores/."""
+    given = args.beton if backend == "ffcv" else args.tfrecord
+    if given:
+        return given
+    if backend == "ffcv" and args.data.endswith(".beton"):
+        return args.data
+    if backend == "dali" and os.path.isfile(os.path.join(args.data, "manifest.json")):
         return args.data
     name = os.path.basename(os.path.normpath(args.data))
-    path = os.path.join("data", "bench", "stores", f"{name}-{args.store_resolution}.beton")
+    if backend == "ffcv":
+        path, command = (os.path.join("data", "bench", "stores", f"{name}-{args.store_resolution}.beton"),
+                         ["write_beton", "--max-resolution", str(args.store_resolution)])
+    else:
+        path, command = os.path.join("data", "bench", "stores", f"{name}-tfrecord"), ["write_tfrecord"]
     if not os.path.exists(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        subprocess.run([sys.executable, "-m", "dataset_prep.write_beton", args.data, path,
-                        "--max-resolution", str(args.store_resolution), "--no-progress"], check=True,
-                       stdout=sys.stderr)
+        done = subprocess.run([sys.executable, "-m", f"dataset_prep.{command[0]}", args.data, path, *command[1:],
+                               "--no-progress"], capture_output=True, text=True)
+        print(done.stdout + done.stderr, end="", file=sys.stderr)  # stdout stays JSON lines only
+        if done.returncode:
+            raise SystemExit(f"bench loader: could not write {path}")
     return path
 
 
@@ -69,7 +81,7 @@ def one_run(args) -> dict:
     threads = args.threads or max(1, (os.cpu_count() or 1) - args.workers)
     torch.set_num_threads(threads)
     recipe = two_view_recipe(args.recipe, args.resolution)
-    source = args.beton if backend == "ffcv" else args.data
+    source = {"ffcv": args.beton, "dali": args.tfrecord}.get(backend, args.data)
     loader = build_train_loader(backend, source, recipe, args.batch_size, args.workers, seed=0)
     if backend == "ffcv" and args.photometric == "off":
         loader.online_augment = loader.target_augment = lambda images, generator=None: images
@@ -99,15 +111,19 @@ def bench_loader(args) -> list[dict]:
         result = one_run(args)
         print(json.dumps(result))
         return [result]
-    if "torch" in args.backend and args.data.endswith(".beton"):
+    if "torch" in args.backend and (args.data.endswith(".beton")
+                                    or os.path.isfile(os.path.join(args.data, "manifest.json"))):
         raise SystemExit("bench loader: the torch backend reads an ImageFolder: pass the source folder as --data")
     if "ffcv" in args.backend:
-        args.beton = store_for(args)
+        args.beton = store_for(args, "ffcv")
+    if "dali" in args.backend:
+        args.tfrecord = store_for(args, "dali")
     runs: dict[str, list[dict]] = {backend: [] for backend in args.backend}
     for _ in range(args.repeats if args.compare else 1):
         for backend in args.backend:
             command = [sys.executable, "-m", "msf_fast.bench", "loader", "--one-run", "--backend", backend,
-                       "--data", args.data, "--beton", args.beton, "--recipe", args.recipe,
+                       "--data", args.data, "--beton", args.beton, "--tfrecord", args.tfrecord,
+                       "--recipe", args.recipe,
                        "--resolution", str(args.resolution), "--batch-size", str(args.batch_size),
                        "--workers", str(args.workers), "--threads", str(args.threads),
                        "--epochs", str(args.epochs), "--max-batches", str(args.max_batches),
@@ -116,9 +132,9 @@ def bench_loader(args) -> list[dict]:
             result = json.loads(output.strip().splitlines()[-1])
             runs[backend].append(result)
             print(json.dumps(result), flush=True)
-    if args.compare and len(args.backend) == 2:
-        base, fast = args.backend if args.backend[0] == "torch" else args.backend[::-1]
+    if args.compare and "torch" in runs and len(runs) > 1:
         medians = {b: statistics.median(r["images_per_s"] for r in runs[b]) for b in runs}
-        print(json.dumps({f"{fast}_vs_{base}": round(medians[fast] / medians[base], 2),
+        print(json.dumps({**{f"{b}_vs_torch": round(medians[b] / medians["torch"], 2) for b in medians
+                             if b != "torch"},
                           **{f"{b}_images_per_s": medians[b] for b in medians}}))
     return [r for rs in runs.values() for r in rs]

@@ -52,13 +52,18 @@ def declare_schema(config: Config) -> None:
         bank_chunk=Param(int, "bank rows scored at once by the top-k search", default=65536),
     )
     section("data", "Training data").params(
-        backend=Param(OneOf(["auto", "torch", "ffcv"]),
-                      "loader backend (auto: ffcv for a .beton, torch for an ImageFolder)", default="auto"),
-        train_path=Param(str, "training data: an ImageFolder, or a .beton (dataset_prep.write_beton)", default=""),
+        backend=Param(OneOf(["auto", "torch", "ffcv", "dali"]),
+                      "loader backend (auto: ffcv for a .beton, dali for a TFRecord store, torch for an ImageFolder)",
+                      default="auto"),
+        train_path=Param(str, "training data: an ImageFolder, a .beton (dataset_prep.write_beton) or a TFRecord "
+                              "store (dataset_prep.write_tfrecord)", default=""),
         val_path=Param(str, "held-out data for the k-NN monitor, folder or .beton ('' = none)", default=""),
         recipe=Param(OneOf(RECIPE_NAMES), "augmentations target/online: w = weak, s = strong", default="w/s"),
         resolution=Param(int, "training crop size", default=224),
-        workers=Param(int, "loader worker processes", default=8),
+        workers=Param(int, "loader worker processes (FFCV, DALI: threads)", default=8),
+        decoder_device=Param(OneOf(["auto", "cpu", "mixed"]),
+                             "DALI JPEG decoding: mixed = GPU (nvJPEG), auto = mixed when training on CUDA",
+                             default="auto"),
     )
     section("optim", "SGD with a cosine schedule").params(
         lr=Param(float, "learning rate per 256 images (scaled linearly with the global batch)", default=0.05),
@@ -163,8 +168,11 @@ def validate(cfg, world_size: int = 1) -> None:
         if path and not (os.path.isdir(path) or (path.endswith(".beton") and os.path.isfile(path))):
             raise ConfigError(f"{name}={path}: no such ImageFolder directory or .beton file")
     backend = resolve_backend(cfg.data.backend, cfg.data.train_path)
-    if backend == "torch" and not os.path.isdir(cfg.data.train_path):
+    if backend == "torch" and (not os.path.isdir(cfg.data.train_path) or is_tfrecord_store(cfg.data.train_path)):
         raise ConfigError(f"data.backend=torch reads an ImageFolder, not {cfg.data.train_path}")
+    if backend == "dali" and not is_tfrecord_store(cfg.data.train_path):
+        raise ConfigError(f"data.backend=dali reads a TFRecord store (python -m dataset_prep.write_tfrecord "
+                          f"{cfg.data.train_path} OUT_DIR), not {cfg.data.train_path}")
     if backend == "ffcv" and not cfg.data.train_path.endswith(".beton"):
         raise ConfigError(f"data.backend=ffcv reads a .beton (python -m dataset_prep.write_beton "
                           f"{cfg.data.train_path} OUT.beton), not {cfg.data.train_path}")
@@ -175,7 +183,14 @@ def validate(cfg, world_size: int = 1) -> None:
 def resolve_backend(backend: str, train_path: str) -> str:
     if backend != "auto":
         return backend
-    return "ffcv" if train_path.endswith(".beton") else "torch"
+    if train_path.endswith(".beton"):
+        return "ffcv"
+    return "dali" if is_tfrecord_store(train_path) else "torch"
+
+
+def is_tfrecord_store(path: str) -> bool:
+    from pipelines.dali_backend import is_tfrecord_store as check
+    return check(path)
 
 
 def to_dict(cfg) -> dict:

@@ -76,7 +76,8 @@ class Trainer:
         self.loader = build_train_loader(backend,
                                          cfg.data.train_path, self.recipe, cfg.train.batch_size,
                                          cfg.data.workers, cfg.train.seed, rank, world_size,
-                                         pin_memory=self.device.type == "cuda", device=self.device)
+                                         pin_memory=self.device.type == "cuda", device=self.device,
+                                         decoder_device=cfg.data.decoder_device)
         self.steps_per_epoch = len(self.loader)
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         if cfg.train.max_steps:

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from pipelines.recipe import TwoViewRecipe, two_view_recipe
 
-BACKENDS = ("torch", "ffcv")
+BACKENDS = ("torch", "ffcv", "dali")
 
 
 def build_train_loader(backend: str, root: str, recipe: TwoViewRecipe, batch_size: int, workers: int,
                        seed: int, rank: int = 0, world_size: int = 1, pin_memory: bool = False,
-                       device="cpu", dtype=None):
-    """`root` is an ImageFolder (torch) or a .beton (ffcv). The FFCV loader augments on `device` and
-    yields `dtype` (default float32); the torchvision loader yields float32 on the CPU."""
+                       device="cpu", dtype=None, decoder_device="auto"):
+    """`root` is an ImageFolder (torch), a .beton (ffcv) or a TFRecord store (dali). FFCV augments on `device`,
+    DALI on the GPU when it decodes there (`decoder_device`); both yield `dtype` (default float32); the
+    torchvision loader yields float32 on the CPU."""
     import torch
 
     if backend == "torch":
@@ -25,15 +26,22 @@ def build_train_loader(backend: str, root: str, recipe: TwoViewRecipe, batch_siz
         from pipelines.ffcv_backend import FFCVTwoViewLoader
         return FFCVTwoViewLoader(root, recipe, batch_size, workers, seed, rank, world_size, device,
                                  dtype or torch.float32)
+    if backend == "dali":
+        from pipelines.dali_backend import DALITwoViewLoader
+        return DALITwoViewLoader(root, recipe, batch_size, workers, seed, rank, world_size, device,
+                                 dtype or torch.float32, decoder_device)
     raise ValueError(f"unknown data backend {backend!r}; expected one of {', '.join(BACKENDS)}")
 
 
 def build_eval_loader(root: str, recipe: TwoViewRecipe, batch_size: int, workers: int):
     """(images, labels) batches with the evaluation transform (resize, centre crop), in file order;
-    `root` is an ImageFolder or a .beton."""
+    `root` is an ImageFolder, a .beton or a TFRecord store."""
     if root.endswith(".beton"):
         from pipelines.ffcv_backend import FFCVEvalLoader
         return FFCVEvalLoader(root, recipe, batch_size, workers)
+    from pipelines.dali_backend import DALIEvalLoader, is_tfrecord_store
+    if is_tfrecord_store(root):
+        return DALIEvalLoader(root, recipe, batch_size, workers)
     from torch.utils.data import DataLoader
 
     from pipelines.torchvision_backend import eval_transform, image_folder

@@ -94,3 +94,32 @@ def make_messy_source(root: str, seed=0) -> dict:
     save(path("odd/rotated.jpg"), Image.fromarray(base), quality=95, exif=exif.tobytes())
     good["odd/rotated.jpg"] = np.rot90(base, k=-1)
     return {"good": good, "bad": bad}
+
+
+def write_image_folder(root, images: dict[str, list[np.ndarray]]) -> str:
+    """An ImageFolder of lossless PNGs from {class name: [HxWx3 uint8 arrays]}."""
+    for name, arrays in images.items():
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        for i, array in enumerate(arrays):
+            Image.fromarray(array).save(os.path.join(root, name, f"{i}.png"))
+    return str(root)
+
+
+def coordinate_images(count: int = 32, size: int = 128) -> dict[str, list[np.ndarray]]:
+    """One image per class (labels identify samples): red encodes x, green y, blue the sample."""
+    y, x = np.mgrid[0:size, 0:size] * (256 // size)
+    return {f"s{i:02d}": [np.stack([x, y, np.full_like(x, (i * 8) % 256)], -1).astype(np.uint8)]
+            for i in range(count)}
+
+
+def flat_colour_images(classes: int = 4, per_class: int = 8, seed: int = 0) -> dict[str, list[np.ndarray]]:
+    """Flat, clearly coloured images: crops keep the colour exactly, photometric ops change it."""
+    rng = np.random.default_rng(seed)
+    images = {}
+    for c in range(classes):
+        arrays = []
+        for _ in range(per_class):
+            colour = rng.permutation([200, 60, int(rng.integers(90, 170))])
+            arrays.append(np.full((40, 56, 3), colour, np.uint8))
+        images[f"c{c}"] = arrays
+    return images

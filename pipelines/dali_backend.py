@@ -1,0 +1,223 @@
+"""The DALI backend: TFRecord shards (dataset_prep.write_tfrecord) read, decoded and augmented inside DALI.
+
+Each image is decoded once (`fn.decoders.image`, on the GPU with `mixed` when training on CUDA, else on the CPU)
+and random-resized-cropped twice; each view's recipe then runs as DALI ops, per sample:
+- colour jitter with probability jitter_p, in torchvision's fixed order brightness -> contrast -> saturation ->
+  hue (no per-sample permutation): `fn.brightness_contrast` with the image's own mean luma as the contrast
+  centre (torchvision's definition), then `fn.hsv`, whose hue is an additive angle in **degrees** (the recipe's
+  hue 0.1 of a turn is ±36°) applied as a rotation about the gray axis (DALI's linear approximation of HSV);
+- grayscale with probability grayscale_p (`fn.hsv(saturation=0)`: the gray axis, luma 0.299/0.587/0.114);
+- Gaussian blur with probability blur_p, σ ~ U(blur_sigma), window 2·ceil(3σ)+1 (DALI's rule for σ alone);
+- solarize with probability solarize_p; flip and normalization in `fn.crop_mirror_normalize`, which writes
+  NHWC: the torch batch is its NCHW view, channels-last in memory without a copy.
+
+Order and last batch: each rank reads `shard_id=rank` of `num_shards=world_size`, shuffled through DALI's
+buffer of `SHUFFLE_BUFFER` records (a reservoir, not a full permutation: the writer already shuffled the shards);
+`pad_last_batch=True` and every epoch stops after len(loader) full batches, the same count on every rank, so no
+sample repeats within an epoch and the partial remainder is dropped as with the other backends. The pipeline
+is rebuilt for each epoch with a seed from (seed, epoch, rank): an epoch, and so a resumed run, is reproducible.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from pipelines.recipe import TwoViewRecipe, ViewRecipe
+from pipelines.sampling import per_sample_seed
+
+SHUFFLE_BUFFER = 4096  # records; DALI fills this buffer and draws from it at random
+READER = "Reader"
+
+
+class DALIUnavailable(ImportError):
+    pass
+
+
+def import_dali():
+    try:
+        import nvidia.dali  # noqa: F401
+        import nvidia.dali.plugin.pytorch  # noqa: F401
+    except ImportError as error:
+        raise DALIUnavailable(f"DALI is not installed ({error}): pip install -e '.[dali]' "
+                              "(nvidia-dali-cuda130, ~200 MB)") from None
+
+
+def read_tfrecord_store(folder: str) -> dict:
+    """The manifest of a store written by dataset_prep.write_tfrecord, with absolute shard paths."""
+    path = os.path.join(folder, "manifest.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{folder}: not a TFRecord store (no manifest.json; write one with "
+                                "python -m dataset_prep.write_tfrecord)")
+    manifest = json.load(open(path))
+    if manifest.get("format") != "tfrecord":
+        raise ValueError(f"{path}: format {manifest.get('format')!r}, expected 'tfrecord'")
+    manifest["records"] = [os.path.join(folder, shard["tfrecord"]) for shard in manifest["shards"]]
+    manifest["indexes"] = [os.path.join(folder, shard["index"]) for shard in manifest["shards"]]
+    return manifest
+
+
+def is_tfrecord_store(path: str) -> bool:
+    try:
+        read_tfrecord_store(path)
+        return True
+    except (FileNotFoundError, ValueError, json.JSONDecodeError):
+        return False
+
+
+def _solarize(images, threshold: int):
+    bright = images >= threshold
+    return images + bright * (255 - 2 * images)  # 255 - x where x >= threshold
+
+
+def _view(images, view: ViewRecipe, recipe: TwoViewRecipe):
+    from nvidia.dali import fn, types
+
+    views = fn.random_resized_crop(images, size=[recipe.resolution, recipe.resolution],
+                                   random_area=list(view.crop_scale), random_aspect_ratio=list(view.crop_ratio))
+    if view.jitter_p > 0:
+        if fn.random.coin_flip(probability=view.jitter_p, dtype=types.BOOL):
+            luma = fn.reductions.mean(fn.color_space_conversion(views, image_type=types.RGB,
+                                                                output_type=types.GRAY))
+            views = fn.brightness_contrast(
+                views, brightness=fn.random.uniform(range=[max(0.0, 1 - view.brightness), 1 + view.brightness]),
+                contrast=fn.random.uniform(range=[max(0.0, 1 - view.contrast), 1 + view.contrast]),
+                contrast_center=luma)
+            views = fn.hsv(views, saturation=fn.random.uniform(range=[max(0.0, 1 - view.saturation),
+                                                                      1 + view.saturation]),
+                           hue=fn.random.uniform(range=[-360 * view.hue, 360 * view.hue]))
+    if view.grayscale_p > 0:
+        if fn.random.coin_flip(probability=view.grayscale_p, dtype=types.BOOL):
+            views = fn.hsv(views, saturation=0.0)
+    if view.blur_p > 0:
+        if fn.random.coin_flip(probability=view.blur_p, dtype=types.BOOL):
+            views = fn.gaussian_blur(views, sigma=fn.random.uniform(range=list(view.blur_sigma)))
+    if view.solarize_p > 0:
+        if fn.random.coin_flip(probability=view.solarize_p, dtype=types.BOOL):
+            views = fn.cast(_solarize(fn.cast(views, dtype=types.INT16), round(255 * view.solarize_threshold)),
+                            dtype=types.UINT8)
+    return fn.crop_mirror_normalize(views, mirror=fn.random.coin_flip(probability=view.flip_p),
+                                    mean=[255 * m for m in recipe.mean], std=[255 * s for s in recipe.std],
+                                    dtype=types.FLOAT, output_layout="HWC")
+
+
+def build_pipeline(store: dict, recipe: TwoViewRecipe, batch_size: int, workers: int, seed: int, rank: int,
+                   world_size: int, decoder_device: str, device_id):
+    from nvidia.dali import fn, pipeline_def, types
+    import nvidia.dali.tfrecord as tfrec
+
+    @pipeline_def(enable_conditionals=True)
+    def two_views():
+        records = fn.readers.tfrecord(
+            path=store["records"], index_path=store["indexes"], name=READER,
+            features={"image/encoded": tfrec.FixedLenFeature((), tfrec.string, ""),
+                      "image/class/label": tfrec.FixedLenFeature([1], tfrec.int64, -1)},
+            shard_id=rank, num_shards=world_size, random_shuffle=True, initial_fill=SHUFFLE_BUFFER,
+            pad_last_batch=True)
+        images = fn.decoders.image(records["image/encoded"], device=decoder_device, output_type=types.RGB)
+        return _view(images, recipe.online, recipe), _view(images, recipe.target, recipe), \
+            records["image/class/label"]
+
+    return two_views(batch_size=batch_size, num_threads=max(1, workers), device_id=device_id,
+                     seed=seed % (2**31 - 1), prefetch_queue_depth=2, exec_dynamic=True)
+
+
+class DALITwoViewLoader:
+    """Batches of (online_view, target_view, labels): NCHW `dtype` in channels-last memory, on the GPU when
+    decoding is `mixed`, else on the CPU."""
+
+    backend = "dali"
+
+    def __init__(self, path: str, recipe: TwoViewRecipe, batch_size: int, workers: int = 2, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32, decoder_device: str = "auto"):
+        import_dali()
+        self.store = read_tfrecord_store(path)
+        self.recipe, self.batch_size, self.workers = recipe, batch_size, workers
+        self.seed, self.rank, self.world_size, self.dtype = seed, rank, world_size, dtype
+        device = torch.device(device)
+        if decoder_device == "auto":
+            decoder_device = "mixed" if device.type == "cuda" else "cpu"
+        if decoder_device not in ("cpu", "mixed"):
+            raise ValueError(f"decoder device {decoder_device!r}: expected auto, cpu or mixed")
+        if decoder_device == "mixed" and not torch.cuda.is_available():
+            raise ValueError("decoder device 'mixed' decodes on the GPU, and no CUDA device is available")
+        self.decoder_device = decoder_device
+        self.device_id = (device.index or 0) if decoder_device == "mixed" else None
+        self.num_classes = int(self.store["num_classes"])
+        self.num_samples = int(self.store["counts"]["written"])
+        if len(self) == 0:
+            raise ValueError(f"{path}: {self.num_samples} images make no full batch of "
+                             f"{batch_size} x {world_size} rank(s)")
+
+    def __len__(self) -> int:
+        return self.num_samples // (self.batch_size * self.world_size)
+
+    def iterate(self, epoch: int, skip_batches: int = 0):
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        pipeline = build_pipeline(self.store, self.recipe, self.batch_size, self.workers,
+                                  per_sample_seed(self.seed, epoch, self.rank), self.rank, self.world_size,
+                                  self.decoder_device, self.device_id)
+        batches = DALIGenericIterator([pipeline], ["online", "target", "label"], reader_name=READER,
+                                      last_batch_policy=LastBatchPolicy.DROP, auto_reset=False)
+        try:
+            for step, batch in enumerate(batches):
+                if step >= len(self):
+                    break
+                if step < skip_batches:
+                    continue
+                views = batch[0]
+                yield (self._to_nchw(views["online"]), self._to_nchw(views["target"]),
+                       views["label"].reshape(-1).to(torch.int64))
+        finally:
+            del batches, pipeline
+
+    def _to_nchw(self, nhwc: torch.Tensor) -> torch.Tensor:
+        return nhwc.to(self.dtype).permute(0, 3, 1, 2)  # NCHW view of NHWC memory: channels-last
+
+
+class DALIEvalLoader:
+    """(images, labels) of a TFRecord store in store order with the evaluation transform (shorter side to
+    eval_resize, centre crop, normalize): every sample exactly once; float32 NCHW channels-last on the CPU."""
+
+    def __init__(self, path: str, recipe: TwoViewRecipe, batch_size: int, workers: int = 2):
+        import_dali()
+        self.store = read_tfrecord_store(path)
+        self.recipe, self.batch_size, self.workers = recipe, batch_size, workers
+        self.num_samples = int(self.store["counts"]["written"])
+
+    def __len__(self) -> int:
+        return -(-self.num_samples // self.batch_size)
+
+    def _pipeline(self):
+        from nvidia.dali import fn, pipeline_def, types
+        import nvidia.dali.tfrecord as tfrec
+
+        recipe = self.recipe
+
+        @pipeline_def
+        def evaluation():
+            records = fn.readers.tfrecord(
+                path=self.store["records"], index_path=self.store["indexes"], name=READER,
+                features={"image/encoded": tfrec.FixedLenFeature((), tfrec.string, ""),
+                          "image/class/label": tfrec.FixedLenFeature([1], tfrec.int64, -1)},
+                random_shuffle=False, pad_last_batch=True)
+            images = fn.decoders.image(records["image/encoded"], device="cpu", output_type=types.RGB)
+            images = fn.resize(images, resize_shorter=recipe.eval_resize)
+            images = fn.crop_mirror_normalize(images, crop=(recipe.resolution, recipe.resolution),
+                                              mean=[255 * m for m in recipe.mean],
+                                              std=[255 * s for s in recipe.std], dtype=types.FLOAT,
+                                              output_layout="HWC")
+            return images, records["image/class/label"]
+
+        return evaluation(batch_size=self.batch_size, num_threads=max(1, self.workers), device_id=None, seed=0)
+
+    def __iter__(self):
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        batches = DALIGenericIterator([self._pipeline()], ["images", "labels"], reader_name=READER,
+                                      last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
+        for batch in batches:
+            yield batch[0]["images"].permute(0, 3, 1, 2), batch[0]["labels"].reshape(-1).to(torch.int64)

@@ -1,0 +1,166 @@
+"""The DALI backend on the CPU: batch contract, sharding and the last batch, recipe statistics, seeding, training."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("nvidia.dali")
+
+from dataset_prep import write_tfrecord  # noqa: E402
+from pipelines import build_eval_loader, build_train_loader  # noqa: E402
+from pipelines.dali_backend import DALITwoViewLoader, DALIUnavailable, import_dali  # noqa: E402
+from pipelines.recipe import RECIPE_NAMES, two_view_recipe  # noqa: E402
+from tests.image_cases import coordinate_images, flat_colour_images, write_image_folder  # noqa: E402
+
+RESOLUTION = 32
+
+
+def make_store(root, images, *options) -> str:
+    source = write_image_folder(root / "src", images)
+    out = str(root / "store")
+    assert write_tfrecord.main([source, out, "--workers", "1", "--no-progress", "--jpeg-quality", "95",
+                                *options]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def coordinate_store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("coords"), coordinate_images(32), "--shards", "2")
+
+
+@pytest.fixture(scope="module")
+def flat_store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("flat"), flat_colour_images())
+
+
+def unnormalize(views: torch.Tensor, recipe) -> torch.Tensor:
+    mean = torch.tensor(recipe.mean).view(1, 3, 1, 1)
+    std = torch.tensor(recipe.std).view(1, 3, 1, 1)
+    return (views.float() * std + mean) * 255
+
+
+def test_contract_for_every_recipe(coordinate_store):
+    for name in RECIPE_NAMES:
+        recipe = two_view_recipe(name, RESOLUTION)
+        loader = build_train_loader("dali", coordinate_store, recipe, batch_size=8, workers=1, seed=0)
+        assert len(loader) == 4 and loader.num_classes == 32
+        batches = list(loader.iterate(0))
+        assert len(batches) == 4
+        online, target, labels = batches[0]
+        for view in (online, target):
+            assert view.shape == (8, 3, RESOLUTION, RESOLUTION) and view.dtype == torch.float32
+            assert view.is_contiguous(memory_format=torch.channels_last)
+        assert labels.dtype == torch.int64 and labels.shape == (8,)
+        assert sorted(torch.cat([b[2] for b in batches]).tolist()) == list(range(32))
+
+
+def test_two_shards_no_repeats_and_the_remainder_dropped(tmp_path):
+    store = make_store(tmp_path, coordinate_images(37), "--shards", "3")
+    recipe = two_view_recipe("w/w", RESOLUTION)
+    ranks = [DALITwoViewLoader(store, recipe, batch_size=4, workers=1, seed=0, rank=r, world_size=2)
+             for r in range(2)]
+    assert [len(r) for r in ranks] == [4, 4]  # 37 // (4 x 2): the same step count on both ranks
+    for epoch in range(2):
+        seen = [torch.cat([labels for _, _, labels in rank.iterate(epoch)]).tolist() for rank in ranks]
+        for labels in seen:
+            assert len(labels) == 16 and len(set(labels)) == 16  # no sample twice within an epoch
+        assert not set(seen[0]) & set(seen[1])  # the ranks read disjoint shards
+    everything = torch.cat([labels for _, labels in build_eval_loader(store, recipe, 10, 1)]).tolist()
+    assert sorted(everything) == list(range(37))  # evaluation: every sample exactly once
+
+
+def test_crop_scale_flip_and_views_differ(coordinate_store):
+    from torchvision.transforms import RandomResizedCrop
+
+    def crop_areas(pixels):
+        width = (pixels[:, 0].amax((1, 2)) - pixels[:, 0].amin((1, 2)) + 2) / 256
+        height = (pixels[:, 1].amax((1, 2)) - pixels[:, 1].amin((1, 2)) + 2) / 256
+        return width * height
+
+    recipe = two_view_recipe("w/w", RESOLUTION)
+    loader = DALITwoViewLoader(coordinate_store, recipe, batch_size=8, workers=1, seed=0)
+    areas, flips = [], []
+    for epoch in range(6):
+        for online, target, _ in loader.iterate(epoch):
+            assert not torch.allclose(online, target)
+            for view in (online, target):
+                pixels = unnormalize(view, recipe)
+                areas.append(crop_areas(pixels))
+                flips.append(pixels[:, 0, :, 0].mean(1) > pixels[:, 0, :, -1].mean(1))  # red falls to the right
+    areas, flips = torch.cat(areas), torch.cat(flips).float()
+    torch.manual_seed(0)
+    y, x = torch.meshgrid(torch.arange(128), torch.arange(128), indexing="ij")
+    image = torch.stack([x * 2, y * 2, torch.zeros_like(x)]).to(torch.uint8)
+    crop = RandomResizedCrop(RESOLUTION, scale=recipe.online.crop_scale, ratio=recipe.online.crop_ratio)
+    reference = crop_areas(torch.stack([crop(image) for _ in range(1000)]).float())
+    assert areas.min() > 0.2 - 0.03 and areas.max() <= 1.0 + 0.02
+    assert abs(areas.mean().item() - reference.mean().item()) < 0.04
+    sigma = (0.25 / len(flips)) ** 0.5
+    assert abs(flips.mean().item() - 0.5) < 3 * sigma
+
+
+def test_strong_view_statistics_and_a_plain_weak_target(flat_store):
+    recipe = two_view_recipe("w/s", RESOLUTION)
+    loader = DALITwoViewLoader(flat_store, recipe, batch_size=8, workers=1, seed=0)
+    changed, gray = [], []
+    for epoch in range(8):
+        for online, target, _ in loader.iterate(epoch):
+            target_pixels = unnormalize(target, recipe)
+            assert (target_pixels.amax((2, 3)) - target_pixels.amin((2, 3))).max() < 2.0  # still flat
+            colour = online_colour = unnormalize(online, recipe).mean((2, 3))
+            changed.append((online_colour - target_pixels.mean((2, 3))).abs().amax(1) > 2.0)
+            gray.append((colour.amax(1) - colour.amin(1)) < 2.0)
+    changed, gray = torch.cat(changed).float(), torch.cat(gray).float()
+    n = len(gray)
+    # grayscale p = 0.2 (jitter's saturation >= 0.6 never makes these colours gray)
+    assert abs(gray.mean().item() - 0.2) < 3 * (0.2 * 0.8 / n) ** 0.5
+    # colour changes unless neither jitter (p = 0.8) nor grayscale (p = 0.2) happened: 1 - 0.2 * 0.8 = 0.84
+    assert abs(changed.mean().item() - 0.84) < 3 * (0.84 * 0.16 / n) ** 0.5 + 0.03
+
+
+def test_epochs_are_seeded_and_resumable(coordinate_store):
+    recipe = two_view_recipe("w/s", RESOLUTION)
+    loader = DALITwoViewLoader(coordinate_store, recipe, batch_size=8, workers=1, seed=5)
+    first = list(loader.iterate(2))
+    again = list(loader.iterate(2))
+    resumed = list(loader.iterate(2, skip_batches=1))
+    for (a_online, a_target, a_labels), (b_online, b_target, b_labels) in zip(first, again):
+        assert torch.equal(a_labels, b_labels) and torch.equal(a_online, b_online) and torch.equal(a_target, b_target)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first[1:], resumed))
+    assert [b[2].tolist() for b in loader.iterate(3)] != [b[2].tolist() for b in first]
+
+
+def test_training_steps_through_dali(coordinate_store, tmp_path):
+    from msf_fast.config import load_config
+    from msf_fast.trainer import Trainer
+
+    cfg = load_config([f"--data.train_path={coordinate_store}", "--model.arch=resnet18", "--model.small_input=1",
+                       f"--data.resolution={RESOLUTION}", "--data.workers=1", "--train.batch_size=8",
+                       "--msf.bank_size=32", "--train.epochs=1", "--train.device=cpu", "--train.threads=1",
+                       f"--logging.folder={tmp_path / 'run'}", "--logging.progress=0"])
+    threads = torch.get_num_threads()
+    try:
+        trainer = Trainer(cfg)
+        assert trainer.loader.backend == "dali"  # data.backend=auto picks DALI for a TFRecord store
+        history = trainer.train()
+    finally:
+        torch.set_num_threads(threads)
+    assert trainer.step == 4 and np.isfinite(history["loss"][1])
+
+
+def test_missing_dali_is_one_clear_line(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)
+    with pytest.raises(DALIUnavailable, match=r"pip install -e '\.\[dali\]'"):
+        import_dali()
+
+
+@pytest.mark.cuda
+def test_mixed_decoding_on_the_gpu(coordinate_store):
+    recipe = two_view_recipe("w/s", RESOLUTION)
+    loader = DALITwoViewLoader(coordinate_store, recipe, batch_size=8, workers=2, seed=0, device="cuda")
+    assert loader.decoder_device == "mixed"
+    online, target, labels = next(iter(loader.iterate(0)))
+    assert online.is_cuda and target.is_cuda and online.shape == (8, 3, RESOLUTION, RESOLUTION)
