@@ -77,6 +77,7 @@ class Trainer:
                                          cfg.data.train_path, self.recipe, cfg.train.batch_size,
                                          cfg.data.workers, cfg.train.seed, rank, world_size,
                                          pin_memory=self.device.type == "cuda", device=self.device,
+                                         dtype=self.precision.dtype if self.device.type == "cuda" else None,
                                          decoder_device=cfg.data.decoder_device)
         self.steps_per_epoch = len(self.loader)
         self.total_steps = self.steps_per_epoch * cfg.train.epochs

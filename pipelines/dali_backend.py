@@ -71,7 +71,7 @@ def _solarize(images, threshold: int):
     return images + bright * (255 - 2 * images)  # 255 - x where x >= threshold
 
 
-def _view(images, view: ViewRecipe, recipe: TwoViewRecipe):
+def _view(images, view: ViewRecipe, recipe: TwoViewRecipe, half: bool):
     from nvidia.dali import fn, types
 
     views = fn.random_resized_crop(images, size=[recipe.resolution, recipe.resolution],
@@ -99,11 +99,12 @@ def _view(images, view: ViewRecipe, recipe: TwoViewRecipe):
                             dtype=types.UINT8)
     return fn.crop_mirror_normalize(views, mirror=fn.random.coin_flip(probability=view.flip_p),
                                     mean=[255 * m for m in recipe.mean], std=[255 * s for s in recipe.std],
-                                    dtype=types.FLOAT, output_layout="HWC")
+                                    dtype=types.FLOAT16 if half else types.FLOAT, output_layout="HWC")
 
 
 def build_pipeline(store: dict, recipe: TwoViewRecipe, batch_size: int, workers: int, seed: int, rank: int,
-                   world_size: int, decoder_device: str, device_id):
+                   world_size: int, decoder_device: str, device_id, half: bool = False):
+    """half: normalize to float16 inside DALI (half the bytes to move; torch converts to bfloat16 if asked)."""
     from nvidia.dali import fn, pipeline_def, types
     import nvidia.dali.tfrecord as tfrec
 
@@ -116,7 +117,7 @@ def build_pipeline(store: dict, recipe: TwoViewRecipe, batch_size: int, workers:
             shard_id=rank, num_shards=world_size, random_shuffle=True, initial_fill=SHUFFLE_BUFFER,
             pad_last_batch=True)
         images = fn.decoders.image(records["image/encoded"], device=decoder_device, output_type=types.RGB)
-        return _view(images, recipe.online, recipe), _view(images, recipe.target, recipe), \
+        return _view(images, recipe.online, recipe, half), _view(images, recipe.target, recipe, half), \
             records["image/class/label"]
 
     return two_views(batch_size=batch_size, num_threads=max(1, workers), device_id=device_id,
@@ -159,7 +160,8 @@ class DALITwoViewLoader:
 
         pipeline = build_pipeline(self.store, self.recipe, self.batch_size, self.workers,
                                   per_sample_seed(self.seed, epoch, self.rank), self.rank, self.world_size,
-                                  self.decoder_device, self.device_id)
+                                  self.decoder_device, self.device_id,
+                                  half=self.dtype in (torch.float16, torch.bfloat16))
         batches = DALIGenericIterator([pipeline], ["online", "target", "label"], reader_name=READER,
                                       last_batch_policy=LastBatchPolicy.DROP, auto_reset=False)
         try:

@@ -164,3 +164,12 @@ def test_mixed_decoding_on_the_gpu(coordinate_store):
     assert loader.decoder_device == "mixed"
     online, target, labels = next(iter(loader.iterate(0)))
     assert online.is_cuda and target.is_cuda and online.shape == (8, 3, RESOLUTION, RESOLUTION)
+
+
+def test_half_precision_output(coordinate_store):
+    recipe = two_view_recipe("w/w", RESOLUTION)
+    full = DALITwoViewLoader(coordinate_store, recipe, batch_size=8, workers=1, seed=1)
+    half = DALITwoViewLoader(coordinate_store, recipe, batch_size=8, workers=1, seed=1, dtype=torch.bfloat16)
+    (a, _, labels_a), (b, _, labels_b) = next(iter(full.iterate(0))), next(iter(half.iterate(0)))
+    assert b.dtype == torch.bfloat16 and b.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(labels_a, labels_b) and (a - b.float()).abs().max() < 0.02  # float16 then bfloat16 rounding
