@@ -8,12 +8,12 @@ import torch
 pytest.importorskip("nvidia.dali")
 
 from dataset_prep import write_tfrecord  # noqa: E402
-from pipelines import build_eval_loader, build_train_loader  # noqa: E402
+from pipelines import build_eval_loader  # noqa: E402
 from pipelines.dali_backend import DALITwoViewLoader, DALIUnavailable, import_dali  # noqa: E402
-from pipelines.recipe import RECIPE_NAMES, two_view_recipe  # noqa: E402
+from pipelines.recipe import two_view_recipe  # noqa: E402
 from tests.image_cases import coordinate_images, flat_colour_images, write_image_folder  # noqa: E402
-
-RESOLUTION = 32
+from tests.loader_checks import (RESOLUTION, check_contract_for_every_recipe, crop_areas,  # noqa: E402
+                                 torchvision_crop_areas, train_one_small_epoch, unnormalize)
 
 
 def make_store(root, images, *options) -> str:
@@ -34,25 +34,8 @@ def flat_store(tmp_path_factory):
     return make_store(tmp_path_factory.mktemp("flat"), flat_colour_images())
 
 
-def unnormalize(views: torch.Tensor, recipe) -> torch.Tensor:
-    mean = torch.tensor(recipe.mean).view(1, 3, 1, 1)
-    std = torch.tensor(recipe.std).view(1, 3, 1, 1)
-    return (views.float() * std + mean) * 255
-
-
 def test_contract_for_every_recipe(coordinate_store):
-    for name in RECIPE_NAMES:
-        recipe = two_view_recipe(name, RESOLUTION)
-        loader = build_train_loader("dali", coordinate_store, recipe, batch_size=8, workers=1, seed=0)
-        assert len(loader) == 4 and loader.num_classes == 32
-        batches = list(loader.iterate(0))
-        assert len(batches) == 4
-        online, target, labels = batches[0]
-        for view in (online, target):
-            assert view.shape == (8, 3, RESOLUTION, RESOLUTION) and view.dtype == torch.float32
-            assert view.is_contiguous(memory_format=torch.channels_last)
-        assert labels.dtype == torch.int64 and labels.shape == (8,)
-        assert sorted(torch.cat([b[2] for b in batches]).tolist()) == list(range(32))
+    check_contract_for_every_recipe("dali", coordinate_store)
 
 
 def test_two_shards_no_repeats_and_the_remainder_dropped(tmp_path):
@@ -71,13 +54,6 @@ def test_two_shards_no_repeats_and_the_remainder_dropped(tmp_path):
 
 
 def test_crop_scale_flip_and_views_differ(coordinate_store):
-    from torchvision.transforms import RandomResizedCrop
-
-    def crop_areas(pixels):
-        width = (pixels[:, 0].amax((1, 2)) - pixels[:, 0].amin((1, 2)) + 2) / 256
-        height = (pixels[:, 1].amax((1, 2)) - pixels[:, 1].amin((1, 2)) + 2) / 256
-        return width * height
-
     recipe = two_view_recipe("w/w", RESOLUTION)
     loader = DALITwoViewLoader(coordinate_store, recipe, batch_size=8, workers=1, seed=0)
     areas, flips = [], []
@@ -89,11 +65,7 @@ def test_crop_scale_flip_and_views_differ(coordinate_store):
                 areas.append(crop_areas(pixels))
                 flips.append(pixels[:, 0, :, 0].mean(1) > pixels[:, 0, :, -1].mean(1))  # red falls to the right
     areas, flips = torch.cat(areas), torch.cat(flips).float()
-    torch.manual_seed(0)
-    y, x = torch.meshgrid(torch.arange(128), torch.arange(128), indexing="ij")
-    image = torch.stack([x * 2, y * 2, torch.zeros_like(x)]).to(torch.uint8)
-    crop = RandomResizedCrop(RESOLUTION, scale=recipe.online.crop_scale, ratio=recipe.online.crop_ratio)
-    reference = crop_areas(torch.stack([crop(image) for _ in range(1000)]).float())
+    reference = torchvision_crop_areas(recipe)
     assert areas.min() > 0.2 - 0.03 and areas.max() <= 1.0 + 0.02
     assert abs(areas.mean().item() - reference.mean().item()) < 0.04
     sigma = (0.25 / len(flips)) ** 0.5
@@ -108,9 +80,9 @@ def test_strong_view_statistics_and_a_plain_weak_target(flat_store):
         for online, target, _ in loader.iterate(epoch):
             target_pixels = unnormalize(target, recipe)
             assert (target_pixels.amax((2, 3)) - target_pixels.amin((2, 3))).max() < 2.0  # still flat
-            colour = online_colour = unnormalize(online, recipe).mean((2, 3))
+            online_colour = unnormalize(online, recipe).mean((2, 3))
             changed.append((online_colour - target_pixels.mean((2, 3))).abs().amax(1) > 2.0)
-            gray.append((colour.amax(1) - colour.amin(1)) < 2.0)
+            gray.append((online_colour.amax(1) - online_colour.amin(1)) < 2.0)
     changed, gray = torch.cat(changed).float(), torch.cat(gray).float()
     n = len(gray)
     # grayscale p = 0.2 (jitter's saturation >= 0.6 never makes these colours gray)
@@ -132,20 +104,8 @@ def test_epochs_are_seeded_and_resumable(coordinate_store):
 
 
 def test_training_steps_through_dali(coordinate_store, tmp_path):
-    from msf_fast.config import load_config
-    from msf_fast.trainer import Trainer
-
-    cfg = load_config([f"--data.train_path={coordinate_store}", "--model.arch=resnet18", "--model.small_input=1",
-                       f"--data.resolution={RESOLUTION}", "--data.workers=1", "--train.batch_size=8",
-                       "--msf.bank_size=32", "--train.epochs=1", "--train.device=cpu", "--train.threads=1",
-                       f"--logging.folder={tmp_path / 'run'}", "--logging.progress=0"])
-    threads = torch.get_num_threads()
-    try:
-        trainer = Trainer(cfg)
-        assert trainer.loader.backend == "dali"  # data.backend=auto picks DALI for a TFRecord store
-        history = trainer.train()
-    finally:
-        torch.set_num_threads(threads)
+    trainer, history = train_one_small_epoch(coordinate_store, tmp_path / "run")
+    assert trainer.loader.backend == "dali"  # data.backend=auto picks it for this store
     assert trainer.step == 4 and np.isfinite(history["loss"][1])
 
 

@@ -1,30 +1,24 @@
 """The FFCV backend: batch contract, recipe behaviour measured on the images, order, resume, threads, training."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 pytest.importorskip("ffcv")
 
 from dataset_prep import write_beton  # noqa: E402
-from pipelines import build_train_loader  # noqa: E402
 from pipelines.ffcv_backend import FFCVTwoViewLoader  # noqa: E402
-from pipelines.recipe import RECIPE_NAMES, two_view_recipe  # noqa: E402
+from pipelines.recipe import two_view_recipe  # noqa: E402
+from tests.image_cases import coordinate_images, flat_colour_images, write_image_folder  # noqa: E402
+from tests.loader_checks import (RESOLUTION, check_contract_for_every_recipe, crop_areas,  # noqa: E402
+                                 torchvision_crop_areas, train_one_small_epoch, unnormalize)
 
-RESOLUTION = 32
 
-
-def make_store(root, images: dict[str, list[np.ndarray]], write_mode="raw") -> str:
-    for name, arrays in images.items():
-        os.makedirs(os.path.join(root, name), exist_ok=True)
-        for i, array in enumerate(arrays):
-            Image.fromarray(array).save(os.path.join(root, name, f"{i}.png"))
-    path = str(root) + ".beton"
-    assert write_beton.main([str(root), path, "--write-mode", write_mode, "--workers", "1", "--no-progress"]) == 0
+def make_store(root, images, write_mode="raw") -> str:
+    source = write_image_folder(root, images)
+    path = source + ".beton"
+    assert write_beton.main([source, path, "--write-mode", write_mode, "--workers", "1", "--no-progress"]) == 0
     return path
 
 
@@ -37,55 +31,19 @@ def keep_torch_threads():
 
 @pytest.fixture(scope="module")
 def coordinate_store(tmp_path_factory):
-    """One image per class (so labels identify samples): red encodes x, green encodes y, blue the sample id."""
-    y, x = np.mgrid[0:128, 0:128]
-    images = {}
-    for i in range(32):
-        pixels = np.stack([x * 2, y * 2, np.full_like(x, i * 8)], -1).astype(np.uint8)
-        images[f"s{i:02d}"] = [pixels]
-    return make_store(tmp_path_factory.mktemp("coords") / "src", images)
+    return make_store(tmp_path_factory.mktemp("coords") / "src", coordinate_images(32))
 
 
 @pytest.fixture(scope="module")
 def uniform_store(tmp_path_factory):
-    """Images of one flat colour each: crops and flips keep the colour exactly, photometric ops change it."""
-    rng = np.random.default_rng(0)
-    images = {f"c{i}": [np.full((40, 56, 3), rng.integers(30, 226, 3), np.uint8) for _ in range(8)]
-              for i in range(4)}
-    return make_store(tmp_path_factory.mktemp("uniform") / "src", images)
-
-
-def unnormalize(views: torch.Tensor, recipe) -> torch.Tensor:
-    mean = torch.tensor(recipe.mean).view(1, 3, 1, 1)
-    std = torch.tensor(recipe.std).view(1, 3, 1, 1)
-    return (views.float() * std + mean) * 255
+    return make_store(tmp_path_factory.mktemp("uniform") / "src", flat_colour_images())
 
 
 def test_contract_for_every_recipe(coordinate_store):
-    for name in RECIPE_NAMES:
-        recipe = two_view_recipe(name, RESOLUTION)
-        loader = build_train_loader("ffcv", coordinate_store, recipe, batch_size=8, workers=1, seed=0)
-        assert len(loader) == 4 and loader.num_classes == 32
-        batches = list(loader.iterate(0))
-        assert len(batches) == 4
-        online, target, labels = batches[0]
-        for view in (online, target):
-            assert view.shape == (8, 3, RESOLUTION, RESOLUTION) and view.dtype == torch.float32
-            assert view.is_contiguous(memory_format=torch.channels_last)
-        assert labels.dtype == torch.int64 and labels.shape == (8,)
-        seen = torch.cat([b[2] for b in batches])
-        assert sorted(seen.tolist()) == list(range(32))  # every sample once per epoch
+    check_contract_for_every_recipe("ffcv", coordinate_store)
 
 
 def test_crop_scale_and_views_differ(coordinate_store):
-    from torchvision.transforms import RandomResizedCrop
-
-    def crop_areas(pixels: torch.Tensor) -> torch.Tensor:
-        """Fraction of the image a crop covers, read from the coordinate colours (x in red, y in green)."""
-        width = (pixels[:, 0].amax((1, 2)) - pixels[:, 0].amin((1, 2)) + 2) / 256
-        height = (pixels[:, 1].amax((1, 2)) - pixels[:, 1].amin((1, 2)) + 2) / 256
-        return width * height
-
     recipe = two_view_recipe("w/w", RESOLUTION)  # no photometric change: pixel values are coordinates
     loader = FFCVTwoViewLoader(coordinate_store, recipe, batch_size=8, workers=1, seed=0)
     scales = []
@@ -94,12 +52,7 @@ def test_crop_scale_and_views_differ(coordinate_store):
             scales += [crop_areas(unnormalize(view, recipe)) for view in (online, target)]
             assert not torch.allclose(online, target)  # two independent crops
     scales = torch.cat(scales)
-    # the same measurement through torchvision's RandomResizedCrop (the baseline's): same distribution
-    torch.manual_seed(0)
-    y, x = torch.meshgrid(torch.arange(128), torch.arange(128), indexing="ij")
-    image = torch.stack([x * 2, y * 2, torch.zeros_like(x)]).to(torch.uint8)
-    crop = RandomResizedCrop(RESOLUTION, scale=recipe.online.crop_scale, ratio=recipe.online.crop_ratio)
-    reference = crop_areas(torch.stack([crop(image) for _ in range(1000)]).float())
+    reference = torchvision_crop_areas(recipe)  # the baseline's RandomResizedCrop, measured the same way
     assert scales.min() > 0.2 - 0.03 and scales.max() <= 1.0 + 1e-6
     assert abs(scales.mean().item() - reference.mean().item()) < 0.04, (scales.mean(), reference.mean())
 
@@ -131,20 +84,8 @@ def test_order_is_seeded_and_resumable(coordinate_store):
 
 
 def test_training_steps_through_ffcv(coordinate_store, tmp_path):
-    from msf_fast.config import load_config
-    from msf_fast.trainer import Trainer
-
-    cfg = load_config([f"--data.train_path={coordinate_store}", "--model.arch=resnet18", "--model.small_input=1",
-                       f"--data.resolution={RESOLUTION}", "--data.workers=1", "--train.batch_size=8",
-                       "--msf.bank_size=32", "--train.epochs=1", "--train.device=cpu", "--train.threads=1",
-                       f"--logging.folder={tmp_path / 'run'}", "--logging.progress=0"])
-    threads = torch.get_num_threads()
-    try:
-        trainer = Trainer(cfg)  # sets torch's threads to train.threads
-        assert trainer.loader.backend == "ffcv"
-        history = trainer.train()
-    finally:
-        torch.set_num_threads(threads)
+    trainer, history = train_one_small_epoch(coordinate_store, tmp_path / "run")
+    assert trainer.loader.backend == "ffcv"  # data.backend=auto picks it for this store
     assert trainer.step == 4 and np.isfinite(history["loss"][1])
     from msf_fast.runlog import read_jsonl
     compiled = [r for r in read_jsonl(tmp_path / "run" / "log.jsonl") if r["event"] == "loader"]
