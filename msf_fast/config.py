@@ -81,6 +81,8 @@ def declare_schema(config: Config) -> None:
         amp=Param(OneOf(["auto", "bf16", "fp16", "off"]), "autocast dtype (auto: bf16 where supported)",
                   default="auto"),
         channels_last=Param(Flag(), "channels-last memory format", default=True),
+        sync_bn=Param(Flag(), "SyncBatchNorm across ranks (CUDA; default: per-rank statistics, as the original's "
+                              "DataParallel)", default=False),
         threads=Param(int, "torch CPU threads (0 = on CPU the cores left by the loader workers, else torch's default)",
                       default=0),
         resume=Param(str, "checkpoint to resume from ('' = start fresh)", default=""),
@@ -123,7 +125,7 @@ def load_config(argv: list[str] | None = None) -> SimpleNamespace:
         param = config.entries[path]
         raise ConfigError(f"{'.'.join(path)}={config.content.get(path)!r}: expected {param.checker.help()}")
     cfg = config.get()
-    validate(cfg)
+    validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # torchrun sets WORLD_SIZE
     return cfg
 
 

@@ -89,6 +89,8 @@ class MSF(nn.Module):
             p.requires_grad = False
 
         self.bank = MemoryBank(bank_size, self.proj_dim, chunk_size=bank_chunk_size, dtype=bank_dtype)
+        # data parallel: gathers the targets (and labels) of all ranks, so every rank's bank stays identical
+        self.gather_across_ranks = None
 
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]
@@ -100,7 +102,11 @@ class MSF(nn.Module):
         with torch.no_grad():
             target = F.normalize(at_least_fp32(self.target(target_view)), dim=1)
             # 2. enqueue first, so every target finds itself as its nearest neighbour
-            self.bank.enqueue(target, labels)
+            if self.gather_across_ranks is None:
+                self.bank.enqueue(target, labels)
+            else:
+                self.bank.enqueue(self.gather_across_ranks(target),
+                                  None if labels is None else self.gather_across_ranks(labels))
             # 3. the k bank entries nearest to the target
             neighbour_indices = self.bank.nearest(target, self.topk)
             neighbours = self.bank.gather(neighbour_indices).to(query.dtype)

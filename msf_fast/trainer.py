@@ -85,6 +85,7 @@ class Trainer:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
 
         self.model = build_model(cfg, self.device)
+        self.forward_model = self._data_parallel(cfg) if world_size > 1 else self.model
         self.ema = ForeachEMA(self.model.online, self.model.target)
         self.base_lr = scaled_lr(cfg.optim.lr, cfg.train.batch_size * world_size)
         self.optimizer = torch.optim.SGD(self.model.trainable_parameters(), lr=self.base_lr,
@@ -104,6 +105,23 @@ class Trainer:
                                                         cfg.data.workers)
                                       for path in (cfg.eval.knn_memory_path or cfg.data.train_path,
                                                    cfg.data.val_path))
+
+    def _data_parallel(self, cfg) -> torch.nn.Module:
+        """DDP over the MSF module: gradients of the online network and predictor are averaged; every rank
+        enqueues the targets of all ranks (rank order), so the banks stay identical. Buffers (bank, BN
+        statistics) are synchronised once at start, not every step: the bank stays in step through the gather, and
+        BN statistics stay per rank."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        from msf_fast.distributed import all_gather_rows
+        if cfg.train.sync_bn:
+            if self.device.type != "cuda":
+                raise ValueError("train.sync_bn needs CUDA (torch's SyncBatchNorm has no CPU kernel)")
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model.gather_across_ranks = all_gather_rows
+        device_ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+            if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=device_ids, forward_sync_buffers=False)
 
     # ------------------------------------------------------------------ state
     def _resume(self, path: str) -> None:
@@ -172,7 +190,7 @@ class Trainer:
                                    cfg.train.epochs)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                out = train_step(self.model, self.ema, self.optimizer, self.scaler, self.precision,
+                out = train_step(self.forward_model, self.ema, self.optimizer, self.scaler, self.precision,
                                  online, target, labels, momentum)
                 if steps_done == 0 and self.is_main:
                     self._report_loader_compilation()

@@ -1,0 +1,53 @@
+"""Data parallelism with torchrun: process-group set-up from the environment, and the one collective MSF adds.
+
+    torchrun --nproc_per_node=8 train_imagenet.py --config-file configs/rn50_200_epochs.yaml ...
+    torchrun --nnodes=2 --node_rank=0 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 --nproc_per_node=8 ...
+
+Every rank keeps a full, identical memory bank: the targets of all ranks are gathered in rank order and enqueued
+everywhere, so each rank searches the same bank for its own targets. Gradients are averaged by DDP.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_from_environment(device: str = "auto") -> ProcessInfo:
+    """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR/PORT); one process
+    without torchrun. NCCL on CUDA (each rank on cuda:LOCAL_RANK), gloo on the CPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return ProcessInfo()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return ProcessInfo(rank, world_size, local_rank)
+
+
+def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's `tensor` along dim 0, in rank order (the same result on every rank)."""
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def shut_down() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
