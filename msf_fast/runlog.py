@@ -5,6 +5,8 @@ import json
 import os
 from pathlib import Path
 
+import torch
+
 
 class JsonlLog:
     def __init__(self, path: str | Path, append: bool = False):
@@ -55,3 +57,33 @@ def plot_run(log_path: str | Path, out_path: str | Path) -> Path:
     plt.close(fig)
     os.replace(tmp, out_path)
     return Path(out_path)
+
+
+class DeferredScalars:
+    """Device scalars for the log, read without stalling the GPU: on CUDA they are copied to pinned host memory
+    asynchronously when staged and read at the next stage/flush (by then long finished); on the CPU at once."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._pending = None
+
+    def stage(self, record: dict, **scalars: torch.Tensor) -> dict | None:
+        """Queue `record` completed by `scalars`; return the record that is ready now (on CUDA the previous one)."""
+        values = torch.stack([value.detach().float().reshape(()) for value in scalars.values()])
+        if self.device.type != "cuda":
+            return {**record, **dict(zip(scalars, values.tolist()))}
+        ready = self.flush()
+        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+        host.copy_(values, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self._pending = (record, list(scalars), host, event)
+        return ready
+
+    def flush(self) -> dict | None:
+        if self._pending is None:
+            return None
+        record, names, host, event = self._pending
+        self._pending = None
+        event.synchronize()
+        return {**record, **dict(zip(names, host.tolist()))}

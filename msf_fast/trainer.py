@@ -17,7 +17,7 @@ from msf_fast.config import resolve_backend, to_dict
 from msf_fast.ema import ForeachEMA
 from msf_fast.knn import knn_accuracy
 from msf_fast.model import MSF
-from msf_fast.runlog import JsonlLog, plot_run
+from msf_fast.runlog import DeferredScalars, JsonlLog, plot_run
 from msf_fast.schedule import learning_rate, scaled_lr
 from msf_fast.step import resolve_precision, train_step
 from pipelines import build_eval_loader, build_train_loader, two_view_recipe
@@ -89,7 +89,8 @@ class Trainer:
         self.ema = ForeachEMA(self.model.online, self.model.target)
         self.base_lr = scaled_lr(cfg.optim.lr, cfg.train.batch_size * world_size)
         self.optimizer = torch.optim.SGD(self.model.trainable_parameters(), lr=self.base_lr,
-                                         momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+                                         momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
+                                         fused=self.device.type == "cuda" or None)  # else foreach
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_scaler else None
 
         self.folder = Path(cfg.logging.folder)
@@ -99,6 +100,7 @@ class Trainer:
         if cfg.train.resume:
             self._resume(cfg.train.resume)
         self.log = JsonlLog(self.folder / "log.jsonl", append=bool(cfg.train.resume)) if self.is_main else None
+        self.log_scalars = DeferredScalars(self.device)  # logging reads no GPU value inside the step
         self.eval_loaders = None
         if cfg.data.val_path and (cfg.eval.knn_every or cfg.eval.knn_final):
             self.eval_loaders = tuple(build_eval_loader(path, self.recipe, 2 * cfg.train.batch_size,
@@ -203,11 +205,9 @@ class Trainer:
                     now = time.perf_counter()
                     rate = (self.step - tick_step) * cfg.train.batch_size * self.world_size / (now - tick)
                     tick, tick_step = now, self.step
-                    record = dict(event="step", epoch=self.epoch + 1, step=self.step, lr=lr,
-                                  loss=out.loss.item(), purity=out.purity.item(), images_per_s=rate)
-                    self.log.write(**record)
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", purity=f"{record['purity']:.2f}",
-                                    img_s=f"{rate:.0f}")
+                    self._write_step(bar, self.log_scalars.stage(
+                        dict(event="step", epoch=self.epoch + 1, step=self.step, lr=lr, images_per_s=rate),
+                        loss=out.loss, purity=out.purity))
             if steps_done == 0:
                 raise RuntimeError(f"the {self.loader.backend} loader yielded no batch for epoch {self.epoch + 1}")
             epoch_complete = self.step % self.steps_per_epoch == 0
@@ -223,6 +223,13 @@ class Trainer:
                 plot_run(self.folder / "log.jsonl", self.folder / "training.png")
         return history
 
+    def _write_step(self, bar, record: dict | None) -> None:
+        if record is None:
+            return
+        self.log.write(**record)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", purity=f"{record['purity']:.2f}",
+                        img_s=f"{record['images_per_s']:.0f}")
+
     def _report_loader_compilation(self) -> None:
         seconds = getattr(self.loader, "compile_seconds", None)  # FFCV's numba compilation, once per process
         if seconds is not None and not getattr(self, "_compile_reported", False):
@@ -233,6 +240,9 @@ class Trainer:
     def _end_epoch(self, history, loss_sum, purity_sum, steps_done, epoch_complete, seconds) -> None:
         if not self.is_main or steps_done == 0:
             return
+        pending = self.log_scalars.flush()  # the epoch's last step record comes before the epoch record
+        if pending is not None:
+            self.log.write(**pending)
         epoch = self.epoch if epoch_complete else self.epoch + 1
         loss = (loss_sum / steps_done).item()
         purity = (purity_sum / steps_done).item()
