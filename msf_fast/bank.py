@@ -2,6 +2,7 @@
 
 Speed lives here, not in the loss: the search walks the bank in chunks and keeps a
 running top-k, so the extra memory is O(batch x chunk) rather than O(batch x bank).
+A bfloat16/float16 bank halves the bank's memory and the bytes each search reads; its scores stay float32.
 """
 from __future__ import annotations
 
@@ -52,26 +53,44 @@ class MemoryBank(nn.Module):
     def nearest(self, queries: torch.Tensor, k: int) -> torch.Tensor:
         """Indices (B x k) of the k bank rows closest to each unit-norm query, closest first.
 
-        Closest by squared distance 2 - 2 q.b, i.e. largest dot product.
+        Closest by squared distance 2 - 2 q.b, i.e. largest dot product. Queries are cast to the
+        bank's dtype and the products use it, whatever autocast is active; the scores are kept in
+        float32 (see `similarities`).
         """
         if not 0 < k <= self.size:
             raise ValueError(f"top-k must be in [1, {self.size}] (the bank size), got {k}")
         queries = queries.to(self.embeddings.dtype)
         best_sims = best_idx = None
-        for start in range(0, self.size, self.chunk_size):
-            chunk = self.embeddings[start:start + self.chunk_size]
-            sims = queries @ chunk.T
-            chunk_sims, chunk_idx = sims.topk(min(k, chunk.shape[0]), dim=1)
-            chunk_idx += start
-            if best_sims is None:
-                best_sims, best_idx = chunk_sims, chunk_idx
-            else:
-                merged_sims = torch.cat([best_sims, chunk_sims], dim=1)
-                merged_idx = torch.cat([best_idx, chunk_idx], dim=1)
-                best_sims, order = merged_sims.topk(min(k, merged_sims.shape[1]), dim=1)
-                best_idx = merged_idx.gather(1, order)
+        with torch.autocast(queries.device.type, enabled=False):
+            for start in range(0, self.size, self.chunk_size):
+                chunk = self.embeddings[start:start + self.chunk_size]
+                chunk_sims, chunk_idx = similarities(queries, chunk).topk(min(k, chunk.shape[0]), dim=1)
+                chunk_idx += start
+                if best_sims is None:
+                    best_sims, best_idx = chunk_sims, chunk_idx
+                else:
+                    merged_sims = torch.cat([best_sims, chunk_sims], dim=1)
+                    merged_idx = torch.cat([best_idx, chunk_idx], dim=1)
+                    best_sims, order = merged_sims.topk(min(k, merged_sims.shape[1]), dim=1)
+                    best_idx = merged_idx.gather(1, order)
         return best_idx
 
     def gather(self, indices: torch.Tensor) -> torch.Tensor:
         """Bank rows at `indices` (any shape) -> indices.shape + (dim,)."""
         return self.embeddings[indices]
+
+
+def similarities(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """queries @ rows.T with both operands in their (shared) dtype and float32 scores.
+
+    Rounding the scores themselves to bfloat16 (8-bit significand) ties close neighbours: on clustered
+    embeddings the top-5 then agrees with a float32 bank's for only 92-98% of entries (97.0% in
+    tests/test_bank_precision.py), against 99.6% when only the stored vectors are bfloat16. On CUDA
+    the GEMM writes float32 directly; on the CPU the upcast is exact (the product of two 8- or 11-bit
+    significands fits float32's 24 bits), so both accumulate the same products in float32.
+    """
+    if rows.dtype not in (torch.float16, torch.bfloat16):
+        return queries @ rows.T
+    if rows.device.type == "cuda":
+        return torch.mm(queries, rows.T, out_dtype=torch.float32)
+    return queries.float() @ rows.float().T

@@ -1,12 +1,15 @@
 """Benchmarks that print one JSON line per measurement (ratios come from one run).
 
-    python -m msf_fast.bench bank [--batch-size 256 --bank-size 1024000 --dim 512 --topk 5 --chunk 65536]
+    python -m msf_fast.bench bank [--batch-size 256 --bank-size 1024000 --dim 512 --topk 5 --chunk 65536
+                                   --dtype float32]
     python -m msf_fast.bench ema  [--arch resnet50]
     python -m msf_fast.bench step [--arch resnet50 --batch-size 256 --resolution 224 --steps 10 --reference]
     python -m msf_fast.bench loader --data IMAGEFOLDER [--backend torch ffcv] [--compare] [--recipe w/s] ...
+    python -m msf_fast.bench plan --images-per-s 4500 --gpus 8 [--epochs 200 --loader-images-per-s Y ...]
 
 `bank` times the memory-bank search + loss gather against the original's dense formulation,
 each variant in its own process so that its peak extra memory (above the bank itself) is measured.
+`plan` measures nothing: it turns a per-GPU step rate into wall time for a whole run (`msf_fast.plan`).
 """
 from __future__ import annotations
 
@@ -21,6 +24,9 @@ import time
 import torch
 
 from msf_fast import bench_loader as bench_loader_module
+from msf_fast import plan as plan_module
+
+BANK_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _peak_rss_mb() -> float:
@@ -51,20 +57,21 @@ def _bank_variant(args) -> dict:
     """Runs in a child process: one variant, its median time and its peak extra memory."""
     from msf_fast.bank import MemoryBank
     device = torch.device(args.device)
+    dtype = BANK_DTYPES[args.dtype]
     torch.manual_seed(0)
-    bank = MemoryBank(args.bank_size, args.dim, chunk_size=args.chunk).to(device)
+    bank = MemoryBank(args.bank_size, args.dim, chunk_size=args.chunk, dtype=dtype).to(device)
     targets = torch.nn.functional.normalize(torch.randn(args.batch_size, args.dim, device=device), dim=1)
     queries = torch.nn.functional.normalize(torch.randn(args.batch_size, args.dim, device=device), dim=1)
 
-    def chunked():
+    def chunked():  # as the model: float32 queries against the gathered bank rows
         idx = bank.nearest(targets, args.topk)
-        return (2 - 2 * torch.einsum("bd,bkd->bk", queries, bank.gather(idx))).mean()
+        return (2 - 2 * torch.einsum("bd,bkd->bk", queries, bank.gather(idx).float())).mean()
 
-    def dense():  # the original: two full B x N distance matrices
-        dist_t = 2 - 2 * targets @ bank.embeddings.T
-        dist_q = 2 - 2 * queries @ bank.embeddings.T
+    def dense():  # the original: two full B x N distance matrices (in the bank's dtype)
+        dist_t = 2 - 2 * targets.to(dtype) @ bank.embeddings.T
+        dist_q = 2 - 2 * queries.to(dtype) @ bank.embeddings.T
         idx = dist_t.topk(args.topk, dim=1, largest=False).indices
-        return dist_q.gather(1, idx).mean()
+        return dist_q.gather(1, idx).float().mean()
 
     fn = {"chunked": chunked, "dense": dense}[args.variant]
     if device.type == "cuda":
@@ -82,7 +89,7 @@ def _bank_variant(args) -> dict:
     extra = ((torch.cuda.max_memory_allocated() - base) / 2**20 if device.type == "cuda"
              else _peak_rss_mb() - base)
     return {"bench": "bank", "variant": args.variant, "device": str(device), "batch": args.batch_size,
-            "bank": args.bank_size, "dim": args.dim, "topk": args.topk, "chunk": args.chunk,
+            "bank": args.bank_size, "dim": args.dim, "topk": args.topk, "chunk": args.chunk, "dtype": args.dtype,
             "ms": round(1000 * statistics.median(times), 2), "peak_extra_mb": round(extra, 1), "loss": value}
 
 
@@ -91,40 +98,50 @@ def bench_bank(args) -> list[dict]:
     for variant in ("chunked", "dense"):
         cmd = [sys.executable, "-m", "msf_fast.bench", "_bank_variant", "--variant", variant,
                *(f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                 if k in ("batch_size", "bank_size", "dim", "topk", "chunk", "repeats", "device"))]
+                 if k in ("batch_size", "bank_size", "dim", "topk", "chunk", "repeats", "device", "dtype"))]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), flush=True)
     chunked, dense = results
-    summary = {"bench": "bank", "speedup_vs_dense": round(dense["ms"] / chunked["ms"], 2),
+    # The dense half-precision variant rounds its distances to the bank's dtype; the chunked one does not.
+    tolerance = 1e-4 if args.dtype == "float32" else 1e-2
+    summary = {"bench": "bank", "dtype": args.dtype, "speedup_vs_dense": round(dense["ms"] / chunked["ms"], 2),
                "memory_ratio_dense_over_chunked": round(dense["peak_extra_mb"] / max(chunked["peak_extra_mb"], 1), 1),
-               "same_loss": abs(dense["loss"] - chunked["loss"]) < 1e-4}
+               "loss_abs_diff": abs(dense["loss"] - chunked["loss"]),
+               "same_loss": abs(dense["loss"] - chunked["loss"]) < tolerance}
     print(json.dumps(summary), flush=True)
     return results + [summary]
 
 
 def bench_ema(args) -> list[dict]:
-    from msf_fast.ema import ForeachEMA, reference_ema_update
+    """foreach vs the per-parameter loop, plus the CUDA-graph replay on CUDA (captured before timing)."""
+    from msf_fast.ema import ForeachEMA, GraphedEMA, reference_ema_update
     from msf_fast.model import MSF
     device = torch.device(args.device)
     model = MSF(arch=args.arch, bank_size=256).to(device)
     ema = ForeachEMA(model.online, model.target)
     variants = {"foreach": lambda: ema.update(0.99),
                 "reference": lambda: reference_ema_update(model.online, model.target, 0.99)}
+    if device.type == "cuda":
+        graphed = GraphedEMA(model.online, model.target)
+        graphed.update(0.99)  # warm-up and capture
+        variants["graphed"] = lambda: graphed.update(0.99)
     seconds = _interleaved_seconds(variants, args.repeats, device)
-    results = []
+    results = {}
     for name in variants:
-        results.append({"bench": "ema", "variant": name, "arch": args.arch, "device": str(device),
-                        "us": round(1e6 * seconds[name], 1)})
-        print(json.dumps(results[-1]), flush=True)
-    summary = {"bench": "ema", "speedup_vs_reference": round(results[1]["us"] / results[0]["us"], 2)}
+        results[name] = {"bench": "ema", "variant": name, "arch": args.arch, "device": str(device),
+                         "us": round(1e6 * seconds[name], 1)}
+        print(json.dumps(results[name]), flush=True)
+    summary = {"bench": "ema", "speedup_vs_reference": round(results["reference"]["us"] / results["foreach"]["us"], 2)}
+    if "graphed" in results:
+        summary["graphed_speedup_vs_foreach"] = round(results["foreach"]["us"] / results["graphed"]["us"], 2)
     print(json.dumps(summary), flush=True)
-    return results + [summary]
+    return list(results.values()) + [summary]
 
 
 def _step_runners(args, device: torch.device) -> dict:
     """name -> a callable running one training step of that variant."""
-    from msf_fast.ema import ForeachEMA
+    from msf_fast.ema import make_ema
     from msf_fast.model import MSF
     from msf_fast.reference import OriginalMeanShift
     from msf_fast.step import resolve_precision, train_step
@@ -137,10 +154,13 @@ def _step_runners(args, device: torch.device) -> dict:
     runners = {}
 
     torch.manual_seed(0)
-    model = MSF(arch=args.arch, bank_size=args.bank_size, topk=args.topk).to(device, memory_format=torch.channels_last)
-    ema = ForeachEMA(model.online, model.target)
-    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
     precision = resolve_precision(args.amp, device)
+    bank_dtype = precision.dtype if device.type == "cuda" and precision.dtype is not None else torch.float32
+    model = MSF(arch=args.arch, bank_size=args.bank_size, topk=args.topk, bank_dtype=bank_dtype)  # as the trainer
+    model = model.to(device, memory_format=torch.channels_last)
+    ema = make_ema(model.online, model.target, device)  # CUDA-graph replay on CUDA
+    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4,
+                                fused=device.type == "cuda" or None)
     scaler = torch.amp.GradScaler(device.type) if precision.needs_scaler else None
     online_cl = online_view.contiguous(memory_format=torch.channels_last)
     target_cl = target_view.contiguous(memory_format=torch.channels_last)
@@ -200,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--chunk", type=int, default=65536)
         p.add_argument("--repeats", type=int, default=3)
         p.add_argument("--device", default=default_device)
+        p.add_argument("--dtype", choices=list(BANK_DTYPES), default="float32", help="the bank's dtype")
         if name == "_bank_variant":
             p.add_argument("--variant", choices=["chunked", "dense"], required=True)
     p = sub.add_parser("ema", help="target EMA update: foreach vs per-parameter loop")
@@ -219,8 +240,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=default_device)
     p = sub.add_parser("loader", help="two-view loader throughput: torchvision baseline vs FFCV")
     bench_loader_module.add_arguments(p)
+    p = sub.add_parser("plan", help="wall time of a whole run from a per-GPU step rate (nothing is measured)")
+    plan_module.add_arguments(p)
     args = parser.parse_args(argv)
-    if args.command == "loader":
+    if args.command == "plan":
+        try:
+            plan_module.print_plan(args)
+        except ValueError as error:
+            parser.error(f"plan: {error}")
+    elif args.command == "loader":
         bench_loader_module.bench_loader(args)
     elif args.command == "step":
         bench_step(args)

@@ -50,6 +50,9 @@ def declare_schema(config: Config) -> None:
         bank_size=Param(int, "memory bank entries; a multiple of the global batch", default=1_024_000),
         momentum=Param(float, "target EMA momentum", default=0.99),
         bank_chunk=Param(int, "bank rows scored at once by the top-k search", default=65536),
+        bank_dtype=Param(OneOf(["auto", "float32", "bfloat16", "float16"]),
+                         "bank storage and search dtype (auto: the AMP dtype on CUDA, float32 on the CPU)",
+                         default="auto"),
     )
     section("data", "Training data").params(
         backend=Param(OneOf(["auto", "torch", "ffcv", "dali"]),

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from msf_fast import checkpoint as ckpt
 from msf_fast.config import resolve_backend, to_dict
-from msf_fast.ema import ForeachEMA
+from msf_fast.ema import make_ema
 from msf_fast.knn import knn_accuracy
 from msf_fast.model import MSF
 from msf_fast.runlog import DeferredScalars, JsonlLog, plot_run
@@ -45,11 +45,19 @@ def loader_notice(folder: str) -> str:
             f"python -m dataset_prep.write_beton {folder} train.beton")
 
 
-def build_model(cfg, device: torch.device) -> MSF:
+def bank_dtype(name: str, device: torch.device, precision) -> torch.dtype:
+    """auto: the AMP dtype on CUDA (half the bank's memory traffic; top-5 agrees with float32 on >= 99.6 % of
+    entries, tests/test_bank_precision.py), float32 on the CPU."""
+    if name == "auto":
+        return precision.dtype if device.type == "cuda" and precision.dtype is not None else torch.float32
+    return getattr(torch, name)
+
+
+def build_model(cfg, device: torch.device, bank_storage: torch.dtype = torch.float32) -> MSF:
     model = MSF(arch=cfg.model.arch, bank_size=cfg.msf.bank_size, topk=cfg.msf.topk,
                 momentum=cfg.msf.momentum, hidden_dim=cfg.model.hidden_dim or None,
                 proj_dim=cfg.model.proj_dim or None, small_input=cfg.model.small_input,
-                bank_chunk_size=cfg.msf.bank_chunk)
+                bank_chunk_size=cfg.msf.bank_chunk, bank_dtype=bank_storage)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     return model.to(device, memory_format=memory_format)
 
@@ -84,9 +92,9 @@ class Trainer:
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
 
-        self.model = build_model(cfg, self.device)
+        self.model = build_model(cfg, self.device, bank_dtype(cfg.msf.bank_dtype, self.device, self.precision))
         self.forward_model = self._data_parallel(cfg) if world_size > 1 else self.model
-        self.ema = ForeachEMA(self.model.online, self.model.target)
+        self.ema = make_ema(self.model.online, self.model.target)  # a captured CUDA graph on CUDA
         self.base_lr = scaled_lr(cfg.optim.lr, cfg.train.batch_size * world_size)
         self.optimizer = torch.optim.SGD(self.model.trainable_parameters(), lr=self.base_lr,
                                          momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,

@@ -1,0 +1,111 @@
+"""Time-to-train arithmetic, its CLI, and the GPU check script's CPU dry run."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from msf_fast import bench
+from msf_fast.plan import (IMAGENET_TRAIN_IMAGES, loader_ceiling, plan_training,
+                           required_images_per_s_per_gpu)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_compute_bound_hours_by_hand():
+    # 4,500 img/s x 8 GPUs x 0.9 = 32,400 img/s; 200 x 1,281,167 = 256,233,400 images; / 32,400 / 3,600 h
+    plan = plan_training(4500, 8)
+    assert plan.efficiency == 0.9 and plan.compute_images_per_s == pytest.approx(32_400)
+    assert plan.binding_limit == "compute" and plan.effective_images_per_s == pytest.approx(32_400)
+    assert plan.hours == pytest.approx(256_233_400 / 32_400 / 3600)
+    assert plan.hours == pytest.approx(2.19679, abs=1e-5)
+
+
+def test_one_gpu_scales_perfectly_by_default():
+    plan = plan_training(1000, 1, epochs=10, dataset_size=360_000)
+    assert plan.efficiency == 1.0 and plan.hours == pytest.approx(1.0)
+
+
+def test_slower_loader_binds():
+    plan = plan_training(4500, 8, loader_images_per_s=20_000)
+    assert plan.binding_limit == "loader" and plan.effective_images_per_s == 20_000
+    assert plan.hours == pytest.approx(200 * IMAGENET_TRAIN_IMAGES / 20_000 / 3600)
+    faster_loader = plan_training(4500, 8, loader_images_per_s=50_000)
+    assert faster_loader.binding_limit == "compute"
+    assert faster_loader.hours == pytest.approx(plan_training(4500, 8).hours)
+
+
+def test_two_hour_goal_needs_about_4500_images_per_s_per_gpu():
+    assert required_images_per_s_per_gpu(2.0, 8, efficiency=1.0) == pytest.approx(256_233_400 / 7200 / 8)
+    assert required_images_per_s_per_gpu(2.0, 8) == pytest.approx(256_233_400 / 7200 / 8 / 0.9)
+    assert plan_training(required_images_per_s_per_gpu(2.0, 8), 8).hours == pytest.approx(2.0)
+
+
+def test_loader_ceiling_scales_with_cores():
+    assert loader_ceiling(150.0, 96) == pytest.approx(14_400)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"images_per_s_per_gpu": 0}, "images per second per GPU must be positive"),
+    ({"images_per_s_per_gpu": -5}, "images per second per GPU must be positive"),
+    ({"gpus": 0}, "GPU count must be a positive integer"),
+    ({"gpus": 1.5}, "GPU count must be a positive integer"),
+    ({"epochs": 0}, "epochs must be positive"),
+    ({"dataset_size": -1}, "dataset size must be a positive integer"),
+    ({"loader_images_per_s": 0}, "loader's images per second must be positive"),
+    ({"efficiency": 0}, r"scaling efficiency must be in \(0, 1\]"),
+    ({"efficiency": 1.2}, r"scaling efficiency must be in \(0, 1\]"),
+])
+def test_bad_inputs_are_refused(kwargs, message):
+    arguments = {"images_per_s_per_gpu": 4500, "gpus": 8, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        plan_training(**arguments)
+
+
+def test_plan_cli_prints_one_json_line_and_a_sentence(capsys):
+    bench.main(["plan", "--images-per-s", "4500", "--gpus", "8", "--loader-images-per-s", "20000"])
+    captured = capsys.readouterr()
+    [line] = captured.out.strip().splitlines()
+    result = json.loads(line)
+    assert result["binding_limit"] == "loader" and result["effective_images_per_s"] == 20_000
+    assert result["hours"] == pytest.approx(256_233_400 / 20_000 / 3600, abs=1e-3) and result["meets_target"] is False
+    assert result["images_per_s_per_gpu_needed"] == pytest.approx(4942.8, abs=0.1)
+    assert "loader-bound" in captured.err
+
+
+def test_plan_cli_rejects_bad_inputs_clearly(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["plan", "--images-per-s", "0", "--gpus", "8"])
+    assert exit_info.value.code == 2
+    assert "images per second per GPU must be positive" in capsys.readouterr().err
+
+
+def test_gpu_check_dry_run_on_cpu(tmp_path):
+    """The whole device script with tiny settings, from the repository root, without an install."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--device", "cpu", "--tiny", "--out", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "gpu_check summary" in done.stdout
+    for check in ("cuda tests", "step", "ema", "bank float32", "bank bfloat16", "plan"):
+        assert any(row.startswith(check) for row in done.stdout.splitlines()), check
+
+    def json_lines(name):
+        return [json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+
+    step = {line.get("variant"): line for line in json_lines("step.jsonl")}
+    assert step["msf-fast"]["images_per_s"] > 0 and step["reference"]["images_per_s"] > 0
+    assert {"foreach", "reference"} <= {line.get("variant") for line in json_lines("ema.jsonl")}
+    for name, dtype in (("bank.jsonl", "float32"), ("bank_bf16.jsonl", "bfloat16")):
+        bank = json_lines(name)
+        assert [line.get("variant") for line in bank[:2]] == ["chunked", "dense"] and bank[0]["dtype"] == dtype
+        assert bank[2]["same_loss"] is True
+    [plan] = json_lines("plan.jsonl")
+    assert plan["images_per_s_per_gpu"] == step["msf-fast"]["images_per_s"] and plan["hours"] > 0
+    statuses = dict(line.split("\t")[:2] for line in (tmp_path / "status.tsv").read_text().splitlines())
+    assert statuses["cuda tests"] == "skipped: no CUDA" and statuses["step"] == "ok"
+    assert (tmp_path / "summary.txt").read_text() in done.stdout
