@@ -84,6 +84,8 @@ def declare_schema(config: Config) -> None:
         amp=Param(OneOf(["auto", "bf16", "fp16", "off"]), "autocast dtype (auto: bf16 where supported)",
                   default="auto"),
         channels_last=Param(Flag(), "channels-last memory format", default=True),
+        compile=Param(Flag(), "torch.compile the encoders and predictor (measured on the 2-core CPU: 58 s to "
+                              "compile, no speed-up; not yet measured on a GPU)", default=False),
         sync_bn=Param(Flag(), "SyncBatchNorm across ranks (CUDA; default: per-rank statistics, as the original's "
                               "DataParallel)", default=False),
         threads=Param(int, "torch CPU threads (0 = on CPU the cores left by the loader workers, else torch's default)",

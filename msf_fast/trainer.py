@@ -45,6 +45,13 @@ def loader_notice(folder: str) -> str:
             f"python -m dataset_prep.write_beton {folder} train.beton")
 
 
+def compile_encoders(model: MSF) -> None:
+    """torch.compile in place (nn.Module.compile): parameter names, the EMA's parameter lists and
+    checkpoints stay as they are."""
+    for module in (model.online, model.predictor, model.target):
+        module.compile()
+
+
 def bank_dtype(name: str, device: torch.device, precision) -> torch.dtype:
     """auto: the AMP dtype on CUDA (half the bank's memory traffic; top-5 agrees with float32 on >= 99.6 % of
     entries, tests/test_bank_precision.py), float32 on the CPU."""
@@ -93,6 +100,8 @@ class Trainer:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
 
         self.model = build_model(cfg, self.device, bank_dtype(cfg.msf.bank_dtype, self.device, self.precision))
+        if cfg.train.compile:
+            compile_encoders(self.model)
         self.forward_model = self._data_parallel(cfg) if world_size > 1 else self.model
         self.ema = make_ema(self.model.online, self.model.target)  # a captured CUDA graph on CUDA
         self.base_lr = scaled_lr(cfg.optim.lr, cfg.train.batch_size * world_size)

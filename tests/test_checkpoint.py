@@ -143,3 +143,14 @@ def test_export_reports_a_bad_checkpoint(tmp_path, capsys):
 def test_msf_rejects_topk_beyond_bank():
     with pytest.raises(ValueError, match="topk"):
         MSF(arch="resnet18", bank_size=4, topk=5)
+
+
+def test_compiling_keeps_parameter_names_and_checkpoints():
+    from msf_fast.model import MSF
+    from msf_fast.trainer import compile_encoders
+
+    model = MSF("resnet18", bank_size=64, topk=2, small_input=True)
+    names = list(model.state_dict())
+    compile_encoders(model)
+    assert list(model.state_dict()) == names  # in-place compile: checkpoints and the EMA's lists still match
+    assert all(module._compiled_call_impl is not None for module in (model.online, model.predictor, model.target))
