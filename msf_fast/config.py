@@ -62,7 +62,11 @@ def declare_schema(config: Config) -> None:
                               "store (dataset_prep.write_tfrecord)", default=""),
         val_path=Param(str, "held-out data for the k-NN monitor, folder or .beton ('' = none)", default=""),
         recipe=Param(OneOf(RECIPE_NAMES), "augmentations target/online: w = weak, s = strong", default="w/s"),
-        resolution=Param(int, "training crop size", default=224),
+        resolution=Param(int, "training crop size (the final one with progressive resizing)", default=224),
+        min_resolution=Param(int, "progressive resizing: crop size of the first epochs (0 = off; e.g. 160)",
+                             default=0),
+        start_ramp=Param(int, "progressive resizing: last epoch at min_resolution", default=0),
+        end_ramp=Param(int, "progressive resizing: first epoch at resolution", default=0),
         workers=Param(int, "loader worker processes (FFCV, DALI: threads)", default=8),
         decoder_device=Param(OneOf(["auto", "cpu", "mixed"]),
                              "DALI JPEG decoding: mixed = GPU (nvJPEG), auto = mixed when training on CUDA",
@@ -183,6 +187,12 @@ def validate(cfg, world_size: int = 1) -> None:
     if backend == "ffcv" and not cfg.data.train_path.endswith(".beton"):
         raise ConfigError(f"data.backend=ffcv reads a .beton (python -m dataset_prep.write_beton "
                           f"{cfg.data.train_path} OUT.beton), not {cfg.data.train_path}")
+    if cfg.data.min_resolution:
+        if not 0 < cfg.data.min_resolution <= cfg.data.resolution:
+            raise ConfigError(f"data.min_resolution={cfg.data.min_resolution}: must be in 1..data.resolution")
+        if not 0 <= cfg.data.start_ramp < cfg.data.end_ramp:
+            raise ConfigError(f"data.start_ramp={cfg.data.start_ramp}, data.end_ramp={cfg.data.end_ramp}: "
+                              "progressive resizing needs 0 <= start_ramp < end_ramp")
     if cfg.train.resume and not os.path.isfile(cfg.train.resume):
         raise ConfigError(f"train.resume={cfg.train.resume}: no such checkpoint file")
 

@@ -18,7 +18,7 @@ from msf_fast.ema import make_ema
 from msf_fast.knn import knn_accuracy
 from msf_fast.model import MSF
 from msf_fast.runlog import DeferredScalars, JsonlLog, plot_run
-from msf_fast.schedule import learning_rate, scaled_lr
+from msf_fast.schedule import learning_rate, progressive_resolution, scaled_lr
 from msf_fast.step import resolve_precision, train_step
 from pipelines import build_eval_loader, build_train_loader, two_view_recipe
 
@@ -193,6 +193,7 @@ class Trainer:
                    unit="step", dynamic_ncols=True, desc="MSF")
         momentum = cfg.msf.momentum
         while self.step < self.total_steps:
+            self._set_epoch_resolution()
             epoch_start = time.perf_counter()
             skip = self.step - self.epoch * self.steps_per_epoch
             loss_sum = torch.zeros((), device=self.device)
@@ -240,6 +241,14 @@ class Trainer:
                 plot_run(self.folder / "log.jsonl", self.folder / "training.png")
         return history
 
+    def _set_epoch_resolution(self) -> None:
+        data = self.cfg.data
+        resolution = progressive_resolution(self.epoch, data.min_resolution, data.resolution, data.start_ramp,
+                                            data.end_ramp)
+        if resolution != getattr(self, "resolution", data.resolution):
+            self.loader.set_resolution(resolution)
+        self.resolution = resolution
+
     def _write_step(self, bar, record: dict | None) -> None:
         if record is None:
             return
@@ -268,7 +277,7 @@ class Trainer:
         if knn is not None:
             history["knn"][epoch] = knn
         self.log.write(event="epoch", epoch=epoch, step=self.step, loss=loss, purity=purity, knn_top1=knn,
-                       seconds=seconds, complete=epoch_complete)
+                       seconds=seconds, complete=epoch_complete, resolution=self.resolution)
         every = self.cfg.logging.checkpoint_every
         if epoch_complete and every and epoch % every == 0:
             self.save_checkpoint()

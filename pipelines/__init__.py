@@ -1,8 +1,9 @@
 """Data pipelines: one recipe spec (recipe.py), several backends yielding the same batches.
 
-Every training loader has `len(loader)` (steps per epoch), `num_classes`, and
-`iterate(epoch, skip_batches=0)` yielding `(online_view, target_view, labels)`: NCHW float
-tensors in channels-last memory, one global batch split evenly over the ranks.
+Every training loader has `len(loader)` (steps per epoch), `num_classes`, `set_resolution(pixels)`
+(progressive resizing: the crop size of the following epochs), and `iterate(epoch, skip_batches=0)` yielding
+`(online_view, target_view, labels)`: NCHW float tensors in channels-last memory, one global batch split
+evenly over the ranks.
 """
 from __future__ import annotations
 

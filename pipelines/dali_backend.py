@@ -19,6 +19,7 @@ is rebuilt for each epoch with a seed from (seed, epoch, rank): an epoch, and so
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -154,6 +155,10 @@ class DALITwoViewLoader:
 
     def __len__(self) -> int:
         return self.num_samples // (self.batch_size * self.world_size)
+
+    def set_resolution(self, resolution: int) -> None:
+        """Crop size of the following epochs (progressive resizing; the pipeline is rebuilt each epoch anyway)."""
+        self.recipe = dataclasses.replace(self.recipe, resolution=resolution)
 
     def iterate(self, epoch: int, skip_batches: int = 0):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy

@@ -55,7 +55,7 @@ def ffcv_available() -> bool:
         return False
 
 
-def _view_pipeline(view: ViewRecipe, resolution: int, device: torch.device):
+def _view_pipeline(view: ViewRecipe, resolution: int, device: torch.device, decoders: list):
     from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
     from ffcv.pipeline import PipelineSpec
     from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
@@ -66,6 +66,7 @@ def _view_pipeline(view: ViewRecipe, resolution: int, device: torch.device):
     transforms.append(ToTorchImage(channels_last=True))
     decoder = RandomResizedCropRGBImageDecoder((resolution, resolution), scale=view.crop_scale,
                                                ratio=view.crop_ratio)
+    decoders.append(decoder)
     return PipelineSpec("image", decoder=decoder, transforms=transforms)
 
 
@@ -94,6 +95,7 @@ class FFCVTwoViewLoader:
         self.device = torch.device(device)
         self.seed, self.rank, self.batch_size, self.world_size = seed, rank, batch_size, world_size
         threads = torch.get_num_threads()
+        self.decoders: list = []  # the two views' crop decoders (their output size changes with set_resolution)
         label_ops = [IntDecoder(), ToTensor(), Squeeze()]
         if self.device.type == "cuda":
             label_ops.append(ToDevice(self.device, non_blocking=True))
@@ -101,8 +103,8 @@ class FFCVTwoViewLoader:
             path, batch_size=batch_size, num_workers=max(1, workers), order=OrderOption.RANDOM,
             distributed=world_size > 1, seed=seed, drop_last=True, os_cache=os_cache, batches_ahead=2,
             pipelines={"image": None, "label": label_ops,
-                       "online": _view_pipeline(recipe.online, recipe.resolution, self.device),
-                       "target": _view_pipeline(recipe.target, recipe.resolution, self.device)})
+                       "online": _view_pipeline(recipe.online, recipe.resolution, self.device, self.decoders),
+                       "target": _view_pipeline(recipe.target, recipe.resolution, self.device, self.decoders)})
         torch.set_num_threads(threads)
         self.threads = threads
         self.outputs = list(self.loader.pipeline_specs)  # the order of each batch's tensors
@@ -117,10 +119,18 @@ class FFCVTwoViewLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
+    def set_resolution(self, resolution: int) -> None:
+        """Crop size of the following epochs (progressive resizing): FFCV recompiles its pipeline once."""
+        if self.decoders[0].output_size != (resolution, resolution):
+            for decoder in self.decoders:
+                decoder.output_size = (resolution, resolution)
+            self.loader.recompile = True
+
     def iterate(self, epoch: int, skip_batches: int = 0):
         self.loader.next_epoch = epoch  # FFCV orders epoch e with seed + e
         started = time.perf_counter()
         batches = iter(self.loader)
+        self.loader.recompile = False
         torch.set_num_threads(self.threads)
         for step, batch in enumerate(batches):
             if self.compile_seconds is None:

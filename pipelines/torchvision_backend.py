@@ -5,6 +5,7 @@ the reference for the faster backends' correctness and speed, and their fallback
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import torch
@@ -77,10 +78,14 @@ class TwoViewImageFolder(Dataset):
 
     def __init__(self, root: str, recipe: TwoViewRecipe, seed: int = 0):
         self.images = image_folder(root)
-        self.online_transform = view_transform(recipe.online, recipe)
-        self.target_transform = view_transform(recipe.target, recipe)
+        self.set_recipe(recipe)
         self.seed = seed
         self.epoch = 0
+
+    def set_recipe(self, recipe: TwoViewRecipe) -> None:
+        self.recipe = recipe
+        self.online_transform = view_transform(recipe.online, recipe)
+        self.target_transform = view_transform(recipe.target, recipe)
 
     def __len__(self):
         return len(self.images)
@@ -127,6 +132,10 @@ class TorchvisionTwoViewLoader:
 
     def __len__(self) -> int:
         return len(self.dataset) // (self.batch_size * self.world_size)
+
+    def set_resolution(self, resolution: int) -> None:
+        """Crop size of the following epochs (progressive resizing)."""
+        self.dataset.set_recipe(dataclasses.replace(self.dataset.recipe, resolution=resolution))
 
     def iterate(self, epoch: int, skip_batches: int = 0):
         self.dataset.epoch = epoch
