@@ -1,7 +1,8 @@
 """What both store writers share: the command line, choosing the samples, the manifest, the summary, exit codes.
 
 Exit codes: 0 written; 1 nothing written because every image was bad or `--strict` met a bad image;
-2 the source or the destination is unusable (one error line, before any work).
+2 the source or the destination is unusable (one error line, before any work); 130 / 143 interrupted by Ctrl-C /
+SIGTERM (the partial output is removed).
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import argparse
 import datetime
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -155,9 +157,24 @@ def stored_bytes(path: str) -> int:
     return os.path.getsize(path)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, a job scheduler, docker stop): cleaned up like Ctrl-C."""
+
+
+def _terminate_like_ctrl_c(main_pid: int):
+    def handler(signum, frame):
+        if os.getpid() != main_pid:  # a forked worker: die as usual, the main process cleans up
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+        raise Terminated()
+    return handler
+
+
 def run_cli(prog: str, parser: argparse.ArgumentParser, convert, argv=None) -> int:
-    """Parse, check the source and destination, convert; map failures to one line and an exit code."""
+    """Parse, check the source and destination, convert; map failures to one line and an exit code.
+    Ctrl-C and SIGTERM remove the partial output and exit 130 / 143."""
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate_like_ctrl_c(os.getpid()))
     try:
         check_common_arguments(args)
         check_destination(args.out, args.overwrite)
@@ -168,7 +185,9 @@ def run_cli(prog: str, parser: argparse.ArgumentParser, convert, argv=None) -> i
     except ConversionError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interruption:
         print(f"{prog}: interrupted; nothing written", file=sys.stderr)
-        return 130
+        return 143 if isinstance(interruption, Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
