@@ -50,3 +50,20 @@ def knn_accuracy(encoder: nn.Module, train_loader, val_loader, device: torch.dev
     val_features, val_labels = extract_features(encoder, val_loader, device, amp_dtype)
     predictions = knn_predict(train_features, train_labels, val_features, k=k)
     return (predictions == val_labels).float().mean().item()
+
+
+@torch.no_grad()
+def weighted_knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, query_features: torch.Tensor,
+                         k: int = 20, temperature: float = 0.07, num_classes: int | None = None,
+                         chunk_size: int = 1024) -> torch.Tensor:
+    """The common weighted vote (Wu et al. 2018, used by DINO/solo-learn): each of the k nearest training
+    samples votes for its class with weight exp(cosine similarity / temperature)."""
+    k = min(k, train_features.shape[0])
+    num_classes = num_classes or int(train_labels.max()) + 1
+    predictions = []
+    for start in range(0, query_features.shape[0], chunk_size):
+        top = (query_features[start:start + chunk_size] @ train_features.T).topk(k, dim=1)
+        votes = torch.zeros(top.values.shape[0], num_classes, device=top.values.device)
+        votes.scatter_add_(1, train_labels[top.indices], (top.values / temperature).exp())
+        predictions.append(votes.argmax(dim=1))
+    return torch.cat(predictions)

@@ -1,0 +1,78 @@
+"""k-NN evaluation: exact on separable features, chance on random labels, and the same backbone whichever
+checkpoint format it comes from (ours, an exported torchvision backbone, the original MSF code)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from msf_fast import eval as evaluation
+from msf_fast import export
+from msf_fast.checkpoint import atomic_save, original_to_msf_state, training_state
+from msf_fast.knn import knn_predict, weighted_knn_predict
+from msf_fast.model import MSF, pooled_features
+from msf_fast.reference import OriginalMeanShift, data_parallel_state_dict
+
+
+def toy_features(classes: int, per_class: int, separable: bool, seed: int = 0):
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    centres = torch.nn.functional.normalize(torch.randn(classes, 32, generator=torch.Generator().manual_seed(0)), dim=1)
+    generator = torch.Generator().manual_seed(100 + seed)  # the same centres, fresh noise per seed
+    noise = 0.05 if separable else 1.0
+    features = centres[labels] + noise * torch.randn(len(labels), 32, generator=generator)
+    return torch.nn.functional.normalize(features, dim=1), labels
+
+
+@pytest.mark.parametrize("predict", [knn_predict, weighted_knn_predict])
+def test_separable_features_are_classified_perfectly(predict):
+    train, train_labels = toy_features(10, 50, separable=True)
+    val, val_labels = toy_features(10, 20, separable=True, seed=1)
+    for k in (1, 20):
+        assert (predict(train, train_labels, val, k=k) == val_labels).all()
+
+
+@pytest.mark.parametrize("predict", [knn_predict, weighted_knn_predict])
+def test_random_labels_give_chance(predict):
+    train, _ = toy_features(10, 200, separable=True)
+    val, val_labels = toy_features(10, 100, separable=True, seed=1)
+    shuffled = torch.randint(0, 10, (2000,), generator=torch.Generator().manual_seed(3))  # labels unrelated to features
+    accuracy = (predict(train, shuffled, val, k=20) == val_labels).float().mean().item()
+    assert abs(accuracy - 0.1) < 0.05
+
+
+def test_every_checkpoint_format_gives_the_same_backbone(tmp_path):
+    torch.manual_seed(0)
+    original = OriginalMeanShift("resnet18", m=0.99, mem_bank_size=32, topk=5)
+    torch.save({"state_dict": data_parallel_state_dict(original), "epoch": 3}, tmp_path / "original.pth")
+    ours = MSF("resnet18", bank_size=32, topk=5)
+    ours.load_state_dict(original_to_msf_state(original.state_dict()))
+    optimizer = torch.optim.SGD(ours.trainable_parameters(), lr=0.1)
+    atomic_save(training_state(ours, optimizer, None, 0, 0, 1, None), tmp_path / "ours.pt")
+    assert export.main([str(tmp_path / "ours.pt"), str(tmp_path / "backbone.pth")]) == 0
+
+    images = torch.randn(2, 3, 64, 64)
+    features = []
+    for name in ("ours.pt", "backbone.pth", "original.pth"):
+        backbone = evaluation.load_backbone(tmp_path / name).eval()
+        with torch.no_grad():
+            features.append(pooled_features(backbone, images))
+    torch.testing.assert_close(features[0], features[1], rtol=0, atol=0)
+    torch.testing.assert_close(features[0], features[2], rtol=0, atol=0)
+
+
+def test_knn_command_reports_json(tiny_imagefolder, tmp_path, capsys):
+    torch.manual_seed(0)
+    model = MSF("resnet18", bank_size=32, topk=5, small_input=True)
+    torch.save(export.backbone_state_dict(model), tmp_path / "backbone.pth")
+    out = tmp_path / "knn.json"
+    assert evaluation.main(["knn", "--ckpt", str(tmp_path / "backbone.pth"), "--train",
+                            str(tiny_imagefolder / "train"), "--val", str(tiny_imagefolder / "val"),
+                            "--resolution", "32", "--workers", "0", "--batch-size", "32", "--device", "cpu",
+                            "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report == json.loads(out.read_text())
+    assert report["train_images"] == 96 and report["val_images"] == 24
+    for key in ("top1_k1_majority", "top1_k1_weighted", "top1_k20_majority", "top1_k20_weighted"):
+        assert 0.0 <= report[key] <= 1.0
+    assert evaluation.main(["knn", "--ckpt", str(tmp_path / "missing.pth"), "--train", "x", "--val", "y"]) == 2
