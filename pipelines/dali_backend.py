@@ -25,6 +25,7 @@ import os
 
 import torch
 
+from dataset_prep.tfrecord_format import IMAGE_KEY, LABEL_KEY
 from pipelines.recipe import TwoViewRecipe, ViewRecipe
 from pipelines.sampling import per_sample_seed
 
@@ -103,23 +104,30 @@ def _view(images, view: ViewRecipe, recipe: TwoViewRecipe, half: bool):
                                     dtype=types.FLOAT16 if half else types.FLOAT, output_layout="HWC")
 
 
+def _read_records(store: dict, **options) -> dict:
+    """The store's records (`IMAGE_KEY` JPEG bytes, `LABEL_KEY` int64) through DALI's TFRecord reader; call inside
+    a pipeline definition."""
+    from nvidia.dali import fn
+    import nvidia.dali.tfrecord as tfrec
+
+    return fn.readers.tfrecord(path=store["records"], index_path=store["indexes"], name=READER,
+                               features={IMAGE_KEY: tfrec.FixedLenFeature((), tfrec.string, ""),
+                                         LABEL_KEY: tfrec.FixedLenFeature([1], tfrec.int64, -1)},
+                               pad_last_batch=True, **options)
+
+
 def build_pipeline(store: dict, recipe: TwoViewRecipe, batch_size: int, workers: int, seed: int, rank: int,
                    world_size: int, decoder_device: str, device_id, half: bool = False):
     """half: normalize to float16 inside DALI (half the bytes to move; torch converts to bfloat16 if asked)."""
     from nvidia.dali import fn, pipeline_def, types
-    import nvidia.dali.tfrecord as tfrec
 
     @pipeline_def(enable_conditionals=True)
     def two_views():
-        records = fn.readers.tfrecord(
-            path=store["records"], index_path=store["indexes"], name=READER,
-            features={"image/encoded": tfrec.FixedLenFeature((), tfrec.string, ""),
-                      "image/class/label": tfrec.FixedLenFeature([1], tfrec.int64, -1)},
-            shard_id=rank, num_shards=world_size, random_shuffle=True, initial_fill=SHUFFLE_BUFFER,
-            pad_last_batch=True)
-        images = fn.decoders.image(records["image/encoded"], device=decoder_device, output_type=types.RGB)
+        records = _read_records(store, shard_id=rank, num_shards=world_size, random_shuffle=True,
+                                initial_fill=SHUFFLE_BUFFER)
+        images = fn.decoders.image(records[IMAGE_KEY], device=decoder_device, output_type=types.RGB)
         return _view(images, recipe.online, recipe, half), _view(images, recipe.target, recipe, half), \
-            records["image/class/label"]
+            records[LABEL_KEY]
 
     return two_views(batch_size=batch_size, num_threads=max(1, workers), device_id=device_id,
                      seed=seed % (2**31 - 1), prefetch_queue_depth=2, exec_dynamic=True)
@@ -200,24 +208,19 @@ class DALIEvalLoader:
 
     def _pipeline(self):
         from nvidia.dali import fn, pipeline_def, types
-        import nvidia.dali.tfrecord as tfrec
 
         recipe = self.recipe
 
         @pipeline_def
         def evaluation():
-            records = fn.readers.tfrecord(
-                path=self.store["records"], index_path=self.store["indexes"], name=READER,
-                features={"image/encoded": tfrec.FixedLenFeature((), tfrec.string, ""),
-                          "image/class/label": tfrec.FixedLenFeature([1], tfrec.int64, -1)},
-                random_shuffle=False, pad_last_batch=True)
-            images = fn.decoders.image(records["image/encoded"], device="cpu", output_type=types.RGB)
+            records = _read_records(self.store, random_shuffle=False)
+            images = fn.decoders.image(records[IMAGE_KEY], device="cpu", output_type=types.RGB)
             images = fn.resize(images, resize_shorter=recipe.eval_resize)
             images = fn.crop_mirror_normalize(images, crop=(recipe.resolution, recipe.resolution),
                                               mean=[255 * m for m in recipe.mean],
                                               std=[255 * s for s in recipe.std], dtype=types.FLOAT,
                                               output_layout="HWC")
-            return images, records["image/class/label"]
+            return images, records[LABEL_KEY]
 
         return evaluation(batch_size=self.batch_size, num_threads=max(1, self.workers), device_id=None, seed=0)
 
