@@ -30,18 +30,25 @@ def extract_features(encoder: nn.Module, loader, device: torch.device, amp_dtype
 
 @torch.no_grad()
 def knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, query_features: torch.Tensor,
-                k: int = 20, num_classes: int | None = None, chunk_size: int = 1024) -> torch.Tensor:
-    """Majority vote of the k most cosine-similar training samples (ties: the lower class index)."""
+                k: int = 20, num_classes: int | None = None, chunk_size: int = 1024,
+                temperature: float | None = None) -> torch.Tensor:
+    """Vote of the k most cosine-similar training samples (ties: the lower class index): one vote each, or with a
+    `temperature` the common weighted vote (Wu et al. 2018, used by DINO/solo-learn) of exp(similarity / T)."""
     k = min(k, train_features.shape[0])
     num_classes = num_classes or int(train_labels.max()) + 1
     predictions = []
     for start in range(0, query_features.shape[0], chunk_size):
-        sims = query_features[start:start + chunk_size] @ train_features.T
-        neighbour_labels = train_labels[sims.topk(k, dim=1).indices]
-        votes = torch.zeros(neighbour_labels.shape[0], num_classes, device=sims.device)
-        votes.scatter_add_(1, neighbour_labels, torch.ones_like(neighbour_labels, dtype=votes.dtype))
+        top = (query_features[start:start + chunk_size] @ train_features.T).topk(k, dim=1)
+        weights = torch.ones_like(top.values) if temperature is None else (top.values / temperature).exp()
+        votes = torch.zeros(top.values.shape[0], num_classes, device=top.values.device, dtype=weights.dtype)
+        votes.scatter_add_(1, train_labels[top.indices], weights)
         predictions.append(votes.argmax(dim=1))
     return torch.cat(predictions)
+
+
+def weighted_knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, query_features: torch.Tensor,
+                         k: int = 20, temperature: float = 0.07, **options) -> torch.Tensor:
+    return knn_predict(train_features, train_labels, query_features, k=k, temperature=temperature, **options)
 
 
 def knn_accuracy(encoder: nn.Module, train_loader, val_loader, device: torch.device, k: int = 20,
@@ -51,19 +58,3 @@ def knn_accuracy(encoder: nn.Module, train_loader, val_loader, device: torch.dev
     predictions = knn_predict(train_features, train_labels, val_features, k=k)
     return (predictions == val_labels).float().mean().item()
 
-
-@torch.no_grad()
-def weighted_knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, query_features: torch.Tensor,
-                         k: int = 20, temperature: float = 0.07, num_classes: int | None = None,
-                         chunk_size: int = 1024) -> torch.Tensor:
-    """The common weighted vote (Wu et al. 2018, used by DINO/solo-learn): each of the k nearest training
-    samples votes for its class with weight exp(cosine similarity / temperature)."""
-    k = min(k, train_features.shape[0])
-    num_classes = num_classes or int(train_labels.max()) + 1
-    predictions = []
-    for start in range(0, query_features.shape[0], chunk_size):
-        top = (query_features[start:start + chunk_size] @ train_features.T).topk(k, dim=1)
-        votes = torch.zeros(top.values.shape[0], num_classes, device=top.values.device)
-        votes.scatter_add_(1, train_labels[top.indices], (top.values / temperature).exp())
-        predictions.append(votes.argmax(dim=1))
-    return torch.cat(predictions)
