@@ -144,7 +144,7 @@ def _step_runners(args, device: torch.device) -> dict:
     from msf_fast.ema import make_ema
     from msf_fast.model import MSF
     from msf_fast.reference import OriginalMeanShift
-    from msf_fast.step import resolve_precision, train_step
+    from msf_fast.step import bank_dtype, make_sgd, resolve_precision, train_step
 
     generator = torch.Generator().manual_seed(0)
     shape = (args.batch_size, 3, args.resolution, args.resolution)
@@ -155,12 +155,11 @@ def _step_runners(args, device: torch.device) -> dict:
 
     torch.manual_seed(0)
     precision = resolve_precision(args.amp, device)
-    bank_dtype = precision.dtype if device.type == "cuda" and precision.dtype is not None else torch.float32
-    model = MSF(arch=args.arch, bank_size=args.bank_size, topk=args.topk, bank_dtype=bank_dtype)  # as the trainer
+    model = MSF(arch=args.arch, bank_size=args.bank_size, topk=args.topk,  # the trainer's choices throughout
+                bank_dtype=bank_dtype("auto", device, precision))
     model = model.to(device, memory_format=torch.channels_last)
     ema = make_ema(model.online, model.target, device)  # CUDA-graph replay on CUDA
-    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4,
-                                fused=device.type == "cuda" or None)
+    optimizer = make_sgd(model.trainable_parameters(), 0.05, 0.9, 1e-4, device)
     scaler = torch.amp.GradScaler(device.type) if precision.needs_scaler else None
     online_cl = online_view.contiguous(memory_format=torch.channels_last)
     target_cl = target_view.contiguous(memory_format=torch.channels_last)

@@ -21,6 +21,7 @@ import torch.nn as nn
 from msf_fast.checkpoint import infer_arch, load_checkpoint, load_model
 from msf_fast.knn import extract_features, knn_predict, weighted_knn_predict
 from msf_fast.model import resnet_backbone
+from msf_fast.step import resolve_device
 
 
 def load_backbone(path: str | Path) -> nn.Module:
@@ -67,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from pipelines import build_eval_loader, two_view_recipe
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     try:
+        device = resolve_device(args.device)
         backbone = load_backbone(args.ckpt)
         recipe = two_view_recipe("w/s", args.resolution)
         loaders = [build_eval_loader(path, recipe, args.batch_size, args.workers) for path in (args.train, args.val)]

@@ -19,16 +19,8 @@ from msf_fast.knn import knn_accuracy
 from msf_fast.model import MSF
 from msf_fast.runlog import DeferredScalars, JsonlLog, plot_run
 from msf_fast.schedule import learning_rate, progressive_resolution, scaled_lr
-from msf_fast.step import resolve_precision, train_step
+from msf_fast.step import bank_dtype, make_sgd, resolve_device, resolve_precision, train_step
 from pipelines import build_eval_loader, build_train_loader, two_view_recipe
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda: no CUDA device is available")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -50,14 +42,6 @@ def compile_encoders(model: MSF) -> None:
     checkpoints stay as they are."""
     for module in (model.online, model.predictor, model.target):
         module.compile()
-
-
-def bank_dtype(name: str, device: torch.device, precision) -> torch.dtype:
-    """auto: the AMP dtype on CUDA (half the bank's memory traffic; top-5 agrees with float32 on >= 99.6 % of
-    entries, tests/test_bank_precision.py), float32 on the CPU."""
-    if name == "auto":
-        return precision.dtype if device.type == "cuda" and precision.dtype is not None else torch.float32
-    return getattr(torch, name)
 
 
 def build_model(cfg, device: torch.device, bank_storage: torch.dtype = torch.float32) -> MSF:
@@ -105,9 +89,8 @@ class Trainer:
         self.forward_model = self._data_parallel(cfg) if world_size > 1 else self.model
         self.ema = make_ema(self.model.online, self.model.target)  # a captured CUDA graph on CUDA
         self.base_lr = scaled_lr(cfg.optim.lr, cfg.train.batch_size * world_size)
-        self.optimizer = torch.optim.SGD(self.model.trainable_parameters(), lr=self.base_lr,
-                                         momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
-                                         fused=self.device.type == "cuda" or None)  # else foreach
+        self.optimizer = make_sgd(self.model.trainable_parameters(), self.base_lr, cfg.optim.momentum,
+                                  cfg.optim.weight_decay, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_scaler else None
 
         self.folder = Path(cfg.logging.folder)
