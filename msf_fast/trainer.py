@@ -78,6 +78,8 @@ class Trainer:
                                          pin_memory=self.device.type == "cuda", device=self.device,
                                          dtype=self.precision.dtype if self.device.type == "cuda" else None,
                                          decoder_device=cfg.data.decoder_device)
+        self.resolution = cfg.data.resolution  # the loader's crop size; progressive resizing changes it per epoch
+        self.compile_reported = False  # FFCV's numba compilation time is logged once
         self.steps_per_epoch = len(self.loader)
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         if cfg.train.max_steps:
@@ -228,9 +230,9 @@ class Trainer:
         data = self.cfg.data
         resolution = progressive_resolution(self.epoch, data.min_resolution, data.resolution, data.start_ramp,
                                             data.end_ramp)
-        if resolution != getattr(self, "resolution", data.resolution):
+        if resolution != self.resolution:
             self.loader.set_resolution(resolution)
-        self.resolution = resolution
+            self.resolution = resolution
 
     def _write_step(self, bar, record: dict | None) -> None:
         if record is None:
@@ -241,8 +243,8 @@ class Trainer:
 
     def _report_loader_compilation(self) -> None:
         seconds = getattr(self.loader, "compile_seconds", None)  # FFCV's numba compilation, once per process
-        if seconds is not None and not getattr(self, "_compile_reported", False):
-            self._compile_reported = True
+        if seconds is not None and not self.compile_reported:
+            self.compile_reported = True
             self.log.write(event="loader", backend=self.loader.backend, compile_seconds=seconds)
             tqdm.write(f"{self.loader.backend} loader: first batch after {seconds:.1f} s (numba compilation)")
 

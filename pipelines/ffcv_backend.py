@@ -47,14 +47,6 @@ def import_ffcv():
         torch.set_num_threads(threads)
 
 
-def ffcv_available() -> bool:
-    try:
-        import_ffcv()
-        return True
-    except FFCVUnavailable:
-        return False
-
-
 def _view_pipeline(view: ViewRecipe, resolution: int, device: torch.device, decoders: list):
     from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
     from ffcv.pipeline import PipelineSpec
