@@ -66,14 +66,14 @@ def page_size_for(sizes: list[tuple[int, int]]) -> int:
     return max(smallest, 1 << int(2 * max(raw_bytes) - 1).bit_length())
 
 
-def import_ffcv():
+def import_ffcv() -> None:
+    """The loader's import (torch's thread count kept), its failure an error line of this command."""
+    from pipelines.ffcv_backend import FFCVUnavailable
+    from pipelines.ffcv_backend import import_ffcv as import_keeping_threads
     try:
-        import ffcv.fields
-        import ffcv.writer
-    except ImportError as error:
-        raise SourceError(f"FFCV is not installed ({error}); install it with: apt-get install -y pkg-config "
-                          "libturbojpeg0-dev libopencv-dev && pip install -e '.[ffcv]'") from None
-    return ffcv
+        import_keeping_threads()
+    except FFCVUnavailable as error:
+        raise SourceError(str(error)) from None
 
 
 def make_writer(path: str, args, sizes: list[tuple[int, int]]):

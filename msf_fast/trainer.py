@@ -31,8 +31,8 @@ def seed_everything(seed: int) -> None:
 
 def loader_notice(folder: str) -> str:
     if importlib.util.find_spec("ffcv") is None:
-        return ("note: FFCV is not installed, so the torchvision loader reads the ImageFolder (install: "
-                "apt-get install -y pkg-config libturbojpeg0-dev libopencv-dev && pip install -e '.[ffcv]')")
+        from pipelines.ffcv_backend import FFCV_INSTALL
+        return f"note: FFCV is not installed, so the torchvision loader reads the ImageFolder (install: {FFCV_INSTALL})"
     return (f"note: torchvision loader for the ImageFolder {folder}; for the FFCV loader convert it once: "
             f"python -m dataset_prep.write_beton {folder} train.beton")
 

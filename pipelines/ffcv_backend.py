@@ -30,6 +30,9 @@ from pipelines.recipe import TwoViewRecipe, ViewRecipe
 from pipelines.sampling import per_sample_seed
 
 
+FFCV_INSTALL = "apt-get install -y pkg-config libturbojpeg0-dev libopencv-dev && pip install -e '.[ffcv]'"
+
+
 class FFCVUnavailable(ImportError):
     pass
 
@@ -41,8 +44,7 @@ def import_ffcv():
         import ffcv  # noqa: F401
         from ffcv.loader import Loader  # noqa: F401
     except ImportError as error:
-        raise FFCVUnavailable(f"FFCV is not installed ({error}): apt-get install -y pkg-config libturbojpeg0-dev "
-                              "libopencv-dev && pip install -e '.[ffcv]'") from None
+        raise FFCVUnavailable(f"FFCV is not installed ({error}): {FFCV_INSTALL}") from None
     finally:
         torch.set_num_threads(threads)
 
