@@ -34,20 +34,44 @@ def build_train_loader(backend: str, root: str, recipe: TwoViewRecipe, batch_siz
     raise ValueError(f"unknown data backend {backend!r}; expected one of {', '.join(BACKENDS)}")
 
 
-def build_eval_loader(root: str, recipe: TwoViewRecipe, batch_size: int, workers: int):
+def build_eval_loader(root: str, recipe: TwoViewRecipe, batch_size: int, workers: int, indices=None):
     """(images, labels) batches with the evaluation transform (resize, centre crop), in file order;
-    `root` is an ImageFolder, a .beton or a TFRecord store."""
+    `root` is an ImageFolder, a .beton or a TFRecord store; `indices` (ImageFolder, .beton) reads only those."""
     if root.endswith(".beton"):
         from pipelines.ffcv_backend import FFCVEvalLoader
-        return FFCVEvalLoader(root, recipe, batch_size, workers)
+        return FFCVEvalLoader(root, recipe, batch_size, workers, indices=indices)
     from pipelines.dali_backend import DALIEvalLoader, is_tfrecord_store
     if is_tfrecord_store(root):
+        if indices is not None:
+            raise ValueError(f"{root}: subsets of a TFRecord store are not supported; use the ImageFolder or a "
+                             ".beton of the same images")
         return DALIEvalLoader(root, recipe, batch_size, workers)
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, Subset
 
     from pipelines.torchvision_backend import eval_transform, image_folder
     dataset = image_folder(root, eval_transform(recipe))
+    if indices is not None:
+        dataset = Subset(dataset, [int(index) for index in indices])
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
 
 
-__all__ = ["BACKENDS", "TwoViewRecipe", "build_eval_loader", "build_train_loader", "two_view_recipe"]
+def build_probe_loader(root: str, recipe: TwoViewRecipe, batch_size: int, workers: int, seed: int = 0,
+                       indices=None):
+    """The linear probe's augmented training images (recipe.PROBE_VIEW: random resized crop, flip), normalized,
+    as (images, labels) batches in a new seeded order on every pass; an ImageFolder or a .beton."""
+    from pipelines.recipe import PROBE_VIEW
+    if root.endswith(".beton"):
+        from pipelines.ffcv_backend import FFCVEvalLoader
+        return FFCVEvalLoader(root, recipe, batch_size, workers, indices=indices, view=PROBE_VIEW,
+                              shuffle_seed=seed)
+    from pipelines.dali_backend import is_tfrecord_store
+    if is_tfrecord_store(root):
+        raise ValueError(f"{root}: the augmented linear probe reads an ImageFolder or a .beton; for a TFRecord "
+                         "store use --mode cached")
+    from pipelines.torchvision_backend import ShuffledImageLoader, image_folder, view_transform
+    dataset = image_folder(root, view_transform(PROBE_VIEW, recipe))
+    return ShuffledImageLoader(dataset, batch_size, workers, seed, indices)
+
+
+__all__ = ["BACKENDS", "TwoViewRecipe", "build_eval_loader", "build_probe_loader", "build_train_loader",
+           "two_view_recipe"]

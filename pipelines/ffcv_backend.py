@@ -142,23 +142,35 @@ class FFCVTwoViewLoader:
 
 
 class FFCVEvalLoader:
-    """(images, labels) in store order with the evaluation transform: the centre crop of side
-    resolution/eval_resize of the shorter side, resized to the resolution (FFCV's CenterCropRGBImageDecoder),
-    normalized; float32 NCHW channels-last on the CPU. Iterable more than once."""
+    """(images, labels) with the evaluation transform: the centre crop of side resolution/eval_resize of the
+    shorter side, resized to the resolution (FFCV's CenterCropRGBImageDecoder), normalized; float32 NCHW
+    channels-last on the CPU. Store order (or, with `shuffle_seed`, a new seeded order per pass); `indices`
+    reads only those samples. With `view` (a ViewRecipe: crop scale and ratio, flip) the crop is random
+    instead: the linear probe's augmented training images. Iterable more than once."""
 
-    def __init__(self, path: str, recipe: TwoViewRecipe, batch_size: int, workers: int = 2):
+    def __init__(self, path: str, recipe: TwoViewRecipe, batch_size: int, workers: int = 2, indices=None,
+                 view: ViewRecipe | None = None, shuffle_seed: int | None = None):
         import_ffcv()
         from ffcv.fields.basics import IntDecoder
-        from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
+        from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
         from ffcv.loader import Loader, OrderOption
-        from ffcv.transforms import Squeeze, ToTensor, ToTorchImage
+        from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
 
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such .beton file")
         threads = torch.get_num_threads()
-        decoder = CenterCropRGBImageDecoder((recipe.resolution, recipe.resolution),
-                                            ratio=recipe.resolution / recipe.eval_resize)
-        self.loader = Loader(path, batch_size=batch_size, num_workers=max(1, workers),
-                             order=OrderOption.SEQUENTIAL, drop_last=False,
-                             pipelines={"image": [decoder, ToTensor(), ToTorchImage(channels_last=True)],
+        size = (recipe.resolution, recipe.resolution)
+        if view is None:
+            image_ops = [CenterCropRGBImageDecoder(size, ratio=recipe.resolution / recipe.eval_resize)]
+        else:
+            image_ops = [RandomResizedCropRGBImageDecoder(size, scale=view.crop_scale, ratio=view.crop_ratio)]
+            if view.flip_p > 0:
+                image_ops.append(RandomHorizontalFlip(view.flip_p))
+        order = OrderOption.SEQUENTIAL if shuffle_seed is None else OrderOption.RANDOM
+        self.loader = Loader(path, batch_size=batch_size, num_workers=max(1, workers), order=order,
+                             seed=shuffle_seed, drop_last=False,
+                             indices=None if indices is None else np.sort(np.asarray(indices)),
+                             pipelines={"image": [*image_ops, ToTensor(), ToTorchImage(channels_last=True)],
                                         "label": [IntDecoder(), ToTensor(), Squeeze()]})
         torch.set_num_threads(threads)
         self.threads = threads

@@ -32,6 +32,8 @@ WEAK = ViewRecipe()
 STRONG = ViewRecipe(jitter_p=0.8, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1,
                     grayscale_p=0.2, blur_p=0.5)
 VIEWS = {"w": WEAK, "s": STRONG}
+# The linear probe's training augmentation (the paper's protocol: RandomResizedCrop at the default scale, flip).
+PROBE_VIEW = ViewRecipe(crop_scale=(0.08, 1.0))
 
 
 @dataclass(frozen=True)

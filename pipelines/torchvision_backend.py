@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision import datasets, transforms
 
 from pipelines.recipe import TwoViewRecipe, ViewRecipe
-from pipelines.sampling import per_sample_seed, rank_batches
+from pipelines.sampling import epoch_order, per_sample_seed, rank_batches
 
 
 class RandomGaussianBlur:
@@ -146,3 +146,24 @@ class TorchvisionTwoViewLoader:
         for online, target, labels in loader:
             yield (online.contiguous(memory_format=torch.channels_last),
                    target.contiguous(memory_format=torch.channels_last), labels)
+
+
+class ShuffledImageLoader:
+    """(images, labels) batches of a dataset (or of its `indices`), in a new seeded order on every pass."""
+
+    def __init__(self, dataset, batch_size: int, workers: int = 2, seed: int = 0, indices=None):
+        self.dataset = dataset
+        self.indices = torch.arange(len(dataset)) if indices is None else torch.as_tensor(indices)
+        self.batch_size, self.workers, self.seed = batch_size, workers, seed
+        self.passes = 0
+
+    def __len__(self) -> int:
+        return -(-len(self.indices) // self.batch_size)
+
+    def __iter__(self):
+        order = self.indices[epoch_order(len(self.indices), self.passes, self.seed)].tolist()
+        self.passes += 1
+        loader = DataLoader(torch.utils.data.Subset(self.dataset, order), batch_size=self.batch_size,
+                            num_workers=self.workers)
+        for images, labels in loader:
+            yield images.contiguous(memory_format=torch.channels_last), labels

@@ -146,3 +146,24 @@ def test_eval_loader_reads_a_beton_like_the_folder_transform(coordinate_store, t
     reference = torch.cat([batch[0] for batch in build_eval_loader(source, recipe, batch_size=32, workers=0)])
     # FFCV centre-crops then resizes once; torchvision resizes then crops: same content up to interpolation
     assert (images - reference).abs().mean() < 0.05
+
+
+def test_beton_subsets_and_the_probe_loader(coordinate_store):
+    from pipelines import build_eval_loader, build_probe_loader
+    from pipelines.subsets import dataset_labels
+
+    assert dataset_labels(coordinate_store).tolist() == list(range(32))  # read without decoding
+    recipe = two_view_recipe("w/s", RESOLUTION)
+    chosen = [3, 7, 8, 30]
+    subset = list(build_eval_loader(coordinate_store, recipe, batch_size=3, workers=1, indices=chosen))
+    assert torch.cat([labels for _, labels in subset]).tolist() == chosen
+
+    probe = build_probe_loader(coordinate_store, recipe, batch_size=4, workers=1, seed=0, indices=chosen + [12])
+    passes = [list(probe) for _ in range(2)]
+    orders = [torch.cat([labels for _, labels in batches]).tolist() for batches in passes]
+    assert sorted(orders[0]) == sorted(orders[1]) == sorted(chosen + [12])
+    images = torch.cat([images for images, _ in passes[0]])
+    assert images.shape == (5, 3, RESOLUTION, RESOLUTION) and images.is_contiguous(memory_format=torch.channels_last)
+    # random resized crops at scale (0.08, 1): the red (x) and green (y) ramps span less than the whole image
+    spans = crop_areas(unnormalize(images, recipe))
+    assert (spans < 0.99).any() and (spans > 0.07).all()
