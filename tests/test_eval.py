@@ -61,18 +61,33 @@ def test_every_checkpoint_format_gives_the_same_backbone(tmp_path):
     torch.testing.assert_close(features[0], features[2], rtol=0, atol=0)
 
 
+def test_faiss_search_finds_the_exact_neighbours():
+    pytest.importorskip("faiss")
+    from msf_fast.knn import nearest_neighbours
+    gallery, _ = toy_features(10, 100, separable=False)
+    queries, _ = toy_features(10, 30, separable=False, seed=1)
+    exact_similarities, exact = nearest_neighbours(gallery, queries, k=20, search="torch", chunk_size=64)
+    faiss_similarities, found = nearest_neighbours(gallery, queries, k=20, search="faiss")
+    assert torch.equal(found, exact)
+    torch.testing.assert_close(faiss_similarities, exact_similarities, rtol=0, atol=1e-5)
+    assert torch.equal(knn_predict(gallery, torch.arange(1000) % 7, queries, search="faiss"),
+                       knn_predict(gallery, torch.arange(1000) % 7, queries, search="torch"))
+
+
 def test_knn_command_reports_json(tiny_imagefolder, tmp_path, capsys):
     torch.manual_seed(0)
     model = MSF("resnet18", bank_size=32, topk=5, small_input=True)
     torch.save(export.backbone_state_dict(model), tmp_path / "backbone.pth")
-    out = tmp_path / "knn.json"
     assert evaluation.main(["knn", "--ckpt", str(tmp_path / "backbone.pth"), "--train",
                             str(tiny_imagefolder / "train"), "--val", str(tiny_imagefolder / "val"),
                             "--resolution", "32", "--workers", "0", "--batch-size", "32", "--device", "cpu",
-                            "--out", str(out)]) == 0
+                            "--out", str(tmp_path / "results")]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert report == json.loads(out.read_text())
+    assert report == json.loads((tmp_path / "results" / "knn.json").read_text())
     assert report["train_images"] == 96 and report["val_images"] == 24
     for key in ("top1_k1_majority", "top1_k1_weighted", "top1_k20_majority", "top1_k20_weighted"):
         assert 0.0 <= report[key] <= 1.0
+    markdown = (tmp_path / "results" / "report.md").read_text()
+    assert "## k-NN" in markdown and f"| 20 | {report['top1_k20_majority']:.4f} |" in markdown
     assert evaluation.main(["knn", "--ckpt", str(tmp_path / "missing.pth"), "--train", "x", "--val", "y"]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0

@@ -1,0 +1,63 @@
+"""What every evaluation command shares: loading a backbone from any checkpoint format, its name for tables,
+the options for data and device, and the run folder results are written to."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from msf_fast.checkpoint import FORMAT, infer_arch, load_checkpoint, load_model
+from msf_fast.model import resnet_backbone
+
+
+def load_backbone(path: str | Path) -> nn.Module:
+    """The online ResNet of a checkpoint (ours or the original's), or an exported torchvision backbone."""
+    checkpoint = load_checkpoint(path)
+    if isinstance(checkpoint, dict) and ("format" in checkpoint or "state_dict" in checkpoint):
+        return load_model(path).online
+    state = {key: value for key, value in checkpoint.items() if not key.startswith("fc.")}
+    arch, small_input = infer_arch(state, prefix="")
+    backbone = resnet_backbone(arch, small_input)
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    if unexpected or any(not key.startswith("fc.") for key in missing):
+        raise ValueError(f"{path}: not a torchvision {arch} backbone (missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]})")
+    return backbone
+
+
+def checkpoint_label(path: str | Path) -> str:
+    """"epoch 12" for our checkpoints and the original's (they record the epoch), else the file name."""
+    checkpoint = load_checkpoint(path)
+    epoch = checkpoint.get("epoch") if isinstance(checkpoint, dict) else None
+    if isinstance(epoch, int) and (checkpoint.get("format") == FORMAT or "state_dict" in checkpoint):
+        return f"epoch {epoch}"
+    return Path(path).stem
+
+
+def run_folder(checkpoint: str | Path) -> Path:
+    """Where a checkpoint's results go by default: the run folder for runs/X/checkpoints/*.pt, else its folder."""
+    parent = Path(checkpoint).resolve().parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def add_data_options(parser: argparse.ArgumentParser, resolution: int = 224) -> None:
+    parser.add_argument("--resolution", type=int, default=resolution,
+                        help="centre-crop size; the shorter side is first resized to resolution x 256/224")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=4, help="loader workers")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    parser.add_argument("--out", default="",
+                        help="folder for the JSON, figures and report.md (default: the first checkpoint's run folder)")
+
+
+def output_folder(args: argparse.Namespace, checkpoint: str | Path) -> Path:
+    folder = Path(args.out) if args.out else run_folder(checkpoint)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """Feature extraction runs in bf16 autocast on CUDA; on the CPU in float32 (bf16 is slower there)."""
+    return torch.bfloat16 if device.type == "cuda" else None
