@@ -100,6 +100,8 @@ def declare_schema(config: Config) -> None:
         folder=Param(str, "run folder: log.jsonl, plots, checkpoints", default="runs/msf"),
         log_every=Param(int, "steps between log lines", default=50),
         checkpoint_every=Param(int, "epochs between checkpoints (0 = only at the end)", default=1),
+        snapshot_every=Param(int, "keep checkpoints/epoch_NNNN.pt every N epochs, epoch 0 included, for the "
+                                  "figures over training (0 = none)", default=0),
         progress=Param(Flag(), "progress bar", default=True),
     )
     section("eval", "k-NN monitor on held-out images").params(
@@ -108,6 +110,10 @@ def declare_schema(config: Config) -> None:
         knn_final=Param(Flag(), "evaluate k-NN at the end of training", default=True),
         knn_memory_path=Param(str, "labelled images the k-NN monitor searches, folder or .beton "
                                    "('' = data.train_path)", default=""),
+        knn_memory_per_class=Param(int, "k-NN monitor: images per class searched, a seeded balanced subset "
+                                        "(0 = all; folders and .beton)", default=0),
+        knn_val_per_class=Param(int, "k-NN monitor: held-out images per class classified, a seeded balanced "
+                                     "subset (0 = all; folders and .beton)", default=0),
     )
 
 
@@ -154,7 +160,8 @@ def read_recipe(fname: str, known) -> dict:
 def validate(cfg, world_size: int = 1) -> None:
     positive = ["model.hidden_dim>=0", "model.proj_dim>=0", "msf.topk", "msf.bank_size", "msf.bank_chunk",
                 "data.resolution", "data.workers>=0", "train.epochs", "train.batch_size", "train.max_steps>=0",
-                "train.threads>=0", "logging.log_every", "logging.checkpoint_every>=0", "eval.knn_every>=0",
+                "train.threads>=0", "logging.log_every", "logging.checkpoint_every>=0", "logging.snapshot_every>=0",
+                "eval.knn_every>=0", "eval.knn_memory_per_class>=0", "eval.knn_val_per_class>=0",
                 "eval.knn_k", "optim.lr>=0"]
     for rule in positive:
         name, _, bound = rule.partition(">=")

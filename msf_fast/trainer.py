@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from tqdm import tqdm
 from msf_fast import checkpoint as ckpt
 from msf_fast.config import resolve_backend, to_dict
 from msf_fast.ema import make_ema
-from msf_fast.knn import knn_accuracy
+from msf_fast.knn import knn_evaluation
 from msf_fast.model import MSF
 from msf_fast.runlog import DeferredScalars, JsonlLog, plot_run
 from msf_fast.schedule import learning_rate, progressive_resolution, scaled_lr
@@ -103,12 +104,21 @@ class Trainer:
             self._resume(cfg.train.resume)
         self.log = JsonlLog(self.folder / "log.jsonl", append=bool(cfg.train.resume)) if self.is_main else None
         self.log_scalars = DeferredScalars(self.device)  # logging reads no GPU value inside the step
-        self.eval_loaders = None
-        if cfg.data.val_path and (cfg.eval.knn_every or cfg.eval.knn_final):
-            self.eval_loaders = tuple(build_eval_loader(path, self.recipe, 2 * cfg.train.batch_size,
-                                                        cfg.data.workers)
-                                      for path in (cfg.eval.knn_memory_path or cfg.data.train_path,
-                                                   cfg.data.val_path))
+        self.eval_loaders = self._knn_monitor_loaders(cfg) if cfg.data.val_path and (
+            cfg.eval.knn_every or cfg.eval.knn_final) else None
+
+    def _knn_monitor_loaders(self, cfg) -> tuple:
+        """The k-NN monitor's labelled (searched) and held-out images, each optionally a per-class balanced
+        subset seeded by train.seed (eval.knn_memory_per_class, eval.knn_val_per_class)."""
+        from pipelines.subsets import balanced_subset, dataset_labels
+        loaders = []
+        for path, per_class in ((cfg.eval.knn_memory_path or cfg.data.train_path, cfg.eval.knn_memory_per_class),
+                                (cfg.data.val_path, cfg.eval.knn_val_per_class)):
+            indices = (balanced_subset(dataset_labels(path), seed=cfg.train.seed, per_class=per_class)
+                       if per_class else None)
+            loaders.append(build_eval_loader(path, self.recipe, 2 * cfg.train.batch_size, cfg.data.workers,
+                                             indices=indices))
+        return tuple(loaders)
 
     def _data_parallel(self, cfg) -> torch.nn.Module:
         """DDP over the MSF module: gradients of the online network and predictor are averaged; every rank
@@ -153,13 +163,22 @@ class Trainer:
             self._saved_step = self.step
         return self.checkpoint_path
 
+    def _save_snapshot(self, epoch: int) -> None:
+        """checkpoints/epoch_NNNN.pt every logging.snapshot_every epochs, epoch 0 (the initialisation) included:
+        the inputs of the figures that follow the representation over training."""
+        every = self.cfg.logging.snapshot_every
+        if every and epoch % every == 0:
+            self.save_checkpoint()
+            shutil.copyfile(self.checkpoint_path, self.checkpoint_path.with_name(f"epoch_{epoch:04d}.pt"))
+
     # ------------------------------------------------------------------ evaluation
-    def evaluate_knn(self) -> float | None:
+    def evaluate_knn(self) -> dict | None:
+        """{"knn_top1": majority vote, "knn_weighted_top1": weighted vote} at eval.knn_k, or None."""
         if self.eval_loaders is None:
             return None
-        train_loader, val_loader = self.eval_loaders
-        return knn_accuracy(self.model.online, train_loader, val_loader, self.device, k=self.cfg.eval.knn_k,
-                            amp_dtype=self.precision.dtype)
+        k = self.cfg.eval.knn_k
+        report = knn_evaluation(self.model.online, *self.eval_loaders, self.device, (k,), self.precision.dtype)
+        return {"knn_top1": report[f"top1_k{k}_majority"], "knn_weighted_top1": report[f"top1_k{k}_weighted"]}
 
     def _knn_due(self, epoch: int) -> bool:
         every = self.cfg.eval.knn_every
@@ -170,10 +189,12 @@ class Trainer:
     def train(self) -> dict:
         cfg = self.cfg
         history = {"knn": {}, "loss": {}}
-        if self.step == 0 and self.eval_loaders is not None and self.is_main:
-            knn0 = self.evaluate_knn()
-            history["knn"][0] = knn0
-            self.log.write(event="epoch", epoch=0, step=0, loss=None, purity=None, knn_top1=knn0)
+        if self.step == 0 and self.is_main:
+            self._save_snapshot(0)
+            if self.eval_loaders is not None:
+                knn0 = self.evaluate_knn()
+                history["knn"][0] = knn0["knn_top1"]
+                self.log.write(event="epoch", epoch=0, step=0, loss=None, purity=None, **knn0)
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (cfg.logging.progress and self.is_main),
                    unit="step", dynamic_ncols=True, desc="MSF")
         momentum = cfg.msf.momentum
@@ -257,14 +278,17 @@ class Trainer:
         epoch = self.epoch if epoch_complete else self.epoch + 1
         loss = (loss_sum / steps_done).item()
         purity = (purity_sum / steps_done).item()
-        knn = self.evaluate_knn() if self._knn_due(epoch) else None
+        knn = (self.evaluate_knn() if self._knn_due(epoch) else None) or {"knn_top1": None}
         history["loss"][epoch] = loss
-        if knn is not None:
-            history["knn"][epoch] = knn
-        self.log.write(event="epoch", epoch=epoch, step=self.step, loss=loss, purity=purity, knn_top1=knn,
+        if knn["knn_top1"] is not None:
+            history["knn"][epoch] = knn["knn_top1"]
+        self.log.write(event="epoch", epoch=epoch, step=self.step, loss=loss, purity=purity, **knn,
                        seconds=seconds, complete=epoch_complete, resolution=self.resolution)
         every = self.cfg.logging.checkpoint_every
         if epoch_complete and every and epoch % every == 0:
             self.save_checkpoint()
+        if epoch_complete:
+            self._save_snapshot(epoch)
         tqdm.write(f"epoch {epoch}: loss {loss:.4f} purity {purity:.3f}"
-                   + (f" k-NN top-1 {knn:.3f}" if knn is not None else "") + f" ({seconds:.0f} s)")
+                   + (f" k-NN top-1 {knn['knn_top1']:.3f}" if knn["knn_top1"] is not None else "")
+                   + f" ({seconds:.0f} s)")

@@ -1,0 +1,42 @@
+"""The online k-NN monitor (held-out subsets, both votes, beside purity) and the snapshots kept for figures."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from msf_fast.config import load_config
+from msf_fast.eval_setup import checkpoint_label, load_backbone
+from msf_fast.trainer import Trainer
+
+
+def test_monitor_subsets_log_and_snapshots(tiny_imagefolder, tmp_path):
+    folder = tmp_path / "run"
+    cfg = load_config([f"--data.train_path={tiny_imagefolder / 'train'}", f"--data.val_path={tiny_imagefolder / 'val'}",
+                       "--model.arch=resnet18", "--model.small_input=1", "--data.resolution=32",
+                       "--train.batch_size=8", "--msf.bank_size=32", "--train.epochs=2", "--data.workers=0",
+                       f"--logging.folder={folder}", "--logging.progress=0", "--train.threads=2",
+                       "--eval.knn_every=1", "--eval.knn_k=3", "--eval.knn_memory_per_class=5",
+                       "--eval.knn_val_per_class=2", "--logging.snapshot_every=1"])
+    trainer = Trainer(cfg)
+    initial = {name: value.clone() for name, value in trainer.model.online.state_dict().items()}
+    memory, held_out = trainer.eval_loaders
+    assert len(memory.dataset) == 4 * 5 and len(held_out.dataset) == 4 * 2
+    trainer.train()
+
+    epochs = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    epochs = [record for record in epochs if record["event"] == "epoch"]
+    assert [record["epoch"] for record in epochs] == [0, 1, 2]
+    for record in epochs:
+        assert record["knn_top1"] in {i / 8 for i in range(9)}  # a fraction of the 8 held-out images
+        assert record["knn_weighted_top1"] in {i / 8 for i in range(9)}
+    assert all(0 <= record["purity"] <= 1 for record in epochs[1:])
+
+    snapshots = sorted(path.name for path in (folder / "checkpoints").glob("epoch_*.pt"))
+    assert snapshots == ["epoch_0000.pt", "epoch_0001.pt", "epoch_0002.pt"]
+    assert checkpoint_label(folder / "checkpoints" / "epoch_0001.pt") == "epoch 1"
+    at_init = load_backbone(folder / "checkpoints" / "epoch_0000.pt").state_dict()
+    for name, value in initial.items():
+        assert torch.equal(at_init[name], value), name
+    trained = load_backbone(folder / "checkpoints" / "epoch_0002.pt").state_dict()
+    assert not torch.equal(trained["conv1.weight"], initial["conv1.weight"])
