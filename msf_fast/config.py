@@ -185,6 +185,12 @@ def validate(cfg, world_size: int = 1) -> None:
                        ("eval.knn_memory_path", cfg.eval.knn_memory_path)):
         if path and not (os.path.isdir(path) or (path.endswith(".beton") and os.path.isfile(path))):
             raise ConfigError(f"{name}={path}: no such ImageFolder directory or .beton file")
+    for name, path, per_class in (("eval.knn_val_per_class", cfg.data.val_path, cfg.eval.knn_val_per_class),
+                                  ("eval.knn_memory_per_class", cfg.eval.knn_memory_path or cfg.data.train_path,
+                                   cfg.eval.knn_memory_per_class)):
+        if per_class and path and is_tfrecord_store(path):
+            raise ConfigError(f"{name}={per_class}: subsets need an ImageFolder or a .beton, not the TFRecord "
+                              f"store {path}")
     backend = resolve_backend(cfg.data.backend, cfg.data.train_path)
     if backend == "torch" and (not os.path.isdir(cfg.data.train_path) or is_tfrecord_store(cfg.data.train_path)):
         raise ConfigError(f"data.backend=torch reads an ImageFolder, not {cfg.data.train_path}")
