@@ -1,12 +1,15 @@
-"""Evaluation of a pretrained backbone.
+"""Evaluation of a pretrained backbone: the paper's benchmarks and figures.
 
-    python -m msf_fast.eval knn --ckpt CKPT --train TRAIN --val VAL [--k 1 20] [--resolution 224] [--out knn.json]
+    python -m msf_fast.eval knn     --ckpt CKPT --train TRAIN --val VAL [--k 1 20]
+    python -m msf_fast.eval linear  --ckpt CKPT --train TRAIN --val VAL [--mode cached|augmented] [--epochs 40]
+    python -m msf_fast.eval semi    --ckpt CKPT --train TRAIN --val VAL [--fractions 0.01 0.1] [--subset-file F]
+    python -m msf_fast.eval tsne | neighbours | clusters --ckpt CKPT [CKPT ...] --data IMAGES
 
-CKPT is one of our training checkpoints, a torchvision backbone written by `msf_fast.export`, or a checkpoint
-of the original MSF code. TRAIN/VAL are ImageFolders, .beton files or TFRecord stores, read with the evaluation
-transform (shorter side to 256/224 of the resolution, centre crop). Features are the pooled backbone outputs,
-L2-normalised, extracted in AMP on CUDA; the search is exact and chunked. Reported per k: top-1 of the majority
-vote and of the weighted vote (exp(similarity / 0.07), labelled as such).
+CKPT is one of our training checkpoints, a torchvision backbone written by `msf_fast.export`, or a checkpoint of
+the original MSF code. TRAIN/VAL/IMAGES are ImageFolders, .beton files or TFRecord stores, read with the
+evaluation transform (shorter side to 256/224 of the resolution, centre crop). Features are the pooled backbone
+outputs, extracted in bf16 autocast on CUDA. Every command writes JSON and PNGs into the output folder (--out,
+default: the checkpoint's run folder) and its section of report.md there.
 """
 from __future__ import annotations
 
@@ -15,71 +18,64 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-import torch.nn as nn
-
-from msf_fast.checkpoint import infer_arch, load_checkpoint, load_model
-from msf_fast.knn import extract_features, knn_predict, weighted_knn_predict
-from msf_fast.model import resnet_backbone
+from msf_fast.eval_setup import add_data_options, amp_dtype, load_backbone, output_folder
+from msf_fast.knn import SEARCHES, knn_evaluation
+from msf_fast.report import markdown_table, write_section
 from msf_fast.step import resolve_device
 
-
-def load_backbone(path: str | Path) -> nn.Module:
-    """The online ResNet of a checkpoint (ours or the original's), or an exported torchvision backbone."""
-    checkpoint = load_checkpoint(path)
-    if isinstance(checkpoint, dict) and ("format" in checkpoint or "state_dict" in checkpoint):
-        return load_model(path).online
-    state = {key: value for key, value in checkpoint.items() if not key.startswith("fc.")}
-    arch, small_input = infer_arch(state, prefix="")
-    backbone = resnet_backbone(arch, small_input)
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
-    if unexpected or any(not key.startswith("fc.") for key in missing):
-        raise ValueError(f"{path}: not a torchvision {arch} backbone (missing {missing[:3]}, unexpected "
-                         f"{unexpected[:3]})")
-    return backbone
+__all__ = ["load_backbone", "main"]
 
 
-def knn_report(backbone: nn.Module, train_loader, val_loader, device: torch.device, ks=(1, 20)) -> dict:
-    amp = torch.bfloat16 if device.type == "cuda" else None
-    train_features, train_labels = extract_features(backbone.to(device), train_loader, device, amp)
-    val_features, val_labels = extract_features(backbone, val_loader, device, amp)
-    report = {"train_images": len(train_labels), "val_images": len(val_labels)}
-    for k in ks:
-        for name, predict in (("majority", knn_predict), ("weighted", weighted_knn_predict)):
-            predictions = predict(train_features, train_labels, val_features, k=k)
-            report[f"top1_k{k}_{name}"] = round((predictions == val_labels).float().mean().item(), 4)
+def run_knn(args) -> dict:
+    from pipelines import build_eval_loader, two_view_recipe
+    device = resolve_device(args.device)
+    backbone = load_backbone(args.ckpt)
+    recipe = two_view_recipe("w/s", args.resolution)
+    loaders = [build_eval_loader(path, recipe, args.batch_size, args.workers) for path in (args.train, args.val)]
+    folder = output_folder(args, args.ckpt)
+    report = {"checkpoint": str(args.ckpt),
+              **knn_evaluation(backbone.to(device), *loaders, device, args.k, amp_dtype(device), args.search)}
+    rows = [[k, report[f"top1_k{k}_majority"], report[f"top1_k{k}_weighted"]] for k in args.k]
+    write_section(folder, "knn", f"## k-NN ({args.ckpt})\n\nTop-1 on {report['val_images']} held-out images, "
+                  f"{report['train_images']} labelled images searched; cosine similarity of L2-normalised "
+                  "features. The weighted vote weighs each neighbour by exp(similarity / 0.07).\n\n"
+                  + markdown_table(["k", "majority vote", "weighted vote"], rows))
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m msf_fast.eval", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_knn_command(sub) -> None:
     knn = sub.add_parser("knn", help="k-NN top-1 of frozen backbone features")
     knn.add_argument("--ckpt", required=True)
     knn.add_argument("--train", required=True, help="labelled images searched (folder, .beton or TFRecord store)")
     knn.add_argument("--val", required=True, help="held-out images classified")
     knn.add_argument("--k", type=int, nargs="+", default=[1, 20])
-    knn.add_argument("--resolution", type=int, default=224)
-    knn.add_argument("--batch-size", type=int, default=256)
-    knn.add_argument("--workers", type=int, default=4)
-    knn.add_argument("--device", default="auto")
-    knn.add_argument("--out", default="", help="also write the JSON here")
-    args = parser.parse_args(argv)
+    knn.add_argument("--search", choices=SEARCHES, default="auto",
+                     help="exact search in torch (chunked) or faiss (IndexFlatIP; auto: faiss where installed)")
+    add_data_options(knn)
+    knn.set_defaults(run=run_knn, result_name="knn.json")
 
-    from pipelines import build_eval_loader, two_view_recipe
+
+def main(argv: list[str] | None = None) -> int:
+    from msf_fast.figures import add_figure_commands
+    from msf_fast.linear_probe_cli import add_probe_commands
+
+    parser = argparse.ArgumentParser(prog="python -m msf_fast.eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_knn_command(sub)
+    add_probe_commands(sub)
+    add_figure_commands(sub)
+    args = parser.parse_args(argv)
     try:
-        device = resolve_device(args.device)
-        backbone = load_backbone(args.ckpt)
-        recipe = two_view_recipe("w/s", args.resolution)
-        loaders = [build_eval_loader(path, recipe, args.batch_size, args.workers) for path in (args.train, args.val)]
+        result = args.run(args)
     except (OSError, ValueError, RuntimeError) as error:
-        print(f"eval knn: error: {error}", file=sys.stderr)
+        print(f"eval {args.command}: error: {error}", file=sys.stderr)
         return 2
-    report = {"checkpoint": str(args.ckpt), **knn_report(backbone, *loaders, device, args.k)}
-    print(json.dumps(report))
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    if result is not None:
+        print(json.dumps(result))
+        checkpoint = args.ckpt[0] if isinstance(args.ckpt, list) else args.ckpt
+        path = output_folder(args, checkpoint) / args.result_name
+        path.write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
 
