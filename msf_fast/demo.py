@@ -5,7 +5,10 @@
 Generates the demo dataset once (ImageFolder of JPEGs, see dataset_prep/demo_data.py), trains with
 configs/demo.yaml, evaluates k-NN top-1 (k=20, cosine, held-out images) at epoch 0 (the random
 initialisation of the same network) and during training, and writes runs/demo/{log.jsonl,
-training.png, summary.json}. Any trainer parameter can be overridden, e.g. --train.epochs=2.
+training.png, summary.json}. Then it evaluates like a paper (python -m msf_fast.eval): the linear probe of the
+random-init and the trained backbone, and the figures over the kept epoch snapshots (t-SNE, nearest neighbours,
+clusters), all linked from runs/demo/report.md. Any trainer parameter can be overridden, e.g. --train.epochs=2;
+--no-report skips the evaluation after training.
 """
 from __future__ import annotations
 
@@ -69,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--store-resolution", type=int, default=0,
                         help="longest side of the images in the demo's .beton (default 0: as generated, 40-96 px)")
+    parser.add_argument("--no-report", action="store_true", help="skip the linear probe and figures after training")
     args, overrides = parser.parse_known_args(argv)
 
     from msf_fast.config import ConfigError, load_config
@@ -93,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                "knn_by_epoch": knn, "loss_by_epoch": history["loss"], "steps": trainer.step,
                "minutes": round(minutes, 2), "log": str(trainer.folder / "log.jsonl"),
                "plot": str(trainer.folder / "training.png")}
+    if not args.no_report and random_init is not None and trained is not None:
+        summary.update(paper_report(trainer.folder, data, cfg, random_init, trained))
     (trainer.folder / "summary.json").write_text(json.dumps(summary, indent=2))
     print()
     if random_init is None or trained is None:
@@ -100,8 +106,53 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"k-NN top-1 (k={cfg.eval.knn_k}, held-out images): random init {random_init:.3f} -> "
               f"trained {trained:.3f} after {trainer.step} steps ({minutes:.1f} min)")
+    if "linear_probe" in summary:
+        probe = summary["linear_probe"]
+        print(f"linear probe top-1: random init {probe['random_init']['top1']:.3f} -> trained "
+              f"{probe['trained']['top1']:.3f}")
+        print(f"report: {summary['report']}")
     print(f"log: {summary['log']}  plot: {summary['plot']}")
     return 0
+
+
+def paper_report(folder: Path, data: Path, cfg, random_init_knn: float, trained_knn: float) -> dict:
+    """The eval commands on the run: linear probe of the epoch-0 snapshot and of the final checkpoint, the
+    figures over every snapshot, and a first report section comparing random init and trained."""
+    from msf_fast import eval as evaluation
+    from msf_fast.report import markdown_table, write_section
+
+    checkpoints = folder / "checkpoints"
+    snapshots = sorted(checkpoints.glob("epoch_*.pt"))
+    if not snapshots or snapshots[0].name != "epoch_0000.pt":
+        return {}
+    final = checkpoints / "latest.pt"
+    common = ["--resolution", str(cfg.data.resolution), "--workers", str(cfg.data.workers), "--device",
+              cfg.train.device, "--batch-size", "256"]
+    probes = {}
+    for name, checkpoint in (("random_init", snapshots[0]), ("trained", final)):
+        out = folder / "linear_probe" / name
+        if evaluation.main(["linear", "--ckpt", str(checkpoint), "--train", str(data / "train"), "--val",
+                            str(data / "val"), "--out", str(out), "--no-progress", *common]) != 0:
+            raise SystemExit(f"the linear probe of {checkpoint} failed")
+        probes[name] = {key: value for key, value in json.loads((out / "linear.json").read_text()).items()
+                        if key in ("top1", "top5", "checkpoint")}
+    from msf_fast.eval_setup import checkpoint_label
+    figure_checkpoints = [str(path) for path in snapshots]
+    if checkpoint_label(final) != checkpoint_label(snapshots[-1]):
+        figure_checkpoints.append(str(final))
+    for command in ("tsne", "neighbours", "clusters"):
+        chosen = figure_checkpoints if command != "clusters" else [str(final)]
+        extra = ["--clusters", "10"] if command == "clusters" else []
+        if evaluation.main([command, "--ckpt", *chosen, "--data", str(data / "val"), "--out", str(folder),
+                            *common, *extra]) != 0:
+            raise SystemExit(f"the {command} figure failed")
+    rows = [["random init (epoch 0)", random_init_knn, probes["random_init"]["top1"], probes["random_init"]["top5"]],
+            ["trained", trained_knn, probes["trained"]["top1"], probes["trained"]["top5"]]]
+    report = write_section(folder, "demo", "## Demo: random init vs trained\n\n"
+                           f"k-NN (k={cfg.eval.knn_k}, majority vote) and the linear probe (the paper's protocol on "
+                           "cached centre-crop features, 40 epochs) on the held-out demo images.\n\n"
+                           + markdown_table(["backbone", "k-NN top-1", "linear top-1", "linear top-5"], rows))
+    return {"linear_probe": probes, "report": str(report)}
 
 
 if __name__ == "__main__":

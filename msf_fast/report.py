@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-SECTION_ORDER = ("knn", "linear", "semi", "tsne", "neighbours", "clusters")
+SECTION_ORDER = ("demo", "knn", "linear", "semi", "tsne", "neighbours", "clusters")
 
 
 def report_dir(folder: str | Path) -> Path:
