@@ -13,6 +13,8 @@ clusters), all linked from runs/demo/report.md. Any trainer parameter can be ove
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 import time
@@ -115,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def quietly(command, argv: list[str]) -> int:
+    """Run an eval command without its JSON line on stdout (the demo prints its own summary)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return command(argv)
+
+
 def paper_report(folder: Path, data: Path, cfg, random_init_knn: float, trained_knn: float) -> dict:
     """The eval commands on the run: linear probe of the epoch-0 snapshot and of the final checkpoint, the
     figures over every snapshot, and a first report section comparing random init and trained."""
@@ -127,12 +135,13 @@ def paper_report(folder: Path, data: Path, cfg, random_init_knn: float, trained_
         return {}
     final = checkpoints / "latest.pt"
     common = ["--resolution", str(cfg.data.resolution), "--workers", str(cfg.data.workers), "--device",
-              cfg.train.device, "--batch-size", "256"]
+              cfg.train.device, "--batch-size", "256", "--no-progress"]
+    print("evaluating: linear probe of the random init and of the trained backbone, figures ...", flush=True)
     probes = {}
     for name, checkpoint in (("random_init", snapshots[0]), ("trained", final)):
         out = folder / "linear_probe" / name
-        if evaluation.main(["linear", "--ckpt", str(checkpoint), "--train", str(data / "train"), "--val",
-                            str(data / "val"), "--out", str(out), "--no-progress", *common]) != 0:
+        if quietly(evaluation.main, ["linear", "--ckpt", str(checkpoint), "--train", str(data / "train"), "--val",
+                                     str(data / "val"), "--out", str(out), *common]) != 0:
             raise SystemExit(f"the linear probe of {checkpoint} failed")
         probes[name] = {key: value for key, value in json.loads((out / "linear.json").read_text()).items()
                         if key in ("top1", "top5", "checkpoint")}
@@ -140,11 +149,12 @@ def paper_report(folder: Path, data: Path, cfg, random_init_knn: float, trained_
     figure_checkpoints = [str(path) for path in snapshots]
     if checkpoint_label(final) != checkpoint_label(snapshots[-1]):
         figure_checkpoints.append(str(final))
-    for command in ("tsne", "neighbours", "clusters"):
+    figures = {"tsne": ["--data", str(data / "val")],
+               "neighbours": ["--data", str(data / "train"), "--queries-from", str(data / "val")],
+               "clusters": ["--data", str(data / "val"), "--clusters", "10"]}
+    for command, options in figures.items():
         chosen = figure_checkpoints if command != "clusters" else [str(final)]
-        extra = ["--clusters", "10"] if command == "clusters" else []
-        if evaluation.main([command, "--ckpt", *chosen, "--data", str(data / "val"), "--out", str(folder),
-                            *common, *extra]) != 0:
+        if quietly(evaluation.main, [command, "--ckpt", *chosen, "--out", str(folder), *common, *options]) != 0:
             raise SystemExit(f"the {command} figure failed")
     rows = [["random init (epoch 0)", random_init_knn, probes["random_init"]["top1"], probes["random_init"]["top5"]],
             ["trained", trained_knn, probes["trained"]["top1"], probes["trained"]["top5"]]]

@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from msf_fast.eval_setup import add_data_options, amp_dtype, load_backbone, output_folder
+from msf_fast.eval_setup import WithProgress, add_data_options, amp_dtype, load_backbone, output_folder
 from msf_fast.knn import SEARCHES, knn_evaluation
 from msf_fast.report import markdown_table, write_section
 from msf_fast.step import resolve_device
@@ -31,7 +31,8 @@ def run_knn(args) -> dict:
     device = resolve_device(args.device)
     backbone = load_backbone(args.ckpt)
     recipe = two_view_recipe("w/s", args.resolution)
-    loaders = [build_eval_loader(path, recipe, args.batch_size, args.workers) for path in (args.train, args.val)]
+    loaders = [WithProgress(build_eval_loader(path, recipe, args.batch_size, args.workers), f"knn: {name} features",
+                            not args.no_progress) for name, path in (("train", args.train), ("val", args.val))]
     folder = output_folder(args, args.ckpt)
     report = {"checkpoint": str(args.ckpt),
               **knn_evaluation(backbone.to(device), *loaders, device, args.k, amp_dtype(device), args.search)}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
 from msf_fast.checkpoint import FORMAT, infer_arch, load_checkpoint, load_model
 from msf_fast.model import resnet_backbone
@@ -50,6 +51,21 @@ def add_data_options(parser: argparse.ArgumentParser, resolution: int = 224) -> 
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     parser.add_argument("--out", default="",
                         help="folder for the JSON, figures and report.md (default: the first checkpoint's run folder)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+class WithProgress:
+    """A loader whose every pass shows a progress bar (on stderr, cleared when the pass ends)."""
+
+    def __init__(self, loader, title: str, enabled: bool = True):
+        self.loader, self.title, self.enabled = loader, title, enabled
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        yield from tqdm(self.loader, desc=self.title, unit="batch", leave=False, dynamic_ncols=True,
+                        disable=not self.enabled)
 
 
 def output_folder(args: argparse.Namespace, checkpoint: str | Path) -> Path:

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
-from msf_fast.eval_setup import add_data_options, amp_dtype, checkpoint_label, load_backbone, output_folder
+from msf_fast.eval_setup import (WithProgress, add_data_options, amp_dtype, checkpoint_label, load_backbone,
+                                 output_folder)
 from msf_fast.model import pooled_features
 from msf_fast.report import markdown_table, report_dir, write_section
 from msf_fast.step import resolve_device
@@ -256,7 +257,7 @@ class Neighbours:
 
 
 @torch.no_grad()
-def nearest_neighbours(loader, backbones: list[nn.Module], queries: Selection, k: int, device: torch.device,
+def streamed_neighbours(loader, backbones: list[nn.Module], queries: Selection, k: int, device: torch.device,
                        thumbnail: Callable[[torch.Tensor], torch.Tensor],
                        exclude_queries: bool) -> tuple[list[Neighbours], int]:
     """Per backbone, each query's k most cosine-similar gallery images (one streaming pass over the gallery),
@@ -507,7 +508,8 @@ def open_images(args, root: str):
     from pipelines import build_eval_loader, two_view_recipe
     recipe = two_view_recipe("w/s", args.resolution)
     thumbnail = partial(make_thumbnails, mean=recipe.mean, std=recipe.std, size=args.thumb)
-    return build_eval_loader(str(root), recipe, args.batch_size, args.workers), thumbnail
+    loader = build_eval_loader(str(root), recipe, args.batch_size, args.workers)
+    return WithProgress(loader, f"{args.command}: {Path(root).name}", not args.no_progress), thumbnail
 
 
 def load_backbones(paths: list[str], device: torch.device) -> list[nn.Module]:
@@ -549,7 +551,7 @@ def run_neighbours(args) -> dict:
     if len(queries.indices) < args.queries:
         raise ValueError(f"--queries {args.queries}: {query_source} has only {queries.images_read} images")
     gallery_loader, _ = open_images(args, args.data)
-    found, gallery_size = nearest_neighbours(gallery_loader, backbones, queries, args.k, device, thumbnail,
+    found, gallery_size = streamed_neighbours(gallery_loader, backbones, queries, args.k, device, thumbnail,
                                              exclude_queries=from_gallery)
     if any(torch.isinf(neighbours.similarities).any() for neighbours in found):
         raise ValueError(f"--k {args.k}: the gallery {args.data} has only {gallery_size} images"

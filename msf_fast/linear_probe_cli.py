@@ -28,7 +28,6 @@ def add_probe_commands(sub) -> None:
                                  ".beton)")
         add_probe_options(parser)
         add_data_options(parser)
-        parser.add_argument("--no-progress", action="store_true")
     linear.set_defaults(run=run_linear, result_name="linear.json")
     semi.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1],
                       help="labelled fraction per class (each class keeps round(fraction x size), at least 1)")

@@ -34,3 +34,24 @@ def test_bank_search_on_cuda_matches_cpu():
     cpu = bank.nearest(queries, 5)
     gpu = bank.to("cuda").nearest(queries.cuda(), 5).cpu()
     assert (cpu == gpu).float().mean() > 0.99
+
+
+def test_eval_features_and_probe_on_cuda():
+    """bf16-autocast features on the GPU agree with float32 CPU features; the probe and k-NN run on the device."""
+    from msf_fast.knn import extract_features, knn_accuracies
+    from msf_fast.linear_probe import ProbeSettings, cached_batches, make_probe, train_probe
+
+    torch.manual_seed(0)
+    backbone = MSF(arch="resnet18", bank_size=64, topk=5, small_input=True).online
+    images = torch.randn(64, 3, 32, 32)
+    labels = torch.arange(64) % 4
+    loader = [(images[i:i + 16], labels[i:i + 16]) for i in range(0, 64, 16)]
+    cpu, _ = extract_features(backbone, loader, torch.device("cpu"))
+    gpu, gpu_labels = extract_features(backbone.cuda(), loader, torch.device("cuda"), torch.bfloat16)
+    assert gpu.device.type == "cuda" and gpu.dtype == torch.float32
+    assert F.cosine_similarity(cpu, gpu.cpu(), dim=1).min() > 0.99
+    report = knn_accuracies(gpu, gpu_labels, gpu, gpu_labels, ks=(1,), search="auto")  # torch search on CUDA
+    assert report["top1_k1_majority"] == 1.0
+    settings = ProbeSettings(epochs=2, batch_size=16)
+    result = train_probe(make_probe(gpu, 4), cached_batches(gpu, gpu_labels, 16, 0), settings, gpu, gpu_labels)
+    assert 0 <= result["top1"] <= 1

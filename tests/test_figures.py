@@ -38,7 +38,7 @@ def checkpoints(tmp_path_factory):
 def run(command, checkpoints, data, out, capsys, *options) -> tuple[int, dict | None, str]:
     """(exit code, the printed JSON result, stderr)."""
     code = evaluation.main([command, "--ckpt", *checkpoints, "--data", str(data), "--resolution", "32",
-                            "--workers", "0", "--batch-size", "32", "--device", "cpu", "--out", str(out),
+                            "--workers", "0", "--batch-size", "32", "--device", "cpu", "--no-progress", "--out", str(out),
                             "--thumb", "16", *options])
     captured = capsys.readouterr()
     return code, json.loads(captured.out.strip().splitlines()[-1]) if code == 0 else None, captured.err
