@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from typing import Callable, Iterable, Iterator
 
 from tqdm import tqdm
@@ -20,6 +21,13 @@ def progress_bar(total: int, description: str, enabled: bool = True) -> tqdm:
                 smoothing=0.05)
 
 
+def default_sigterm() -> None:
+    """Run first in every worker process: SIGTERM (Pool.terminate, Process.terminate) kills it at once. The
+    converter's Python-level SIGTERM handler, inherited through fork, runs only between bytecodes, so a worker
+    that the signal reached just as it blocked on the task queue's lock slept on forever and its join hung."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def parallel_map(function: Callable, items: list, workers: int, description: str,
                  progress: bool = True) -> Iterator:
     """`function(item)` for each item, in order; `workers` <= 1 runs in this process (one core),
@@ -29,7 +37,7 @@ def parallel_map(function: Callable, items: list, workers: int, description: str
             results: Iterable = map(function, items)
             pool = None
         else:
-            pool = multiprocessing.Pool(workers)
+            pool = multiprocessing.Pool(workers, initializer=default_sigterm)
             chunksize = max(1, min(32, len(items) // (workers * 16)))
             results = pool.imap(function, items, chunksize=chunksize)
         try:

@@ -21,7 +21,7 @@ from dataset_prep.conversion import (ConversionError, ConversionReport, run_cli,
                                      select_samples, stored_bytes, write_json, writer_parser)
 from dataset_prep.image_folder import SourceError
 from dataset_prep.images import BadImage, check_image, fitted_size, load_rgb
-from dataset_prep.progress import parallel_map, progress_bar
+from dataset_prep.progress import default_sigterm, parallel_map, progress_bar
 from dataset_prep.staging import StagedPath
 
 PROG = "write_beton"
@@ -56,6 +56,12 @@ class StoreDataset:
         except BadImage as error:  # it decoded during the scan: the file changed under us
             raise RuntimeError(f"{path}: {error} (the file changed after the scan)") from None
         return np.asarray(image), label
+
+
+def _worker(work_fn, *args) -> None:
+    """FFCV's writer worker, killed at once by SIGTERM (see progress.default_sigterm)."""
+    default_sigterm()
+    work_fn(*args)
 
 
 def page_size_for(sizes: list[tuple[int, int]]) -> int:
@@ -100,7 +106,8 @@ def make_writer(path: str, args, sizes: list[tuple[int, int]]):
             allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
             worker_args = (work_queue, self.metadata_sm, self.metadata_type, self.fields, allocator, done,
                            allocations_queue, *extra_worker_args)
-            workers = [Process(target=work_fn, args=worker_args, daemon=True) for _ in range(self.num_workers)]
+            workers = [Process(target=_worker, args=(work_fn, *worker_args), daemon=True)
+                       for _ in range(self.num_workers)]
             for worker in workers:
                 worker.start()
             try:

@@ -430,3 +430,19 @@ def test_beton_val_stores_every_image_as_jpeg(clean_source, tmp_path, keep_torch
     assert write_beton.main([clean_source, out, "--val", "--no-progress"]) == 0
     assert set(Reader(out).metadata["f0"]["mode"]) == {IMAGE_MODES["jpg"]}
     assert json.load(open(out + ".manifest.json"))["split"] == "val"
+
+
+def _sigterm_is_default(_) -> bool:
+    return signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_pool_workers_die_at_once_on_sigterm():
+    # The converter's Python-level SIGTERM handler, inherited through fork, let a worker blocked on the task
+    # queue's lock sleep through Pool.terminate, and the join hung (seen once in CI).
+    from dataset_prep.progress import parallel_map
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        assert all(parallel_map(_sigterm_is_default, list(range(8)), workers=2, description="check",
+                                progress=False))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
