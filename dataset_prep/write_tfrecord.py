@@ -4,7 +4,8 @@
 
 Images are shuffled across shards (seeded) and shards are balanced to within one record. Upright RGB JPEGs
 that need no resizing are stored byte for byte; everything else is decoded, made upright RGB, shrunk and
-re-encoded. OUT_DIR holds SPLIT-00000-of-0000N.tfrecord, the matching .idx files and manifest.json.
+re-encoded. OUT_DIR holds SPLIT-00000-of-0000N.tfrecord, the matching .idx files, labels.npy (every record's label,
+in store order) and manifest.json.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import random
 import sys
 from functools import partial
 
+import numpy as np
+
 from dataset_prep.conversion import (ConversionReport, run_cli, select_samples, stored_bytes, write_json,
                                      writer_parser)
 from dataset_prep.image_folder import SourceError
@@ -24,6 +27,7 @@ from dataset_prep.staging import StagedPath
 from dataset_prep.tfrecord_format import TFRecordWriter, frame_record, image_example
 
 PROG = "write_tfrecord"
+LABELS_FILE = "labels.npy"
 IMAGES_PER_SHARD = 1024  # --shards 0: ImageNet's 1.28 M images give about 1,250 shards of ~140 MB
 
 
@@ -75,6 +79,10 @@ def convert(args) -> None:
                                   "records": writer.count})
         report.check_outcome(PROG)
         report.extra["shards"] = shard_records
+        # every record's label in store order: subsets are chosen without reading the records
+        np.save(os.path.join(staged.temporary, LABELS_FILE), np.array([label for _, label in report.written],
+                                                                      dtype=np.int64))
+        report.extra["labels"] = LABELS_FILE
         write_json(os.path.join(staged.temporary, "manifest.json"), report.manifest(args.out))
         size = stored_bytes(staged.temporary)
         staged.commit()

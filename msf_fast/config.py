@@ -60,7 +60,8 @@ def declare_schema(config: Config) -> None:
                       default="auto"),
         train_path=Param(str, "training data: an ImageFolder, a .beton (dataset_prep.write_beton) or a TFRecord "
                               "store (dataset_prep.write_tfrecord)", default=""),
-        val_path=Param(str, "held-out data for the k-NN monitor, folder or .beton ('' = none)", default=""),
+        val_path=Param(str, "held-out data for the k-NN monitor: folder, .beton or TFRecord store ('' = none)",
+                       default=""),
         recipe=Param(OneOf(RECIPE_NAMES), "augmentations target/online: w = weak, s = strong", default="w/s"),
         resolution=Param(int, "training crop size (the final one with progressive resizing)", default=224),
         min_resolution=Param(int, "progressive resizing: crop size of the first epochs (0 = off; e.g. 160)",
@@ -108,12 +109,12 @@ def declare_schema(config: Config) -> None:
         knn_every=Param(int, "epochs between k-NN evaluations (0 = only at the end)", default=0),
         knn_k=Param(int, "neighbours voting", default=20),
         knn_final=Param(Flag(), "evaluate k-NN at the end of training", default=True),
-        knn_memory_path=Param(str, "labelled images the k-NN monitor searches, folder or .beton "
+        knn_memory_path=Param(str, "labelled images the k-NN monitor searches: folder, .beton or TFRecord store "
                                    "('' = data.train_path)", default=""),
         knn_memory_per_class=Param(int, "k-NN monitor: images per class searched, a seeded balanced subset "
-                                        "(0 = all; folders and .beton)", default=0),
+                                        "(0 = all)", default=0),
         knn_val_per_class=Param(int, "k-NN monitor: held-out images per class classified, a seeded balanced "
-                                     "subset (0 = all; folders and .beton)", default=0),
+                                     "subset (0 = all)", default=0),
     )
 
 
@@ -185,12 +186,6 @@ def validate(cfg, world_size: int = 1) -> None:
                        ("eval.knn_memory_path", cfg.eval.knn_memory_path)):
         if path and not (os.path.isdir(path) or (path.endswith(".beton") and os.path.isfile(path))):
             raise ConfigError(f"{name}={path}: no such ImageFolder directory or .beton file")
-    for name, path, per_class in (("eval.knn_val_per_class", cfg.data.val_path, cfg.eval.knn_val_per_class),
-                                  ("eval.knn_memory_per_class", cfg.eval.knn_memory_path or cfg.data.train_path,
-                                   cfg.eval.knn_memory_per_class)):
-        if per_class and path and is_tfrecord_store(path):
-            raise ConfigError(f"{name}={per_class}: subsets need an ImageFolder or a .beton, not the TFRecord "
-                              f"store {path}")
     backend = resolve_backend(cfg.data.backend, cfg.data.train_path)
     if backend == "torch" and (not os.path.isdir(cfg.data.train_path) or is_tfrecord_store(cfg.data.train_path)):
         raise ConfigError(f"data.backend=torch reads an ImageFolder, not {cfg.data.train_path}")

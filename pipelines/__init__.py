@@ -36,16 +36,13 @@ def build_train_loader(backend: str, root: str, recipe: TwoViewRecipe, batch_siz
 
 def build_eval_loader(root: str, recipe: TwoViewRecipe, batch_size: int, workers: int, indices=None):
     """(images, labels) batches with the evaluation transform (resize, centre crop), in file order;
-    `root` is an ImageFolder, a .beton or a TFRecord store; `indices` (ImageFolder, .beton) reads only those."""
+    `root` is an ImageFolder, a .beton or a TFRecord store; `indices` reads only those samples."""
     if root.endswith(".beton"):
         from pipelines.ffcv_backend import FFCVEvalLoader
         return FFCVEvalLoader(root, recipe, batch_size, workers, indices=indices)
     from pipelines.dali_backend import DALIEvalLoader, is_tfrecord_store
     if is_tfrecord_store(root):
-        if indices is not None:
-            raise ValueError(f"{root}: subsets of a TFRecord store are not supported; use the ImageFolder or a "
-                             ".beton of the same images")
-        return DALIEvalLoader(root, recipe, batch_size, workers)
+        return DALIEvalLoader(root, recipe, batch_size, workers, indices=indices)
     from torch.utils.data import DataLoader, Subset
 
     from pipelines.torchvision_backend import eval_transform, image_folder
@@ -58,16 +55,16 @@ def build_eval_loader(root: str, recipe: TwoViewRecipe, batch_size: int, workers
 def build_probe_loader(root: str, recipe: TwoViewRecipe, batch_size: int, workers: int, seed: int = 0,
                        indices=None):
     """The linear probe's augmented training images (recipe.PROBE_VIEW: random resized crop, flip), normalized,
-    as (images, labels) batches in a new seeded order on every pass; an ImageFolder or a .beton."""
+    as (images, labels) batches in a new seeded order on every pass; an ImageFolder, a .beton or a TFRecord store."""
     from pipelines.recipe import PROBE_VIEW
     if root.endswith(".beton"):
         from pipelines.ffcv_backend import FFCVEvalLoader
         return FFCVEvalLoader(root, recipe, batch_size, workers, indices=indices, view=PROBE_VIEW,
                               shuffle_seed=seed)
-    from pipelines.dali_backend import is_tfrecord_store
+    from pipelines.dali_backend import DALIEvalLoader, is_tfrecord_store
     if is_tfrecord_store(root):
-        raise ValueError(f"{root}: the augmented linear probe reads an ImageFolder or a .beton; for a TFRecord "
-                         "store use --mode cached")
+        return DALIEvalLoader(root, recipe, batch_size, workers, indices=indices, view=PROBE_VIEW,
+                              shuffle_seed=seed)
     from pipelines.torchvision_backend import ShuffledImageLoader, image_folder, view_transform
     dataset = image_folder(root, view_transform(PROBE_VIEW, recipe))
     return ShuffledImageLoader(dataset, batch_size, workers, seed, indices)

@@ -22,7 +22,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
+import weakref
 
+import numpy as np
 import torch
 
 from dataset_prep.tfrecord_format import IMAGE_KEY, LABEL_KEY
@@ -55,9 +59,39 @@ def read_tfrecord_store(folder: str) -> dict:
     manifest = json.load(open(path))
     if manifest.get("format") != "tfrecord":
         raise ValueError(f"{path}: format {manifest.get('format')!r}, expected 'tfrecord'")
+    manifest["folder"] = folder
     manifest["records"] = [os.path.join(folder, shard["tfrecord"]) for shard in manifest["shards"]]
     manifest["indexes"] = [os.path.join(folder, shard["index"]) for shard in manifest["shards"]]
     return manifest
+
+
+def store_labels(store: dict) -> np.ndarray:
+    """Every record's label in store order (labels.npy, written beside the shards)."""
+    if "labels" not in store:
+        raise ValueError(f"{store['folder']}: no labels.npy (written by an older write_tfrecord); write the store "
+                         "again to choose subsets of it")
+    return np.load(os.path.join(store["folder"], store["labels"]))
+
+
+def subset_store(store: dict, indices, folder: str) -> dict:
+    """The store restricted to `indices` (positions in store order, read in that order): DALI index files listing
+    only those records, written to `folder`, over the same shards."""
+    indices = np.unique(np.asarray(indices, dtype=np.int64))
+    starts = np.cumsum([0] + [shard["records"] for shard in store["shards"]])
+    if len(indices) == 0 or indices[0] < 0 or indices[-1] >= starts[-1]:
+        raise ValueError(f"{store['folder']}: a subset needs indices in 0..{starts[-1] - 1}")
+    records, indexes = [], []
+    for number, (record_path, index_path) in enumerate(zip(store["records"], store["indexes"])):
+        chosen = indices[(indices >= starts[number]) & (indices < starts[number + 1])] - starts[number]
+        if len(chosen):
+            with open(index_path) as handle:
+                lines = handle.read().splitlines()
+            subset_index = os.path.join(folder, f"{number:05d}.idx")
+            with open(subset_index, "w") as handle:
+                handle.write("".join(lines[i] + "\n" for i in chosen))
+            records.append(record_path)
+            indexes.append(subset_index)
+    return {**store, "records": records, "indexes": indexes, "counts": {**store["counts"], "written": len(indices)}}
 
 
 def is_tfrecord_store(path: str) -> bool:
@@ -194,13 +228,21 @@ class DALITwoViewLoader:
 
 
 class DALIEvalLoader:
-    """(images, labels) of a TFRecord store in store order with the evaluation transform (shorter side to
-    eval_resize, centre crop, normalize): every sample exactly once; float32 NCHW channels-last on the CPU."""
+    """(images, labels) of a TFRecord store with the evaluation transform (shorter side to eval_resize, centre
+    crop, normalize), every sample exactly once per pass, in store order (or, with `shuffle_seed`, a new seeded
+    order per pass); `indices` reads only those records. With `view` (a ViewRecipe) the crop is random instead:
+    the linear probe's augmented training images. float32 NCHW channels-last on the CPU."""
 
-    def __init__(self, path: str, recipe: TwoViewRecipe, batch_size: int, workers: int = 2):
+    def __init__(self, path: str, recipe: TwoViewRecipe, batch_size: int, workers: int = 2, indices=None,
+                 view: ViewRecipe | None = None, shuffle_seed: int | None = None):
         import_dali()
         self.store = read_tfrecord_store(path)
+        if indices is not None:
+            subset_folder = tempfile.mkdtemp(prefix="msf-fast-subset-")
+            weakref.finalize(self, shutil.rmtree, subset_folder, True)
+            self.store = subset_store(self.store, indices, subset_folder)
         self.recipe, self.batch_size, self.workers = recipe, batch_size, workers
+        self.view, self.shuffle_seed, self.passes = view, shuffle_seed, 0
         self.num_samples = int(self.store["counts"]["written"])
 
     def __len__(self) -> int:
@@ -209,12 +251,17 @@ class DALIEvalLoader:
     def _pipeline(self):
         from nvidia.dali import fn, pipeline_def, types
 
-        recipe = self.recipe
+        recipe, view = self.recipe, self.view
+        shuffle = self.shuffle_seed is not None
+        seed = per_sample_seed(self.shuffle_seed, self.passes, 0) % (2**31 - 1) if shuffle else 0
 
         @pipeline_def
         def evaluation():
-            records = _read_records(self.store, random_shuffle=False)
+            records = _read_records(self.store, random_shuffle=shuffle,
+                                    **({"initial_fill": SHUFFLE_BUFFER} if shuffle else {}))
             images = fn.decoders.image(records[IMAGE_KEY], device="cpu", output_type=types.RGB)
+            if view is not None:
+                return _view(images, view, recipe, half=False), records[LABEL_KEY]
             images = fn.resize(images, resize_shorter=recipe.eval_resize)
             images = fn.crop_mirror_normalize(images, crop=(recipe.resolution, recipe.resolution),
                                               mean=[255 * m for m in recipe.mean],
@@ -222,12 +269,14 @@ class DALIEvalLoader:
                                               output_layout="HWC")
             return images, records[LABEL_KEY]
 
-        return evaluation(batch_size=self.batch_size, num_threads=max(1, self.workers), device_id=None, seed=0)
+        return evaluation(batch_size=self.batch_size, num_threads=max(1, self.workers), device_id=None, seed=seed)
 
     def __iter__(self):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-        batches = DALIGenericIterator([self._pipeline()], ["images", "labels"], reader_name=READER,
+        pipeline = self._pipeline()
+        self.passes += 1
+        batches = DALIGenericIterator([pipeline], ["images", "labels"], reader_name=READER,
                                       last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
         for batch in batches:
             yield batch[0]["images"].permute(0, 3, 1, 2), batch[0]["labels"].reshape(-1).to(torch.int64)

@@ -19,10 +19,9 @@ def dataset_labels(root: str) -> np.ndarray:
         import_ffcv()
         from ffcv.reader import Reader
         return np.asarray(Reader(root).metadata["f1"], dtype=np.int64)
-    from pipelines.dali_backend import is_tfrecord_store
+    from pipelines.dali_backend import is_tfrecord_store, read_tfrecord_store, store_labels
     if is_tfrecord_store(root):
-        raise ValueError(f"{root}: subsets of a TFRecord store are not supported (its labels are inside the "
-                         "records); use the ImageFolder or a .beton of the same images")
+        return store_labels(read_tfrecord_store(root))
     from pipelines.torchvision_backend import image_folder
     return np.asarray(image_folder(root).targets, dtype=np.int64)
 

@@ -73,10 +73,3 @@ def test_entry_point_reports_a_folder_without_images(tmp_path):
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and str(tmp_path / "train") in result.stderr
 
-
-def test_monitor_subsets_of_a_tfrecord_store_are_refused(tmp_path):
-    store = tmp_path / "val_store"
-    store.mkdir()
-    (store / "manifest.json").write_text('{"format": "tfrecord", "shards": []}')
-    with pytest.raises(ConfigError, match=r"eval\.knn_val_per_class=5: subsets need an ImageFolder or a \.beton"):
-        load_config(base(tmp_path) + [f"--data.val_path={store}", "--eval.knn_val_per_class=5"])

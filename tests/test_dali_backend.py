@@ -133,3 +133,49 @@ def test_half_precision_output(coordinate_store):
     (a, _, labels_a), (b, _, labels_b) = next(iter(full.iterate(0))), next(iter(half.iterate(0)))
     assert b.dtype == torch.bfloat16 and b.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(labels_a, labels_b) and (a - b.float()).abs().max() < 0.02  # float16 then bfloat16 rounding
+
+
+def test_store_labels_subsets_and_the_probe_loader(coordinate_store):
+    from pipelines import build_probe_loader
+    from pipelines.subsets import dataset_labels
+
+    recipe = two_view_recipe("w/s", RESOLUTION)
+    labels = dataset_labels(coordinate_store)  # labels.npy, written beside the shards
+    in_store_order = torch.cat([batch_labels for _, batch_labels in build_eval_loader(coordinate_store, recipe, 8, 1)])
+    assert labels.tolist() == in_store_order.tolist() and sorted(labels.tolist()) == list(range(32))
+
+    chosen = [0, 5, 15, 16, 17, 31]  # across both shards (16 records each)
+    subset = list(build_eval_loader(coordinate_store, recipe, batch_size=4, workers=1, indices=chosen))
+    assert torch.cat([batch_labels for _, batch_labels in subset]).tolist() == labels[chosen].tolist()
+    full = torch.cat([images for images, _ in build_eval_loader(coordinate_store, recipe, 32, 1)])
+    torch.testing.assert_close(torch.cat([images for images, _ in subset]), full[chosen])
+
+    probe = build_probe_loader(coordinate_store, recipe, batch_size=4, workers=1, seed=0, indices=chosen)
+    passes = [torch.cat([batch_labels for _, batch_labels in probe]).tolist() for _ in range(2)]
+    assert sorted(passes[0]) == sorted(passes[1]) == sorted(labels[chosen].tolist())
+    images = torch.cat([images for images, _ in probe])
+    assert images.shape == (6, 3, RESOLUTION, RESOLUTION)
+    spans = crop_areas(unnormalize(images, recipe))  # random resized crops at scale (0.08, 1)
+    assert (spans < 0.99).any() and (spans > 0.06).all()
+
+
+def test_augmented_linear_probe_and_semi_read_a_store(coordinate_store, tmp_path):
+    import json
+
+    from msf_fast import eval as evaluation
+    from msf_fast import export
+    from msf_fast.model import MSF
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "backbone.pth"
+    torch.save(export.backbone_state_dict(MSF("resnet18", bank_size=32, topk=5, small_input=True)), checkpoint)
+    common = ["--ckpt", str(checkpoint), "--train", coordinate_store, "--val", coordinate_store, "--resolution",
+              str(RESOLUTION), "--workers", "1", "--batch-size", "16", "--device", "cpu", "--no-progress",
+              "--epochs", "2", "--mode", "augmented"]
+    assert evaluation.main(["linear", *common, "--out", str(tmp_path / "linear")]) == 0
+    assert json.loads((tmp_path / "linear" / "linear.json").read_text())["labelled_images"] == 32
+    assert evaluation.main(["semi", *common, "--fractions", "0.5", "--out", str(tmp_path / "semi")]) == 0
+    semi = json.loads((tmp_path / "semi" / "semi.json").read_text())
+    assert semi["subsets"]["0.5"]["labelled_images"] == 32  # one image per class: at least one is kept
+    listed = (tmp_path / "semi" / "subset_0.5_seed0.txt").read_text().split()
+    assert sorted(map(int, listed)) == list(range(32))  # a store's subsets are listed by index
