@@ -10,7 +10,7 @@ import os
 import shutil
 
 
-class OutputError(Exception):
+class OutputError(OSError):
     """The output cannot be written where asked (exists, missing folder, not writable)."""
 
 
@@ -32,7 +32,8 @@ def _remove(path: str) -> None:
 
 
 class StagedPath:
-    """A temporary sibling of `final` (a file, or a folder with `is_dir`) that becomes `final` on `commit()`."""
+    """A temporary sibling of `final` (a file, or a folder with `is_dir`) that becomes `final` on `commit()`.
+    As a context manager: committed when the block completes, discarded when it raises (Ctrl-C included)."""
 
     def __init__(self, final: str, is_dir: bool = False):
         self.final = final
@@ -58,3 +59,12 @@ class StagedPath:
 
     def discard(self) -> None:
         _remove(self.temporary)
+
+    def __enter__(self) -> "StagedPath":
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()

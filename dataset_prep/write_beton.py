@@ -148,9 +148,8 @@ def convert(args) -> None:
     import_ffcv()  # seconds of torch/numba imports: before the clock starts, and a clear error if missing
     listing, samples = select_samples(args)
     report = ConversionReport("ffcv-beton", args, listing, samples)
-    store = StagedPath(args.out)
-    manifest = StagedPath(args.out + ".manifest.json")
-    try:
+    # the manifest's block closes first: it is renamed into place just before the store
+    with StagedPath(args.out) as store, StagedPath(args.out + ".manifest.json") as manifest:
         sizes = []
         for sample, (size, reason) in zip(samples, parallel_map(scan_sample, samples, args.workers,
                                                                  f"{PROG} (scan)", args.progress)):
@@ -165,12 +164,6 @@ def convert(args) -> None:
                                     chunksize=max(1, min(100, len(report.written) // (8 * args.workers))))
         write_json(manifest.temporary, report.manifest(args.out))
         size = stored_bytes(store.temporary)
-        manifest.commit()
-        store.commit()
-    except BaseException:
-        store.discard()
-        manifest.discard()
-        raise
     print(report.summary(PROG, args.out, args.out + ".manifest.json", size))
 
 

@@ -58,8 +58,7 @@ def convert(args) -> None:
         raise SourceError(f"--shards {shards} is more than the {len(samples)} images to write")
     report = ConversionReport("tfrecord", args, listing, samples)
     split = "val" if args.val else "train"
-    staged = StagedPath(args.out, is_dir=True)
-    try:
+    with StagedPath(args.out, is_dir=True) as staged:
         plan = shard_plan(samples, shards, shuffle=not args.val, seed=args.seed)
         encode = partial(encode_sample, max_side=args.max_resolution, quality=args.jpeg_quality)
         results = parallel_map(encode, [sample for shard in plan for sample in shard], args.workers,
@@ -85,10 +84,6 @@ def convert(args) -> None:
         report.extra["labels"] = LABELS_FILE
         write_json(os.path.join(staged.temporary, "manifest.json"), report.manifest(args.out))
         size = stored_bytes(staged.temporary)
-        staged.commit()
-    except BaseException:
-        staged.discard()
-        raise
     print(report.summary(PROG, args.out, os.path.join(args.out, "manifest.json"), size))
 
 

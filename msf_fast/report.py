@@ -5,8 +5,9 @@ or again (a rerun replaces its section) and report.md always shows every result 
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from dataset_prep.staging import StagedPath
 
 SECTION_ORDER = ("demo", "knn", "linear", "semi", "tsne", "neighbours", "clusters")
 
@@ -39,9 +40,8 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 
 def replace_text(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    partial.write_text(text)
-    os.replace(partial, path)
+    with StagedPath(str(path)) as staged:
+        Path(staged.temporary).write_text(text)
 
 
 def _rank(name: str) -> int:
