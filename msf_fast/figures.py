@@ -15,7 +15,6 @@ import contextlib
 import heapq
 import importlib.util
 import math
-import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
+from dataset_prep.staging import StagedPath
 from msf_fast.eval_setup import (WithProgress, add_data_options, amp_dtype, checkpoint_label, load_backbone,
                                  output_folder)
 from msf_fast.model import pooled_features
@@ -338,16 +338,26 @@ def tsne_figure_size(panels: int, classes: int) -> tuple[int, int]:
     return panels * PANEL + legend_columns(classes) * LEGEND_COLUMN_WIDTH, PANEL + TITLE_HEIGHT
 
 
+def block_height(rows: int, thumb: int) -> int:
+    """One checkpoint's block in the thumbnail figures: its title, then `rows` rows of thumbnails."""
+    return TITLE_HEIGHT + rows * (thumb + PAD)
+
+
+def row_top(block: int, row: int, rows: int, thumb: int) -> int:
+    """Pixel row where thumbnail row `row` of block `block` starts (the block's title is at row -1)."""
+    return MARGIN + block * block_height(rows, thumb) + TITLE_HEIGHT + row * (thumb + PAD)
+
+
 def neighbours_figure_size(checkpoints: int, queries: int, k: int, thumb: int) -> tuple[int, int]:
     """(width, height) in pixels: per checkpoint a title, then one row per query: the query, a gap, k neighbours."""
     width = 2 * MARGIN + QUERY_GAP + (k + 1) * thumb + (k - 1) * PAD
-    return width, MARGIN + checkpoints * (TITLE_HEIGHT + queries * (thumb + PAD))
+    return width, MARGIN + checkpoints * block_height(queries, thumb)
 
 
 def clusters_figure_size(checkpoints: int, rows: int, per_row: int, thumb: int) -> tuple[int, int]:
     """(width, height) in pixels: per checkpoint a title, then one row per cluster: its label, `per_row` members."""
     width = 2 * MARGIN + ROW_LABEL_WIDTH + per_row * thumb + (per_row - 1) * PAD
-    return width, MARGIN + checkpoints * (TITLE_HEIGHT + rows * (thumb + PAD))
+    return width, MARGIN + checkpoints * block_height(rows, thumb)
 
 
 def legend_columns(classes: int) -> int:
@@ -360,9 +370,8 @@ def new_figure(width: int, height: int) -> Figure:
 
 def save_png(figure: Figure, path: Path) -> None:
     """Written under a temporary name in the same folder, then renamed: readers never see half a PNG."""
-    partial_path = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    figure.savefig(partial_path, format="png", dpi=DPI, facecolor="white")
-    os.replace(partial_path, path)
+    with StagedPath(str(path)) as staged:
+        figure.savefig(staged.temporary, format="png", dpi=DPI, facecolor="white")
 
 
 def pixel_text(figure: Figure, size: tuple[int, int], x: int, y: int, text: str, fontsize: float) -> None:
@@ -417,13 +426,12 @@ def neighbours_figure(queries: Selection, found: list[Neighbours], titles: list[
     size = width, height = neighbours_figure_size(len(found), count, k, thumb)
     figure = new_figure(*size)
     canvas = np.full((height, width, 3), 255, dtype=np.uint8)
-    block_height = TITLE_HEIGHT + count * (thumb + PAD)
     for block, (neighbours, title) in enumerate(zip(found, titles)):
-        top = MARGIN + block * block_height
-        pixel_text(figure, size, MARGIN, top, f"{title}: {same_class_share(queries, neighbours):.0%} of the "
-                   f"neighbours share the query's class", fontsize=8)
+        pixel_text(figure, size, MARGIN, row_top(block, 0, count, thumb) - TITLE_HEIGHT,
+                   f"{title}: {same_class_share(queries, neighbours):.0%} of the neighbours share the query's class",
+                   fontsize=8)
         for row in range(count):
-            y = top + TITLE_HEIGHT + row * (thumb + PAD)
+            y = row_top(block, row, count, thumb)
             paste(canvas, queries.thumbnails[row].numpy(), MARGIN, y)
             for column in range(k):
                 image = neighbours.thumbnails[row, column].numpy()
@@ -440,12 +448,10 @@ def clusters_figure(blocks: list[list[ClusterRow]], thumbnails: dict[int, np.nda
     size = width, height = clusters_figure_size(len(blocks), rows, per_row, thumb)
     figure = new_figure(*size)
     canvas = np.full((height, width, 3), 255, dtype=np.uint8)
-    block_height = TITLE_HEIGHT + rows * (thumb + PAD)
     for block, (cluster_rows, title) in enumerate(zip(blocks, titles)):
-        top = MARGIN + block * block_height
-        pixel_text(figure, size, MARGIN, top, title, fontsize=8)
+        pixel_text(figure, size, MARGIN, row_top(block, 0, rows, thumb) - TITLE_HEIGHT, title, fontsize=8)
         for row, cluster in enumerate(cluster_rows):
-            y = top + TITLE_HEIGHT + row * (thumb + PAD)
+            y = row_top(block, row, rows, thumb)
             pixel_text(figure, size, MARGIN, y, f"cluster {cluster.cluster}\n{cluster.size} images\n"
                        f"{cluster.majority_share:.0%} class {cluster.majority_label}", fontsize=6)
             for column, member in enumerate(cluster.members):
