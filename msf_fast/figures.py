@@ -11,7 +11,6 @@ tsne_figure_size, neighbours_figure_size and clusters_figure_size; thumbnails ar
 from __future__ import annotations
 
 import argparse
-import contextlib
 import heapq
 import importlib.util
 import math
@@ -29,7 +28,7 @@ from torch import nn
 from dataset_prep.staging import StagedPath
 from msf_fast.eval_setup import (WithProgress, add_data_options, amp_dtype, checkpoint_label, load_backbone,
                                  output_folder)
-from msf_fast.model import pooled_features
+from msf_fast.knn import batch_features
 from msf_fast.report import markdown_table, report_dir, write_section
 from msf_fast.step import resolve_device
 
@@ -178,14 +177,7 @@ def select_images(loader, sampler, backbones: list[nn.Module], device: torch.dev
 def features_of(backbones: list[nn.Module], images: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
     """Unit-norm pooled features (float32, on `device`) of a batch under each backbone."""
     images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    amp = amp_dtype(device)
-    autocast = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
-    features = []
-    for backbone in backbones:
-        with autocast:
-            pooled = pooled_features(backbone, images)
-        features.append(F.normalize(pooled.float(), dim=1))
-    return features
+    return [F.normalize(batch_features(backbone, images, device, amp_dtype(device)), dim=1) for backbone in backbones]
 
 
 def make_thumbnails(images: torch.Tensor, mean, std, size: int) -> torch.Tensor:

@@ -11,28 +11,33 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from msf_fast.model import pooled_features
 
 SEARCHES = ("auto", "torch", "faiss")
+WEIGHTED_VOTE_TEMPERATURE = 0.07
+
+
+@torch.no_grad()
+def batch_features(encoder: nn.Module, images: torch.Tensor, device: torch.device,
+                   amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Pooled float32 features of one batch (moved to `device` in channels-last memory, autocast to `amp_dtype`)."""
+    images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
+                else contextlib.nullcontext())
+    with autocast:
+        return pooled_features(encoder, images).float()
 
 
 @torch.no_grad()
 def extract_features(encoder: nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None = None,
-                     normalize: bool = True, progress: str = ""):
-    """(features N x D, float32, unit norm unless `normalize=False`; labels N) over an (images, labels) loader;
-    a progress bar titled `progress` when given."""
+                     normalize: bool = True):
+    """(features N x D, float32, unit norm unless `normalize=False`; labels N) over an (images, labels) loader."""
     was_training = encoder.training
     encoder.eval()
     features, labels = [], []
-    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
-                else contextlib.nullcontext())
-    batches = tqdm(loader, desc=progress, unit="batch", leave=False, dynamic_ncols=True) if progress else loader
-    for images, batch_labels in batches:
-        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with autocast:
-            feats = pooled_features(encoder, images).float()
+    for images, batch_labels in loader:
+        feats = batch_features(encoder, images, device, amp_dtype)
         features.append(F.normalize(feats, dim=1) if normalize else feats)
         labels.append(batch_labels.to(device))
     encoder.train(was_training)
@@ -68,32 +73,44 @@ def nearest_neighbours(gallery: torch.Tensor, queries: torch.Tensor, k: int, sea
     return torch.cat(values), torch.cat(indices)
 
 
+def vote(similarities: torch.Tensor, neighbour_labels: torch.Tensor, num_classes: int,
+         temperature: float | None = None) -> torch.Tensor:
+    """The class each query's neighbours (queries x k, best first) vote for (ties: the lower class index): one
+    vote each, or with a `temperature` the common weighted vote (Wu et al. 2018, used by DINO/solo-learn) of
+    exp(similarity / T)."""
+    weights = torch.ones_like(similarities) if temperature is None else (similarities / temperature).exp()
+    votes = torch.zeros(similarities.shape[0], num_classes, device=weights.device, dtype=weights.dtype)
+    votes.scatter_add_(1, neighbour_labels, weights)
+    return votes.argmax(dim=1)
+
+
 @torch.no_grad()
 def knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, query_features: torch.Tensor,
                 k: int = 20, num_classes: int | None = None, chunk_size: int = 1024,
                 temperature: float | None = None, search: str = "torch") -> torch.Tensor:
-    """Vote of the k most cosine-similar training samples (ties: the lower class index): one vote each, or with a
-    `temperature` the common weighted vote (Wu et al. 2018, used by DINO/solo-learn) of exp(similarity / T)."""
+    """`vote` of the k most cosine-similar training samples of each query."""
     num_classes = num_classes or int(train_labels.max()) + 1
     similarities, indices = nearest_neighbours(train_features, query_features, k, search, chunk_size)
-    similarities, indices = similarities.to(train_labels.device), indices.to(train_labels.device)
-    weights = torch.ones_like(similarities) if temperature is None else (similarities / temperature).exp()
-    votes = torch.zeros(similarities.shape[0], num_classes, device=weights.device, dtype=weights.dtype)
-    votes.scatter_add_(1, train_labels[indices], weights)
-    return votes.argmax(dim=1)
+    indices = indices.to(train_labels.device)
+    return vote(similarities.to(train_labels.device), train_labels[indices], num_classes, temperature)
 
 
 def weighted_knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, query_features: torch.Tensor,
-                         k: int = 20, temperature: float = 0.07, **options) -> torch.Tensor:
+                         k: int = 20, temperature: float = WEIGHTED_VOTE_TEMPERATURE, **options) -> torch.Tensor:
     return knn_predict(train_features, train_labels, query_features, k=k, temperature=temperature, **options)
 
 
+@torch.no_grad()
 def knn_accuracies(train_features, train_labels, val_features, val_labels, ks=(20,), search: str = "auto") -> dict:
-    """{"top1_k20_majority": ..., "top1_k20_weighted": ...} for each k."""
+    """{"top1_k20_majority": ..., "top1_k20_weighted": ...} for each k, from one search for the largest k."""
+    num_classes = int(train_labels.max()) + 1
+    similarities, indices = nearest_neighbours(train_features, val_features, max(ks), search)
+    similarities = similarities.to(train_labels.device)
+    neighbour_labels = train_labels[indices.to(train_labels.device)]
     report = {}
     for k in ks:
-        for name, predict in (("majority", knn_predict), ("weighted", weighted_knn_predict)):
-            predictions = predict(train_features, train_labels, val_features, k=k, search=search)
+        for name, temperature in (("majority", None), ("weighted", WEIGHTED_VOTE_TEMPERATURE)):
+            predictions = vote(similarities[:, :k], neighbour_labels[:, :k], num_classes, temperature)
             report[f"top1_k{k}_{name}"] = round((predictions == val_labels).float().mean().item(), 4)
     return report
 

@@ -8,14 +8,13 @@ on features cached once from centre crops (fast) or on features of freshly augme
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msf_fast.model import pooled_features
+from msf_fast.knn import batch_features
 
 
 @dataclass(frozen=True)
@@ -73,16 +72,10 @@ def cached_batches(features: torch.Tensor, labels: torch.Tensor, batch_size: int
 
 def augmented_batches(backbone: nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None):
     """Per epoch: frozen-backbone features of the loader's augmented images (a new order per pass)."""
-    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
-                else contextlib.nullcontext())
-
     def epoch_batches(epoch: int):
         backbone.eval()
         for images, labels in loader:
-            images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            with torch.no_grad(), autocast:
-                features = pooled_features(backbone, images).float()
-            yield features, labels.to(device)
+            yield batch_features(backbone, images, device, amp_dtype), labels.to(device)
     return epoch_batches
 
 

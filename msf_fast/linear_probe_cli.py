@@ -8,7 +8,7 @@ import dataclasses
 import torch
 from tqdm import tqdm
 
-from msf_fast.eval_setup import add_data_options, amp_dtype, load_backbone, output_folder
+from msf_fast.eval_setup import WithProgress, add_data_options, amp_dtype, load_backbone, output_folder
 from msf_fast.knn import extract_features
 from msf_fast.linear_probe import ProbeSettings, augmented_batches, cached_batches, make_probe, train_probe
 from msf_fast.report import markdown_table, write_section
@@ -78,8 +78,8 @@ class ProbeRun:
     def _features(self, path: str, title: str):
         from pipelines import build_eval_loader
         loader = build_eval_loader(path, self.recipe, self.args.batch_size, self.args.workers)
-        return extract_features(self.backbone, loader, self.device, self.amp, normalize=False,
-                                progress="" if self.args.no_progress else title)
+        return extract_features(self.backbone, WithProgress(loader, title, not self.args.no_progress), self.device,
+                                self.amp, normalize=False)
 
     def train(self, indices=None, title: str = "linear probe") -> dict:
         """A probe standardised with the whole training set's features, trained on `indices` (default all)."""
