@@ -90,13 +90,17 @@ def is_original(checkpoint: dict) -> bool:
 
 def load_model(path: str | Path, map_location="cpu") -> MSF:
     """An `MSF` from one of our checkpoints or from an original MSF checkpoint."""
-    checkpoint = load_checkpoint(path, map_location)
+    return model_from_checkpoint(load_checkpoint(path, map_location), path)
+
+
+def model_from_checkpoint(checkpoint: dict, path: str | Path) -> MSF:
+    """`load_model` for a checkpoint already loaded from `path` (named in errors)."""
     if checkpoint.get("format") == FORMAT:
         model = MSF(**checkpoint["model_args"])
         model.load_state_dict(checkpoint["model"])
         return model
     if is_original(checkpoint):
-        return load_original(path, map_location)
+        return original_model(checkpoint, path)
     raise ValueError(f"{path}: neither an msf-fast nor an original MSF checkpoint")
 
 
@@ -140,7 +144,12 @@ def load_original(path: str | Path, map_location="cpu", topk: int | None = None,
     Architecture and head sizes come from the tensors; top-k and momentum from the saved options
     (`opt`) when present, else the paper's 5 and 0.99.
     """
-    checkpoint = load_checkpoint(path, map_location)
+    return original_model(load_checkpoint(path, map_location), path, topk, momentum)
+
+
+def original_model(checkpoint: dict, path: str | Path, topk: int | None = None,
+                   momentum: float | None = None) -> MSF:
+    """`load_original` for a checkpoint already loaded from `path` (named in errors)."""
     if not is_original(checkpoint):
         raise ValueError(f"{path}: no 'state_dict' with encoder_q.* keys; not an original MSF checkpoint")
     state = strip_data_parallel(checkpoint["state_dict"])

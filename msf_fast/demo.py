@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                "minutes": round(minutes, 2), "log": str(trainer.folder / "log.jsonl"),
                "plot": str(trainer.folder / "training.png")}
     if not args.no_report and random_init is not None and trained is not None:
-        summary.update(paper_report(trainer.folder, data, cfg, random_init, trained))
+        summary.update(paper_report(trainer, data, random_init, trained))
     (trainer.folder / "summary.json").write_text(json.dumps(summary, indent=2))
     print()
     if random_init is None or trained is None:
@@ -123,12 +123,13 @@ def quietly(command, argv: list[str]) -> int:
         return command(argv)
 
 
-def paper_report(folder: Path, data: Path, cfg, random_init_knn: float, trained_knn: float) -> dict:
+def paper_report(trainer, data: Path, random_init_knn: float, trained_knn: float) -> dict:
     """The eval commands on the run: linear probe of the epoch-0 snapshot and of the final checkpoint, the
     figures over every snapshot, and a first report section comparing random init and trained."""
     from msf_fast import eval as evaluation
     from msf_fast.report import markdown_table, write_section
 
+    folder, cfg = trainer.folder, trainer.cfg
     checkpoints = folder / "checkpoints"
     snapshots = sorted(checkpoints.glob("epoch_*.pt"))
     if not snapshots or snapshots[0].name != "epoch_0000.pt":
@@ -145,9 +146,10 @@ def paper_report(folder: Path, data: Path, cfg, random_init_knn: float, trained_
             raise SystemExit(f"the linear probe of {checkpoint} failed")
         probes[name] = {key: value for key, value in json.loads((out / "linear.json").read_text()).items()
                         if key in ("top1", "top5", "checkpoint")}
-    from msf_fast.eval_setup import checkpoint_label
     figure_checkpoints = [str(path) for path in snapshots]
-    if checkpoint_label(final) != checkpoint_label(snapshots[-1]):
+    final_is_last_snapshot = (trainer.step == trainer.epoch * trainer.steps_per_epoch
+                              and snapshots[-1].name == f"epoch_{trainer.epoch:04d}.pt")
+    if not final_is_last_snapshot:  # a run stopped mid-epoch (max_steps) ends after its last snapshot
         figure_checkpoints.append(str(final))
     figures = {"tsne": ["--data", str(data / "val")],
                "neighbours": ["--data", str(data / "train"), "--queries-from", str(data / "val")],

@@ -9,15 +9,29 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from msf_fast.checkpoint import FORMAT, infer_arch, load_checkpoint, load_model
+from msf_fast.checkpoint import FORMAT, infer_arch, load_checkpoint, model_from_checkpoint
 from msf_fast.model import resnet_backbone
 
 
 def load_backbone(path: str | Path) -> nn.Module:
     """The online ResNet of a checkpoint (ours or the original's), or an exported torchvision backbone."""
+    return backbone_from_checkpoint(load_checkpoint(path), path)
+
+
+def load_labelled_backbone(path: str | Path) -> tuple[nn.Module, str]:
+    """`load_backbone` and `checkpoint_label` from one read of the file."""
     checkpoint = load_checkpoint(path)
+    return backbone_from_checkpoint(checkpoint, path), label_of(checkpoint, path)
+
+
+def checkpoint_label(path: str | Path) -> str:
+    """"epoch 12" for our checkpoints and the original's (they record the epoch), else the file name."""
+    return label_of(load_checkpoint(path), path)
+
+
+def backbone_from_checkpoint(checkpoint, path: str | Path) -> nn.Module:
     if isinstance(checkpoint, dict) and ("format" in checkpoint or "state_dict" in checkpoint):
-        return load_model(path).online
+        return model_from_checkpoint(checkpoint, path).online
     state = {key: value for key, value in checkpoint.items() if not key.startswith("fc.")}
     arch, small_input = infer_arch(state, prefix="")
     backbone = resnet_backbone(arch, small_input)
@@ -28,9 +42,7 @@ def load_backbone(path: str | Path) -> nn.Module:
     return backbone
 
 
-def checkpoint_label(path: str | Path) -> str:
-    """"epoch 12" for our checkpoints and the original's (they record the epoch), else the file name."""
-    checkpoint = load_checkpoint(path)
+def label_of(checkpoint, path: str | Path) -> str:
     epoch = checkpoint.get("epoch") if isinstance(checkpoint, dict) else None
     if isinstance(epoch, int) and (checkpoint.get("format") == FORMAT or "state_dict" in checkpoint):
         return f"epoch {epoch}"

@@ -26,8 +26,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from dataset_prep.staging import StagedPath
-from msf_fast.eval_setup import (WithProgress, add_data_options, amp_dtype, checkpoint_label, load_backbone,
-                                 output_folder)
+from msf_fast.eval_setup import WithProgress, add_data_options, amp_dtype, load_labelled_backbone, output_folder
 from msf_fast.knn import batch_features
 from msf_fast.report import markdown_table, report_dir, write_section
 from msf_fast.step import resolve_device
@@ -510,20 +509,21 @@ def open_images(args, root: str):
     return WithProgress(loader, f"{args.command}: {Path(root).name}", not args.no_progress), thumbnail
 
 
-def load_backbones(paths: list[str], device: torch.device) -> list[nn.Module]:
-    return [load_backbone(path).to(device).eval() for path in paths]
+def load_backbones(paths: list[str], device: torch.device) -> tuple[list[nn.Module], list[str]]:
+    """The checkpoints' backbones, on `device` in eval mode, and their labels (panel titles)."""
+    loaded = [load_labelled_backbone(path) for path in paths]
+    return [backbone.to(device).eval() for backbone, _ in loaded], [label for _, label in loaded]
 
 
 def run_tsne(args) -> dict:
     embed = embedding_method(args.method)
     device = resolve_device(args.device)
-    backbones = load_backbones(args.ckpt, device)
+    backbones, titles = load_backbones(args.ckpt, device)
     loader, _ = open_images(args, args.data)
     sampler = ClassSampler(args.classes, args.per_class, args.seed)
     selection = select_images(loader, sampler, backbones, device)
     if len(sampler.members) < args.classes:
         raise ValueError(f"--classes {args.classes}: {args.data} has only {len(sampler.seen)} classes")
-    titles = [checkpoint_label(path) for path in args.ckpt]
     labels = selection.labels.numpy()
     points = [embed(features.numpy(), args.seed) for features in selection.features]
     folder = output_folder(args, args.ckpt[0])
@@ -541,7 +541,7 @@ def run_tsne(args) -> dict:
 
 def run_neighbours(args) -> dict:
     device = resolve_device(args.device)
-    backbones = load_backbones(args.ckpt, device)
+    backbones, titles = load_backbones(args.ckpt, device)
     from_gallery = args.queries_from is None or Path(args.queries_from).resolve() == Path(args.data).resolve()
     query_source = args.data if from_gallery else args.queries_from
     query_loader, thumbnail = open_images(args, query_source)
@@ -554,7 +554,6 @@ def run_neighbours(args) -> dict:
     if any(torch.isinf(neighbours.similarities).any() for neighbours in found):
         raise ValueError(f"--k {args.k}: the gallery {args.data} has only {gallery_size} images"
                          + (" (a query is not its own neighbour)" if from_gallery else ""))
-    titles = [checkpoint_label(path) for path in args.ckpt]
     folder = output_folder(args, args.ckpt[0])
     png = report_dir(folder) / "neighbours.png"
     save_png(neighbours_figure(queries, found, titles), png)
@@ -575,7 +574,7 @@ def run_neighbours(args) -> dict:
 
 def run_clusters(args) -> dict:
     device = resolve_device(args.device)
-    backbones = load_backbones(args.ckpt, device)
+    backbones, titles = load_backbones(args.ckpt, device)
     loader, thumbnail = open_images(args, args.data)
     selection = select_images(loader, ClassSampler(None, args.per_class, args.seed), backbones, device)
     if not selection.indices:
@@ -589,7 +588,6 @@ def run_clusters(args) -> dict:
     shown = sorted({member for block in blocks for row in block for member in row.members})
     pictures = select_images(loader, IndexSampler(selection.indices[m] for m in shown), [], device, thumbnail)
     thumbnail_of = dict(zip(shown, pictures.thumbnails.numpy()))  # both in file order
-    titles = [checkpoint_label(path) for path in args.ckpt]
     folder = output_folder(args, args.ckpt[0])
     png = report_dir(folder) / "clusters.png"
     block_titles = [f"{title}: purity {purity:.3f}" for title, purity in zip(titles, purities)]
