@@ -40,11 +40,21 @@ class NormalizeThenStandardize(nn.Module):
         return (F.normalize(features, dim=1) - self.mean) * self.inv_std
 
 
+def feature_standardizer(train_features: torch.Tensor) -> NormalizeThenStandardize:
+    """The standardisation of these (centre-crop) training features, on their device."""
+    var, mean = torch.var_mean(F.normalize(train_features.float(), dim=1), dim=0)
+    return NormalizeThenStandardize(mean, var)
+
+
+def probe_with(standardizer: NormalizeThenStandardize, num_classes: int) -> nn.Sequential:
+    """A fresh linear layer behind a (shared, untrained) standardisation."""
+    return nn.Sequential(standardizer, nn.Linear(standardizer.mean.shape[0], num_classes,
+                                                 device=standardizer.mean.device))
+
+
 def make_probe(train_features: torch.Tensor, num_classes: int) -> nn.Sequential:
     """The probe for these (centre-crop) training features: their standardisation, then a linear layer."""
-    var, mean = torch.var_mean(F.normalize(train_features.float(), dim=1), dim=0)
-    return nn.Sequential(NormalizeThenStandardize(mean, var),
-                         nn.Linear(train_features.shape[1], num_classes)).to(train_features.device)
+    return probe_with(feature_standardizer(train_features), num_classes)
 
 
 def topk_accuracies(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict:
@@ -83,6 +93,8 @@ def train_probe(probe: nn.Module, epoch_batches, settings: ProbeSettings, val_fe
                 val_labels: torch.Tensor, progress=None) -> dict:
     """SGD on the probe over `epoch_batches(epoch)`; validation after every epoch. Returns the final top-1/top-5
     and the per-epoch history (train loss, val top-1)."""
+    if settings.epochs < 1:
+        raise ValueError(f"the probe needs at least one epoch, got {settings.epochs}")
     torch.manual_seed(settings.seed)
     probe[-1].reset_parameters()  # the linear layer's initialisation follows the seed
     optimizer = torch.optim.SGD(probe.parameters(), lr=settings.lr, momentum=settings.momentum,
@@ -105,4 +117,4 @@ def train_probe(probe: nn.Module, epoch_batches, settings: ProbeSettings, val_fe
                         "val_top1": scores["top1"]})
         if progress is not None:
             progress(history[-1])
-    return {**evaluate_probe(probe, val_features, val_labels), "history": history}
+    return {**scores, "history": history}  # the last epoch's validation

@@ -10,7 +10,8 @@ from tqdm import tqdm
 
 from msf_fast.eval_setup import WithProgress, add_data_options, amp_dtype, load_backbone, output_folder
 from msf_fast.knn import extract_features
-from msf_fast.linear_probe import ProbeSettings, augmented_batches, cached_batches, make_probe, train_probe
+from msf_fast.linear_probe import (ProbeSettings, augmented_batches, cached_batches, feature_standardizer, probe_with,
+                                   train_probe)
 from msf_fast.report import markdown_table, write_section
 from msf_fast.step import resolve_device
 
@@ -74,6 +75,7 @@ class ProbeRun:
         if int(self.val_labels.max()) >= self.num_classes:
             raise ValueError(f"{args.val} has labels up to {int(self.val_labels.max())}, {args.train} only up to "
                              f"{self.num_classes - 1}: not the same classes")
+        self.standardizer = feature_standardizer(self.train_features)  # the whole training set's, for every probe
 
     def _features(self, path: str, title: str):
         from pipelines import build_eval_loader
@@ -93,7 +95,7 @@ class ProbeRun:
             loader = build_probe_loader(args.train, self.recipe, self.settings.batch_size, args.workers,
                                         self.settings.seed, indices)
             batches = augmented_batches(self.backbone, loader, self.device, self.amp)
-        probe = make_probe(self.train_features, self.num_classes)
+        probe = probe_with(self.standardizer, self.num_classes)
         bar = tqdm(total=self.settings.epochs, desc=title, unit="epoch", disable=args.no_progress,
                    dynamic_ncols=True)
 
