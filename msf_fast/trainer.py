@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dataset_prep.staging import StagedPath
 from msf_fast import checkpoint as ckpt
 from msf_fast.config import resolve_backend, to_dict
 from msf_fast.ema import make_ema
@@ -104,8 +105,8 @@ class Trainer:
             self._resume(cfg.train.resume)
         self.log = JsonlLog(self.folder / "log.jsonl", append=bool(cfg.train.resume)) if self.is_main else None
         self.log_scalars = DeferredScalars(self.device)  # logging reads no GPU value inside the step
-        self.eval_loaders = self._knn_monitor_loaders(cfg) if cfg.data.val_path and (
-            cfg.eval.knn_every or cfg.eval.knn_final) else None
+        monitor = self.is_main and cfg.data.val_path and (cfg.eval.knn_every or cfg.eval.knn_final)
+        self.eval_loaders = self._knn_monitor_loaders(cfg) if monitor else None  # rank 0 alone evaluates
 
     def _knn_monitor_loaders(self, cfg) -> tuple:
         """The k-NN monitor's labelled (searched) and held-out images, each optionally a per-class balanced
@@ -169,7 +170,12 @@ class Trainer:
         every = self.cfg.logging.snapshot_every
         if every and epoch % every == 0:
             self.save_checkpoint()
-            shutil.copyfile(self.checkpoint_path, self.checkpoint_path.with_name(f"epoch_{epoch:04d}.pt"))
+            with StagedPath(str(self.checkpoint_path.with_name(f"epoch_{epoch:04d}.pt"))) as snapshot:
+                os.remove(snapshot.temporary)
+                try:  # latest.pt is replaced by a new file at each save: a hard link keeps this one's bytes
+                    os.link(self.checkpoint_path, snapshot.temporary)
+                except OSError:  # a filesystem without hard links
+                    shutil.copyfile(self.checkpoint_path, snapshot.temporary)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate_knn(self) -> dict | None:
