@@ -50,9 +50,9 @@ def shard_plan(samples: list, shards: int, shuffle: bool, seed: int) -> list[lis
 
 
 def convert(args) -> None:
-    listing, samples = select_samples(args)
-    if args.shards < 0:
+    if args.shards < 0:  # before the source is listed (minutes for ImageNet)
         raise SourceError(f"--shards must be >= 0, got {args.shards}")
+    listing, samples = select_samples(args)
     shards = args.shards or math.ceil(len(samples) / IMAGES_PER_SHARD)
     if shards > len(samples):
         raise SourceError(f"--shards {shards} is more than the {len(samples)} images to write")

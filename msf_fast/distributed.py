@@ -21,10 +21,6 @@ class ProcessInfo:
     world_size: int = 1
     local_rank: int = 0
 
-    @property
-    def is_distributed(self) -> bool:
-        return self.world_size > 1
-
 
 def init_from_environment(device: str = "auto") -> ProcessInfo:
     """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR/PORT); one process
