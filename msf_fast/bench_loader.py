@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 
+from pipelines import data_format
+
 DEFAULT_STORE_RESOLUTION = 256
 
 
@@ -50,9 +52,7 @@ def store_for(args, backend: str) -> str:
     given = args.beton if backend == "ffcv" else args.tfrecord
     if given:
         return given
-    if backend == "ffcv" and args.data.endswith(".beton"):
-        return args.data
-    if backend == "dali" and os.path.isfile(os.path.join(args.data, "manifest.json")):
+    if data_format(args.data) == backend:
         return args.data
     name = os.path.basename(os.path.normpath(args.data))
     if backend == "ffcv":
@@ -111,8 +111,7 @@ def bench_loader(args) -> list[dict]:
         result = one_run(args)
         print(json.dumps(result))
         return [result]
-    if "torch" in args.backend and (args.data.endswith(".beton")
-                                    or os.path.isfile(os.path.join(args.data, "manifest.json"))):
+    if "torch" in args.backend and data_format(args.data) != "torch":
         raise SystemExit("bench loader: the torch backend reads an ImageFolder: pass the source folder as --data")
     if "ffcv" in args.backend:
         args.beton = store_for(args, "ffcv")

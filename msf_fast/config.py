@@ -15,6 +15,7 @@ from fastargs import Config, Param, Section
 from fastargs.validation import And, Checker, OneOf
 
 from msf_fast.model import RESNETS
+from pipelines import data_format
 from pipelines.recipe import RECIPE_NAMES
 
 
@@ -187,12 +188,13 @@ def validate(cfg, world_size: int = 1) -> None:
         if path and not (os.path.isdir(path) or (path.endswith(".beton") and os.path.isfile(path))):
             raise ConfigError(f"{name}={path}: no such ImageFolder directory or .beton file")
     backend = resolve_backend(cfg.data.backend, cfg.data.train_path)
-    if backend == "torch" and (not os.path.isdir(cfg.data.train_path) or is_tfrecord_store(cfg.data.train_path)):
+    stored_as = data_format(cfg.data.train_path)
+    if backend == "torch" and (stored_as != "torch" or not os.path.isdir(cfg.data.train_path)):
         raise ConfigError(f"data.backend=torch reads an ImageFolder, not {cfg.data.train_path}")
-    if backend == "dali" and not is_tfrecord_store(cfg.data.train_path):
+    if backend == "dali" and stored_as != "dali":
         raise ConfigError(f"data.backend=dali reads a TFRecord store (python -m dataset_prep.write_tfrecord "
                           f"{cfg.data.train_path} OUT_DIR), not {cfg.data.train_path}")
-    if backend == "ffcv" and not cfg.data.train_path.endswith(".beton"):
+    if backend == "ffcv" and stored_as != "ffcv":
         raise ConfigError(f"data.backend=ffcv reads a .beton (python -m dataset_prep.write_beton "
                           f"{cfg.data.train_path} OUT.beton), not {cfg.data.train_path}")
     if cfg.data.min_resolution:
@@ -206,16 +208,7 @@ def validate(cfg, world_size: int = 1) -> None:
 
 
 def resolve_backend(backend: str, train_path: str) -> str:
-    if backend != "auto":
-        return backend
-    if train_path.endswith(".beton"):
-        return "ffcv"
-    return "dali" if is_tfrecord_store(train_path) else "torch"
-
-
-def is_tfrecord_store(path: str) -> bool:
-    from pipelines.dali_backend import is_tfrecord_store as check
-    return check(path)
+    return data_format(train_path) if backend == "auto" else backend
 
 
 def to_dict(cfg) -> dict:

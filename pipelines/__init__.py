@@ -34,14 +34,24 @@ def build_train_loader(backend: str, root: str, recipe: TwoViewRecipe, batch_siz
     raise ValueError(f"unknown data backend {backend!r}; expected one of {', '.join(BACKENDS)}")
 
 
+def data_format(root: str) -> str:
+    """The backend that reads `root`: "ffcv" for a .beton, "dali" for a TFRecord store (write_tfrecord's
+    manifest.json), "torch" for anything else (an ImageFolder)."""
+    if root.endswith(".beton"):
+        return "ffcv"
+    from pipelines.dali_backend import is_tfrecord_store
+    return "dali" if is_tfrecord_store(root) else "torch"
+
+
 def build_eval_loader(root: str, recipe: TwoViewRecipe, batch_size: int, workers: int, indices=None):
     """(images, labels) batches with the evaluation transform (resize, centre crop), in file order;
     `root` is an ImageFolder, a .beton or a TFRecord store; `indices` reads only those samples."""
-    if root.endswith(".beton"):
+    backend = data_format(root)
+    if backend == "ffcv":
         from pipelines.ffcv_backend import FFCVEvalLoader
         return FFCVEvalLoader(root, recipe, batch_size, workers, indices=indices)
-    from pipelines.dali_backend import DALIEvalLoader, is_tfrecord_store
-    if is_tfrecord_store(root):
+    if backend == "dali":
+        from pipelines.dali_backend import DALIEvalLoader
         return DALIEvalLoader(root, recipe, batch_size, workers, indices=indices)
     from torch.utils.data import DataLoader, Subset
 
@@ -57,12 +67,13 @@ def build_probe_loader(root: str, recipe: TwoViewRecipe, batch_size: int, worker
     """The linear probe's augmented training images (recipe.PROBE_VIEW: random resized crop, flip), normalized,
     as (images, labels) batches in a new seeded order on every pass; an ImageFolder, a .beton or a TFRecord store."""
     from pipelines.recipe import PROBE_VIEW
-    if root.endswith(".beton"):
+    backend = data_format(root)
+    if backend == "ffcv":
         from pipelines.ffcv_backend import FFCVEvalLoader
         return FFCVEvalLoader(root, recipe, batch_size, workers, indices=indices, view=PROBE_VIEW,
                               shuffle_seed=seed)
-    from pipelines.dali_backend import DALIEvalLoader, is_tfrecord_store
-    if is_tfrecord_store(root):
+    if backend == "dali":
+        from pipelines.dali_backend import DALIEvalLoader
         return DALIEvalLoader(root, recipe, batch_size, workers, indices=indices, view=PROBE_VIEW,
                               shuffle_seed=seed)
     from pipelines.torchvision_backend import ShuffledImageLoader, image_folder, view_transform
@@ -70,5 +81,5 @@ def build_probe_loader(root: str, recipe: TwoViewRecipe, batch_size: int, worker
     return ShuffledImageLoader(dataset, batch_size, workers, seed, indices)
 
 
-__all__ = ["BACKENDS", "TwoViewRecipe", "build_eval_loader", "build_probe_loader", "build_train_loader",
+__all__ = ["BACKENDS", "TwoViewRecipe", "build_eval_loader", "data_format", "build_probe_loader", "build_train_loader",
            "two_view_recipe"]

@@ -11,16 +11,19 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines import data_format
+
 
 def dataset_labels(root: str) -> np.ndarray:
     """The label of every sample, in the dataset's order, without decoding images."""
-    if root.endswith(".beton"):
+    backend = data_format(root)
+    if backend == "ffcv":
         from pipelines.ffcv_backend import import_ffcv
         import_ffcv()
         from ffcv.reader import Reader
         return np.asarray(Reader(root).metadata["f1"], dtype=np.int64)
-    from pipelines.dali_backend import is_tfrecord_store, read_tfrecord_store, store_labels
-    if is_tfrecord_store(root):
+    if backend == "dali":
+        from pipelines.dali_backend import read_tfrecord_store, store_labels
         return store_labels(read_tfrecord_store(root))
     from pipelines.torchvision_backend import image_folder
     return np.asarray(image_folder(root).targets, dtype=np.int64)
@@ -74,7 +77,7 @@ def read_subset_file(path: str | Path, root: str, num_samples: int) -> np.ndarra
 
 def _file_positions(root: str, list_path) -> dict[str, int]:
     """ImageFolder sample index by relative path and by base name (base names that repeat are left out)."""
-    if root.endswith(".beton") or not os.path.isdir(root):
+    if data_format(root) != "torch" or not os.path.isdir(root):
         raise ValueError(f"{list_path}: file names need an ImageFolder to match against; for {root} list indices")
     from pipelines.torchvision_backend import image_folder
     positions, seen = {}, {}
@@ -91,11 +94,9 @@ def write_subset_file(path: str | Path, indices: np.ndarray, root: str) -> Path:
     """The subset as a list file readable by read_subset_file: relative paths for an ImageFolder, else indices."""
     path = Path(path)
     lines = [str(int(index)) for index in indices]
-    if os.path.isdir(root) and not root.endswith(".beton"):
-        from pipelines.dali_backend import is_tfrecord_store
-        if not is_tfrecord_store(root):
-            from pipelines.torchvision_backend import image_folder
-            samples = image_folder(root).samples
-            lines = [os.path.relpath(samples[int(index)][0], root).replace(os.sep, "/") for index in indices]
+    if data_format(root) == "torch":
+        from pipelines.torchvision_backend import image_folder
+        samples = image_folder(root).samples
+        lines = [os.path.relpath(samples[int(index)][0], root).replace(os.sep, "/") for index in indices]
     path.write_text("\n".join(lines) + "\n")
     return path
