@@ -17,6 +17,7 @@ channels-last memory, in the requested dtype.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 from typing import Sequence
 
@@ -280,6 +281,13 @@ def _workspace(workspace: torch.Tensor | None, shape, device) -> torch.Tensor:
     return torch.empty(shape, dtype=torch.float32, device=device)
 
 
+@functools.lru_cache(maxsize=16)
+def _per_channel(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """(1, 3, 1, 1) float32 constants on `device`, made once: a blocking copy from pageable host memory every batch
+    would wait for the GPU's queued work."""
+    return torch.tensor(values, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+
 @torch.no_grad()
 def apply_view(images: torch.Tensor, params: ViewParams, view: ViewRecipe,
                mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
@@ -337,8 +345,8 @@ def apply_view(images: torch.Tensor, params: ViewParams, view: ViewRecipe,
     if view.solarize_p > 0:
         _apply_to(x, params.solarize, lambda sub, cpu, index: solarize_(sub, view.solarize_threshold))
 
-    x.sub_(torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1).to(device))
-    x.div_(torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1).to(device))
+    x.sub_(_per_channel(tuple(mean), device))
+    x.div_(_per_channel(tuple(std), device))
     if out is None:
         return x.to(dtype=dtype, memory_format=torch.channels_last, copy=True)
     if (out.shape != x.shape or out.dtype != dtype or out.device != device
