@@ -125,7 +125,7 @@ def run_linear(args) -> dict:
 
 
 def run_semi(args) -> dict:
-    from pipelines.subsets import balanced_subset, read_subset_file, write_subset_file
+    from pipelines.subsets import balanced_subset, read_subset_file, sample_names, write_subset_file
     run = ProbeRun(args)
     labels = run.train_labels.cpu().numpy()
     folder = output_folder(args, args.ckpt)
@@ -134,11 +134,12 @@ def run_semi(args) -> dict:
     else:
         subsets = {f"{fraction:g}": balanced_subset(labels, seed=args.seed, fraction=fraction)
                    for fraction in args.fractions}
+    names = None if args.subset_file else sample_names(args.train)  # the folder listed once for every subset
     results, rows = {}, []
     for name, indices in subsets.items():
         listed = None
         if not args.subset_file:
-            listed = write_subset_file(folder / f"subset_{name}_seed{args.seed}.txt", indices, args.train)
+            listed = write_subset_file(folder / f"subset_{name}_seed{args.seed}.txt", indices, names)
         results[name] = {**run.train(indices, f"probe on {name}"), "subset_file": str(listed or name)}
         rows.append([name, results[name]["labelled_images"], results[name]["top1"], results[name]["top5"]])
     write_section(folder, "semi", f"## Semi-supervised: linear probe on label subsets ({args.ckpt})\n\n"

@@ -77,26 +77,30 @@ def read_subset_file(path: str | Path, root: str, num_samples: int) -> np.ndarra
 
 def _file_positions(root: str, list_path) -> dict[str, int]:
     """ImageFolder sample index by relative path and by base name (base names that repeat are left out)."""
-    if data_format(root) != "torch" or not os.path.isdir(root):
+    names = sample_names(root) if os.path.isdir(root) else None
+    if names is None:
         raise ValueError(f"{list_path}: file names need an ImageFolder to match against; for {root} list indices")
-    from pipelines.torchvision_backend import image_folder
     positions, seen = {}, {}
-    for index, (file, _) in enumerate(image_folder(root).samples):
-        relative = os.path.relpath(file, root).replace(os.sep, "/")
+    for index, relative in enumerate(names):
         positions[relative] = index
-        name = os.path.basename(file)
+        name = os.path.basename(relative)
         seen[name] = seen.get(name, 0) + 1
         positions.setdefault(name, index)
     return {key: value for key, value in positions.items() if "/" in key or seen[key] == 1}
 
 
-def write_subset_file(path: str | Path, indices: np.ndarray, root: str) -> Path:
-    """The subset as a list file readable by read_subset_file: relative paths for an ImageFolder, else indices."""
+def sample_names(root: str) -> list[str] | None:
+    """The relative path of every sample of an ImageFolder, in its order (None for a store: listed by index)."""
+    if data_format(root) != "torch":
+        return None
+    from pipelines.torchvision_backend import image_folder
+    return [os.path.relpath(file, root).replace(os.sep, "/") for file, _ in image_folder(root).samples]
+
+
+def write_subset_file(path: str | Path, indices: np.ndarray, names: list[str] | None) -> Path:
+    """The subset as a list file readable by read_subset_file: the samples' `names` (`sample_names`: relative
+    paths of an ImageFolder), or their indices when there are none."""
     path = Path(path)
-    lines = [str(int(index)) for index in indices]
-    if data_format(root) == "torch":
-        from pipelines.torchvision_backend import image_folder
-        samples = image_folder(root).samples
-        lines = [os.path.relpath(samples[int(index)][0], root).replace(os.sep, "/") for index in indices]
+    lines = [names[int(index)] if names is not None else str(int(index)) for index in indices]
     path.write_text("\n".join(lines) + "\n")
     return path

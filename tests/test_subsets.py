@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipelines import build_eval_loader, two_view_recipe
-from pipelines.subsets import balanced_subset, dataset_labels, read_subset_file, write_subset_file
+from pipelines.subsets import balanced_subset, dataset_labels, read_subset_file, sample_names, write_subset_file
 
 LABELS = np.repeat(np.arange(10), [100, 120, 80, 100, 100, 100, 100, 100, 100, 3])
 
@@ -43,7 +43,7 @@ def test_list_files_by_index_path_and_name(tiny_imagefolder, tmp_path):
     assert read_subset_file(listing, root, 96).tolist() == [0, 5, 95]
     listing.write_text("class_1/3.jpg\nclass_0/0.jpg\n")
     assert read_subset_file(listing, root, 96).tolist() == [0, 24 + 17]  # name order: 0, 1, 10..19, 2, 20..23, 3
-    written = write_subset_file(tmp_path / "again.txt", np.array([0, 41]), root)
+    written = write_subset_file(tmp_path / "again.txt", np.array([0, 41]), sample_names(root))
     assert written.read_text().split() == ["class_0/0.jpg", "class_1/3.jpg"]
     listing.write_text("96\n")
     with pytest.raises(ValueError, match="list.txt:1: index 96 out of range"):
