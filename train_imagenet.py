@@ -6,10 +6,11 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from msf_fast.config import ConfigError, load_config
+    from msf_fast.config import load_config
+    from msf_fast.errors import UserError
     try:
         cfg = load_config(argv)
-    except ConfigError as error:
+    except UserError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
 
@@ -19,15 +20,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             trainer = Trainer(cfg, rank=process.rank, world_size=process.world_size)
-        except (OSError, ValueError, RuntimeError) as error:  # bad data folder, unusable checkpoint, no CUDA
+        except UserError as error:  # a bad data path, an unusable checkpoint, no CUDA; anything else is a bug
             print(f"error: {error}", file=sys.stderr)
             return 2
-        history = trainer.train()
+        result = trainer.train()
     finally:
         shut_down()
     if trainer.is_main:
-        print(json.dumps({"steps": trainer.step, "final_loss": history["loss"].get(max(history["loss"], default=0)),
-                          "knn_top1": history["knn"], "folder": str(trainer.folder)}))
+        print(json.dumps(result.summary()))
     return 0
 
 

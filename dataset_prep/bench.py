@@ -17,6 +17,7 @@ import sys
 import tempfile
 
 from dataset_prep.demo_data import generate_demo_dataset
+from dataset_prep.stores import read_manifest
 from dataset_prep.synthetic_photos import generate_photo_folder
 
 WRITERS = {
@@ -31,7 +32,7 @@ def convert_seconds(writer: str, source: str, workers: int, scratch: str) -> tup
     out = os.path.join(scratch, name)
     subprocess.run([sys.executable, "-m", f"dataset_prep.{module}", source, out, "--workers", str(workers),
                     "--no-progress", "--overwrite", *options], check=True, stdout=subprocess.DEVNULL)
-    manifest = json.load(open(os.path.join(out, "manifest.json") if os.path.isdir(out) else out + ".manifest.json"))
+    manifest = read_manifest(out)
     return manifest["seconds"], manifest["counts"]["written"]
 
 

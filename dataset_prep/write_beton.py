@@ -19,10 +19,12 @@ import numpy as np
 
 from dataset_prep.conversion import (ConversionError, ConversionReport, run_cli,
                                      select_samples, stored_bytes, write_json, writer_parser)
+from dataset_prep.ffcv_import import FFCVUnavailable, import_ffcv
 from dataset_prep.image_folder import SourceError
 from dataset_prep.images import BadImage, check_image, fitted_size, load_rgb
 from dataset_prep.progress import default_sigterm, parallel_map, progress_bar
 from dataset_prep.staging import StagedPath
+from dataset_prep.stores import beton_manifest_path
 
 PROG = "write_beton"
 WRITE_MODES = ("proportion", "jpg", "raw", "smart")
@@ -72,12 +74,10 @@ def page_size_for(sizes: list[tuple[int, int]]) -> int:
     return max(smallest, 1 << int(2 * max(raw_bytes) - 1).bit_length())
 
 
-def import_ffcv() -> None:
-    """The loader's import (torch's thread count kept), its failure an error line of this command."""
-    from pipelines.ffcv_backend import FFCVUnavailable
-    from pipelines.ffcv_backend import import_ffcv as import_keeping_threads
+def import_ffcv_or_fail() -> None:
+    """FFCV's import (torch's thread count kept), its failure an error line of this command."""
     try:
-        import_keeping_threads()
+        import_ffcv()
     except FFCVUnavailable as error:
         raise SourceError(str(error)) from None
 
@@ -145,11 +145,11 @@ def convert(args) -> None:
         args.write_mode = "jpg"
     if not 0.0 <= args.compress_probability <= 1.0:
         raise SourceError(f"--compress-probability must be in [0, 1], got {args.compress_probability}")
-    import_ffcv()  # seconds of torch/numba imports: before the clock starts, and a clear error if missing
+    import_ffcv_or_fail()  # seconds of torch/numba imports: before the clock starts, and a clear error if missing
     listing, samples = select_samples(args)
     report = ConversionReport("ffcv-beton", args, listing, samples)
     # the manifest's block closes first: it is renamed into place just before the store
-    with StagedPath(args.out) as store, StagedPath(args.out + ".manifest.json") as manifest:
+    with StagedPath(args.out) as store, StagedPath(beton_manifest_path(args.out)) as manifest:
         sizes = []
         for sample, (size, reason) in zip(samples, parallel_map(scan_sample, samples, args.workers,
                                                                  f"{PROG} (scan)", args.progress)):
@@ -164,7 +164,7 @@ def convert(args) -> None:
                                     chunksize=max(1, min(100, len(report.written) // (8 * args.workers))))
         write_json(manifest.temporary, report.manifest(args.out))
         size = stored_bytes(store.temporary)
-    print(report.summary(PROG, args.out, args.out + ".manifest.json", size))
+    print(report.summary(PROG, args.out, beton_manifest_path(args.out), size))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ from dataset_prep.image_folder import SourceError
 from dataset_prep.images import BadImage, stored_jpeg
 from dataset_prep.progress import parallel_map
 from dataset_prep.staging import StagedPath
+from dataset_prep.stores import tfrecord_manifest_path
 from dataset_prep.tfrecord_format import TFRecordWriter, frame_record, image_example
 
 PROG = "write_tfrecord"
@@ -82,9 +83,9 @@ def convert(args) -> None:
         np.save(os.path.join(staged.temporary, LABELS_FILE), np.array([label for _, label in report.written],
                                                                       dtype=np.int64))
         report.extra["labels"] = LABELS_FILE
-        write_json(os.path.join(staged.temporary, "manifest.json"), report.manifest(args.out))
+        write_json(tfrecord_manifest_path(staged.temporary), report.manifest(args.out))
         size = stored_bytes(staged.temporary)
-    print(report.summary(PROG, args.out, os.path.join(args.out, "manifest.json"), size))
+    print(report.summary(PROG, args.out, tfrecord_manifest_path(args.out), size))
 
 
 def build_parser() -> argparse.ArgumentParser:

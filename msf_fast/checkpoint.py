@@ -1,35 +1,40 @@
-"""Checkpoints: atomic writes, resume state, and import of checkpoints saved by the original MSF code."""
+"""Checkpoints: written atomically; read through one entry point, whatever wrote them.
+
+    read_checkpoint(path) -> Checkpoint: .model() (an MSF), .backbone() (the online ResNet), .label
+
+A file is one of three kinds: our training checkpoint ("msf-fast"), a checkpoint of the original MSF code
+(UMBCvision/MSF: `state_dict` with `encoder_q.*`, `encoder_t.*`, `predict_q.*`, `queue`, `labels`, `queue_ptr`,
+with or without the `.module.` infix of DataParallel) or a torchvision ResNet state dict (`msf_fast.export`).
+"""
 from __future__ import annotations
 
 import argparse
 import os
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from msf_fast.model import MSF
+from dataset_prep.staging import StagedPath
+from msf_fast.model import MSF, resnet_backbone
 
 FORMAT = "msf-fast"
 VERSION = 1
+OURS, ORIGINAL, BACKBONE = "msf-fast", "original", "backbone"
 
 
 def atomic_save(obj, path: str | Path) -> Path:
-    """torch.save to a temporary file beside `path`, fsync, then rename: a crash never leaves a torn file."""
+    """torch.save under a temporary name beside `path`, fsync, then rename: a crash never leaves a torn file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with StagedPath(str(path)) as staged, open(staged.temporary, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     return path
 
 
@@ -73,38 +78,81 @@ def training_state(model: MSF, optimizer, scaler, epoch: int, step: int, steps_p
     }
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+@dataclass
+class Checkpoint:
+    """A checkpoint file read once; `kind` is OURS, ORIGINAL or BACKBONE."""
+    path: Path
+    content: dict
+    kind: str
+
+    def model(self, topk: int | None = None, momentum: float | None = None) -> MSF:
+        """The whole MSF (online, target, predictor, bank). For an original checkpoint, top-k and momentum come
+        from its saved options (`opt`) unless given, else the paper's 5 and 0.99."""
+        if self.kind == OURS:
+            model = MSF(**self.content["model_args"])
+            model.load_state_dict(self.content["model"])
+            return model
+        if self.kind == ORIGINAL:
+            return self._original_model(topk, momentum)
+        raise ValueError(f"{self.path}: a backbone without the MSF heads and bank, not a training checkpoint")
+
+    def backbone(self) -> nn.Module:
+        """The online ResNet (its `fc` is the projection head, or absent for an exported backbone)."""
+        if self.kind != BACKBONE:
+            return self.model().online
+        state = {key: value for key, value in self.content.items() if not key.startswith("fc.")}
+        arch, small_input = infer_arch(state, prefix="")
+        backbone = resnet_backbone(arch, small_input)
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+        if unexpected or any(not key.startswith("fc.") for key in missing):
+            raise ValueError(f"{self.path}: not a torchvision {arch} backbone (missing {missing[:3]}, unexpected "
+                             f"{unexpected[:3]})")
+        return backbone
+
+    @property
+    def label(self) -> str:
+        """"epoch 12" for ours and the original's (they record the epoch), else the file name."""
+        epoch = self.content.get("epoch")
+        return f"epoch {epoch}" if self.kind != BACKBONE and isinstance(epoch, int) else self.path.stem
+
+    def _original_model(self, topk: int | None, momentum: float | None) -> MSF:
+        state = strip_data_parallel(self.content["state_dict"])
+        opt = self.content.get("opt")
+        arch, small_input = infer_arch(state)
+        hidden_dim, _ = state["encoder_q.fc.0.weight"].shape
+        model = MSF(arch=arch, small_input=small_input, hidden_dim=hidden_dim,
+                    proj_dim=state["encoder_q.fc.3.weight"].shape[0], bank_size=state["queue"].shape[0],
+                    topk=topk or getattr(opt, "topk", 5),
+                    momentum=momentum if momentum is not None else getattr(opt, "momentum", 0.99))
+        try:
+            model.load_state_dict(original_to_msf_state(state))
+        except ValueError as error:
+            raise ValueError(f"{self.path}: {error}") from None
+        return model
+
+
+def read_checkpoint(path: str | Path, map_location="cpu") -> Checkpoint:
+    """Load a checkpoint of any of the three kinds; ValueError (naming the file) for anything else."""
+    path = Path(path)
     # Original checkpoints pickle their argparse options beside the tensors.
     torch.serialization.add_safe_globals([argparse.Namespace])
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        content = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - reported as one line naming the file
         reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise ValueError(f"{path}: not a readable checkpoint ({type(error).__name__}: {reason})") from None
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: not a checkpoint (holds a {type(content).__name__}, not a dict)")
+    if content.get("format") == FORMAT:
+        return Checkpoint(path, content, OURS)
+    if any(key.startswith("encoder_q.") for key in content.get("state_dict", {})):
+        return Checkpoint(path, content, ORIGINAL)
+    if content and all(isinstance(value, torch.Tensor) for value in content.values()):
+        return Checkpoint(path, content, BACKBONE)
+    raise ValueError(f"{path}: neither an msf-fast, an original MSF checkpoint nor a torchvision backbone")
 
 
-def is_original(checkpoint: dict) -> bool:
-    state = checkpoint.get("state_dict", {})
-    return any(k.startswith("encoder_q.") for k in state)
-
-
-def load_model(path: str | Path, map_location="cpu") -> MSF:
-    """An `MSF` from one of our checkpoints or from an original MSF checkpoint."""
-    return model_from_checkpoint(load_checkpoint(path, map_location), path)
-
-
-def model_from_checkpoint(checkpoint: dict, path: str | Path) -> MSF:
-    """`load_model` for a checkpoint already loaded from `path` (named in errors)."""
-    if checkpoint.get("format") == FORMAT:
-        model = MSF(**checkpoint["model_args"])
-        model.load_state_dict(checkpoint["model"])
-        return model
-    if is_original(checkpoint):
-        return original_model(checkpoint, path)
-    raise ValueError(f"{path}: neither an msf-fast nor an original MSF checkpoint")
-
-
-# ----------------------------------------------------------------------------- original MSF code
+# ----------------------------------------------------------------------------- the original MSF code
 _ORIGINAL_PREFIXES = {"encoder_q.": "online.", "encoder_t.": "target.", "predict_q.": "predictor."}
 _ORIGINAL_BUFFERS = {"queue": "bank.embeddings", "labels": "bank.labels", "queue_ptr": "bank.pointer"}
 # (block counts, bottleneck) -> arch; wide/ResNeXt variants are told apart by layer1's 3x3 conv.
@@ -135,38 +183,6 @@ def infer_arch(state: dict, prefix: str = "encoder_q.") -> tuple[str, bool]:
     arch = _VARIANTS.get((arch, (conv2[0], conv2[1])), arch)
     small_input = state[f"{prefix}conv1.weight"].shape[-1] == 3
     return arch, small_input
-
-
-def load_original(path: str | Path, map_location="cpu", topk: int | None = None,
-                  momentum: float | None = None) -> MSF:
-    """An `MSF` holding exactly the weights, bank and pointer of a checkpoint from the original code.
-
-    Architecture and head sizes come from the tensors; top-k and momentum from the saved options
-    (`opt`) when present, else the paper's 5 and 0.99.
-    """
-    return original_model(load_checkpoint(path, map_location), path, topk, momentum)
-
-
-def original_model(checkpoint: dict, path: str | Path, topk: int | None = None,
-                   momentum: float | None = None) -> MSF:
-    """`load_original` for a checkpoint already loaded from `path` (named in errors)."""
-    if not is_original(checkpoint):
-        raise ValueError(f"{path}: no 'state_dict' with encoder_q.* keys; not an original MSF checkpoint")
-    state = strip_data_parallel(checkpoint["state_dict"])
-    opt = checkpoint.get("opt")
-    arch, small_input = infer_arch(state)
-    hidden_dim, feat_dim = state["encoder_q.fc.0.weight"].shape
-    proj_dim = state["encoder_q.fc.3.weight"].shape[0]
-    bank_size = state["queue"].shape[0]
-    model = MSF(arch=arch, small_input=small_input, hidden_dim=hidden_dim, proj_dim=proj_dim,
-                bank_size=bank_size,
-                topk=topk or getattr(opt, "topk", 5),
-                momentum=momentum if momentum is not None else getattr(opt, "momentum", 0.99))
-    try:
-        model.load_state_dict(original_to_msf_state(state))
-    except ValueError as error:
-        raise ValueError(f"{path}: {error}") from None
-    return model
 
 
 def original_to_msf_state(state: dict) -> dict:

@@ -12,8 +12,9 @@ from types import SimpleNamespace
 
 import yaml
 from fastargs import Config, Param, Section
-from fastargs.validation import And, Checker, OneOf
+from fastargs.validation import Checker, OneOf
 
+from msf_fast.errors import UserError
 from msf_fast.model import RESNETS
 from pipelines import data_format
 from pipelines.recipe import RECIPE_NAMES
@@ -36,6 +37,41 @@ class Flag(Checker):
         return "a boolean"
 
 
+class IntAtLeast(Checker):
+    def __init__(self, low: int):
+        self.low = low
+
+    def check(self, value):
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(value)
+        number = int(value)
+        if number < self.low:
+            raise ValueError(value)
+        return number
+
+    def help(self):
+        return f"an integer >= {self.low}"
+
+
+class NumberIn(Checker):
+    """A float in [low, high] (high = None: no upper bound)."""
+
+    def __init__(self, low: float, high: float | None = None):
+        self.low, self.high = low, high
+
+    def check(self, value):
+        number = float(value)
+        if not (number >= self.low and (self.high is None or number <= self.high)):  # NaN fails too
+            raise ValueError(value)
+        return number
+
+    def help(self):
+        return f"a number >= {self.low:g}" if self.high is None else f"a number in [{self.low:g}, {self.high:g}]"
+
+
+POSITIVE, NON_NEGATIVE = IntAtLeast(1), IntAtLeast(0)
+
+
 def declare_schema(config: Config) -> None:
     def section(name, desc):
         return Section(name, desc, config_descriptor=config)
@@ -43,14 +79,14 @@ def declare_schema(config: Config) -> None:
     section("model", "Backbone and heads").params(
         arch=Param(OneOf(RESNETS), "torchvision ResNet architecture", default="resnet50"),
         small_input=Param(Flag(), "3x3 stride-1 stem for 32-64 px images", default=False),
-        hidden_dim=Param(int, "MLP hidden width (0: 2 x backbone features)", default=0),
-        proj_dim=Param(int, "embedding width (0: backbone features / 4)", default=0),
+        hidden_dim=Param(NON_NEGATIVE, "MLP hidden width (0: 2 x backbone features)", default=0),
+        proj_dim=Param(NON_NEGATIVE, "embedding width (0: backbone features / 4)", default=0),
     )
     section("msf", "Mean-shift loss and memory bank").params(
-        topk=Param(int, "neighbours the query is pulled to (1 = BYOL)", default=5),
-        bank_size=Param(int, "memory bank entries; a multiple of the global batch", default=1_024_000),
-        momentum=Param(float, "target EMA momentum", default=0.99),
-        bank_chunk=Param(int, "bank rows scored at once by the top-k search", default=65536),
+        topk=Param(POSITIVE, "neighbours the query is pulled to (1 = BYOL)", default=5),
+        bank_size=Param(POSITIVE, "memory bank entries; a multiple of the global batch", default=1_024_000),
+        momentum=Param(NumberIn(0, 1), "target EMA momentum", default=0.99),
+        bank_chunk=Param(POSITIVE, "bank rows scored at once by the top-k search", default=65536),
         bank_dtype=Param(OneOf(["auto", "float32", "bfloat16", "float16"]),
                          "bank storage and search dtype (auto: the AMP dtype on CUDA, float32 on the CPU)",
                          default="auto"),
@@ -64,28 +100,28 @@ def declare_schema(config: Config) -> None:
         val_path=Param(str, "held-out data for the k-NN monitor: folder, .beton or TFRecord store ('' = none)",
                        default=""),
         recipe=Param(OneOf(RECIPE_NAMES), "augmentations target/online: w = weak, s = strong", default="w/s"),
-        resolution=Param(int, "training crop size (the final one with progressive resizing)", default=224),
-        min_resolution=Param(int, "progressive resizing: crop size of the first epochs (0 = off; e.g. 160)",
+        resolution=Param(POSITIVE, "training crop size (the final one with progressive resizing)", default=224),
+        min_resolution=Param(NON_NEGATIVE, "progressive resizing: crop size of the first epochs (0 = off; e.g. 160)",
                              default=0),
-        start_ramp=Param(int, "progressive resizing: last epoch at min_resolution", default=0),
-        end_ramp=Param(int, "progressive resizing: first epoch at resolution", default=0),
-        workers=Param(int, "loader worker processes (FFCV, DALI: threads)", default=8),
+        start_ramp=Param(NON_NEGATIVE, "progressive resizing: last epoch at min_resolution", default=0),
+        end_ramp=Param(NON_NEGATIVE, "progressive resizing: first epoch at resolution", default=0),
+        workers=Param(NON_NEGATIVE, "loader worker processes (FFCV, DALI: threads)", default=8),
         decoder_device=Param(OneOf(["auto", "cpu", "mixed"]),
                              "DALI JPEG decoding: mixed = GPU (nvJPEG), auto = mixed when training on CUDA",
                              default="auto"),
     )
     section("optim", "SGD with a cosine schedule").params(
-        lr=Param(float, "learning rate per 256 images (scaled linearly with the global batch)", default=0.05),
-        momentum=Param(float, "SGD momentum", default=0.9),
-        weight_decay=Param(float, "weight decay (all parameters)", default=1e-4),
+        lr=Param(NumberIn(0), "learning rate per 256 images (scaled linearly with the global batch)", default=0.05),
+        momentum=Param(NumberIn(0), "SGD momentum", default=0.9),
+        weight_decay=Param(NumberIn(0), "weight decay (all parameters)", default=1e-4),
         schedule=Param(OneOf(["cosine", "cosine_epoch", "constant"]),
                        "cosine per step, per epoch (the original code), or constant", default="cosine"),
     )
     section("train", "Training loop").params(
-        epochs=Param(int, "epochs", default=200),
-        batch_size=Param(int, "images per process and step", default=256),
-        max_steps=Param(int, "stop after this many steps in total (0 = no limit)", default=0),
-        seed=Param(int, "seed of weights, bank, data order and augmentations", default=0),
+        epochs=Param(POSITIVE, "epochs", default=200),
+        batch_size=Param(POSITIVE, "images per process and step", default=256),
+        max_steps=Param(NON_NEGATIVE, "stop after this many steps in total (0 = no limit)", default=0),
+        seed=Param(NON_NEGATIVE, "seed of weights, bank, data order and augmentations", default=0),
         device=Param(OneOf(["auto", "cpu", "cuda"]), "compute device", default="auto"),
         amp=Param(OneOf(["auto", "bf16", "fp16", "off"]), "autocast dtype (auto: bf16 where supported)",
                   default="auto"),
@@ -94,32 +130,32 @@ def declare_schema(config: Config) -> None:
                               "compile, no speed-up; not yet measured on a GPU)", default=False),
         sync_bn=Param(Flag(), "SyncBatchNorm across ranks (CUDA; default: per-rank statistics, as the original's "
                               "DataParallel)", default=False),
-        threads=Param(int, "torch CPU threads (0 = on CPU the cores left by the loader workers, else torch's default)",
+        threads=Param(NON_NEGATIVE, "torch CPU threads (0 = on CPU the cores left by the loader workers, else torch's default)",
                       default=0),
         resume=Param(str, "checkpoint to resume from ('' = start fresh)", default=""),
     )
     section("logging", "Outputs").params(
         folder=Param(str, "run folder: log.jsonl, plots, checkpoints", default="runs/msf"),
-        log_every=Param(int, "steps between log lines", default=50),
-        checkpoint_every=Param(int, "epochs between checkpoints (0 = only at the end)", default=1),
-        snapshot_every=Param(int, "keep checkpoints/epoch_NNNN.pt every N epochs, epoch 0 included, for the "
+        log_every=Param(POSITIVE, "steps between log lines", default=50),
+        checkpoint_every=Param(NON_NEGATIVE, "epochs between checkpoints (0 = only at the end)", default=1),
+        snapshot_every=Param(NON_NEGATIVE, "keep checkpoints/epoch_NNNN.pt every N epochs, epoch 0 included, for the "
                                   "figures over training (0 = none)", default=0),
         progress=Param(Flag(), "progress bar", default=True),
     )
     section("eval", "k-NN monitor on held-out images").params(
-        knn_every=Param(int, "epochs between k-NN evaluations (0 = only at the end)", default=0),
-        knn_k=Param(int, "neighbours voting", default=20),
+        knn_every=Param(NON_NEGATIVE, "epochs between k-NN evaluations (0 = only at the end)", default=0),
+        knn_k=Param(POSITIVE, "neighbours voting", default=20),
         knn_final=Param(Flag(), "evaluate k-NN at the end of training", default=True),
         knn_memory_path=Param(str, "labelled images the k-NN monitor searches: folder, .beton or TFRecord store "
                                    "('' = data.train_path)", default=""),
-        knn_memory_per_class=Param(int, "k-NN monitor: images per class searched, a seeded balanced subset "
+        knn_memory_per_class=Param(NON_NEGATIVE, "k-NN monitor: images per class searched, a seeded balanced subset "
                                         "(0 = all)", default=0),
-        knn_val_per_class=Param(int, "k-NN monitor: held-out images per class classified, a seeded balanced "
+        knn_val_per_class=Param(NON_NEGATIVE, "k-NN monitor: held-out images per class classified, a seeded balanced "
                                      "subset (0 = all)", default=0),
     )
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration that cannot run; the message names the parameter."""
 
 
@@ -160,21 +196,8 @@ def read_recipe(fname: str, known) -> dict:
 
 
 def validate(cfg, world_size: int = 1) -> None:
-    positive = ["model.hidden_dim>=0", "model.proj_dim>=0", "msf.topk", "msf.bank_size", "msf.bank_chunk",
-                "data.resolution", "data.workers>=0", "train.epochs", "train.batch_size", "train.max_steps>=0",
-                "train.threads>=0", "logging.log_every", "logging.checkpoint_every>=0", "logging.snapshot_every>=0",
-                "eval.knn_every>=0", "eval.knn_memory_per_class>=0", "eval.knn_val_per_class>=0",
-                "eval.knn_k", "optim.lr>=0"]
-    for rule in positive:
-        name, _, bound = rule.partition(">=")
-        section, key = name.split(".")
-        value = getattr(getattr(cfg, section), key)
-        if bound and value < 0:
-            raise ConfigError(f"{name}={value}: must be >= 0")
-        if not bound and value <= 0:
-            raise ConfigError(f"{name}={value}: must be positive")
-    if not 0 <= cfg.msf.momentum <= 1:
-        raise ConfigError(f"msf.momentum={cfg.msf.momentum}: must be in [0, 1]")
+    """The checks that involve several parameters or the file system (each parameter's own range is its
+    checker's, in the schema)."""
     global_batch = cfg.train.batch_size * world_size
     if cfg.msf.bank_size % global_batch:
         raise ConfigError(f"msf.bank_size={cfg.msf.bank_size}: must be a multiple of the global batch "
@@ -182,11 +205,11 @@ def validate(cfg, world_size: int = 1) -> None:
     if cfg.msf.topk > cfg.msf.bank_size:
         raise ConfigError(f"msf.topk={cfg.msf.topk}: must not exceed msf.bank_size={cfg.msf.bank_size}")
     if not cfg.data.train_path:
-        raise ConfigError("data.train_path: required (an ImageFolder directory or a .beton file)")
+        raise ConfigError("data.train_path: required (an ImageFolder, a .beton file or a TFRecord store)")
     for name, path in (("data.train_path", cfg.data.train_path), ("data.val_path", cfg.data.val_path),
                        ("eval.knn_memory_path", cfg.eval.knn_memory_path)):
         if path and not (os.path.isdir(path) or (path.endswith(".beton") and os.path.isfile(path))):
-            raise ConfigError(f"{name}={path}: no such ImageFolder directory or .beton file")
+            raise ConfigError(f"{name}={path}: no such ImageFolder, .beton file or TFRecord store")
     backend = resolve_backend(cfg.data.backend, cfg.data.train_path)
     stored_as = data_format(cfg.data.train_path)
     if backend == "torch" and (stored_as != "torch" or not os.path.isdir(cfg.data.train_path)):

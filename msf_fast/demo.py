@@ -49,7 +49,7 @@ def demo_store(data: Path, overrides: list[str], store_resolution: int = 0) -> l
                    "--data.backend=torch"]
     if "--data.backend=torch" in overrides:
         return folder_args
-    from pipelines.ffcv_backend import FFCVUnavailable, import_ffcv
+    from dataset_prep.ffcv_import import FFCVUnavailable, import_ffcv
     try:
         import_ffcv()
     except FFCVUnavailable as error:
@@ -90,13 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     from msf_fast.trainer import Trainer
     start = time.perf_counter()
     trainer = Trainer(cfg)
-    history = trainer.train()
+    result = trainer.train()
     minutes = (time.perf_counter() - start) / 60
-    knn = history["knn"]
+    knn = result.knn_by_epoch
     random_init = knn.get(0)
     trained = knn[max(knn)] if knn and max(knn) > 0 else None
     summary = {"random_init_knn_top1": random_init, "trained_knn_top1": trained,
-               "knn_by_epoch": knn, "loss_by_epoch": history["loss"], "steps": trainer.step,
+               "knn_by_epoch": knn, "loss_by_epoch": result.loss_by_epoch, "steps": result.steps,
                "minutes": round(minutes, 2), "log": str(trainer.folder / "log.jsonl"),
                "plot": str(trainer.folder / "training.png")}
     if not args.no_report and random_init is not None and trained is not None:
@@ -127,7 +127,7 @@ def paper_report(trainer, data: Path, random_init_knn: float, trained_knn: float
     """The eval commands on the run: linear probe of the epoch-0 snapshot and of the final checkpoint, the
     figures over every snapshot, and a first report section comparing random init and trained."""
     from msf_fast import eval as evaluation
-    from msf_fast.report import markdown_table, write_section
+    from msf_fast.eval.report import markdown_table, write_section
 
     folder, cfg = trainer.folder, trainer.cfg
     checkpoints = folder / "checkpoints"

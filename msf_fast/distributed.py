@@ -8,6 +8,7 @@ everywhere, so each rank searches the same bank for its own targets. Gradients a
 """
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -38,10 +39,30 @@ def init_from_environment(device: str = "auto") -> ProcessInfo:
 
 
 def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's `tensor` along dim 0, in rank order (the same result on every rank)."""
+    """Concatenate every rank's `tensor` along dim 0, in rank order (the same result on every rank); the tensor
+    itself in a single process."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return tensor
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts)
+
+
+def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """DDP over the MSF module: gradients of the online network and predictor are averaged. Buffers (bank, BN
+    statistics) are made equal to rank 0's once at start, not every step: the bank stays in step through the
+    gather of the targets, and BN statistics stay per rank, as in the original's DataParallel."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = None
+    if device.type == "cuda":
+        device_ids = [device.index if device.index is not None else torch.cuda.current_device()]
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:  # torch >= 2.14
+        return DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
+    # Older torch: broadcast_buffers=False also skips the start-up sync of the buffers, so do that by hand.
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
 
 
 def shut_down() -> None:

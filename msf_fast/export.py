@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from msf_fast.checkpoint import atomic_save, load_model, model_args
+from msf_fast.checkpoint import atomic_save, model_args, read_checkpoint
 
 
 def backbone_state_dict(model, num_classes: int = 0) -> dict:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"export: {out} exists (pass --overwrite to replace it)", file=sys.stderr)
         return 1
     try:
-        model = load_model(args.checkpoint)
+        model = read_checkpoint(args.checkpoint).model()
     except (OSError, ValueError) as error:
         print(f"export: {error}", file=sys.stderr)
         return 1

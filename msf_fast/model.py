@@ -13,6 +13,7 @@ import torchvision
 from torch import nn
 
 from msf_fast.bank import MemoryBank
+from msf_fast.distributed import all_gather_rows
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
            "resnext50_32x4d", "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2")
@@ -89,8 +90,6 @@ class MSF(nn.Module):
             p.requires_grad = False
 
         self.bank = MemoryBank(bank_size, self.proj_dim, chunk_size=bank_chunk_size, dtype=bank_dtype)
-        # data parallel: gathers the targets (and labels) of all ranks, so every rank's bank stays identical
-        self.gather_across_ranks = None
 
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]
@@ -101,12 +100,9 @@ class MSF(nn.Module):
         query = F.normalize(at_least_fp32(self.predictor(self.online(online_view))), dim=1)
         with torch.no_grad():
             target = F.normalize(at_least_fp32(self.target(target_view)), dim=1)
-            # 2. enqueue first, so every target finds itself as its nearest neighbour
-            if self.gather_across_ranks is None:
-                self.bank.enqueue(target, labels)
-            else:
-                self.bank.enqueue(self.gather_across_ranks(target),
-                                  None if labels is None else self.gather_across_ranks(labels))
+            # 2. enqueue first, so every target finds itself as its nearest neighbour (the targets of all ranks,
+            #    in rank order, under data parallelism: every rank's bank stays the same)
+            self.bank.enqueue(all_gather_rows(target), None if labels is None else all_gather_rows(labels))
             # 3. the k bank entries nearest to the target
             neighbour_indices = self.bank.nearest(target, self.topk)
             neighbours = self.bank.gather(neighbour_indices).to(query.dtype)

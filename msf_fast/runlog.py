@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
+
+from dataset_prep.staging import StagedPath
 
 
 class JsonlLog:
@@ -32,30 +33,33 @@ def plot_run(log_path: str | Path, out_path: str | Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     records = [r for r in read_jsonl(log_path) if r.get("event") == "epoch"]
     fig, loss_ax = plt.subplots(figsize=(7, 4), dpi=100)
+    lines = []
     loss_points = [(r["epoch"], r["loss"]) for r in records if r.get("loss") is not None]
     if loss_points:
-        loss_ax.plot(*zip(*loss_points), color="tab:blue", marker="o", label="MSF loss")
+        lines += loss_ax.plot(*zip(*loss_points), color="tab:blue", marker="o", label="MSF loss")
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel("loss", color="tab:blue")
+    loss_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     knn_ax = loss_ax.twinx()
     knn_points = [(r["epoch"], r["knn_top1"]) for r in records if r.get("knn_top1") is not None]
     if knn_points:
-        knn_ax.plot(*zip(*knn_points), color="tab:red", marker="s", label="k-NN top-1")
+        lines += knn_ax.plot(*zip(*knn_points), color="tab:red", marker="s", label="k-NN top-1")
         if knn_points[0][0] == 0:
-            knn_ax.axhline(knn_points[0][1], color="tab:red", linestyle=":", linewidth=1,
-                           label="k-NN of the random init")
-        knn_ax.legend(loc="lower right")
+            lines.append(knn_ax.axhline(knn_points[0][1], color="tab:red", linestyle=":", linewidth=1,
+                                        label="k-NN of the random init"))
     knn_ax.set_ylabel("k-NN top-1", color="tab:red")
     knn_ax.set_ylim(0, 1)
+    if lines:  # below the plot, where it hides no curve
+        fig.legend(handles=lines, loc="lower center", ncol=len(lines), frameon=False)
     fig.suptitle("MSF training: loss and k-NN accuracy per epoch (epoch 0 = random init)")
-    fig.tight_layout()
-    tmp = f"{out_path}.tmp.png"
-    fig.savefig(tmp)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    with StagedPath(str(out_path)) as staged:
+        fig.savefig(staged.temporary, format="png")
     plt.close(fig)
-    os.replace(tmp, out_path)
     return Path(out_path)
 
 

@@ -1,85 +1,79 @@
-"""Data pipelines: one recipe spec (recipe.py), several backends yielding the same batches.
+"""Data pipelines: one recipe spec (recipe.py), three backends yielding the same batches (contract.py).
 
-Every training loader has `len(loader)` (steps per epoch), `num_classes`, `set_resolution(pixels)`
-(progressive resizing: the crop size of the following epochs), and `iterate(epoch, skip_batches=0)` yielding
-`(online_view, target_view, labels)`: NCHW float tensors in channels-last memory, one global batch split
-evenly over the ranks.
+    build_train_loader(backend, root, recipe, batch_size=..., workers=..., seed=...)  -> TwoViewLoader
+    build_eval_loader(root, recipe, batch_size=..., workers=...)                      -> ImageLoader (centre crops)
+    build_probe_loader(root, recipe, batch_size=..., workers=..., seed=...)           -> ImageLoader (random crops)
+
+`root` is an ImageFolder (torchvision), a .beton (FFCV) or a TFRecord store (DALI); `data_format` says which.
 """
 from __future__ import annotations
 
+from pipelines.contract import ImageLoader, TwoViewLoader
 from pipelines.recipe import TwoViewRecipe, two_view_recipe
 
 BACKENDS = ("torch", "ffcv", "dali")
 
 
-def build_train_loader(backend: str, root: str, recipe: TwoViewRecipe, batch_size: int, workers: int,
-                       seed: int, rank: int = 0, world_size: int = 1, pin_memory: bool = False,
-                       device="cpu", dtype=None, decoder_device="auto"):
-    """`root` is an ImageFolder (torch), a .beton (ffcv) or a TFRecord store (dali). FFCV augments on `device`,
-    DALI on the GPU when it decodes there (`decoder_device`); both yield `dtype` (default float32); the
-    torchvision loader yields float32 on the CPU."""
+def data_format(root: str) -> str:
+    """The backend that reads `root`: "ffcv" for a .beton, "dali" for a TFRecord store, "torch" otherwise."""
+    from dataset_prep.stores import BETON, TFRECORD, path_kind
+    return {BETON: "ffcv", TFRECORD: "dali"}.get(path_kind(root), "torch")
+
+
+def build_train_loader(backend: str, root: str, recipe: TwoViewRecipe, *, batch_size: int, workers: int, seed: int,
+                       rank: int = 0, world_size: int = 1, device="cpu", dtype=None,
+                       decoder_device: str = "auto") -> TwoViewLoader:
+    """FFCV augments on `device`, DALI on the GPU when it decodes there (`decoder_device`); both yield `dtype`
+    (default float32). The torchvision loader yields float32 on the CPU (pinned when `device` is CUDA)."""
     import torch
 
+    device = torch.device(device)
     if backend == "torch":
         from pipelines.torchvision_backend import TorchvisionTwoViewLoader
-        return TorchvisionTwoViewLoader(root, recipe, batch_size, workers, seed, rank, world_size, pin_memory)
+        return TorchvisionTwoViewLoader(root, recipe, batch_size=batch_size, workers=workers, seed=seed, rank=rank,
+                                        world_size=world_size, pin_memory=device.type == "cuda")
     if backend == "ffcv":
         from pipelines.ffcv_backend import FFCVTwoViewLoader
-        return FFCVTwoViewLoader(root, recipe, batch_size, workers, seed, rank, world_size, device,
-                                 dtype or torch.float32)
+        return FFCVTwoViewLoader(root, recipe, batch_size=batch_size, workers=workers, seed=seed, rank=rank,
+                                 world_size=world_size, device=device, dtype=dtype or torch.float32)
     if backend == "dali":
         from pipelines.dali_backend import DALITwoViewLoader
-        return DALITwoViewLoader(root, recipe, batch_size, workers, seed, rank, world_size, device,
-                                 dtype or torch.float32, decoder_device)
+        return DALITwoViewLoader(root, recipe, batch_size=batch_size, workers=workers, seed=seed, rank=rank,
+                                 world_size=world_size, device=device, dtype=dtype or torch.float32,
+                                 decoder_device=decoder_device)
     raise ValueError(f"unknown data backend {backend!r}; expected one of {', '.join(BACKENDS)}")
 
 
-def data_format(root: str) -> str:
-    """The backend that reads `root`: "ffcv" for a .beton, "dali" for a TFRecord store (write_tfrecord's
-    manifest.json), "torch" for anything else (an ImageFolder)."""
-    if root.endswith(".beton"):
-        return "ffcv"
-    from pipelines.dali_backend import is_tfrecord_store
-    return "dali" if is_tfrecord_store(root) else "torch"
+def build_eval_loader(root: str, recipe: TwoViewRecipe, *, batch_size: int, workers: int, indices=None,
+                      per_class: int = 0, seed: int = 0) -> ImageLoader:
+    """(images, labels) batches with the evaluation transform (resize, centre crop), in the data's order.
+    `indices` reads only those samples; `per_class` only a seeded balanced subset of that many per class."""
+    return _image_loader(root, recipe, batch_size, workers, indices, per_class, seed, view=None, shuffle_seed=None)
 
 
-def build_eval_loader(root: str, recipe: TwoViewRecipe, batch_size: int, workers: int, indices=None):
-    """(images, labels) batches with the evaluation transform (resize, centre crop), in file order;
-    `root` is an ImageFolder, a .beton or a TFRecord store; `indices` reads only those samples."""
-    backend = data_format(root)
-    if backend == "ffcv":
-        from pipelines.ffcv_backend import FFCVEvalLoader
-        return FFCVEvalLoader(root, recipe, batch_size, workers, indices=indices)
-    if backend == "dali":
-        from pipelines.dali_backend import DALIEvalLoader
-        return DALIEvalLoader(root, recipe, batch_size, workers, indices=indices)
-    from torch.utils.data import DataLoader, Subset
-
-    from pipelines.torchvision_backend import eval_transform, image_folder
-    dataset = image_folder(root, eval_transform(recipe))
-    if indices is not None:
-        dataset = Subset(dataset, [int(index) for index in indices])
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
-
-
-def build_probe_loader(root: str, recipe: TwoViewRecipe, batch_size: int, workers: int, seed: int = 0,
-                       indices=None):
+def build_probe_loader(root: str, recipe: TwoViewRecipe, *, batch_size: int, workers: int, seed: int = 0,
+                       indices=None) -> ImageLoader:
     """The linear probe's augmented training images (recipe.PROBE_VIEW: random resized crop, flip), normalized,
-    as (images, labels) batches in a new seeded order on every pass; an ImageFolder, a .beton or a TFRecord store."""
+    in a new seeded order on every pass."""
     from pipelines.recipe import PROBE_VIEW
+    return _image_loader(root, recipe, batch_size, workers, indices, 0, seed, view=PROBE_VIEW, shuffle_seed=seed)
+
+
+def _image_loader(root, recipe, batch_size, workers, indices, per_class, seed, view, shuffle_seed) -> ImageLoader:
     backend = data_format(root)
+    options = dict(batch_size=batch_size, workers=workers, indices=indices, view=view, shuffle_seed=shuffle_seed)
+    if backend == "torch":  # chooses its per-class subset from its own listing: a folder is listed once
+        from pipelines.torchvision_backend import TorchvisionImageLoader
+        return TorchvisionImageLoader(root, recipe, **options, per_class=per_class, seed=seed)
+    if per_class:  # a store's labels are read without decoding (FFCV's metadata, labels.npy)
+        from pipelines.subsets import balanced_subset, dataset_labels
+        options["indices"] = balanced_subset(dataset_labels(root), seed=seed, per_class=per_class)
     if backend == "ffcv":
         from pipelines.ffcv_backend import FFCVEvalLoader
-        return FFCVEvalLoader(root, recipe, batch_size, workers, indices=indices, view=PROBE_VIEW,
-                              shuffle_seed=seed)
-    if backend == "dali":
-        from pipelines.dali_backend import DALIEvalLoader
-        return DALIEvalLoader(root, recipe, batch_size, workers, indices=indices, view=PROBE_VIEW,
-                              shuffle_seed=seed)
-    from pipelines.torchvision_backend import ShuffledImageLoader, image_folder, view_transform
-    dataset = image_folder(root, view_transform(PROBE_VIEW, recipe))
-    return ShuffledImageLoader(dataset, batch_size, workers, seed, indices)
+        return FFCVEvalLoader(root, recipe, **options)
+    from pipelines.dali_backend import DALIEvalLoader
+    return DALIEvalLoader(root, recipe, **options)
 
 
-__all__ = ["BACKENDS", "TwoViewRecipe", "build_eval_loader", "data_format", "build_probe_loader", "build_train_loader",
-           "two_view_recipe"]
+__all__ = ["BACKENDS", "ImageLoader", "TwoViewLoader", "TwoViewRecipe", "build_eval_loader", "build_probe_loader",
+           "build_train_loader", "data_format", "two_view_recipe"]

@@ -1,6 +1,6 @@
 """The photometric part of a view recipe as batched tensor ops, on whatever device the batch is on.
 
-The FFCV backend decodes, random-resized-crops (and may flip) on the CPU as uint8; this module
+The FFCV backend decodes, random-resized-crops on the CPU as uint8; this module
 does the rest of a `ViewRecipe` on the training device, per sample, without Python loops over
 samples: colour jitter (per-sample factors and per-sample random order, as torchvision's
 ColorJitter) -> grayscale -> Gaussian blur -> solarize -> horizontal flip -> normalize.
@@ -18,7 +18,7 @@ channels-last memory, in the requested dtype.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -53,9 +53,6 @@ class ViewParams:
 
     def __len__(self) -> int:
         return len(self.flip)
-
-    def to(self, device) -> "ViewParams":
-        return ViewParams(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
 def draw_params(view: ViewRecipe, n: int, generator: torch.Generator | None = None) -> ViewParams:
@@ -99,11 +96,6 @@ def blur_radius(sigma: torch.Tensor | float, size: int | None = None) -> torch.T
     sigma = torch.as_tensor(sigma, dtype=torch.float32)
     radius = torch.ceil(3 * sigma).long().clamp_(min=1)
     return radius.clamp_(max=size - 1) if size is not None else radius
-
-
-def blur_kernel_size(sigma: float, size: int | None = None) -> int:
-    """2 * blur_radius(sigma) + 1, as a Python int (the kernel_size to give torchvision)."""
-    return 2 * int(blur_radius(sigma, size)) + 1
 
 
 def gaussian_kernels(sigma: torch.Tensor, radius: torch.Tensor, width: int) -> torch.Tensor:
@@ -291,22 +283,19 @@ def _per_channel(values: tuple[float, ...], device: torch.device) -> torch.Tenso
 @torch.no_grad()
 def apply_view(images: torch.Tensor, params: ViewParams, view: ViewRecipe,
                mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-               dtype: torch.dtype = torch.float32, flip: bool = True,
-               workspace: torch.Tensor | None = None, out: torch.Tensor | None = None,
+               dtype: torch.dtype = torch.float32, workspace: torch.Tensor | None = None,
                jitter_by_step: bool | None = None) -> torch.Tensor:
     """The photometric part of `view` with the given (CPU) params on a batch (N, 3, H, W):
     uint8 in 0..255 or float in [0, 1], any memory format, any device; the input is not
     modified. Returns a new (N, 3, H, W) `dtype` tensor in channels-last memory, normalized with
-    mean/std (or writes into `out`, a channels-last `dtype` tensor the caller recycles, which saves
-    page-faulting a fresh output every call on CPU). flip=False skips the horizontal flip (when
-    the decoder already flipped).
+    mean/std.
 
     Order: flip (done first: it commutes with every other op), jitter (per sample, in its own
     order), grayscale, blur, solarize, normalize; all in float32 in an NCHW buffer, `workspace`
     when it is a float32 contiguous tensor of the batch's shape on its device (reusing one saves
     page-faulting a fresh buffer every call on CPU), else a new one. jitter_by_step: how the
     per-sample jitter order is batched (see _jitter_plan; same result either way); None picks
-    by order on CPU, by step elsewhere. `params` are expected on the CPU (moved there if not)."""
+    by order on CPU, by step elsewhere. `params` are CPU tensors (`draw_params`)."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected a (N, 3, H, W) batch, got {tuple(images.shape)}")
     if len(params) != len(images):
@@ -315,14 +304,12 @@ def apply_view(images: torch.Tensor, params: ViewParams, view: ViewRecipe,
         raise TypeError(f"expected uint8 or float images, got {images.dtype}")
     if not dtype.is_floating_point:
         raise TypeError(f"expected a floating output dtype, got {dtype}")
-    if params.flip.device.type != "cpu":
-        params = params.to("cpu")
     device = images.device
     x = _workspace(workspace, images.shape, device)
     x.copy_(images)
     if images.dtype == torch.uint8:
         x.div_(255)
-    if flip and view.flip_p > 0:
+    if view.flip_p > 0:
         _apply_to(x, params.flip, lambda sub, cpu, index: sub.flip(3))
 
     factors = torch.stack([params.brightness, params.contrast, params.saturation, params.hue],
@@ -347,16 +334,11 @@ def apply_view(images: torch.Tensor, params: ViewParams, view: ViewRecipe,
 
     x.sub_(_per_channel(tuple(mean), device))
     x.div_(_per_channel(tuple(std), device))
-    if out is None:
-        return x.to(dtype=dtype, memory_format=torch.channels_last, copy=True)
-    if (out.shape != x.shape or out.dtype != dtype or out.device != device
-            or not out.is_contiguous(memory_format=torch.channels_last)):
-        raise ValueError("out must be a channels-last tensor of the batch's shape, `dtype` and device")
-    return out.copy_(x)
+    return x.to(dtype=dtype, memory_format=torch.channels_last, copy=True)
 
 
 class BatchedViewAugment(torch.nn.Module):
-    """One view's photometric augmentation (plus flip, unless flip=False) on a batch.
+    """One view's photometric augmentation and flip on a batch.
 
     forward(images, generator=None, return_params=False) draws each sample's parameters from
     `generator` (CPU; torch's default when None) and returns the augmented batch, or
@@ -364,19 +346,17 @@ class BatchedViewAugment(torch.nn.Module):
     """
 
     def __init__(self, view: ViewRecipe, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, dtype: torch.dtype = torch.float32,
-                 flip: bool = True):
+                 std: Sequence[float] = IMAGENET_STD, dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.view, self.mean, self.std, self.dtype, self.flip = view, tuple(mean), tuple(std), dtype, flip
+        self.view, self.mean, self.std, self.dtype = view, tuple(mean), tuple(std), dtype
         self._workspace: torch.Tensor | None = None
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None,
                 return_params: bool = False):
         params = draw_params(self.view, len(images), generator)
         self._workspace = _workspace(self._workspace, images.shape, images.device)
-        out = apply_view(images, params, self.view, self.mean, self.std, self.dtype, self.flip,
-                         workspace=self._workspace)
+        out = apply_view(images, params, self.view, self.mean, self.std, self.dtype, workspace=self._workspace)
         return (out, params) if return_params else out
 
     def extra_repr(self) -> str:
-        return f"view={self.view}, dtype={self.dtype}, flip={self.flip}"
+        return f"view={self.view}, dtype={self.dtype}"

@@ -29,7 +29,9 @@ import weakref
 import numpy as np
 import torch
 
+from dataset_prep.stores import manifest_classes, tfrecord_manifest_path
 from dataset_prep.tfrecord_format import IMAGE_KEY, LABEL_KEY
+from pipelines.contract import FirstBatchClock
 from pipelines.recipe import TwoViewRecipe, ViewRecipe
 from pipelines.sampling import per_sample_seed
 
@@ -52,7 +54,7 @@ def import_dali():
 
 def read_tfrecord_store(folder: str) -> dict:
     """The manifest of a store written by dataset_prep.write_tfrecord, with absolute shard paths."""
-    path = os.path.join(folder, "manifest.json")
+    path = tfrecord_manifest_path(folder)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{folder}: not a TFRecord store (no manifest.json; write one with "
                                 "python -m dataset_prep.write_tfrecord)")
@@ -173,7 +175,7 @@ class DALITwoViewLoader:
 
     backend = "dali"
 
-    def __init__(self, path: str, recipe: TwoViewRecipe, batch_size: int, workers: int = 2, seed: int = 0,
+    def __init__(self, path: str, recipe: TwoViewRecipe, *, batch_size: int, workers: int = 2, seed: int = 0,
                  rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32, decoder_device: str = "auto"):
         import_dali()
@@ -191,6 +193,7 @@ class DALITwoViewLoader:
         self.device_id = (device.index or 0) if decoder_device == "mixed" else None
         self.num_classes = int(self.store["num_classes"])
         self.num_samples = int(self.store["counts"]["written"])
+        self.compile_seconds: float | None = None
         if len(self) == 0:
             raise ValueError(f"{path}: {self.num_samples} images make no full batch of "
                              f"{batch_size} x {world_size} rank(s)")
@@ -199,12 +202,13 @@ class DALITwoViewLoader:
         return self.num_samples // (self.batch_size * self.world_size)
 
     def set_resolution(self, resolution: int) -> None:
-        """Crop size of the following epochs (progressive resizing; the pipeline is rebuilt each epoch anyway)."""
+        """The pipeline is rebuilt every epoch anyway."""
         self.recipe = dataclasses.replace(self.recipe, resolution=resolution)
 
     def iterate(self, epoch: int, skip_batches: int = 0):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
+        clock = FirstBatchClock(self)
         pipeline = build_pipeline(self.store, self.recipe, self.batch_size, self.workers,
                                   per_sample_seed(self.seed, epoch, self.rank), self.rank, self.world_size,
                                   self.decoder_device, self.device_id,
@@ -213,6 +217,7 @@ class DALITwoViewLoader:
                                       last_batch_policy=LastBatchPolicy.DROP, auto_reset=False)
         try:
             for step, batch in enumerate(batches):
+                clock.batch_arrived()
                 if step >= len(self):
                     break
                 if step < skip_batches:
@@ -233,10 +238,11 @@ class DALIEvalLoader:
     order per pass); `indices` reads only those records. With `view` (a ViewRecipe) the crop is random instead:
     the linear probe's augmented training images. float32 NCHW channels-last on the CPU."""
 
-    def __init__(self, path: str, recipe: TwoViewRecipe, batch_size: int, workers: int = 2, indices=None,
+    def __init__(self, path: str, recipe: TwoViewRecipe, *, batch_size: int, workers: int = 2, indices=None,
                  view: ViewRecipe | None = None, shuffle_seed: int | None = None):
         import_dali()
         self.store = read_tfrecord_store(path)
+        self.classes = manifest_classes(path) or [str(label) for label in range(int(self.store["num_classes"]))]
         if indices is not None:
             subset_folder = tempfile.mkdtemp(prefix="msf-fast-subset-")
             weakref.finalize(self, shutil.rmtree, subset_folder, True)

@@ -18,35 +18,17 @@ FFCV facts this module works around (ffcv 1.0.2):
 """
 from __future__ import annotations
 
-import json
 import os
-import time
 
 import numpy as np
 import torch
 
+from dataset_prep.ffcv_import import import_ffcv
+from dataset_prep.stores import manifest_classes
 from pipelines.batched_augment import BatchedViewAugment
+from pipelines.contract import FirstBatchClock
 from pipelines.recipe import TwoViewRecipe, ViewRecipe
 from pipelines.sampling import per_sample_seed
-
-
-FFCV_INSTALL = "apt-get install -y pkg-config libturbojpeg0-dev libopencv-dev && pip install -e '.[ffcv]'"
-
-
-class FFCVUnavailable(ImportError):
-    pass
-
-
-def import_ffcv():
-    """Import FFCV without letting it change torch's thread count."""
-    threads = torch.get_num_threads()
-    try:
-        import ffcv  # noqa: F401
-        from ffcv.loader import Loader  # noqa: F401
-    except ImportError as error:
-        raise FFCVUnavailable(f"FFCV is not installed ({error}): {FFCV_INSTALL}") from None
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _view_pipeline(view: ViewRecipe, resolution: int, device: torch.device, decoders: list):
@@ -64,11 +46,9 @@ def _view_pipeline(view: ViewRecipe, resolution: int, device: torch.device, deco
     return PipelineSpec("image", decoder=decoder, transforms=transforms)
 
 
-def beton_num_classes(path: str, labels: np.ndarray) -> int:
-    manifest = path + ".manifest.json"
-    if os.path.exists(manifest):
-        return int(json.load(open(manifest))["num_classes"])
-    return int(labels.max()) + 1
+def beton_classes(path: str, labels: np.ndarray) -> list[str]:
+    """Class names from the store's manifest; without one, the label indices as names."""
+    return manifest_classes(path) or [str(label) for label in range(int(labels.max()) + 1)]
 
 
 class FFCVTwoViewLoader:
@@ -76,9 +56,9 @@ class FFCVTwoViewLoader:
 
     backend = "ffcv"
 
-    def __init__(self, path: str, recipe: TwoViewRecipe, batch_size: int, workers: int = 2, seed: int = 0,
+    def __init__(self, path: str, recipe: TwoViewRecipe, *, batch_size: int, workers: int = 2, seed: int = 0,
                  rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32, os_cache: bool = True):
+                 dtype: torch.dtype = torch.float32):
         import_ffcv()
         from ffcv.fields.basics import IntDecoder
         from ffcv.loader import Loader, OrderOption
@@ -95,16 +75,16 @@ class FFCVTwoViewLoader:
             label_ops.append(ToDevice(self.device, non_blocking=True))
         self.loader = Loader(
             path, batch_size=batch_size, num_workers=max(1, workers), order=OrderOption.RANDOM,
-            distributed=world_size > 1, seed=seed, drop_last=True, os_cache=os_cache, batches_ahead=2,
+            distributed=world_size > 1, seed=seed, drop_last=True, os_cache=True, batches_ahead=2,
             pipelines={"image": None, "label": label_ops,
                        "online": _view_pipeline(recipe.online, recipe.resolution, self.device, self.decoders),
                        "target": _view_pipeline(recipe.target, recipe.resolution, self.device, self.decoders)})
         torch.set_num_threads(threads)
         self.threads = threads
         self.outputs = list(self.loader.pipeline_specs)  # the order of each batch's tensors
-        self.num_classes = beton_num_classes(path, self.loader.reader.metadata["f1"])
-        self.online_augment = BatchedViewAugment(recipe.online, recipe.mean, recipe.std, dtype, flip=True)
-        self.target_augment = BatchedViewAugment(recipe.target, recipe.mean, recipe.std, dtype, flip=True)
+        self.num_classes = len(beton_classes(path, self.loader.reader.metadata["f1"]))
+        self.online_augment = BatchedViewAugment(recipe.online, recipe.mean, recipe.std, dtype)
+        self.target_augment = BatchedViewAugment(recipe.target, recipe.mean, recipe.std, dtype)
         self.compile_seconds: float | None = None  # the first epoch's wait for its first batch
         if len(self) == 0:
             raise ValueError(f"{path}: {self.loader.reader.num_samples} images make no full batch of "
@@ -114,7 +94,7 @@ class FFCVTwoViewLoader:
         return len(self.loader)
 
     def set_resolution(self, resolution: int) -> None:
-        """Crop size of the following epochs (progressive resizing): FFCV recompiles its pipeline once."""
+        """FFCV recompiles its pipeline once per change."""
         if self.decoders[0].output_size != (resolution, resolution):
             for decoder in self.decoders:
                 decoder.output_size = (resolution, resolution)
@@ -122,14 +102,14 @@ class FFCVTwoViewLoader:
 
     def iterate(self, epoch: int, skip_batches: int = 0):
         self.loader.next_epoch = epoch  # FFCV orders epoch e with seed + e
-        started = time.perf_counter()
+        clock = FirstBatchClock(self)
         batches = iter(self.loader)
         self.loader.recompile = False
         torch.set_num_threads(self.threads)
         for step, batch in enumerate(batches):
-            if self.compile_seconds is None:
-                self.compile_seconds = time.perf_counter() - started
-                torch.set_num_threads(self.threads)  # the epoch's thread reset it again
+            if step == 0:
+                clock.batch_arrived()
+                torch.set_num_threads(self.threads)  # every epoch's first batch resets it again
             if step < skip_batches:
                 continue
             named = dict(zip(self.outputs, batch))
@@ -148,7 +128,7 @@ class FFCVEvalLoader:
     reads only those samples. With `view` (a ViewRecipe: crop scale and ratio, flip) the crop is random
     instead: the linear probe's augmented training images. Iterable more than once."""
 
-    def __init__(self, path: str, recipe: TwoViewRecipe, batch_size: int, workers: int = 2, indices=None,
+    def __init__(self, path: str, recipe: TwoViewRecipe, *, batch_size: int, workers: int = 2, indices=None,
                  view: ViewRecipe | None = None, shuffle_seed: int | None = None):
         import_ffcv()
         from ffcv.fields.basics import IntDecoder
@@ -174,6 +154,8 @@ class FFCVEvalLoader:
                                         "label": [IntDecoder(), ToTensor(), Squeeze()]})
         torch.set_num_threads(threads)
         self.threads = threads
+        self.classes = beton_classes(path, self.loader.reader.metadata["f1"])
+        self.num_samples = len(self.loader.indices)
         self.mean = torch.tensor(recipe.mean).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(recipe.std).view(1, 3, 1, 1) * 255
 

@@ -18,7 +18,7 @@ def dataset_labels(root: str) -> np.ndarray:
     """The label of every sample, in the dataset's order, without decoding images."""
     backend = data_format(root)
     if backend == "ffcv":
-        from pipelines.ffcv_backend import import_ffcv
+        from dataset_prep.ffcv_import import import_ffcv
         import_ffcv()
         from ffcv.reader import Reader
         return np.asarray(Reader(root).metadata["f1"], dtype=np.int64)

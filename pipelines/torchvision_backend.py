@@ -8,11 +8,13 @@ from __future__ import annotations
 import dataclasses
 import random
 
+import numpy as np
 import torch
 from PIL import ImageFilter, ImageOps
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision import datasets, transforms
 
+from pipelines.contract import FirstBatchClock
 from pipelines.recipe import TwoViewRecipe, ViewRecipe
 from pipelines.sampling import epoch_order, per_sample_seed, rank_batches
 
@@ -113,57 +115,64 @@ class TorchvisionTwoViewLoader:
 
     backend = "torch"
 
-    def __init__(self, root: str, recipe: TwoViewRecipe, batch_size: int, workers: int = 2,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, pin_memory: bool = False):
+    def __init__(self, root: str, recipe: TwoViewRecipe, *, batch_size: int, workers: int = 2, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, pin_memory: bool = False):
         self.dataset = TwoViewImageFolder(root, recipe, seed)
-        self.batch_size = batch_size
-        self.workers = workers
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.pin_memory = pin_memory
+        self.batch_size, self.workers, self.seed = batch_size, workers, seed
+        self.rank, self.world_size, self.pin_memory = rank, world_size, pin_memory
+        self.num_classes = len(self.dataset.images.classes)
+        self.compile_seconds: float | None = None
         if len(self) == 0:
             raise ValueError(f"{root}: {len(self.dataset)} images make no full batch of "
                              f"{batch_size} x {world_size} rank(s)")
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.dataset.images.classes)
 
     def __len__(self) -> int:
         return len(self.dataset) // (self.batch_size * self.world_size)
 
     def set_resolution(self, resolution: int) -> None:
-        """Crop size of the following epochs (progressive resizing)."""
         self.dataset.set_recipe(dataclasses.replace(self.dataset.recipe, resolution=resolution))
 
     def iterate(self, epoch: int, skip_batches: int = 0):
+        clock = FirstBatchClock(self)
         self.dataset.epoch = epoch
         batches = rank_batches(len(self.dataset), self.batch_size, epoch, self.seed,
                                self.rank, self.world_size)[skip_batches:]
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers,
                             pin_memory=self.pin_memory, prefetch_factor=4 if self.workers else None)
         for online, target, labels in loader:
+            clock.batch_arrived()
             yield (online.contiguous(memory_format=torch.channels_last),
                    target.contiguous(memory_format=torch.channels_last), labels)
 
 
-class ShuffledImageLoader:
-    """(images, labels) batches of a dataset (or of its `indices`), in a new seeded order on every pass."""
+class TorchvisionImageLoader:
+    """(images, labels) of an ImageFolder (or of its `indices`, or of a seeded balanced subset of `per_class`
+    images per class): the evaluation transform in file order, or with `view` (a ViewRecipe) random crops in a
+    new order seeded by (`shuffle_seed`, pass) on every pass. NCHW float32 in channels-last memory."""
 
-    def __init__(self, dataset, batch_size: int, workers: int = 2, seed: int = 0, indices=None):
-        self.dataset = dataset
-        self.indices = torch.arange(len(dataset)) if indices is None else torch.as_tensor(indices)
-        self.batch_size, self.workers, self.seed = batch_size, workers, seed
+    def __init__(self, root: str, recipe: TwoViewRecipe, *, batch_size: int, workers: int = 2, indices=None,
+                 view: ViewRecipe | None = None, shuffle_seed: int | None = None, per_class: int = 0, seed: int = 0):
+        transform = eval_transform(recipe) if view is None else view_transform(view, recipe)
+        self.dataset = image_folder(root, transform)
+        self.classes = list(self.dataset.classes)
+        if per_class:
+            from pipelines.subsets import balanced_subset
+            indices = balanced_subset(np.asarray(self.dataset.targets), seed=seed, per_class=per_class)
+        self.indices = (torch.arange(len(self.dataset)) if indices is None
+                        else torch.as_tensor(np.asarray(indices, dtype=np.int64)))
+        self.num_samples = len(self.indices)
+        self.batch_size, self.workers, self.shuffle_seed = batch_size, workers, shuffle_seed
         self.passes = 0
 
     def __len__(self) -> int:
-        return -(-len(self.indices) // self.batch_size)
+        return -(-self.num_samples // self.batch_size)
 
     def __iter__(self):
-        order = self.indices[epoch_order(len(self.indices), self.passes, self.seed)].tolist()
+        order = self.indices
+        if self.shuffle_seed is not None:
+            order = order[epoch_order(self.num_samples, self.passes, self.shuffle_seed)]
         self.passes += 1
-        loader = DataLoader(torch.utils.data.Subset(self.dataset, order), batch_size=self.batch_size,
+        loader = DataLoader(torch.utils.data.Subset(self.dataset, order.tolist()), batch_size=self.batch_size,
                             num_workers=self.workers)
         for images, labels in loader:
             yield images.contiguous(memory_format=torch.channels_last), labels

@@ -45,7 +45,7 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_imagefolder, tmp_path):
     straight.train()
     first = Trainer(run_config(tiny_imagefolder, tmp_path / "b", 9))
     first.train()
-    resumed = Trainer(run_config(tiny_imagefolder, tmp_path / "b", 18, resume=first.checkpoint_path))
+    resumed = Trainer(run_config(tiny_imagefolder, tmp_path / "b", 18, resume=first.checkpoints.latest))
     assert resumed.step == 9
     resumed.train()
     assert resumed.step == straight.step == 18
@@ -59,7 +59,7 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_imagefolder, tmp_path):
 def test_checkpoint_holds_the_training_state(tiny_imagefolder, tmp_path):
     trainer = Trainer(run_config(tiny_imagefolder, tmp_path, 3))
     trainer.train()
-    state = ckpt.load_checkpoint(trainer.checkpoint_path)
+    state = ckpt.read_checkpoint(trainer.checkpoints.latest).content
     assert {"model", "optimizer", "scaler", "epoch", "step", "rng", "config", "model_args"} <= set(state)
     assert state["step"] == 3 and state["config"]["msf"]["bank_size"] == 32
     assert {"bank.embeddings", "bank.labels", "bank.pointer", "online.conv1.weight", "target.fc.3.weight",
@@ -84,7 +84,7 @@ def test_load_original_checkpoint(tmp_path, data_parallel):
     with torch.no_grad():
         for p in original.encoder_q.parameters():  # online and target differ in a real checkpoint
             p.add_(0.01)
-    model = ckpt.load_original(save_original(tmp_path, original, data_parallel))
+    model = ckpt.read_checkpoint(save_original(tmp_path, original, data_parallel)).model()
     assert (model.arch, model.topk, model.momentum, model.bank.size, model.proj_dim) == ("resnet18", 3, 0.995, 64, 128)
     pairs = [(original.encoder_q, model.online), (original.encoder_t, model.target),
              (original.predict_q, model.predictor)]
@@ -117,14 +117,14 @@ def test_export_backbone_loads_into_torchvision(tmp_path, tiny_imagefolder):
     sources = {"original": save_original(tmp_path, original, True)}
     trainer = Trainer(run_config(tiny_imagefolder, tmp_path / "run", 1))
     trainer.train()
-    sources["ours"] = trainer.checkpoint_path
+    sources["ours"] = trainer.checkpoints.latest
     for name, source in sources.items():
         out = tmp_path / f"{name}.pth"
         assert export.main([str(source), str(out)]) == 0
         net = torchvision.models.resnet18()
         missing, unexpected = net.load_state_dict(torch.load(out), strict=False)
         assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
-        model = ckpt.load_model(source)
+        model = ckpt.read_checkpoint(source).model()
         assert torch.equal(net.layer4[1].conv2.weight, model.online.layer4[1].conv2.weight)
         assert export.main([str(source), str(out)]) == 1  # refuses to overwrite
         assert export.main([str(source), str(out), "--overwrite", "--num-classes", "10"]) == 0

@@ -38,8 +38,8 @@ def test_bank_search_on_cuda_matches_cpu():
 
 def test_eval_features_and_probe_on_cuda():
     """bf16-autocast features on the GPU agree with float32 CPU features; the probe and k-NN run on the device."""
-    from msf_fast.knn import extract_features, knn_accuracies
-    from msf_fast.linear_probe import ProbeSettings, cached_batches, make_probe, train_probe
+    from msf_fast.eval.knn import extract_features, knn_accuracies
+    from msf_fast.eval.linear_probe import ProbeSettings, cached_batches, make_probe, train_probe
 
     torch.manual_seed(0)
     backbone = MSF(arch="resnet18", bank_size=64, topk=5, small_input=True).online

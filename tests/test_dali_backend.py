@@ -49,7 +49,7 @@ def test_two_shards_no_repeats_and_the_remainder_dropped(tmp_path):
         for labels in seen:
             assert len(labels) == 16 and len(set(labels)) == 16  # no sample twice within an epoch
         assert not set(seen[0]) & set(seen[1])  # the ranks read disjoint shards
-    everything = torch.cat([labels for _, labels in build_eval_loader(store, recipe, 10, 1)]).tolist()
+    everything = torch.cat([labels for _, labels in build_eval_loader(store, recipe, batch_size=10, workers=1)]).tolist()
     assert sorted(everything) == list(range(37))  # evaluation: every sample exactly once
 
 
@@ -104,9 +104,9 @@ def test_epochs_are_seeded_and_resumable(coordinate_store):
 
 
 def test_training_steps_through_dali(coordinate_store, tmp_path):
-    trainer, history = train_one_small_epoch(coordinate_store, tmp_path / "run")
+    trainer, result = train_one_small_epoch(coordinate_store, tmp_path / "run")
     assert trainer.loader.backend == "dali"  # data.backend=auto picks it for this store
-    assert trainer.step == 4 and np.isfinite(history["loss"][1])
+    assert trainer.step == 4 and np.isfinite(result.loss_by_epoch[1])
 
 
 def test_missing_dali_is_one_clear_line(monkeypatch):
@@ -141,13 +141,13 @@ def test_store_labels_subsets_and_the_probe_loader(coordinate_store):
 
     recipe = two_view_recipe("w/s", RESOLUTION)
     labels = dataset_labels(coordinate_store)  # labels.npy, written beside the shards
-    in_store_order = torch.cat([batch_labels for _, batch_labels in build_eval_loader(coordinate_store, recipe, 8, 1)])
+    in_store_order = torch.cat([batch_labels for _, batch_labels in build_eval_loader(coordinate_store, recipe, batch_size=8, workers=1)])
     assert labels.tolist() == in_store_order.tolist() and sorted(labels.tolist()) == list(range(32))
 
     chosen = [0, 5, 15, 16, 17, 31]  # across both shards (16 records each)
     subset = list(build_eval_loader(coordinate_store, recipe, batch_size=4, workers=1, indices=chosen))
     assert torch.cat([batch_labels for _, batch_labels in subset]).tolist() == labels[chosen].tolist()
-    full = torch.cat([images for images, _ in build_eval_loader(coordinate_store, recipe, 32, 1)])
+    full = torch.cat([images for images, _ in build_eval_loader(coordinate_store, recipe, batch_size=32, workers=1)])
     torch.testing.assert_close(torch.cat([images for images, _ in subset]), full[chosen])
 
     probe = build_probe_loader(coordinate_store, recipe, batch_size=4, workers=1, seed=0, indices=chosen)

@@ -54,16 +54,14 @@ def state(model: MSF) -> dict:
 
 def run_rank(rank: int, world_size: int, port: int, out: str) -> None:
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
 
-    from msf_fast.distributed import all_gather_rows
+    from msf_fast.distributed import data_parallel
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
         model, ema, optimizer = build()
-        model.gather_across_ranks = all_gather_rows
-        parallel = DistributedDataParallel(model, forward_sync_buffers=False)
+        parallel = data_parallel(model, torch.device("cpu"))
         losses = []
         for step in range(STEPS):
             online, target, labels = batch(step)  # the same images on both ranks (see the module docstring)

@@ -10,7 +10,8 @@ import torch
 from msf_fast import eval as evaluation
 from msf_fast import export
 from msf_fast.checkpoint import atomic_save, original_to_msf_state, training_state
-from msf_fast.knn import knn_predict, weighted_knn_predict
+from msf_fast.checkpoint import read_checkpoint
+from msf_fast.eval.knn import knn_predict, weighted_knn_predict
 from msf_fast.model import MSF, pooled_features
 from msf_fast.reference import OriginalMeanShift, data_parallel_state_dict
 
@@ -54,7 +55,7 @@ def test_every_checkpoint_format_gives_the_same_backbone(tmp_path):
     images = torch.randn(2, 3, 64, 64)
     features = []
     for name in ("ours.pt", "backbone.pth", "original.pth"):
-        backbone = evaluation.load_backbone(tmp_path / name).eval()
+        backbone = read_checkpoint(tmp_path / name).backbone().eval()
         with torch.no_grad():
             features.append(pooled_features(backbone, images))
     torch.testing.assert_close(features[0], features[1], rtol=0, atol=0)
@@ -63,7 +64,7 @@ def test_every_checkpoint_format_gives_the_same_backbone(tmp_path):
 
 def test_faiss_search_finds_the_exact_neighbours():
     pytest.importorskip("faiss")
-    from msf_fast.knn import nearest_neighbours
+    from msf_fast.eval.knn import nearest_neighbours
     gallery, _ = toy_features(10, 100, separable=False)
     queries, _ = toy_features(10, 30, separable=False, seed=1)
     exact_similarities, exact = nearest_neighbours(gallery, queries, k=20, search="torch", chunk_size=64)

@@ -84,9 +84,9 @@ def test_order_is_seeded_and_resumable(coordinate_store):
 
 
 def test_training_steps_through_ffcv(coordinate_store, tmp_path):
-    trainer, history = train_one_small_epoch(coordinate_store, tmp_path / "run")
+    trainer, result = train_one_small_epoch(coordinate_store, tmp_path / "run")
     assert trainer.loader.backend == "ffcv"  # data.backend=auto picks it for this store
-    assert trainer.step == 4 and np.isfinite(history["loss"][1])
+    assert trainer.step == 4 and np.isfinite(result.loss_by_epoch[1])
     from msf_fast.runlog import read_jsonl
     compiled = [r for r in read_jsonl(tmp_path / "run" / "log.jsonl") if r["event"] == "loader"]
     assert len(compiled) == 1 and compiled[0]["backend"] == "ffcv" and compiled[0]["compile_seconds"] > 0

@@ -15,8 +15,9 @@ from PIL import Image
 
 from msf_fast import eval as evaluation
 from msf_fast import export
-from msf_fast.figures import (ClassSampler, IndexSampler, RandomSampler, cluster_purity, clusters_figure_size,
-                              kmeans, make_thumbnails, neighbours_figure_size, select_images, tsne_figure_size)
+from msf_fast.eval.figures.analyses import cluster_purity, kmeans
+from msf_fast.eval.figures.drawing import clusters_figure_size, neighbours_figure_size, tsne_figure_size
+from msf_fast.eval.figures.streaming import ClassSampler, IndexSampler, RandomSampler, make_thumbnails, select_images
 from msf_fast.model import MSF
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

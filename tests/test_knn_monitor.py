@@ -6,7 +6,7 @@ import json
 import torch
 
 from msf_fast.config import load_config
-from msf_fast.eval_setup import checkpoint_label, load_backbone
+from msf_fast.checkpoint import read_checkpoint
 from msf_fast.trainer import Trainer
 
 
@@ -20,8 +20,7 @@ def test_monitor_subsets_log_and_snapshots(tiny_imagefolder, tmp_path):
                        "--eval.knn_val_per_class=2", "--logging.snapshot_every=1"])
     trainer = Trainer(cfg)
     initial = {name: value.clone() for name, value in trainer.model.online.state_dict().items()}
-    memory, held_out = trainer.eval_loaders
-    assert len(memory.dataset) == 4 * 5 and len(held_out.dataset) == 4 * 2
+    assert trainer.monitor.memory.num_samples == 4 * 5 and trainer.monitor.held_out.num_samples == 4 * 2
     trainer.train()
 
     epochs = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
@@ -34,9 +33,9 @@ def test_monitor_subsets_log_and_snapshots(tiny_imagefolder, tmp_path):
 
     snapshots = sorted(path.name for path in (folder / "checkpoints").glob("epoch_*.pt"))
     assert snapshots == ["epoch_0000.pt", "epoch_0001.pt", "epoch_0002.pt"]
-    assert checkpoint_label(folder / "checkpoints" / "epoch_0001.pt") == "epoch 1"
-    at_init = load_backbone(folder / "checkpoints" / "epoch_0000.pt").state_dict()
+    assert read_checkpoint(folder / "checkpoints" / "epoch_0001.pt").label == "epoch 1"
+    at_init = read_checkpoint(folder / "checkpoints" / "epoch_0000.pt").backbone().state_dict()
     for name, value in initial.items():
         assert torch.equal(at_init[name], value), name
-    trained = load_backbone(folder / "checkpoints" / "epoch_0002.pt").state_dict()
+    trained = read_checkpoint(folder / "checkpoints" / "epoch_0002.pt").backbone().state_dict()
     assert not torch.equal(trained["conv1.weight"], initial["conv1.weight"])

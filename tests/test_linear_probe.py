@@ -9,7 +9,7 @@ import torch
 
 from msf_fast import eval as evaluation
 from msf_fast import export
-from msf_fast.linear_probe import (NormalizeThenStandardize, ProbeSettings, cached_batches, make_probe,
+from msf_fast.eval.linear_probe import (NormalizeThenStandardize, ProbeSettings, cached_batches, make_probe,
                                    topk_accuracies, train_probe)
 from msf_fast.model import MSF
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from msf_fast import bench
-from msf_fast.plan import (IMAGENET_TRAIN_IMAGES, loader_ceiling, plan_training,
+from msf_fast.bench.plan import (IMAGENET_TRAIN_IMAGES, loader_ceiling, plan_training,
                            required_images_per_s_per_gpu)
 
 ROOT = Path(__file__).resolve().parents[1]

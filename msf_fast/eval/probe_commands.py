@@ -8,11 +8,12 @@ import dataclasses
 import torch
 from tqdm import tqdm
 
-from msf_fast.eval_setup import WithProgress, add_data_options, amp_dtype, load_backbone, output_folder
-from msf_fast.knn import extract_features
-from msf_fast.linear_probe import (ProbeSettings, augmented_batches, cached_batches, feature_standardizer, probe_with,
-                                   train_probe)
-from msf_fast.report import markdown_table, write_section
+from msf_fast.checkpoint import read_checkpoint
+from msf_fast.eval.common import WithProgress, add_data_options, amp_dtype, output_folder
+from msf_fast.eval.knn import extract_features
+from msf_fast.eval.linear_probe import (ProbeSettings, augmented_batches, cached_batches, feature_standardizer,
+                                        probe_with, train_probe)
+from msf_fast.eval.report import markdown_table, write_section
 from msf_fast.step import resolve_device
 
 
@@ -67,7 +68,7 @@ class ProbeRun:
         self.device = resolve_device(args.device)
         self.amp = amp_dtype(self.device)
         self.settings = probe_settings(args)
-        self.backbone = load_backbone(args.ckpt).to(self.device)
+        self.backbone = read_checkpoint(args.ckpt).backbone().to(self.device)
         self.recipe = two_view_recipe("w/s", args.resolution)
         self.train_features, self.train_labels = self._features(args.train, "train features")
         self.val_features, self.val_labels = self._features(args.val, "val features")
@@ -79,7 +80,7 @@ class ProbeRun:
 
     def _features(self, path: str, title: str):
         from pipelines import build_eval_loader
-        loader = build_eval_loader(path, self.recipe, self.args.batch_size, self.args.workers)
+        loader = build_eval_loader(path, self.recipe, batch_size=self.args.batch_size, workers=self.args.workers)
         return extract_features(self.backbone, WithProgress(loader, title, not self.args.no_progress), self.device,
                                 self.amp, normalize=False)
 
@@ -92,8 +93,8 @@ class ProbeRun:
             batches = cached_batches(self.train_features[chosen], self.train_labels[chosen],
                                      self.settings.batch_size, self.settings.seed)
         else:
-            loader = build_probe_loader(args.train, self.recipe, self.settings.batch_size, args.workers,
-                                        self.settings.seed, indices)
+            loader = build_probe_loader(args.train, self.recipe, batch_size=self.settings.batch_size,
+                                        workers=args.workers, seed=self.settings.seed, indices=indices)
             batches = augmented_batches(self.backbone, loader, self.device, self.amp)
         probe = probe_with(self.standardizer, self.num_classes)
         bar = tqdm(total=self.settings.epochs, desc=title, unit="epoch", disable=args.no_progress,

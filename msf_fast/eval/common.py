@@ -1,52 +1,12 @@
-"""What every evaluation command shares: loading a backbone from any checkpoint format, its name for tables,
-the options for data and device, and the run folder results are written to."""
+"""What every evaluation command shares: the options for data and device, progress bars, the run folder results
+are written to, and the autocast dtype of feature extraction."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 from tqdm import tqdm
-
-from msf_fast.checkpoint import FORMAT, infer_arch, load_checkpoint, model_from_checkpoint
-from msf_fast.model import resnet_backbone
-
-
-def load_backbone(path: str | Path) -> nn.Module:
-    """The online ResNet of a checkpoint (ours or the original's), or an exported torchvision backbone."""
-    return backbone_from_checkpoint(load_checkpoint(path), path)
-
-
-def load_labelled_backbone(path: str | Path) -> tuple[nn.Module, str]:
-    """`load_backbone` and `checkpoint_label` from one read of the file."""
-    checkpoint = load_checkpoint(path)
-    return backbone_from_checkpoint(checkpoint, path), label_of(checkpoint, path)
-
-
-def checkpoint_label(path: str | Path) -> str:
-    """"epoch 12" for our checkpoints and the original's (they record the epoch), else the file name."""
-    return label_of(load_checkpoint(path), path)
-
-
-def backbone_from_checkpoint(checkpoint, path: str | Path) -> nn.Module:
-    if isinstance(checkpoint, dict) and ("format" in checkpoint or "state_dict" in checkpoint):
-        return model_from_checkpoint(checkpoint, path).online
-    state = {key: value for key, value in checkpoint.items() if not key.startswith("fc.")}
-    arch, small_input = infer_arch(state, prefix="")
-    backbone = resnet_backbone(arch, small_input)
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
-    if unexpected or any(not key.startswith("fc.") for key in missing):
-        raise ValueError(f"{path}: not a torchvision {arch} backbone (missing {missing[:3]}, unexpected "
-                         f"{unexpected[:3]})")
-    return backbone
-
-
-def label_of(checkpoint, path: str | Path) -> str:
-    epoch = checkpoint.get("epoch") if isinstance(checkpoint, dict) else None
-    if isinstance(epoch, int) and (checkpoint.get("format") == FORMAT or "state_dict" in checkpoint):
-        return f"epoch {epoch}"
-    return Path(path).stem
 
 
 def run_folder(checkpoint: str | Path) -> Path:

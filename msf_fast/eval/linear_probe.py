@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msf_fast.knn import batch_features
+from msf_fast.eval.knn import batch_features
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Time to train: wall hours of a whole run from a measured per-GPU step rate.
+"""`bench plan`, time to train: wall hours of a whole run from a measured per-GPU step rate.
 
     python -m msf_fast.bench plan --images-per-s 4500 --gpus 8 [--epochs 200] [--loader-images-per-s Y]
                                   [--efficiency 0.9] [--dataset-size 1281167] [--target-hours 2]

@@ -1,6 +1,7 @@
-"""Two-view loader throughput: `python -m msf_fast.bench loader ...` (see `add_arguments`).
+"""`bench loader`: two-view loader throughput of the torchvision baseline, FFCV and DALI on the same images.
 
-Every run is its own process (FFCV's thread settings, numba compilation and peak memory stay separate).
+Every run is its own process (`python -m msf_fast.bench.loader`: FFCV's thread settings, numba compilation and
+peak memory stay separate).
 A run iterates `--epochs` epochs of (online, target, labels) with the full recipe and prints one JSON line:
 `images_per_s` counts images (each gives two views) over the whole wall time of the epochs after the first
 (steady state: worker start-up included, compilation not; the first epoch alone when there is only one),
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 
+from msf_fast.bench.timing import peak_rss_mb
 from pipelines import data_format
 
 DEFAULT_STORE_RESOLUTION = 256
@@ -44,7 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "when those ops run on a GPU")
     parser.add_argument("--compare", action="store_true", help="run the backends interleaved; print the ratio")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved runs per backend with --compare")
-    parser.add_argument("--one-run", action="store_true", help=argparse.SUPPRESS)
 
 
 def store_for(args, backend: str) -> str:
@@ -71,8 +72,6 @@ def store_for(args, backend: str) -> str:
 
 
 def one_run(args) -> dict:
-    import resource
-
     import torch
 
     from pipelines import build_train_loader, two_view_recipe
@@ -82,7 +81,7 @@ def one_run(args) -> dict:
     torch.set_num_threads(threads)
     recipe = two_view_recipe(args.recipe, args.resolution)
     source = {"ffcv": args.beton, "dali": args.tfrecord}.get(backend, args.data)
-    loader = build_train_loader(backend, source, recipe, args.batch_size, args.workers, seed=0)
+    loader = build_train_loader(backend, source, recipe, batch_size=args.batch_size, workers=args.workers, seed=0)
     if backend == "ffcv" and args.photometric == "off":
         loader.online_augment = loader.target_augment = lambda images, generator=None: images
     compile_s, epoch_times, epoch_images = None, [], []
@@ -102,15 +101,11 @@ def one_run(args) -> dict:
             "batch_size": args.batch_size, "workers": args.workers, "threads": threads,
             "images_per_s": round(sum(epoch_images[steady]) / sum(epoch_times[steady]), 1),
             "compile_s": round(compile_s or 0.0, 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
             "data": source}
 
 
 def bench_loader(args) -> list[dict]:
-    if args.one_run:
-        result = one_run(args)
-        print(json.dumps(result))
-        return [result]
     if "torch" in args.backend and data_format(args.data) != "torch":
         raise SystemExit("bench loader: the torch backend reads an ImageFolder: pass the source folder as --data")
     if "ffcv" in args.backend:
@@ -120,7 +115,7 @@ def bench_loader(args) -> list[dict]:
     runs: dict[str, list[dict]] = {backend: [] for backend in args.backend}
     for _ in range(args.repeats if args.compare else 1):
         for backend in args.backend:
-            command = [sys.executable, "-m", "msf_fast.bench", "loader", "--one-run", "--backend", backend,
+            command = [sys.executable, "-m", "msf_fast.bench.loader", "--backend", backend,
                        "--data", args.data, "--beton", args.beton, "--tfrecord", args.tfrecord,
                        "--recipe", args.recipe,
                        "--resolution", str(args.resolution), "--batch-size", str(args.batch_size),
@@ -137,3 +132,15 @@ def bench_loader(args) -> list[dict]:
                              if b != "torch"},
                           **{f"{b}_images_per_s": medians[b] for b in medians}}))
     return [r for rs in runs.values() for r in rs]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One run of one backend, for bench_loader's child processes."""
+    parser = argparse.ArgumentParser(prog="python -m msf_fast.bench.loader", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    print(json.dumps(one_run(parser.parse_args(argv))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

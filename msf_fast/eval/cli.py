@@ -16,22 +16,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from msf_fast.eval_setup import WithProgress, add_data_options, amp_dtype, load_backbone, output_folder
-from msf_fast.knn import SEARCHES, knn_evaluation
-from msf_fast.report import markdown_table, write_section
+from msf_fast.checkpoint import read_checkpoint
+from msf_fast.eval.common import WithProgress, add_data_options, amp_dtype, output_folder
+from msf_fast.eval.knn import SEARCHES, knn_evaluation
+from msf_fast.eval.report import markdown_table, write_section
 from msf_fast.step import resolve_device
-
-__all__ = ["load_backbone", "main"]
 
 
 def run_knn(args) -> dict:
     from pipelines import build_eval_loader, two_view_recipe
     device = resolve_device(args.device)
-    backbone = load_backbone(args.ckpt)
+    backbone = read_checkpoint(args.ckpt).backbone()
     recipe = two_view_recipe("w/s", args.resolution)
-    loaders = [WithProgress(build_eval_loader(path, recipe, args.batch_size, args.workers), f"knn: {name} features",
+    loaders = [WithProgress(build_eval_loader(path, recipe, batch_size=args.batch_size, workers=args.workers),
+                            f"knn: {name} features",
                             not args.no_progress) for name, path in (("train", args.train), ("val", args.val))]
     folder = output_folder(args, args.ckpt)
     report = {"checkpoint": str(args.ckpt),
@@ -57,8 +56,8 @@ def add_knn_command(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from msf_fast.figures import add_figure_commands
-    from msf_fast.linear_probe_cli import add_probe_commands
+    from msf_fast.eval.figures.commands import add_figure_commands
+    from msf_fast.eval.probe_commands import add_probe_commands
 
     parser = argparse.ArgumentParser(prog="python -m msf_fast.eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,0 +1,107 @@
+"""`bench bank`: the memory-bank search + loss gather against the original's dense B x N formulation.
+
+Each variant runs in its own process (`python -m msf_fast.bench.bank --variant ...`), so that its peak extra
+memory above the bank itself is its own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from msf_fast.bench.timing import default_device, peak_rss_mb, synchronize
+
+BANK_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SHARED_OPTIONS = ("batch_size", "bank_size", "dim", "topk", "chunk", "repeats", "device", "dtype")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, default=256, help="targets searched per step (default 256)")
+    parser.add_argument("--bank-size", type=int, default=1_024_000, help="bank entries (default 1,024,000)")
+    parser.add_argument("--dim", type=int, default=512, help="embedding width (default 512)")
+    parser.add_argument("--topk", type=int, default=5, help="neighbours (default 5)")
+    parser.add_argument("--chunk", type=int, default=65536, help="bank rows scored at once (default 65536)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per variant, median reported (default 3)")
+    parser.add_argument("--device", default=default_device(), help="cuda or cpu (default: cuda when present)")
+    parser.add_argument("--dtype", choices=list(BANK_DTYPES), default="float32",
+                        help="the bank's storage dtype (default float32)")
+
+
+def measure_variant(args) -> dict:
+    """One variant in this process: its median time and its peak extra memory."""
+    from msf_fast.bank import MemoryBank
+    device = torch.device(args.device)
+    dtype = BANK_DTYPES[args.dtype]
+    torch.manual_seed(0)
+    bank = MemoryBank(args.bank_size, args.dim, chunk_size=args.chunk, dtype=dtype).to(device)
+    targets = torch.nn.functional.normalize(torch.randn(args.batch_size, args.dim, device=device), dim=1)
+    queries = torch.nn.functional.normalize(torch.randn(args.batch_size, args.dim, device=device), dim=1)
+
+    def chunked():  # as the model: float32 queries against the gathered bank rows
+        idx = bank.nearest(targets, args.topk)
+        return (2 - 2 * torch.einsum("bd,bkd->bk", queries, bank.gather(idx).float())).mean()
+
+    def dense():  # the original: two full B x N distance matrices (in the bank's dtype)
+        dist_t = 2 - 2 * targets.to(dtype) @ bank.embeddings.T
+        dist_q = 2 - 2 * queries.to(dtype) @ bank.embeddings.T
+        idx = dist_t.topk(args.topk, dim=1, largest=False).indices
+        return dist_q.gather(1, idx).float().mean()
+
+    fn = {"chunked": chunked, "dense": dense}[args.variant]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = peak_rss_mb()
+    times = []
+    for _ in range(args.repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        value = fn().item()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    extra = ((torch.cuda.max_memory_allocated() - base) / 2**20 if device.type == "cuda"
+             else peak_rss_mb() - base)
+    return {"bench": "bank", "variant": args.variant, "device": str(device), "batch": args.batch_size,
+            "bank": args.bank_size, "dim": args.dim, "topk": args.topk, "chunk": args.chunk, "dtype": args.dtype,
+            "ms": round(1000 * statistics.median(times), 2), "peak_extra_mb": round(extra, 1), "loss": value}
+
+
+def bench_bank(args) -> list[dict]:
+    results = []
+    for variant in ("chunked", "dense"):
+        command = [sys.executable, "-m", "msf_fast.bench.bank", "--variant", variant,
+                   *(f"--{key.replace('_', '-')}={getattr(args, key)}" for key in SHARED_OPTIONS)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"bench bank: the {variant} variant failed (exit code {done.returncode}): "
+                               f"{done.stderr.strip()[-2000:]}")
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]), flush=True)
+    chunked, dense = results
+    # The dense half-precision variant rounds its distances to the bank's dtype; the chunked one does not.
+    tolerance = 1e-4 if args.dtype == "float32" else 1e-2
+    summary = {"bench": "bank", "dtype": args.dtype, "speedup_vs_dense": round(dense["ms"] / chunked["ms"], 2),
+               "memory_ratio_dense_over_chunked": round(dense["peak_extra_mb"] / max(chunked["peak_extra_mb"], 1), 1),
+               "loss_abs_diff": abs(dense["loss"] - chunked["loss"]),
+               "same_loss": abs(dense["loss"] - chunked["loss"]) < tolerance}
+    print(json.dumps(summary), flush=True)
+    return results + [summary]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One variant, for bench_bank's child processes."""
+    parser = argparse.ArgumentParser(prog="python -m msf_fast.bench.bank", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    parser.add_argument("--variant", choices=["chunked", "dense"], required=True)
+    print(json.dumps(measure_variant(parser.parse_args(argv))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

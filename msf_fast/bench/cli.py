@@ -1,0 +1,44 @@
+"""Benchmarks that print one JSON line per measurement (ratios come from one run).
+
+    python -m msf_fast.bench bank   [--batch-size 256 --bank-size 1024000 --dim 512 --topk 5 --dtype float32]
+    python -m msf_fast.bench ema    [--arch resnet50]
+    python -m msf_fast.bench step   [--arch resnet50 --batch-size 256 --resolution 224 --steps 10 --reference]
+    python -m msf_fast.bench loader --data IMAGEFOLDER [--backend torch ffcv dali] [--compare] [--recipe w/s] ...
+    python -m msf_fast.bench plan   --images-per-s 4500 --gpus 8 [--epochs 200 --loader-images-per-s Y ...]
+
+`bank` times the memory-bank search + loss gather against the original's dense formulation, each variant in
+its own process so that its peak extra memory (above the bank itself) is measured. `plan` measures nothing: it
+turns a per-GPU step rate into wall time for a whole run.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from msf_fast.bench import bank, ema, loader, plan, step
+
+COMMANDS = {
+    "bank": (bank, bank.bench_bank, "memory-bank search: chunked (ours) vs the original's dense distances"),
+    "ema": (ema, ema.bench_ema, "target EMA update: foreach (and CUDA graph) vs per-parameter loop"),
+    "step": (step, step.bench_step, "one whole training step on synthetic data (optionally vs the original's way)"),
+    "loader": (loader, loader.bench_loader, "two-view loader throughput: torchvision baseline vs FFCV vs DALI"),
+    "plan": (plan, plan.print_plan, "wall time of a whole run from a per-GPU step rate (nothing is measured)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m msf_fast.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, _, summary) in COMMANDS.items():
+        module.add_arguments(sub.add_parser(name, help=summary, description=summary))
+    args = parser.parse_args(argv)
+    try:
+        COMMANDS[args.command][1](args)
+    except ValueError as error:
+        parser.error(f"{args.command}: {error}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""`bench step`: one whole training step on synthetic data, ours (AMP, channels-last, foreach or graphed EMA,
+chunked search) and optionally the original's way (fp32, NCHW, per-parameter EMA, dense distances), interleaved
+in one process on the current device."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from msf_fast.bench.timing import default_device, interleaved_seconds, peak_rss_mb
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", default="resnet50", help="torchvision ResNet (default resnet50)")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per step (default 256)")
+    parser.add_argument("--resolution", type=int, default=224, help="crop size in pixels (default 224)")
+    parser.add_argument("--bank-size", type=int, default=65536, help="memory bank entries (default 65536)")
+    parser.add_argument("--topk", type=int, default=5, help="neighbours (default 5)")
+    parser.add_argument("--steps", type=int, default=10, help="steps per timed block (default 10)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed blocks per variant, median (default 3)")
+    parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+                        help="our step's autocast (default auto: bf16 where supported)")
+    parser.add_argument("--reference", action="store_true", help="also time the original-style step, print the ratio")
+    parser.add_argument("--device", default=default_device(), help="cuda or cpu (default: cuda when present)")
+
+
+def step_runners(args, device: torch.device) -> dict:
+    """name -> a callable running one training step of that variant."""
+    from msf_fast.ema import make_ema
+    from msf_fast.model import MSF
+    from msf_fast.reference import OriginalMeanShift
+    from msf_fast.step import bank_dtype, make_sgd, resolve_precision, train_step
+
+    generator = torch.Generator().manual_seed(0)
+    shape = (args.batch_size, 3, args.resolution, args.resolution)
+    online_view = torch.randn(shape, generator=generator).to(device)
+    target_view = torch.randn(shape, generator=generator).to(device)
+    labels = torch.arange(args.batch_size, device=device) % 10
+    runners = {}
+
+    torch.manual_seed(0)
+    precision = resolve_precision(args.amp, device)
+    model = MSF(arch=args.arch, bank_size=args.bank_size, topk=args.topk,  # the trainer's choices throughout
+                bank_dtype=bank_dtype("auto", device, precision))
+    model = model.to(device, memory_format=torch.channels_last)
+    ema = make_ema(model.online, model.target, device)  # CUDA-graph replay on CUDA
+    optimizer = make_sgd(model.trainable_parameters(), 0.05, 0.9, 1e-4, device)
+    scaler = torch.amp.GradScaler(device.type) if precision.needs_scaler else None
+    online_cl = online_view.contiguous(memory_format=torch.channels_last)
+    target_cl = target_view.contiguous(memory_format=torch.channels_last)
+    runners["msf-fast"] = lambda: train_step(model, ema, optimizer, scaler, precision, online_cl, target_cl,
+                                             labels, 0.99)
+    if args.reference:
+        torch.manual_seed(0)
+        reference = OriginalMeanShift(args.arch, mem_bank_size=args.bank_size, topk=args.topk).to(device)
+        ref_optimizer = torch.optim.SGD([p for p in reference.parameters() if p.requires_grad], lr=0.05,
+                                        momentum=0.9, weight_decay=1e-4, foreach=False)
+
+        def reference_step():  # fp32, NCHW, per-parameter EMA, dense distances: as the original trains
+            loss, _ = reference(online_view, target_view, labels)
+            ref_optimizer.zero_grad()
+            loss.backward()
+            ref_optimizer.step()
+        runners["reference"] = reference_step
+    return runners
+
+
+def bench_step(args) -> list[dict]:
+    device = torch.device(args.device)
+    if args.bank_size % args.batch_size:
+        raise ValueError(f"--bank-size {args.bank_size} is not a multiple of --batch-size {args.batch_size}")
+    runners = step_runners(args, device)
+    for run in runners.values():  # warm-up: allocator, cuDNN autotuning, first-touch
+        for _ in range(2):
+            run()
+    per_step = interleaved_seconds(runners, args.repeats, device, calls=args.steps)
+    name_of_device = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    results = []
+    for name in runners:
+        seconds = per_step[name]
+        results.append({"bench": "step", "variant": name, "arch": args.arch, "batch": args.batch_size,
+                        "resolution": args.resolution, "device": name_of_device,
+                        "amp": args.amp if name == "msf-fast" else "off",
+                        "ms_per_step": round(1000 * seconds, 2), "images_per_s": round(args.batch_size / seconds, 1)})
+        print(json.dumps(results[-1]), flush=True)
+    # one process holds every variant, so the peak is the run's, not a variant's
+    summary = {"bench": "step", "process_peak_mem_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+               if device.type == "cuda" else round(peak_rss_mb(), 1)}
+    if args.reference:
+        summary["speedup_vs_reference"] = round(results[1]["ms_per_step"] / results[0]["ms_per_step"], 2)
+    print(json.dumps(summary), flush=True)
+    return results + [summary]

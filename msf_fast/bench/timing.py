@@ -1,0 +1,37 @@
+"""How the benchmarks measure: medians of blocks interleaved across variants (each sees the same machine
+load), device synchronisation around each block, and the process's peak memory."""
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+
+import torch
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved_seconds(runners: dict, repeats: int, device: torch.device, calls: int = 1) -> dict:
+    """name -> median seconds per call, timing blocks of `calls` calls interleaved across the variants."""
+    times = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(calls):
+                run()
+            synchronize(device)
+            times[name].append((time.perf_counter() - start) / calls)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,10 @@
+"""Evaluation of a pretrained backbone: the `python -m msf_fast.eval ...` commands (see cli.py).
+
+knn.py (k-NN search and votes), linear_probe.py (the probe's protocol), probe_commands.py (`linear`, `semi`),
+figures/ (`tsne`, `neighbours`, `clusters`), report.py (report.md from sections), common.py (what they share).
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    from msf_fast.eval.cli import main as run
+    return run(argv)

@@ -1,0 +1,175 @@
+"""The paper's figures of the representation over training, one panel or block per checkpoint.
+
+    python -m msf_fast.eval tsne       --ckpt A.pt B.pt --data VAL [--classes 10] [--per-class 50] [--method tsne|umap]
+    python -m msf_fast.eval neighbours --ckpt A.pt B.pt --data TRAIN [--queries-from VAL] [--queries 6] [--k 8]
+    python -m msf_fast.eval clusters   --ckpt A.pt B.pt --data VAL [--clusters 100] [--rows 8] [--per-row 8]
+
+Each command reads its images once for all checkpoints together (every panel shows the same images) and keeps
+only what it draws (streaming.py); figures are PNGs of a fixed pixel size (drawing.py).
+"""
+from __future__ import annotations
+
+import argparse
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from msf_fast.checkpoint import read_checkpoint
+from msf_fast.eval.common import WithProgress, add_data_options, output_folder
+from msf_fast.eval.figures.analyses import cluster_purity, embedding_method, kmeans, sample_cluster_rows
+from msf_fast.eval.figures.drawing import (clusters_figure, neighbours_figure, same_class_share, save_png,
+                                           tsne_figure)
+from msf_fast.eval.figures.streaming import (ClassSampler, IndexSampler, RandomSampler, make_thumbnails,
+                                             select_images, streamed_neighbours)
+from msf_fast.eval.report import markdown_table, report_dir, write_section
+from msf_fast.step import resolve_device
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_figure_commands(subparsers) -> None:
+    tsne = subparsers.add_parser("tsne", help="2-D embedding of a few classes' features, one panel per checkpoint")
+    add_common_options(tsne, "images embedded (folder, .beton or TFRecord store), e.g. ImageNet val")
+    tsne.add_argument("--classes", type=positive_int, default=10, help="random classes shown")
+    tsne.add_argument("--per-class", type=positive_int, default=50, help="first images of each class shown")
+    tsne.add_argument("--method", choices=("tsne", "umap"), default="tsne", help="umap needs umap-learn")
+    tsne.set_defaults(run=run_tsne, result_name="tsne.json")
+
+    neighbours = subparsers.add_parser("neighbours", help="nearest neighbours of random queries per checkpoint")
+    add_common_options(neighbours, "gallery searched (folder, .beton or TFRecord store), e.g. ImageNet train")
+    neighbours.add_argument("--queries-from", default=None,
+                            help="labelled images the queries are drawn from (default: --data, and then a query "
+                                 "is never its own neighbour); labels must index the same classes as --data")
+    neighbours.add_argument("--queries", type=positive_int, default=6, help="random query images")
+    neighbours.add_argument("--k", type=positive_int, default=8, help="neighbours shown per query")
+    neighbours.set_defaults(run=run_neighbours, result_name="neighbours.json")
+
+    clusters = subparsers.add_parser("clusters", help="k-means clusters of the features, a block per checkpoint")
+    add_common_options(clusters, "images clustered (folder, .beton or TFRecord store), e.g. ImageNet val")
+    clusters.add_argument("--clusters", type=positive_int, default=100,
+                          help="k-means clusters (at most the number of images)")
+    clusters.add_argument("--per-class", type=positive_int, default=50,
+                          help="first images of each class clustered (bounds memory)")
+    clusters.add_argument("--rows", type=positive_int, default=8, help="random clusters shown")
+    clusters.add_argument("--per-row", type=positive_int, default=8, help="random members shown per cluster")
+    clusters.set_defaults(run=run_clusters, result_name="clusters.json")
+
+
+def add_common_options(parser: argparse.ArgumentParser, data_help: str) -> None:
+    parser.add_argument("--ckpt", nargs="+", required=True, help="checkpoints, one panel each, in this order")
+    parser.add_argument("--data", required=True, help=data_help)
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    parser.add_argument("--thumb", type=positive_int, default=64, help="thumbnail side in pixels")
+    add_data_options(parser)
+
+
+def open_images(args, root: str):
+    """The evaluation loader of `root` and the thumbnail maker that undoes its normalisation."""
+    from pipelines import build_eval_loader, two_view_recipe
+    recipe = two_view_recipe("w/s", args.resolution)
+    thumbnail = partial(make_thumbnails, mean=recipe.mean, std=recipe.std, size=args.thumb)
+    loader = build_eval_loader(str(root), recipe, batch_size=args.batch_size, workers=args.workers)
+    return WithProgress(loader, f"{args.command}: {Path(root).name}", not args.no_progress), thumbnail
+
+
+def load_backbones(paths: list[str], device: torch.device) -> tuple[list[nn.Module], list[str]]:
+    """The checkpoints' backbones, on `device` in eval mode, and their labels (panel titles)."""
+    checkpoints = [read_checkpoint(path) for path in paths]
+    return ([checkpoint.backbone().to(device).eval() for checkpoint in checkpoints],
+            [checkpoint.label for checkpoint in checkpoints])
+
+
+def run_tsne(args) -> dict:
+    embed = embedding_method(args.method)
+    device = resolve_device(args.device)
+    backbones, titles = load_backbones(args.ckpt, device)
+    loader, _ = open_images(args, args.data)
+    sampler = ClassSampler(args.classes, args.per_class, args.seed)
+    selection = select_images(loader, sampler, backbones, device)
+    if len(sampler.members) < args.classes:
+        raise ValueError(f"--classes {args.classes}: {args.data} has only {len(sampler.seen)} classes")
+    labels = selection.labels.numpy()
+    points = [embed(features.numpy(), args.seed) for features in selection.features]
+    folder = output_folder(args, args.ckpt[0])
+    png = report_dir(folder) / "tsne.png"
+    save_png(tsne_figure(points, labels, titles), png)
+    name = "t-SNE" if args.method == "tsne" else "UMAP"
+    write_section(folder, "tsne", f"## Representation over training ({name})\n\n{name} of the L2-normalised "
+                  f"backbone features of {len(labels)} images of {args.data}: {args.classes} random classes (seed "
+                  f"{args.seed}), the first {args.per_class} images of each; one panel per checkpoint "
+                  f"({', '.join(titles)}), the same images in each, coloured by class.\n\n![{name}](./tsne.png)\n")
+    return {"checkpoints": list(args.ckpt), "labels": titles, "data": args.data, "method": args.method,
+            "classes": sorted(sampler.members), "images": len(labels), "indices": selection.indices,
+            "png": str(png)}
+
+
+def run_neighbours(args) -> dict:
+    device = resolve_device(args.device)
+    backbones, titles = load_backbones(args.ckpt, device)
+    from_gallery = args.queries_from is None or Path(args.queries_from).resolve() == Path(args.data).resolve()
+    query_source = args.data if from_gallery else args.queries_from
+    query_loader, thumbnail = open_images(args, query_source)
+    queries = select_images(query_loader, RandomSampler(args.queries, args.seed), backbones, device, thumbnail)
+    if len(queries.indices) < args.queries:
+        raise ValueError(f"--queries {args.queries}: {query_source} has only {queries.images_read} images")
+    gallery_loader, _ = open_images(args, args.data)
+    found, gallery_size = streamed_neighbours(gallery_loader, backbones, queries, args.k, device, thumbnail,
+                                             exclude_queries=from_gallery)
+    if any(torch.isinf(neighbours.similarities).any() for neighbours in found):
+        raise ValueError(f"--k {args.k}: the gallery {args.data} has only {gallery_size} images"
+                         + (" (a query is not its own neighbour)" if from_gallery else ""))
+    folder = output_folder(args, args.ckpt[0])
+    png = report_dir(folder) / "neighbours.png"
+    save_png(neighbours_figure(queries, found, titles), png)
+    shares = [round(same_class_share(queries, neighbours), 4) for neighbours in found]
+    excluded = " (a query is never its own neighbour)" if from_gallery else ""
+    write_section(folder, "neighbours", f"## Nearest neighbours over training\n\n{args.queries} random queries "
+                  f"(seed {args.seed}) of {query_source}, each followed by its {args.k} most cosine-similar images "
+                  f"of {args.data} ({gallery_size} images){excluded}; one block per checkpoint, the same queries in "
+                  f"each. A red frame marks a neighbour of another class than its query.\n\n"
+                  + markdown_table(["checkpoint", "neighbours of the query's class"],
+                                   [[title, share] for title, share in zip(titles, shares)])
+                  + "\n![nearest neighbours](./neighbours.png)\n")
+    return {"checkpoints": list(args.ckpt), "labels": titles, "data": args.data, "queries_from": query_source,
+            "gallery_images": gallery_size, "queries": queries.indices, "query_labels": queries.labels.tolist(),
+            "k": args.k, "neighbours": [neighbours.indices.tolist() for neighbours in found],
+            "same_class_share": shares, "png": str(png)}
+
+
+def run_clusters(args) -> dict:
+    device = resolve_device(args.device)
+    backbones, titles = load_backbones(args.ckpt, device)
+    loader, thumbnail = open_images(args, args.data)
+    selection = select_images(loader, ClassSampler(None, args.per_class, args.seed), backbones, device)
+    if not selection.indices:
+        raise ValueError(f"{args.data}: no images")
+    labels = selection.labels.numpy()
+    clusters = min(args.clusters, len(labels))
+    rows = min(args.rows, clusters)
+    assignments, backend = zip(*(kmeans(features.numpy(), clusters, args.seed) for features in selection.features))
+    purities = [round(cluster_purity(a, labels), 4) for a in assignments]
+    blocks = [sample_cluster_rows(a, labels, rows, args.per_row, args.seed) for a in assignments]
+    shown = sorted({member for block in blocks for row in block for member in row.members})
+    pictures = select_images(loader, IndexSampler(selection.indices[m] for m in shown), [], device, thumbnail)
+    thumbnail_of = dict(zip(shown, pictures.thumbnails.numpy()))  # both in file order
+    folder = output_folder(args, args.ckpt[0])
+    png = report_dir(folder) / "clusters.png"
+    block_titles = [f"{title}: purity {purity:.3f}" for title, purity in zip(titles, purities)]
+    save_png(clusters_figure(blocks, thumbnail_of, block_titles, rows, args.per_row, args.thumb), png)
+    table = [[title, purity] for title, purity in zip(titles, purities)]
+    write_section(folder, "clusters", f"## Clusters\n\nk-means ({backend[0]}, {clusters} clusters, seed "
+                  f"{args.seed}) of the L2-normalised backbone features of {len(labels)} images of {args.data} (the "
+                  f"first {args.per_class} of each class); per checkpoint {rows} random clusters, each a row of up to "
+                  f"{args.per_row} random members. Purity: the fraction of images whose label is their cluster's "
+                  "majority label.\n\n" + markdown_table(["checkpoint", "purity"], table)
+                  + "\n![clusters](./clusters.png)\n")
+    return {"checkpoints": list(args.ckpt), "labels": titles, "data": args.data, "images": len(labels),
+            "classes": len(set(labels.tolist())), "clusters": clusters, "backend": backend[0], "purity": purities,
+            "shown_clusters": [[row.cluster for row in block] for block in blocks], "png": str(png)}

@@ -1,0 +1,55 @@
+"""What every loader promises, whichever backend reads the data.
+
+A training loader (`TwoViewLoader`) yields `(online_view, target_view, labels)`: NCHW float tensors in
+channels-last memory, one global batch split evenly over the ranks, the same batches for the same
+(seed, epoch) wherever an epoch is resumed. An evaluation loader (`ImageLoader`) yields `(images, labels)`.
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterator, Protocol, runtime_checkable
+
+import torch
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@runtime_checkable
+class TwoViewLoader(Protocol):
+    backend: str
+    num_classes: int
+    # seconds the first epoch waited for its first batch (FFCV: numba compilation; others: worker start-up),
+    # None before that epoch starts
+    compile_seconds: float | None
+
+    def __len__(self) -> int:
+        """Steps per epoch."""
+
+    def set_resolution(self, pixels: int) -> None:
+        """Crop size of the following epochs (progressive resizing)."""
+
+    def iterate(self, epoch: int, skip_batches: int = 0) -> Iterator[Batch]:
+        """One epoch's batches, the first `skip_batches` left out (a resumed epoch)."""
+
+
+@runtime_checkable
+class ImageLoader(Protocol):
+    classes: list[str]  # class names in label order
+
+    def __len__(self) -> int:
+        """Batches per pass."""
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One pass of (images, labels); iterable more than once."""
+
+
+class FirstBatchClock:
+    """Sets `loader.compile_seconds` to the wait for the first batch of the first epoch it times."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.started = time.perf_counter()
+
+    def batch_arrived(self) -> None:
+        if self.loader.compile_seconds is None:
+            self.loader.compile_seconds = time.perf_counter() - self.started
