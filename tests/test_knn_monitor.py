@@ -7,6 +7,7 @@ import torch
 
 from msf_fast.config import load_config
 from msf_fast.checkpoint import read_checkpoint
+from msf_fast.knn_monitor import KnnMonitor
 from msf_fast.trainer import Trainer
 
 
@@ -39,3 +40,31 @@ def test_monitor_subsets_log_and_snapshots(tiny_imagefolder, tmp_path):
         assert torch.equal(at_init[name], value), name
     trained = read_checkpoint(folder / "checkpoints" / "epoch_0002.pt").backbone().state_dict()
     assert not torch.equal(trained["conv1.weight"], initial["conv1.weight"])
+
+
+def test_monitor_lists_each_folder_once_and_scores_separable_classes(tiny_imagefolder, monkeypatch):
+    from pipelines import torchvision_backend
+    from pipelines.recipe import two_view_recipe
+
+    listed = []
+    original = torchvision_backend.image_folder
+    monkeypatch.setattr(torchvision_backend, "image_folder", lambda root, *rest: listed.append(root) or
+                        original(root, *rest))
+    monitor = KnnMonitor(str(tiny_imagefolder / "train"), str(tiny_imagefolder / "val"), two_view_recipe("w/s", 32),
+                         k=1, batch_size=16, workers=0, memory_per_class=5, val_per_class=2, seed=0, every=2)
+    assert sorted(listed) == [str(tiny_imagefolder / "train"), str(tiny_imagefolder / "val")]
+    assert (monitor.memory.num_samples, monitor.held_out.num_samples) == (20, 8)
+    assert [monitor.due(epoch, last=False) for epoch in (1, 2, 3, 4)] == [False, True, False, True]
+    assert monitor.due(3, last=True)  # the final evaluation
+
+    class ChannelMeans(torch.nn.Module):
+        """A 'backbone' whose pooled features are the mean colour: the tiny classes differ by one halved channel."""
+
+        def __init__(self):
+            super().__init__()
+            for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+                setattr(self, name, torch.nn.Identity())
+            self.avgpool = torch.nn.AdaptiveAvgPool2d(1)
+
+    report = monitor.evaluate(ChannelMeans(), torch.device("cpu"), None)
+    assert set(report) == {"knn_top1", "knn_weighted_top1"} and report["knn_top1"] >= 0.5

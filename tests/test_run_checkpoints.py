@@ -1,0 +1,62 @@
+"""When and where a run writes its checkpoints: latest.pt once per step at most, epoch snapshots that keep their
+bytes after latest.pt moves on, nothing on a rank that does not write, and only our checkpoints to resume from."""
+import torch
+import pytest
+
+from msf_fast.checkpoint import atomic_save
+from msf_fast.run_checkpoints import RunCheckpoints, read_training_state
+
+
+class States:
+    """A state function that counts its calls and records the step it was asked at."""
+
+    def __init__(self):
+        self.calls = 0
+        self.step = 0
+
+    def __call__(self):
+        self.calls += 1
+        return {"format": "msf-fast", "step": self.step}
+
+
+def test_latest_is_written_once_per_step(tmp_path):
+    checkpoints, states = RunCheckpoints(tmp_path, checkpoint_every=1, snapshot_every=0), States()
+    assert checkpoints.save(3, states) == tmp_path / "checkpoints" / "latest.pt"
+    checkpoints.save(3, states)
+    assert states.calls == 1
+    states.step = 4
+    checkpoints.save(4, states)
+    assert states.calls == 2 and torch.load(checkpoints.latest)["step"] == 4
+
+
+def test_epoch_ends_follow_the_intervals_and_snapshots_keep_their_bytes(tmp_path):
+    checkpoints, states = RunCheckpoints(tmp_path, checkpoint_every=2, snapshot_every=3), States()
+    checkpoints.started(states)
+    assert torch.load(checkpoints.snapshot_path(0))["step"] == 0
+    written = {}
+    for epoch in range(1, 7):
+        states.step = 10 * epoch
+        before = states.calls
+        checkpoints.epoch_ended(epoch, states.step, states)
+        written[epoch] = states.calls - before
+    assert written == {1: 0, 2: 1, 3: 1, 4: 1, 5: 0, 6: 1}  # every 2nd epoch, and the snapshots of 3 and 6
+    names = sorted(path.name for path in checkpoints.folder.iterdir())
+    assert names == ["epoch_0000.pt", "epoch_0003.pt", "epoch_0006.pt", "latest.pt"]
+    assert torch.load(checkpoints.snapshot_path(3))["step"] == 30  # latest.pt was replaced since
+    assert torch.load(checkpoints.latest)["step"] == 60
+
+
+def test_a_rank_that_does_not_write_writes_nothing(tmp_path):
+    checkpoints, states = RunCheckpoints(tmp_path, checkpoint_every=1, snapshot_every=1, writer=False), States()
+    checkpoints.started(states)
+    checkpoints.epoch_ended(1, 5, states)
+    assert checkpoints.save(5, states) is None and states.calls == 0 and not (tmp_path / "checkpoints").exists()
+
+
+def test_only_a_training_checkpoint_can_be_resumed(tmp_path):
+    atomic_save({"conv1.weight": torch.zeros(1)}, tmp_path / "backbone.pth")
+    with pytest.raises(ValueError, match="backbone.pth: a backbone checkpoint, not an msf-fast training checkpoint"):
+        read_training_state(tmp_path / "backbone.pth", "cpu")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="notes.txt: not a readable checkpoint"):
+        read_training_state(tmp_path / "notes.txt", "cpu")
