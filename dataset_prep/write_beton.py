@@ -115,8 +115,9 @@ def make_writer(path: str, args, sizes: list[tuple[int, int]]):
                     reported = 0
                     while reported < num_samples:
                         time.sleep(0.05)
-                        bar.update(done.value - reported)
-                        reported = done.value
+                        if done.value > reported:  # tqdm redraws on every update, even of 0
+                            bar.update(done.value - reported)
+                            reported = done.value
                         failed = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
                         if failed:
                             raise ConversionError(f"an FFCV writer worker failed (exit code {failed[0]}); "
@@ -145,8 +146,8 @@ def convert(args) -> None:
         args.write_mode = "jpg"
     if not 0.0 <= args.compress_probability <= 1.0:
         raise SourceError(f"--compress-probability must be in [0, 1], got {args.compress_probability}")
-    import_ffcv_or_fail()  # seconds of torch/numba imports: before the clock starts, and a clear error if missing
-    listing, samples = select_samples(args)
+    listing, samples = select_samples(args)  # a bad source is reported before FFCV's import (seconds)
+    import_ffcv_or_fail()  # before the conversion's clock starts, and a clear error if missing
     report = ConversionReport("ffcv-beton", args, listing, samples)
     # the manifest's block closes first: it is renamed into place just before the store
     with StagedPath(args.out) as store, StagedPath(beton_manifest_path(args.out)) as manifest:

@@ -14,6 +14,7 @@ import math
 import os
 import random
 import sys
+from contextlib import closing
 from functools import partial
 
 import numpy as np
@@ -65,18 +66,19 @@ def convert(args) -> None:
         results = parallel_map(encode, [sample for shard in plan for sample in shard], args.workers,
                                "write_tfrecord", args.progress)
         shard_records = []
-        for number, shard in enumerate(plan):
-            name = f"{split}-{number:05d}-of-{shards:05d}"
-            with TFRecordWriter(os.path.join(staged.temporary, f"{name}.tfrecord"),
-                                os.path.join(staged.temporary, f"{name}.idx")) as writer:
-                for sample, (record, reason) in zip(shard, results):
-                    if record is None:
-                        report.skipped.append((sample[0], reason))
-                    else:
-                        writer.write(record)
-                        report.written.append(sample)
-            shard_records.append({"tfrecord": f"{name}.tfrecord", "index": f"{name}.idx",
-                                  "records": writer.count})
+        with closing(results):  # the progress bar ends before anything else is printed
+            for number, shard in enumerate(plan):
+                name = f"{split}-{number:05d}-of-{shards:05d}"
+                with TFRecordWriter(os.path.join(staged.temporary, f"{name}.tfrecord"),
+                                    os.path.join(staged.temporary, f"{name}.idx")) as writer:
+                    for sample, (record, reason) in zip(shard, results):
+                        if record is None:
+                            report.skipped.append((sample[0], reason))
+                        else:
+                            writer.write(record)
+                            report.written.append(sample)
+                shard_records.append({"tfrecord": f"{name}.tfrecord", "index": f"{name}.idx",
+                                      "records": writer.count})
         report.check_outcome(PROG)
         report.extra["shards"] = shard_records
         # every record's label in store order: subsets are chosen without reading the records

@@ -29,14 +29,20 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def plot_run(log_path: str | Path, out_path: str | Path) -> Path:
+    """training.png of a run's log."""
+    figure = training_figure([r for r in read_jsonl(log_path) if r.get("event") == "epoch"])
+    with StagedPath(str(out_path)) as staged:
+        figure.savefig(staged.temporary, format="png")
+    return Path(out_path)
+
+
+def training_figure(records: list[dict]):
     """Loss (left axis) and k-NN top-1 (right axis) per epoch, from the `epoch` records of a log."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    records = [r for r in read_jsonl(log_path) if r.get("event") == "epoch"]
-    fig, loss_ax = plt.subplots(figsize=(7, 4), dpi=100)
+    fig = Figure(figsize=(7, 4), dpi=100)
+    loss_ax = fig.add_subplot()
     lines = []
     loss_points = [(r["epoch"], r["loss"]) for r in records if r.get("loss") is not None]
     if loss_points:
@@ -57,10 +63,7 @@ def plot_run(log_path: str | Path, out_path: str | Path) -> Path:
         fig.legend(handles=lines, loc="lower center", ncol=len(lines), frameon=False)
     fig.suptitle("MSF training: loss and k-NN accuracy per epoch (epoch 0 = random init)")
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    with StagedPath(str(out_path)) as staged:
-        fig.savefig(staged.temporary, format="png")
-    plt.close(fig)
-    return Path(out_path)
+    return fig
 
 
 class DeferredScalars:

@@ -405,6 +405,20 @@ def test_progress_bar_shows_rate(clean_source, tmp_path, capsys):
     assert "write_tfrecord: 100%" in err and "img/s" in err
 
 
+@pytest.mark.parametrize("module", ["write_tfrecord", "write_beton"])
+def test_the_bars_end_before_the_summary_and_draw_no_idle_frames(module, clean_source, tmp_path):
+    if module == "write_beton":
+        pytest.importorskip("ffcv")
+    out = str(tmp_path / ("store.beton" if module == "write_beton" else "store"))
+    done = subprocess.run([sys.executable, "-m", f"dataset_prep.{module}", clean_source, out, "--workers", "2"],
+                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout
+    frames = done.stdout.replace("\r", "\n").splitlines()
+    summary = next(i for i, frame in enumerate(frames) if frame.startswith(f"{module}: wrote"))
+    assert f"{module}: 100%" in "\n".join(frames[:summary])  # the bar closed before the summary was printed
+    assert sum(frame.startswith(f"{module}:   0%") for frame in frames) == 1, frames
+
+
 @pytest.mark.timeout(120)
 def test_beton_worker_failure_is_an_error_not_a_hang(clean_source, tmp_path, monkeypatch, capsys,
                                                      keep_torch_threads):

@@ -16,7 +16,8 @@ from PIL import Image
 from msf_fast import eval as evaluation
 from msf_fast import export
 from msf_fast.eval.figures.analyses import cluster_purity, kmeans
-from msf_fast.eval.figures.drawing import clusters_figure_size, neighbours_figure_size, tsne_figure_size
+from msf_fast.eval.figures.drawing import (MARGIN, QUERY, clusters_figure_size, neighbours_figure_size, row_top,
+                                           tsne_figure_size)
 from msf_fast.eval.figures.streaming import ClassSampler, IndexSampler, RandomSampler, make_thumbnails, select_images
 from msf_fast.model import MSF
 
@@ -69,6 +70,7 @@ def test_tsne_draws_the_first_images_of_seeded_random_classes(tiny_imagefolder, 
     assert_figure(tmp_path / "a", "tsne", result, tsne_figure_size(panels=2, classes=3))
     assert result["labels"] == ["epoch0", "epoch1"] and result["images"] == 18
     assert len(result["classes"]) == 3 and set(result["classes"]) <= {0, 1, 2, 3}
+    assert result["class_names"] == [f"class_{c}" for c in result["classes"]]  # the legend names the classes
     assert result["indices"] == first_images(result["classes"], 6)
 
     code, again, _ = run("tsne", checkpoints, tiny_imagefolder / "train", tmp_path / "b", capsys,
@@ -103,6 +105,10 @@ def test_neighbours_of_gallery_queries_exclude_the_query(tiny_imagefolder, check
         for query, found in zip(result["queries"], per_query):
             assert len(set(found)) == 4 and query not in found and all(0 <= i < 96 for i in found)
     assert all(0.0 <= share <= 1.0 for share in result["same_class_share"])
+    pixels = np.asarray(Image.open(result["png"]).convert("RGB"))
+    for row in range(3):  # the query column is framed in blue
+        top = row_top(0, row, rows=3, thumb=16)
+        assert tuple(pixels[top, MARGIN]) == QUERY and tuple(pixels[top + 15, MARGIN + 15]) == QUERY
 
     # The same images under another path are a separate query set: then each query finds itself first.
     copy = tmp_path / "copy"

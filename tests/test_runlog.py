@@ -18,3 +18,20 @@ def test_cuda_records_arrive_one_interval_later():
     assert scalars.stage({"step": 10}, loss=torch.tensor(0.5, device="cuda")) is None
     assert scalars.stage({"step": 20}, loss=torch.tensor(0.75, device="cuda")) == {"step": 10, "loss": 0.5}
     assert scalars.flush() == {"step": 20, "loss": 0.75} and scalars.flush() is None
+
+
+def test_training_figure_has_whole_epochs_and_a_legend_below_the_curves():
+    from msf_fast.runlog import training_figure
+
+    records = [{"epoch": 0, "loss": None, "knn_top1": 0.3}] + [
+        {"epoch": e, "loss": 0.8 - 0.1 * e, "knn_top1": 0.3 + 0.1 * e if e % 2 == 0 else None} for e in (1, 2, 3)]
+    figure = training_figure(records)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    FigureCanvasAgg(figure).draw()
+    loss_axes = figure.axes[0]
+    ticks = [tick for tick in loss_axes.get_xticks() if loss_axes.get_xlim()[0] <= tick <= loss_axes.get_xlim()[1]]
+    assert ticks and all(float(tick).is_integer() for tick in ticks)
+    [legend] = figure.legends
+    renderer = figure.canvas.get_renderer()
+    assert legend.get_window_extent(renderer).y1 <= loss_axes.get_window_extent(renderer).y0  # nothing covered
+    assert [text.get_text() for text in legend.get_texts()] == ["MSF loss", "k-NN top-1", "k-NN of the random init"]

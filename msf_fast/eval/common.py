@@ -35,6 +35,10 @@ class WithProgress:
     def __len__(self) -> int:
         return len(self.loader)
 
+    @property
+    def classes(self) -> list[str]:
+        return self.loader.classes
+
     def __iter__(self):
         yield from tqdm(self.loader, desc=self.title, unit="batch", leave=False, dynamic_ncols=True,
                         disable=not self.enabled)

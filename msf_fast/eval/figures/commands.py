@@ -99,14 +99,15 @@ def run_tsne(args) -> dict:
     points = [embed(features.numpy(), args.seed) for features in selection.features]
     folder = output_folder(args, args.ckpt[0])
     png = report_dir(folder) / "tsne.png"
-    save_png(tsne_figure(points, labels, titles), png)
+    save_png(tsne_figure(points, labels, titles, loader.classes), png)
     name = "t-SNE" if args.method == "tsne" else "UMAP"
     write_section(folder, "tsne", f"## Representation over training ({name})\n\n{name} of the L2-normalised "
                   f"backbone features of {len(labels)} images of {args.data}: {args.classes} random classes (seed "
                   f"{args.seed}), the first {args.per_class} images of each; one panel per checkpoint "
                   f"({', '.join(titles)}), the same images in each, coloured by class.\n\n![{name}](./tsne.png)\n")
     return {"checkpoints": list(args.ckpt), "labels": titles, "data": args.data, "method": args.method,
-            "classes": sorted(sampler.members), "images": len(labels), "indices": selection.indices,
+            "classes": sorted(sampler.members), "class_names": [loader.classes[c] for c in sorted(sampler.members)],
+            "images": len(labels), "indices": selection.indices,
             "png": str(png)}
 
 
@@ -162,7 +163,7 @@ def run_clusters(args) -> dict:
     folder = output_folder(args, args.ckpt[0])
     png = report_dir(folder) / "clusters.png"
     block_titles = [f"{title}: purity {purity:.3f}" for title, purity in zip(titles, purities)]
-    save_png(clusters_figure(blocks, thumbnail_of, block_titles, rows, args.per_row, args.thumb), png)
+    save_png(clusters_figure(blocks, thumbnail_of, block_titles, rows, args.per_row, args.thumb, loader.classes), png)
     table = [[title, purity] for title, purity in zip(titles, purities)]
     write_section(folder, "clusters", f"## Clusters\n\nk-means ({backend[0]}, {clusters} clusters, seed "
                   f"{args.seed}) of the L2-normalised backbone features of {len(labels)} images of {args.data} (the "

@@ -22,8 +22,10 @@ QUERY_GAP = 12  # between a query and its neighbours
 ROW_LABEL_WIDTH = 112  # text left of each cluster's row
 PANEL = 384  # side of one t-SNE panel
 LEGEND_ROWS = 20
-LEGEND_COLUMN_WIDTH = 64
+LEGEND_COLUMN_WIDTH = 96
+LEGEND_NAME_CHARACTERS = 14  # longer class names are cut, so a legend column holds them
 WRONG_CLASS = (220, 30, 30)
+QUERY = (30, 90, 220)
 
 
 def tsne_figure_size(panels: int, classes: int) -> tuple[int, int]:
@@ -92,7 +94,12 @@ def class_colours(count: int) -> list:
     return [colormaps["turbo"](i / (count - 1)) for i in range(count)]
 
 
-def tsne_figure(points: list[np.ndarray], labels: np.ndarray, titles: list[str]) -> Figure:
+def short_name(name: str) -> str:
+    return name if len(name) <= LEGEND_NAME_CHARACTERS else name[:LEGEND_NAME_CHARACTERS - 1] + "…"
+
+
+def tsne_figure(points: list[np.ndarray], labels: np.ndarray, titles: list[str], class_names: list[str]) -> Figure:
+    """`class_names[label]` names each class in the legend."""
     classes = sorted(set(labels.tolist()))
     size = width, height = tsne_figure_size(len(points), len(classes))
     figure = new_figure(*size)
@@ -102,7 +109,8 @@ def tsne_figure(points: list[np.ndarray], labels: np.ndarray, titles: list[str])
         axes = figure.add_axes([(panel * PANEL + inset) / width, inset / height, side / width, side / height])
         for colour, label in zip(class_colours(len(classes)), classes):
             mine = labels == label
-            axes.scatter(xy[mine, 0], xy[mine, 1], s=6, color=colour, linewidths=0, label=str(label))
+            axes.scatter(xy[mine, 0], xy[mine, 1], s=6, color=colour, linewidths=0,
+                         label=short_name(class_names[label]))
         axes.set_title(title, fontsize=8, pad=3)
         axes.set_xticks([])
         axes.set_yticks([])
@@ -121,11 +129,11 @@ def neighbours_figure(queries: Selection, found: list[Neighbours], titles: list[
     canvas = np.full((height, width, 3), 255, dtype=np.uint8)
     for block, (neighbours, title) in enumerate(zip(found, titles)):
         pixel_text(figure, size, MARGIN, row_top(block, 0, count, thumb) - TITLE_HEIGHT,
-                   f"{title}: {same_class_share(queries, neighbours):.0%} of the neighbours share the query's class",
-                   fontsize=8)
+                   f"{title}: {same_class_share(queries, neighbours):.0%} of the neighbours share the query's class "
+                   "(query in blue, then its neighbours; red: another class)", fontsize=8)
         for row in range(count):
             y = row_top(block, row, count, thumb)
-            paste(canvas, queries.thumbnails[row].numpy(), MARGIN, y)
+            paste(canvas, framed(queries.thumbnails[row].numpy(), QUERY), MARGIN, y)
             for column in range(k):
                 image = neighbours.thumbnails[row, column].numpy()
                 if neighbours.labels[row, column] != queries.labels[row]:
@@ -136,8 +144,9 @@ def neighbours_figure(queries: Selection, found: list[Neighbours], titles: list[
 
 
 def clusters_figure(blocks: list[list[ClusterRow]], thumbnails: dict[int, np.ndarray], titles: list[str],
-                    rows: int, per_row: int, thumb: int) -> Figure:
-    """`thumbnails` maps a member's position in the clustered selection to its thumbnail."""
+                    rows: int, per_row: int, thumb: int, class_names: list[str]) -> Figure:
+    """`thumbnails` maps a member's position in the clustered selection to its thumbnail; `class_names[label]`
+    names the majority class of each row."""
     size = width, height = clusters_figure_size(len(blocks), rows, per_row, thumb)
     figure = new_figure(*size)
     canvas = np.full((height, width, 3), 255, dtype=np.uint8)
@@ -146,7 +155,8 @@ def clusters_figure(blocks: list[list[ClusterRow]], thumbnails: dict[int, np.nda
         for row, cluster in enumerate(cluster_rows):
             y = row_top(block, row, rows, thumb)
             pixel_text(figure, size, MARGIN, y, f"cluster {cluster.cluster}\n{cluster.size} images\n"
-                       f"{cluster.majority_share:.0%} class {cluster.majority_label}", fontsize=6)
+                       f"{cluster.majority_share:.0%} {short_name(class_names[cluster.majority_label])}",
+                       fontsize=6)
             for column, member in enumerate(cluster.members):
                 paste(canvas, thumbnails[member], MARGIN + ROW_LABEL_WIDTH + column * (thumb + PAD), y)
     figure.figimage(canvas, xo=0, yo=0, origin="upper")
