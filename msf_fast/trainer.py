@@ -24,6 +24,7 @@ from msf_fast.run_checkpoints import RunCheckpoints, read_training_state
 from msf_fast.runlog import DeferredScalars, JsonlLog, plot_run
 from msf_fast.schedule import learning_rate, progressive_resolution, scaled_lr
 from msf_fast.step import bank_dtype, make_sgd, resolve_device, resolve_precision, train_step
+from msf_fast.throughput import StepClock, TimeSplit
 from pipelines import TwoViewLoader, build_train_loader, two_view_recipe
 
 
@@ -36,6 +37,7 @@ class EpochStats:
     purity: float
     seconds: float
     complete: bool
+    time: TimeSplit  # waiting for the loader vs in the step
 
 
 @dataclass
@@ -44,6 +46,7 @@ class TrainResult:
     folder: Path
     loss_by_epoch: dict[int, float] = field(default_factory=dict)
     knn_by_epoch: dict[int, float] = field(default_factory=dict)  # epoch 0: the random initialisation
+    time: TimeSplit = field(default_factory=TimeSplit)  # the whole run's, the loader's start-up excluded
 
     @property
     def final_loss(self) -> float | None:
@@ -51,7 +54,7 @@ class TrainResult:
 
     def summary(self) -> dict:
         return {"steps": self.steps, "final_loss": self.final_loss, "knn_top1": self.knn_by_epoch,
-                "folder": str(self.folder)}
+                **self.time.record(), "bound": self.time.bound, "folder": str(self.folder)}
 
 
 def seed_everything(seed: int) -> None:
@@ -85,14 +88,15 @@ def build_model(cfg, device: torch.device, bank_storage: torch.dtype = torch.flo
 
 
 class Trainer:
-    def __init__(self, cfg, rank: int = 0, world_size: int = 1):
+    def __init__(self, cfg, rank: int = 0, world_size: int = 1, loader: TwoViewLoader | None = None):
+        """`loader` replaces the one data.* describes (e.g. synthetic batches for a benchmark)."""
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.is_main = rank == 0
         self.device = self.create_device()
         self.precision = resolve_precision(cfg.train.amp, self.device)
         seed_everything(cfg.train.seed)
         self.recipe = two_view_recipe(cfg.data.recipe, cfg.data.resolution)
-        self.loader = self.create_loader()
+        self.loader = loader if loader is not None else self.create_loader()
         self.resolution = cfg.data.resolution  # the loader's crop size; progressive resizing changes it per epoch
         self.first_batch_reported = False
         self.steps_per_epoch = len(self.loader)
@@ -204,16 +208,20 @@ class Trainer:
                    unit="step", dynamic_ncols=True, desc="MSF")
         while self.step < self.total_steps:
             stats = self._run_epoch(bar)
+            result.time.add(stats.time)
             if self.is_main:
                 self._record_epoch(stats, result)
                 if stats.complete:
                     self.checkpoints.epoch_ended(stats.epoch, self.step, self.training_state)
         bar.close()
         result.steps = self.step
+        self._exclude_loader_start_up(result.time)
         if self.is_main:
             self.save_checkpoint()
+            self.log.write(event="end", step=self.step, **result.time.record(), bound=result.time.bound)
             self.log.close()
             plot_run(self.folder / "log.jsonl", self.folder / "training.png")
+            tqdm.write(f"{self.step} steps, {result.time.images_per_s:,.0f} images/s; {result.time.verdict()}")
         return result
 
     def _run_epoch(self, bar) -> EpochStats:
@@ -223,12 +231,13 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         purity_sum = torch.zeros((), device=self.device)
         steps = 0
-        tick, tick_step = time.perf_counter(), self.step
+        clock, split = StepClock(self.device, self.cfg.train.batch_size * self.world_size), TimeSplit()
         skip = self.step - self.epoch * self.steps_per_epoch
-        for online, target, labels in self.loader.iterate(self.epoch, skip_batches=skip):
+        for online, target, labels in clock.batches(self.loader.iterate(self.epoch, skip_batches=skip)):
             if self.step >= self.total_steps:
                 break
-            out, lr = self._train_step(online, target, labels)
+            with clock.step():
+                out, lr = self._train_step(online, target, labels)
             if steps == 0 and self.is_main:
                 self._report_first_batch()
             loss_sum += out.loss.detach()
@@ -237,19 +246,19 @@ class Trainer:
             self.step += 1
             bar.update(1)
             if self.step % self.cfg.logging.log_every == 0 and self.is_main:
-                now = time.perf_counter()
-                rate = (self.step - tick_step) * self.cfg.train.batch_size * self.world_size / (now - tick)
-                tick, tick_step = now, self.step
+                interval = clock.read()
+                split.add(interval)
                 self._write_step(bar, self.log_scalars.stage(
-                    dict(event="step", epoch=epoch, step=self.step, lr=lr, images_per_s=rate),
+                    dict(event="step", epoch=epoch, step=self.step, lr=lr, **interval.record()),
                     loss=out.loss, purity=out.purity))
         if steps == 0:
             raise RuntimeError(f"the {self.loader.backend} loader yielded no batch for epoch {epoch}")
+        split.add(clock.read(wait_for_gpu=True))
         complete = self.step % self.steps_per_epoch == 0
         if complete:
             self.epoch += 1
         return EpochStats(epoch, steps, (loss_sum / steps).item(), (purity_sum / steps).item(),
-                          time.perf_counter() - started, complete)
+                          time.perf_counter() - started, complete, split)
 
     def _train_step(self, online, target, labels):
         online = online.to(self.device, non_blocking=True)
@@ -276,7 +285,13 @@ class Trainer:
             return
         self.log.write(**record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", purity=f"{record['purity']:.2f}",
-                        img_s=f"{record['images_per_s']:.0f}")
+                        img_s=f"{record['images_per_s']:.0f}", wait=f"{record['data_wait_fraction']:.0%}")
+
+    def _exclude_loader_start_up(self, split: TimeSplit) -> None:
+        """The first batch's wait (FFCV: numba compilation) is a one-time cost, not the loader's pace."""
+        start_up = min(self.loader.compile_seconds or 0.0, split.data_wait_seconds)
+        split.data_wait_seconds -= start_up
+        split.seconds = max(split.seconds - start_up, 0.0)
 
     def _report_first_batch(self) -> None:
         """The first epoch's wait for its first batch, logged once (FFCV: numba compilation)."""
@@ -306,7 +321,8 @@ class Trainer:
         if knn["knn_top1"] is not None:
             result.knn_by_epoch[stats.epoch] = knn["knn_top1"]
         self.log.write(event="epoch", epoch=stats.epoch, step=self.step, loss=stats.loss, purity=stats.purity, **knn,
-                       seconds=stats.seconds, complete=stats.complete, resolution=self.resolution)
+                       seconds=stats.seconds, complete=stats.complete, resolution=self.resolution,
+                       **stats.time.record())
         tqdm.write(f"epoch {stats.epoch}: loss {stats.loss:.4f} purity {stats.purity:.3f}"
                    + (f" k-NN top-1 {knn['knn_top1']:.3f}" if knn["knn_top1"] is not None else "")
                    + f" ({stats.seconds:.0f} s)")
