@@ -14,6 +14,8 @@ import yaml
 from fastargs import Config, Param, Section
 from fastargs.validation import Checker, OneOf
 
+from dataset_prep.stores import (BETON, TFRECORD, beton_problem, describe_path, path_kind, read_manifest,
+                                 tfrecord_problem)
 from msf_fast.errors import UserError
 from msf_fast.model import RESNETS
 from pipelines import data_format
@@ -159,7 +161,9 @@ class ConfigError(UserError):
     """A configuration that cannot run; the message names the parameter."""
 
 
-def load_config(argv: list[str] | None = None) -> SimpleNamespace:
+def load_config(argv: list[str] | None = None, check_data: bool = True) -> SimpleNamespace:
+    """The run's config from YAML recipes and --section.param=value options; ConfigError names the first bad
+    parameter. `check_data=False` skips the data paths (a run fed by another loader, e.g. a benchmark's)."""
     config = Config()
     declare_schema(config)
     parser = argparse.ArgumentParser(description="Train MSF (see README for the recipes).")
@@ -179,6 +183,8 @@ def load_config(argv: list[str] | None = None) -> SimpleNamespace:
         raise ConfigError(f"{'.'.join(path)}={config.content.get(path)!r}: expected {param.checker.help()}")
     cfg = config.get()
     validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # torchrun sets WORLD_SIZE
+    if check_data:
+        validate_data(cfg)
     return cfg
 
 
@@ -204,22 +210,6 @@ def validate(cfg, world_size: int = 1) -> None:
                           f"{global_batch} (train.batch_size={cfg.train.batch_size} x {world_size} process(es))")
     if cfg.msf.topk > cfg.msf.bank_size:
         raise ConfigError(f"msf.topk={cfg.msf.topk}: must not exceed msf.bank_size={cfg.msf.bank_size}")
-    if not cfg.data.train_path:
-        raise ConfigError("data.train_path: required (an ImageFolder, a .beton file or a TFRecord store)")
-    for name, path in (("data.train_path", cfg.data.train_path), ("data.val_path", cfg.data.val_path),
-                       ("eval.knn_memory_path", cfg.eval.knn_memory_path)):
-        if path and not (os.path.isdir(path) or (path.endswith(".beton") and os.path.isfile(path))):
-            raise ConfigError(f"{name}={path}: no such ImageFolder, .beton file or TFRecord store")
-    backend = resolve_backend(cfg.data.backend, cfg.data.train_path)
-    stored_as = data_format(cfg.data.train_path)
-    if backend == "torch" and (stored_as != "torch" or not os.path.isdir(cfg.data.train_path)):
-        raise ConfigError(f"data.backend=torch reads an ImageFolder, not {cfg.data.train_path}")
-    if backend == "dali" and stored_as != "dali":
-        raise ConfigError(f"data.backend=dali reads a TFRecord store (python -m dataset_prep.write_tfrecord "
-                          f"{cfg.data.train_path} OUT_DIR), not {cfg.data.train_path}")
-    if backend == "ffcv" and stored_as != "ffcv":
-        raise ConfigError(f"data.backend=ffcv reads a .beton (python -m dataset_prep.write_beton "
-                          f"{cfg.data.train_path} OUT.beton), not {cfg.data.train_path}")
     if cfg.data.min_resolution:
         if not 0 < cfg.data.min_resolution <= cfg.data.resolution:
             raise ConfigError(f"data.min_resolution={cfg.data.min_resolution}: must be in 1..data.resolution")
@@ -228,6 +218,46 @@ def validate(cfg, world_size: int = 1) -> None:
                               "progressive resizing needs 0 <= start_ramp < end_ramp")
     if cfg.train.resume and not os.path.isfile(cfg.train.resume):
         raise ConfigError(f"train.resume={cfg.train.resume}: no such checkpoint file")
+
+
+def validate_data(cfg) -> None:
+    """Every data path is an ImageFolder, a complete .beton or a complete TFRecord store, and the backend reads
+    it: found at start, in one line that names the parameter and the fix, before anything is built."""
+    if not cfg.data.train_path:
+        raise ConfigError("data.train_path: required (an ImageFolder, a .beton file or a TFRecord store)")
+    for name, path in (("data.train_path", cfg.data.train_path), ("data.val_path", cfg.data.val_path),
+                       ("eval.knn_memory_path", cfg.eval.knn_memory_path)):
+        if path:
+            problem = data_problem(path)
+            if problem:
+                raise ConfigError(f"{name}={path}: {problem}")
+    path = cfg.data.train_path
+    backend, stored_as = resolve_backend(cfg.data.backend, path), data_format(path)
+    if backend == stored_as:
+        return
+    if backend == "torch":
+        raise ConfigError(f"data.backend=torch reads an ImageFolder, and {path} is a {KINDS[stored_as]} "
+                          "(data.backend=auto picks the loader that reads it)")
+    source = (read_manifest(path) or {}).get("source", "SRC_DIR") if stored_as != "torch" else path
+    writer, output = ("write_beton", "OUT.beton") if backend == "ffcv" else ("write_tfrecord", "OUT_DIR")
+    raise ConfigError(f"data.backend={backend} reads a {KINDS[backend]}, and {path} is a {KINDS[stored_as]}: write "
+                      f"one with python -m dataset_prep.{writer} {source} {output}, or use data.backend=auto")
+
+
+KINDS = {"torch": "ImageFolder", "ffcv": ".beton", "dali": "TFRecord store"}
+
+
+def data_problem(path: str) -> str | None:
+    """Why `path` cannot be read as training or evaluation data (None when it can)."""
+    kind = path_kind(path)
+    if kind == BETON:
+        return beton_problem(path) if os.path.isfile(path) else f"no such .beton ({describe_path(path)})"
+    if kind == TFRECORD:
+        return tfrecord_problem(path)
+    found = describe_path(path)
+    if found != "an ImageFolder":
+        return f"expected an ImageFolder, a .beton or a TFRecord store; found {found}"
+    return None
 
 
 def resolve_backend(backend: str, train_path: str) -> str:

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def base(tmp_path):
-    (tmp_path / "train").mkdir(exist_ok=True)
+    (tmp_path / "train" / "some_class").mkdir(parents=True, exist_ok=True)
     return [f"--data.train_path={tmp_path / 'train'}", "--train.batch_size=64", "--msf.bank_size=1024"]
 
 
