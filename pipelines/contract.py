@@ -53,3 +53,28 @@ class FirstBatchClock:
     def batch_arrived(self) -> None:
         if self.loader.compile_seconds is None:
             self.loader.compile_seconds = time.perf_counter() - self.started
+
+
+def check_same_classes(first: ImageLoader, first_name: str, second: ImageLoader, second_name: str) -> None:
+    """Two sets whose labels are compared (k-NN memory vs held-out images, probe train vs val, neighbour queries vs
+    gallery) must index the same classes: ValueError naming the classes missing on each side, or the first two
+    classes that trade places."""
+    if first.classes == second.classes:
+        return
+    only_first = sorted(set(first.classes) - set(second.classes))
+    only_second = sorted(set(second.classes) - set(first.classes))
+    if not only_first and not only_second:
+        swapped = next(index for index, (a, b) in enumerate(zip(first.classes, second.classes)) if a != b)
+        raise ValueError(f"{first_name} and {second_name} order their classes differently (class {swapped} is "
+                         f"{first.classes[swapped]!r} in one and {second.classes[swapped]!r} in the other): their "
+                         "labels do not match")
+    raise ValueError(f"{first_name} and {second_name} have different classes: "
+                     f"{_listed(only_first)} only in {first_name}, {_listed(only_second)} only in {second_name}; "
+                     "their labels would not match")
+
+
+def _listed(names: list[str], shown: int = 5) -> str:
+    if not names:
+        return "none"
+    text = ", ".join(names[:shown])
+    return text + (f" and {len(names) - shown} more" if len(names) > shown else "")

@@ -92,3 +92,34 @@ def test_the_trainer_refuses_bad_data_before_it_starts(source, tfrecord_store, t
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "has no index" in done.stderr and not (tmp_path / "run").exists()
+
+
+def test_an_unknown_option_is_one_line_with_the_closest_name(capsys):
+    from dataset_prep.argument_parser import OneLineParser
+
+    parser = OneLineParser(prog="tool")
+    parser.add_argument("--epochs")
+    parser.add_argument("--resolution")
+    for argv, expected in ((["--epoch=3"], "unknown option --epoch (did you mean --epochs?)"),
+                           (["--res", "2"], "unknown option --res (did you mean --resolution?)"),
+                           (["--zzz"], "unknown option --zzz (see --help)")):
+        with pytest.raises(SystemExit) as stopped:
+            parser.parse_args(argv)
+        assert stopped.value.code == 2
+        error = capsys.readouterr().err
+        assert len(error.strip().splitlines()) == 1 and error.startswith(f"tool: error: {expected}")
+
+
+def test_sets_whose_labels_meet_must_share_their_classes():
+    from types import SimpleNamespace
+
+    from pipelines.contract import check_same_classes
+
+    train = SimpleNamespace(classes=["ant", "bee", "cat"])
+    check_same_classes(train, "train", SimpleNamespace(classes=["ant", "bee", "cat"]), "val")
+    with pytest.raises(ValueError, match="cat only in train, dog only in val"):
+        check_same_classes(train, "train", SimpleNamespace(classes=["ant", "bee", "dog"]), "val")
+    with pytest.raises(ValueError, match="cat only in train, none only in val"):
+        check_same_classes(train, "train", SimpleNamespace(classes=["ant", "bee"]), "val")
+    with pytest.raises(ValueError, match="order their classes differently"):
+        check_same_classes(train, "train", SimpleNamespace(classes=["bee", "ant", "cat"]), "val")
