@@ -15,15 +15,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from msf_fast.distributed import init_from_environment, shut_down
+    from msf_fast.stopping import RunStopped
     from msf_fast.trainer import Trainer
     process = init_from_environment(cfg.train.device)  # torchrun: one process per GPU
+    rank = f"rank {process.rank}: " if process.world_size > 1 else ""
     try:
         try:
             trainer = Trainer(cfg, rank=process.rank, world_size=process.world_size)
         except UserError as error:  # a bad data path, an unusable checkpoint, no CUDA; anything else is a bug
-            print(f"error: {error}", file=sys.stderr)
+            print(f"{rank}error: {error}", file=sys.stderr)
             return 2
-        result = trainer.train()
+        try:
+            result = trainer.train()
+        except RunStopped as stop:  # preempted (after a checkpoint), a non-finite loss, a checkpoint not written
+            print(f"{rank}{stop}", file=sys.stderr)
+            return stop.exit_code
     finally:
         shut_down()
     if trainer.is_main:

@@ -64,11 +64,13 @@ def set_rng_state(state: dict) -> None:
 
 
 def training_state(model: MSF, optimizer, scaler, epoch: int, step: int, steps_per_epoch: int,
-                   config: dict | None) -> dict:
-    """Everything a resumed run needs. `epoch` counts completed epochs, `step` completed steps."""
+                   config: dict | None, data: dict | None = None) -> dict:
+    """Everything a resumed run needs. `epoch` counts completed epochs, `step` completed steps; `data` identifies
+    the training data (format, class names, sample count)."""
     return {
         "format": FORMAT, "version": VERSION,
         "model_args": model_args(model),
+        "data": data,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,

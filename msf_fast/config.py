@@ -6,7 +6,8 @@ Recipes are YAML files in configs/; any value can be overridden on the command l
 """
 from __future__ import annotations
 
-import argparse
+import difflib
+import importlib.util
 import os
 from types import SimpleNamespace
 
@@ -14,10 +15,12 @@ import yaml
 from fastargs import Config, Param, Section
 from fastargs.validation import Checker, OneOf
 
+from dataset_prep.argument_parser import OneLineParser
 from dataset_prep.stores import (BETON, TFRECORD, beton_problem, describe_path, path_kind, read_manifest,
                                  tfrecord_problem)
 from msf_fast.errors import UserError
 from msf_fast.model import RESNETS
+from msf_fast.runlog import TENSORBOARD_INSTALL
 from pipelines import data_format
 from pipelines.recipe import RECIPE_NAMES
 
@@ -72,6 +75,7 @@ class NumberIn(Checker):
 
 
 POSITIVE, NON_NEGATIVE = IntAtLeast(1), IntAtLeast(0)
+AUTO = "auto"  # train.resume: the run folder's latest good checkpoint
 
 
 def declare_schema(config: Config) -> None:
@@ -134,15 +138,22 @@ def declare_schema(config: Config) -> None:
                               "DataParallel)", default=False),
         threads=Param(NON_NEGATIVE, "torch CPU threads (0 = on CPU the cores left by the loader workers, else torch's default)",
                       default=0),
-        resume=Param(str, "checkpoint to resume from ('' = start fresh)", default=""),
+        resume=Param(str, "continue a run: 'auto' (the run folder's latest good checkpoint if it has one, else start "
+                          "fresh) or a checkpoint file ('' = start fresh in a folder without a run)", default=""),
     )
     section("logging", "Outputs").params(
         folder=Param(str, "run folder: log.jsonl, plots, checkpoints", default="runs/msf"),
         log_every=Param(POSITIVE, "steps between log lines", default=50),
         checkpoint_every=Param(NON_NEGATIVE, "epochs between checkpoints (0 = only at the end)", default=1),
+        checkpoint_minutes=Param(NumberIn(0), "also write a step-exact checkpoint when this many minutes passed since "
+                                              "the last one (0 = off)", default=30.0),
         snapshot_every=Param(NON_NEGATIVE, "keep checkpoints/epoch_NNNN.pt every N epochs, epoch 0 included, for the "
                                   "figures over training (0 = none)", default=0),
         progress=Param(Flag(), "progress bar", default=True),
+        overwrite=Param(Flag(), "start a new run in a folder that holds one, deleting the old run's checkpoints, log, "
+                                "plots and reports", default=False),
+        tensorboard=Param(Flag(), "also write the step and epoch scalars as TensorBoard events in FOLDER/tensorboard "
+                                  "(needs the tensorboard extra)", default=False),
     )
     section("eval", "k-NN monitor on held-out images").params(
         knn_every=Param(NON_NEGATIVE, "epochs between k-NN evaluations (0 = only at the end)", default=0),
@@ -166,7 +177,7 @@ def load_config(argv: list[str] | None = None, check_data: bool = True) -> Simpl
     parameter. `check_data=False` skips the data paths (a run fed by another loader, e.g. a benchmark's)."""
     config = Config()
     declare_schema(config)
-    parser = argparse.ArgumentParser(description="Train MSF (see README for the recipes).")
+    parser = OneLineParser(prog="train_imagenet.py", description="Train MSF (see README for the recipes).")
     parser.add_argument("--config-file", "-C", action="append", default=[],
                         help="YAML recipe (repeatable; later files and CLI values override earlier ones)")
     for path, param in config.entries.items():
@@ -189,16 +200,46 @@ def load_config(argv: list[str] | None = None, check_data: bool = True) -> Simpl
 
 
 def read_recipe(fname: str, known) -> dict:
-    """A YAML recipe as a dict, rejecting keys the schema does not know (a typo would be ignored)."""
+    """A YAML recipe as {section: {param: value}}: sections of parameters, or flat `section.param: value` keys, or
+    both. Anything else (not a file, not text, not YAML, not a mapping, a key the schema does not know, where a typo
+    would be ignored) is a ConfigError naming the file."""
     if not os.path.isfile(fname):
-        raise ConfigError(f"--config-file: no such file {fname}")
-    with open(fname) as handle:
-        content = yaml.safe_load(handle) or {}
-    for section, values in content.items():
-        for key in (values or {}):
-            if (section, key) not in known:
-                raise ConfigError(f"{fname}: unknown parameter {section}.{key}")
-    return content
+        raise ConfigError(f"--config-file={fname}: no such file")
+    try:
+        with open(fname, encoding="utf-8") as handle:
+            content = yaml.safe_load(handle)
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config-file={fname}: not a text file (a YAML recipe is text)") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        reason = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"--config-file={fname}: not valid YAML{where} ({reason})") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ConfigError(f"--config-file={fname}: expected sections of parameters (e.g. 'train:' then "
+                          f"'  epochs: 100'), found a {type(content).__name__}")
+    recipe: dict = {}
+    for key, values in content.items():
+        if isinstance(values, dict):
+            entries = {(str(key), str(name)): value for name, value in values.items()}
+        elif "." in str(key):  # a flat `section.param: value`
+            entries = {tuple(str(key).split(".", 1)): values}
+        else:
+            raise ConfigError(f"--config-file={fname}: {key}: expected a section of parameters or a "
+                              f"section.param key, found {values!r}")
+        for (section, name), value in entries.items():
+            if (section, name) not in known:
+                raise ConfigError(f"{fname}: unknown parameter {section}.{name}{closest_name(section, name, known)}")
+            recipe.setdefault(section, {})[name] = value
+    return recipe
+
+
+def closest_name(section: str, name: str, known) -> str:
+    names = [".".join(path) for path in known]
+    found = difflib.get_close_matches(f"{section}.{name}", names, n=1, cutoff=0.6)
+    return f" (did you mean {found[0]}?)" if found else ""
 
 
 def validate(cfg, world_size: int = 1) -> None:
@@ -216,8 +257,15 @@ def validate(cfg, world_size: int = 1) -> None:
         if not 0 <= cfg.data.start_ramp < cfg.data.end_ramp:
             raise ConfigError(f"data.start_ramp={cfg.data.start_ramp}, data.end_ramp={cfg.data.end_ramp}: "
                               "progressive resizing needs 0 <= start_ramp < end_ramp")
-    if cfg.train.resume and not os.path.isfile(cfg.train.resume):
-        raise ConfigError(f"train.resume={cfg.train.resume}: no such checkpoint file")
+    if cfg.train.resume not in ("", AUTO) and not os.path.isfile(cfg.train.resume):
+        raise ConfigError(f"train.resume={cfg.train.resume}: no such checkpoint file (or 'auto': the run folder's "
+                          "latest checkpoint)")
+    if cfg.logging.overwrite and cfg.train.resume:
+        raise ConfigError(f"logging.overwrite=1 starts over and train.resume={cfg.train.resume} continues: choose one")
+    if os.path.exists(cfg.logging.folder) and not os.path.isdir(cfg.logging.folder):
+        raise ConfigError(f"logging.folder={cfg.logging.folder}: a file, not a folder")
+    if cfg.logging.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError(f"logging.tensorboard=1 needs the tensorboard package: {TENSORBOARD_INSTALL}")
 
 
 def validate_data(cfg) -> None:

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from dataset_prep.argument_parser import OneLineParser
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
 
@@ -67,7 +69,8 @@ def demo_store(data: Path, overrides: list[str], store_resolution: int = 0) -> l
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m msf_fast.demo", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT / "data" / "demo"), help="where the demo dataset lives")
     parser.add_argument("--train-per-class", type=int, default=200)
     parser.add_argument("--val-per-class", type=int, default=50)
@@ -77,20 +80,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-report", action="store_true", help="skip the linear probe and figures after training")
     args, overrides = parser.parse_known_args(argv)
 
-    from msf_fast.config import ConfigError, load_config
+    from msf_fast.config import load_config
+    from msf_fast.errors import UserError
     data = Path(args.data)
     ensure_demo_data(data, args.train_per_class, args.val_per_class, args.data_seed)
+    # The demo's folder is its own: a new demo replaces the last one, unless told to continue it.
+    replace = [] if any(option.startswith("--train.resume") for option in overrides) else ["--logging.overwrite=1"]
     try:
         cfg = load_config(["--config-file", str(DEMO_CONFIG), *demo_store(data, overrides, args.store_resolution),
-                           *overrides])
-    except ConfigError as error:
+                           *replace, *overrides])
+    except UserError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
 
+    from msf_fast.stopping import RunStopped
     from msf_fast.trainer import Trainer
     start = time.perf_counter()
-    trainer = Trainer(cfg)
-    result = trainer.train()
+    try:
+        trainer = Trainer(cfg)
+        result = trainer.train()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except RunStopped as stop:
+        print(f"demo: {stop}", file=sys.stderr)
+        return stop.exit_code
     minutes = (time.perf_counter() - start) / 60
     knn = result.knn_by_epoch
     random_init = knn.get(0)

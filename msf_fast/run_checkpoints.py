@@ -1,63 +1,109 @@
 """Where a run keeps its checkpoints, when it writes them, and what it resumes from.
 
-    RUN/checkpoints/latest.pt        the whole training state: every `checkpoint_every` epochs and at the end
+    RUN/checkpoints/latest.pt        the whole training state: every `checkpoint_every` epochs, every
+                                     `checkpoint_minutes` (step-exact, mid-epoch), on preemption and at the end
+    RUN/checkpoints/previous.pt      the latest.pt before the last save: what resume=auto falls back to when
+                                     latest.pt is damaged
     RUN/checkpoints/epoch_NNNN.pt    a snapshot every `snapshot_every` epochs, epoch 0 (the initialisation)
                                      included: the inputs of the figures over training
 
-Only the writing rank (rank 0) writes. A state is built only when it is written, at most once per step.
+Only the writing rank (rank 0) writes. A state is built only when it is written, at most once per step. Every
+file appears atomically (temporary name, fsync, rename); a save that fails leaves the previous files as they were.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Callable
 
 from dataset_prep.staging import StagedPath
 from msf_fast.checkpoint import OURS, atomic_save, read_checkpoint
+from msf_fast.stopping import RunStopped
 
 StateFn = Callable[[], dict]
+# What a run writes into its folder (the eval commands' default outputs included): a fresh run refuses a folder
+# holding a run, and logging.overwrite deletes exactly these.
+RUN_OUTPUTS = ("checkpoints", "log.jsonl", "training.png", "tensorboard", "summary.json", "report.md", "report",
+               "linear_probe", "knn.json", "linear.json", "semi.json", "tsne.json", "neighbours.json",
+               "clusters.json")
 
 
 class RunCheckpoints:
-    def __init__(self, run_folder: str | Path, checkpoint_every: int, snapshot_every: int, writer: bool = True):
+    def __init__(self, run_folder: str | Path, checkpoint_every: int, snapshot_every: int,
+                 checkpoint_minutes: float = 0.0, writer: bool = True):
         self.folder = Path(run_folder) / "checkpoints"
         self.latest = self.folder / "latest.pt"
+        self.previous = self.folder / "previous.pt"
         self.checkpoint_every, self.snapshot_every, self.writer = checkpoint_every, snapshot_every, writer
-        self._saved_step = -1
+        self.seconds_between = 60 * checkpoint_minutes
+        self.saved_step = -1  # the step latest.pt holds (-1: none written or resumed from)
+        self._saved_at = time.monotonic()
 
-    def save(self, step: int, state: StateFn) -> Path | None:
-        """latest.pt as of `step` (None on a rank that does not write)."""
+    def save(self, step: int, state: StateFn, snapshot_epoch: int | None = None) -> Path | None:
+        """latest.pt as of `step` (None on a rank that does not write); the latest.pt it replaces becomes
+        previous.pt; with `snapshot_epoch`, also that epoch's snapshot. RunStopped (exit 1) when it cannot be
+        written."""
         if not self.writer:
             return None
-        if self._saved_step != step:
-            atomic_save(state(), self.latest)
-            self._saved_step = step
+        try:
+            if self.saved_step != step:
+                content = state()
+                if self.latest.exists():
+                    self._link(self.latest, self.previous)
+                atomic_save(content, self.latest)
+                self.saved_step = step
+            if snapshot_epoch is not None:
+                self._link(self.latest, self.snapshot_path(snapshot_epoch))
+        except OSError as error:
+            kept = f"; {self.latest} (step {self.saved_step}) is intact" if self.latest.exists() else ""
+            raise RunStopped(f"cannot write the checkpoint {self.latest}: {error.strerror or error}{kept}",
+                             exit_code=1) from None
+        self._saved_at = time.monotonic()
         return self.latest
 
-    def started(self, state: StateFn) -> None:
-        """The snapshot of epoch 0, before any step."""
-        if self.snapshot_every:
-            self._snapshot(0, 0, state)
+    def due_at_epoch_end(self, epoch: int) -> bool:
+        return bool(self.checkpoint_every and epoch % self.checkpoint_every == 0) or self.snapshot_due(epoch)
 
-    def epoch_ended(self, epoch: int, step: int, state: StateFn) -> None:
-        if self.checkpoint_every and epoch % self.checkpoint_every == 0:
-            self.save(step, state)
-        if self.snapshot_every and epoch % self.snapshot_every == 0:
-            self._snapshot(epoch, step, state)
+    def snapshot_due(self, epoch: int) -> bool:
+        return bool(self.snapshot_every and epoch % self.snapshot_every == 0)
+
+    def due_by_time(self) -> bool:
+        return self.writer and self.seconds_between > 0 and time.monotonic() - self._saved_at >= self.seconds_between
 
     def snapshot_path(self, epoch: int) -> Path:
         return self.folder / f"epoch_{epoch:04d}.pt"
 
-    def _snapshot(self, epoch: int, step: int, state: StateFn) -> None:
-        if self.save(step, state) is None:
-            return
-        with StagedPath(str(self.snapshot_path(epoch))) as snapshot:
-            os.remove(snapshot.temporary)
-            try:  # latest.pt is replaced by a new file at each save: a hard link keeps this one's bytes
-                os.link(self.latest, snapshot.temporary)
-            except OSError:  # a filesystem without hard links
-                shutil.copyfile(self.latest, snapshot.temporary)
+    def resumable(self, map_location, warn: Callable[[str], None]) -> tuple[Path, dict] | None:
+        """(path, state) of the newest readable checkpoint, latest.pt or else previous.pt (with a warning); None
+        when there is none. ValueError when they exist but none can be read."""
+        problems = []
+        for path in (self.latest, self.previous):
+            if not path.exists():
+                continue
+            try:
+                state = read_training_state(path, map_location)
+            except ValueError as error:
+                problems.append(str(error))
+                continue
+            if problems:
+                warn(f"warning: {problems[0]}; resuming from {path} instead")
+            return path, state
+        if problems:
+            raise ValueError("; ".join(problems))
+        return None
+
+    @staticmethod
+    def _link(source: Path, destination: Path) -> None:
+        """`destination` becomes a file with `source`'s bytes, atomically: a hard link where the filesystem has
+        them (latest.pt is replaced by a new file at each save, so the link keeps these bytes), else a copy."""
+        with StagedPath(str(destination)) as staged:
+            os.remove(staged.temporary)
+            try:
+                os.link(source, staged.temporary)
+            except OSError:
+                shutil.copyfile(source, staged.temporary)
 
 
 def read_training_state(path: str | Path, map_location) -> dict:
@@ -67,3 +113,51 @@ def read_training_state(path: str | Path, map_location) -> dict:
         raise ValueError(f"{path}: a {checkpoint.kind} checkpoint, not an msf-fast training checkpoint (import "
                          "original ones with msf_fast.checkpoint.read_checkpoint(path).model())")
     return checkpoint.content
+
+
+# The model's shape as a checkpoint's model_args records it, and the parameter that sets each.
+SHAPE_PARAMETERS = {"arch": "model.arch", "small_input": "model.small_input", "hidden_dim": "model.hidden_dim",
+                    "proj_dim": "model.proj_dim", "bank_size": "msf.bank_size"}
+
+
+def resume_mismatch(state: dict, model_args: dict, data: dict, steps_per_epoch: int) -> str | None:
+    """Why a run cannot continue from `state` (None when it can): another model shape, other data (format, classes,
+    size: a resumed epoch must see the same batches), or another number of steps per epoch (batch, world size)."""
+    for key, parameter in SHAPE_PARAMETERS.items():
+        if state["model_args"].get(key) != model_args[key]:
+            return (f"it holds {parameter}={state['model_args'].get(key)}, this run has {parameter}={model_args[key]} "
+                    "(another model)")
+    saved = state.get("data")
+    if saved:
+        if saved["format"] != data["format"]:
+            return (f"it was trained on {describe_data(saved)}, this run reads {describe_data(data)} (another data "
+                    "format orders its samples differently)")
+        if saved["classes"] != data["classes"] or saved["samples"] != data["samples"]:
+            return f"it was trained on {describe_data(saved)}, this run reads {describe_data(data)} (other data)"
+    if state["steps_per_epoch"] != steps_per_epoch:
+        return (f"it was saved with {state['steps_per_epoch']} steps per epoch, this run has {steps_per_epoch} "
+                "(another batch size or world size)")
+    return None
+
+
+def describe_data(data: dict) -> str:
+    kind = {"torch": "an ImageFolder", "ffcv": "a .beton", "dali": "a TFRecord store"}.get(data["format"], data["format"])
+    return f"{kind} of {data['samples']:,} images in {len(data['classes'])} classes"
+
+
+def holds_run(folder: str | Path) -> bool:
+    """A run's log or checkpoints are there."""
+    return (Path(folder) / "log.jsonl").exists() or (Path(folder) / "checkpoints").exists()
+
+
+def run_outputs(folder: str | Path) -> list[Path]:
+    """The outputs of a run found in `folder` (empty: it holds no run)."""
+    return [Path(folder) / name for name in RUN_OUTPUTS if (Path(folder) / name).exists()]
+
+
+def clear_run(folder: str | Path) -> None:
+    for path in run_outputs(folder):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()

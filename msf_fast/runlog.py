@@ -1,26 +1,53 @@
-"""The run's JSONL log and its plot of loss and k-NN accuracy per epoch."""
+"""The run's log: log.jsonl (strict JSON, one record per line), optionally TensorBoard events, and the plot of
+loss and k-NN accuracy per epoch (training.png)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
 
 from dataset_prep.staging import StagedPath
 
+TENSORBOARD_INSTALL = "pip install -e '.[tensorboard]'"
+
+
+def strict(value):
+    """A non-finite float becomes None (null): log.jsonl stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: strict(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(item) for item in value]
+    return value
+
 
 class JsonlLog:
-    def __init__(self, path: str | Path, append: bool = False):
+    def __init__(self, path: str | Path, append: bool = False, tensorboard: bool = False):
+        """`tensorboard`: also write the step and epoch records' numbers as TensorBoard scalars, beside the log."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a" if append else "w")
+        self._events = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self._events = SummaryWriter(str(self.path.parent / "tensorboard"))
 
     def write(self, **record) -> None:
-        self._file.write(json.dumps(record) + "\n")
+        self._file.write(json.dumps(strict(record), allow_nan=False) + "\n")
         self._file.flush()
+        if self._events is not None and record.get("event") in ("step", "epoch"):
+            event, step = record["event"], record["step"]
+            for name, value in record.items():
+                if name not in ("event", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._events.add_scalar(f"{event}/{name}", value, step)
 
     def close(self) -> None:
         self._file.close()
+        if self._events is not None:
+            self._events.close()
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -3,6 +3,7 @@ the k-NN monitor (epoch 0 = the random initialisation) and checkpoints."""
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import random
 import time
@@ -20,7 +21,9 @@ from msf_fast.ema import make_ema
 from msf_fast.errors import UserError
 from msf_fast.knn_monitor import KnnMonitor
 from msf_fast.model import MSF
-from msf_fast.run_checkpoints import RunCheckpoints, read_training_state
+from msf_fast.config import AUTO
+from msf_fast.run_checkpoints import RunCheckpoints, clear_run, holds_run, read_training_state, resume_mismatch
+from msf_fast.stopping import RunStopped, StopRequests, weights_finite
 from msf_fast.runlog import DeferredScalars, JsonlLog, plot_run
 from msf_fast.schedule import learning_rate, progressive_resolution, scaled_lr
 from msf_fast.step import bank_dtype, make_sgd, resolve_device, resolve_precision, train_step
@@ -112,13 +115,16 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_scaler else None
         self.folder = Path(cfg.logging.folder)
         self.checkpoints = RunCheckpoints(self.folder, cfg.logging.checkpoint_every, cfg.logging.snapshot_every,
-                                          writer=self.is_main)
+                                          cfg.logging.checkpoint_minutes, writer=self.is_main)
         self.epoch, self.step = 0, 0
-        if cfg.train.resume:
-            self.resume(cfg.train.resume)
-        self.log = JsonlLog(self.folder / "log.jsonl", append=bool(cfg.train.resume)) if self.is_main else None
+        resumed = self.start_or_resume()
+        self.finished = self.step >= self.total_steps  # a finished run is left as it is
+        self.log = (JsonlLog(self.folder / "log.jsonl", append=resumed, tensorboard=cfg.logging.tensorboard)
+                    if self.is_main and not self.finished else None)
         self.log_scalars = DeferredScalars(self.device)  # logging reads no GPU value inside the step
-        self.monitor = self.create_monitor() if self.is_main else None  # rank 0 alone evaluates
+        self.stops = StopRequests(world_size)
+        # rank 0 alone evaluates
+        self.monitor = self.create_monitor() if self.is_main and not self.finished else None
 
     # ------------------------------------------------------------------ building
     def create_device(self) -> torch.device:
@@ -168,14 +174,40 @@ class Trainer:
             raise UserError(f"the k-NN monitor's data (data.val_path, eval.knn_memory_path): {error}") from None
 
     # ------------------------------------------------------------------ state
-    def resume(self, path: str) -> None:
-        try:
-            state = read_training_state(path, map_location=self.device)
-        except ValueError as error:
-            raise UserError(f"train.resume: {error}") from None
-        if state["steps_per_epoch"] != self.steps_per_epoch:
-            raise UserError(f"train.resume: {path} was saved with {state['steps_per_epoch']} steps per epoch, this "
-                            f"run has {self.steps_per_epoch} (different data, batch size or world size)")
+    def start_or_resume(self) -> bool:
+        """Continue from a checkpoint (True), or start fresh. A fresh run refuses a folder that holds a run, unless
+        logging.overwrite deletes that run first; train.resume=auto continues the folder's run if it has one."""
+        resume, folder = self.cfg.train.resume, self.folder
+        if resume == AUTO:
+            try:
+                found = self.checkpoints.resumable(self.device, self.say)
+            except ValueError as error:
+                raise UserError(f"train.resume=auto: {error}") from None
+            if found is None:
+                self.say(f"train.resume=auto: no checkpoint in {self.checkpoints.folder}: starting a new run")
+                return False
+            self.resume_from(*found)
+            return True
+        if resume:
+            try:
+                state = read_training_state(resume, map_location=self.device)
+            except ValueError as error:
+                raise UserError(f"train.resume: {error}") from None
+            self.resume_from(Path(resume), state)
+            return True
+        if holds_run(folder):
+            if not self.cfg.logging.overwrite:
+                raise UserError(f"logging.folder={folder} holds a run: continue it with --train.resume=auto, start over "
+                                f"with --logging.overwrite=1 (deletes it), or choose another --logging.folder")
+            if self.is_main:
+                clear_run(folder)
+                self.say(f"logging.overwrite: deleted the run in {folder}")
+        return False
+
+    def resume_from(self, path: Path, state: dict) -> None:
+        mismatch = resume_mismatch(state, ckpt.model_args(self.model), self.data_identity(), self.steps_per_epoch)
+        if mismatch:
+            raise UserError(f"train.resume: {path}: {mismatch}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state["scaler"] is not None:
@@ -183,13 +215,43 @@ class Trainer:
         ckpt.set_rng_state(state["rng"])
         self.step = state["step"]
         self.epoch = self.step // self.steps_per_epoch
+        if path == self.checkpoints.latest:
+            self.checkpoints.saved_step = self.step
+        self.say(f"resuming from {path} at step {self.step} of {self.total_steps}")
+
+    def data_identity(self) -> dict:
+        """What a checkpoint records of the training data, so that a resume on other data is refused."""
+        return {"format": self.loader.backend, "classes": list(self.loader.classes),
+                "samples": int(self.loader.num_samples)}
 
     def training_state(self) -> dict:
         return ckpt.training_state(self.model, self.optimizer, self.scaler, self.epoch, self.step,
-                                   self.steps_per_epoch, to_dict(self.cfg))
+                                   self.steps_per_epoch, to_dict(self.cfg), self.data_identity())
 
-    def save_checkpoint(self) -> Path | None:
-        return self.checkpoints.save(self.step, self.training_state)
+    def save_point(self, snapshot_epoch: int | None = None) -> None:
+        """A checkpoint, reached by every rank at the same step: weights that are not finite are never saved (the
+        run stops, exit 1), rank 0 writes, and every rank learns whether it could."""
+        if not weights_finite(self.model):
+            self.stops.check_loss(self.step, math.nan)
+            raise self.nonfinite_stop("non-finite weights")
+        failure = None
+        try:
+            self.checkpoints.save(self.step, self.training_state, snapshot_epoch)
+        except RunStopped as error:
+            failure = error
+        if not self.stops.all_ranks_ok(failure is None):
+            raise failure or RunStopped(f"rank 0 could not write the checkpoint at step {self.step}", exit_code=1)
+
+    def nonfinite_stop(self, what: str) -> RunStopped:
+        step, saved = self.stops.nonfinite[0], self.checkpoints.saved_step
+        last_good = (f"the last good checkpoint is {self.checkpoints.latest} (step {saved}): continue from it with "
+                     "--train.resume=auto" if saved >= 0 else "no checkpoint was written before it")
+        return RunStopped(f"{what} at step {step}: the run stopped without saving; {last_good} and a lower "
+                          f"--optim.lr (now {self.cfg.optim.lr:g} per 256 images)", exit_code=1)
+
+    def say(self, line: str) -> None:
+        if self.is_main:
+            tqdm.write(line)
 
     def evaluate_knn(self) -> dict:
         """{"knn_top1", "knn_weighted_top1"} at eval.knn_k, or {"knn_top1": None} without a monitor."""
@@ -199,32 +261,63 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> TrainResult:
+        """The remaining steps. RunStopped when the run stops early: preempted (after a step-exact checkpoint),
+        a non-finite loss or weights (nothing saved), a checkpoint that could not be written."""
         result = TrainResult(steps=self.step, folder=self.folder)
-        if self.step == 0 and self.is_main:
-            self.checkpoints.started(self.training_state)
-            if self.monitor is not None:
-                self._record_initialisation(result)
+        if self.finished:
+            self.say(f"the run in {self.folder} is finished (step {self.step} of {self.total_steps}): nothing to do")
+            return result
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.cfg.logging.progress and self.is_main),
                    unit="step", dynamic_ncols=True, desc="MSF")
-        while self.step < self.total_steps:
-            stats = self._run_epoch(bar)
-            result.time.add(stats.time)
-            if self.is_main:
-                self._record_epoch(stats, result)
-                if stats.complete:
-                    self.checkpoints.epoch_ended(stats.epoch, self.step, self.training_state)
-        bar.close()
-        result.steps = self.step
-        self._exclude_loader_start_up(result.time)
-        if self.is_main:
-            self.save_checkpoint()
-            self.log.write(event="end", step=self.step, **result.time.record(), bound=result.time.bound)
-            self.log.close()
-            plot_run(self.folder / "log.jsonl", self.folder / "training.png")
-            tqdm.write(f"{self.step} steps, {result.time.images_per_s:,.0f} images/s; {result.time.verdict()}")
+        try:
+            with self.stops:
+                if self.step == 0:
+                    self._start(result)
+                stopping = False
+                while self.step < self.total_steps and not stopping:
+                    stats = self._run_epoch(bar)
+                    result.time.add(stats.time)
+                    self.stops.check_loss(self.step, stats.loss)
+                    if self.is_main:
+                        self._record_epoch(stats, result)
+                    stopping, _ = self.stops.agree(interval_end=True)
+                    if not stopping and stats.complete and self.checkpoints.due_at_epoch_end(stats.epoch):
+                        self.save_point(stats.epoch if self.checkpoints.snapshot_due(stats.epoch) else None)
+                result.steps = self.step
+                self._finish(result)
+        except RunStopped as stop:
+            if self.log is not None:
+                self.log.write(event="stopped", step=self.step, reason=str(stop), exit_code=stop.exit_code)
+            raise
+        finally:
+            bar.close()
+            if self.log is not None:
+                self.log.close()
+                plot_run(self.folder / "log.jsonl", self.folder / "training.png")
         return result
 
+    def _start(self, result: TrainResult) -> None:
+        """Step 0: the snapshot of the initialisation and its k-NN."""
+        if self.checkpoints.snapshot_due(0):
+            self.save_point(snapshot_epoch=0)
+        if self.monitor is not None:
+            self._record_initialisation(result)
+
+    def _finish(self, result: TrainResult) -> None:
+        if self.stops.nonfinite:
+            raise self.nonfinite_stop(f"non-finite loss ({self.stops.nonfinite[1]})")
+        self.save_point()
+        if self.stops.signal:
+            raise RunStopped(f"stopped by {self.stops.signal_name} at step {self.step}: the checkpoint "
+                             f"{self.checkpoints.latest} holds it; continue with --train.resume=auto",
+                             exit_code=128 + self.stops.signal)
+        self._exclude_loader_start_up(result.time)
+        if self.is_main:
+            self.log.write(event="end", step=self.step, **result.time.record(), bound=result.time.bound)
+            tqdm.write(f"{self.step} steps, {result.time.images_per_s:,.0f} images/s; {result.time.verdict()}")
+
     def _run_epoch(self, bar) -> EpochStats:
+        """The epoch's remaining steps, up to the step limit or an agreed stop; a time-based checkpoint when due."""
         self._set_epoch_resolution()
         started = time.perf_counter()
         epoch = self.epoch + 1
@@ -245,12 +338,16 @@ class Trainer:
             steps += 1
             self.step += 1
             bar.update(1)
-            if self.step % self.cfg.logging.log_every == 0 and self.is_main:
+            interval_end = self.step % self.cfg.logging.log_every == 0
+            if interval_end:
                 interval = clock.read()
                 split.add(interval)
-                self._write_step(bar, self.log_scalars.stage(
-                    dict(event="step", epoch=epoch, step=self.step, lr=lr, **interval.record()),
-                    loss=out.loss, purity=out.purity))
+                self._log_step(bar, dict(event="step", epoch=epoch, step=self.step, lr=lr, **interval.record()), out)
+            stop, save = self.stops.agree(interval_end, self.checkpoints.due_by_time())
+            if stop:
+                break
+            if save:
+                self.save_point()
         if steps == 0:
             raise RuntimeError(f"the {self.loader.backend} loader yielded no batch for epoch {epoch}")
         split.add(clock.read(wait_for_gpu=True))
@@ -280,8 +377,13 @@ class Trainer:
             self.loader.set_resolution(resolution)
             self.resolution = resolution
 
-    def _write_step(self, bar, record: dict | None) -> None:
+    def _log_step(self, bar, record: dict, out) -> None:
+        """Every rank stages its loss (read one interval later on CUDA) and checks it; rank 0 logs it."""
+        record = self.log_scalars.stage(record, loss=out.loss, purity=out.purity)
         if record is None:
+            return
+        self.stops.check_loss(record["step"], record["loss"])
+        if not self.is_main:
             return
         self.log.write(**record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", purity=f"{record['purity']:.2f}",
@@ -313,6 +415,7 @@ class Trainer:
         """The epoch record in the log (the epoch's last step record first), k-NN when due, the console line."""
         pending = self.log_scalars.flush()
         if pending is not None:
+            self.stops.check_loss(pending["step"], pending["loss"])
             self.log.write(**pending)
         last = stats.epoch == self.cfg.train.epochs or self.step >= self.total_steps
         due = self.monitor is not None and self.monitor.due(stats.epoch, last)

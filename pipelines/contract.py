@@ -17,7 +17,9 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 @runtime_checkable
 class TwoViewLoader(Protocol):
     backend: str
+    classes: list[str]  # class names in label order
     num_classes: int
+    num_samples: int  # images in the data (an epoch reads the full global batches of them)
     # seconds the first epoch waited for its first batch (FFCV: numba compilation; others: worker start-up),
     # None before that epoch starts
     compile_seconds: float | None

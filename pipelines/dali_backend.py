@@ -191,7 +191,8 @@ class DALITwoViewLoader:
             raise ValueError("decoder device 'mixed' decodes on the GPU, and no CUDA device is available")
         self.decoder_device = decoder_device
         self.device_id = (device.index or 0) if decoder_device == "mixed" else None
-        self.num_classes = int(self.store["num_classes"])
+        self.classes = manifest_classes(path) or [str(label) for label in range(int(self.store["num_classes"]))]
+        self.num_classes = len(self.classes)
         self.num_samples = int(self.store["counts"]["written"])
         self.compile_seconds: float | None = None
         if len(self) == 0:

@@ -82,7 +82,8 @@ class FFCVTwoViewLoader:
         torch.set_num_threads(threads)
         self.threads = threads
         self.outputs = list(self.loader.pipeline_specs)  # the order of each batch's tensors
-        self.num_classes = len(beton_classes(path, self.loader.reader.metadata["f1"]))
+        self.classes = beton_classes(path, self.loader.reader.metadata["f1"])
+        self.num_classes, self.num_samples = len(self.classes), int(self.loader.reader.num_samples)
         self.online_augment = BatchedViewAugment(recipe.online, recipe.mean, recipe.std, dtype)
         self.target_augment = BatchedViewAugment(recipe.target, recipe.mean, recipe.std, dtype)
         self.compile_seconds: float | None = None  # the first epoch's wait for its first batch

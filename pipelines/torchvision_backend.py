@@ -120,7 +120,8 @@ class TorchvisionTwoViewLoader:
         self.dataset = TwoViewImageFolder(root, recipe, seed)
         self.batch_size, self.workers, self.seed = batch_size, workers, seed
         self.rank, self.world_size, self.pin_memory = rank, world_size, pin_memory
-        self.num_classes = len(self.dataset.images.classes)
+        self.classes = list(self.dataset.images.classes)
+        self.num_classes, self.num_samples = len(self.classes), len(self.dataset)
         self.compile_seconds: float | None = None
         if len(self) == 0:
             raise ValueError(f"{root}: {len(self.dataset)} images make no full batch of "

@@ -31,25 +31,25 @@ def test_latest_is_written_once_per_step(tmp_path):
 
 def test_epoch_ends_follow_the_intervals_and_snapshots_keep_their_bytes(tmp_path):
     checkpoints, states = RunCheckpoints(tmp_path, checkpoint_every=2, snapshot_every=3), States()
-    checkpoints.started(states)
+    checkpoints.save(0, states, snapshot_epoch=0)
     assert torch.load(checkpoints.snapshot_path(0))["step"] == 0
     written = {}
     for epoch in range(1, 7):
         states.step = 10 * epoch
         before = states.calls
-        checkpoints.epoch_ended(epoch, states.step, states)
+        if checkpoints.due_at_epoch_end(epoch):
+            checkpoints.save(states.step, states, epoch if checkpoints.snapshot_due(epoch) else None)
         written[epoch] = states.calls - before
     assert written == {1: 0, 2: 1, 3: 1, 4: 1, 5: 0, 6: 1}  # every 2nd epoch, and the snapshots of 3 and 6
     names = sorted(path.name for path in checkpoints.folder.iterdir())
-    assert names == ["epoch_0000.pt", "epoch_0003.pt", "epoch_0006.pt", "latest.pt"]
+    assert names == ["epoch_0000.pt", "epoch_0003.pt", "epoch_0006.pt", "latest.pt", "previous.pt"]
     assert torch.load(checkpoints.snapshot_path(3))["step"] == 30  # latest.pt was replaced since
-    assert torch.load(checkpoints.latest)["step"] == 60
+    assert torch.load(checkpoints.latest)["step"] == 60 and torch.load(checkpoints.previous)["step"] == 40
 
 
 def test_a_rank_that_does_not_write_writes_nothing(tmp_path):
     checkpoints, states = RunCheckpoints(tmp_path, checkpoint_every=1, snapshot_every=1, writer=False), States()
-    checkpoints.started(states)
-    checkpoints.epoch_ended(1, 5, states)
+    assert checkpoints.save(0, states, snapshot_epoch=0) is None
     assert checkpoints.save(5, states) is None and states.calls == 0 and not (tmp_path / "checkpoints").exists()
 
 
@@ -58,5 +58,5 @@ def test_only_a_training_checkpoint_can_be_resumed(tmp_path):
     with pytest.raises(ValueError, match="backbone.pth: a backbone checkpoint, not an msf-fast training checkpoint"):
         read_training_state(tmp_path / "backbone.pth", "cpu")
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(ValueError, match="notes.txt: not a readable checkpoint"):
+    with pytest.raises(ValueError, match=r"notes.txt: .*not"):
         read_training_state(tmp_path / "notes.txt", "cpu")
