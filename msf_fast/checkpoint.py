@@ -9,6 +9,7 @@ with or without the `.module.` infix of DataParallel) or a torchvision ResNet st
 from __future__ import annotations
 
 import argparse
+import codecs
 import os
 import random
 import re
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from dataset_prep.staging import StagedPath
+from msf_fast.errors import UserError
 from msf_fast.model import MSF, resnet_backbone
 
 FORMAT = "msf-fast"
@@ -103,7 +105,11 @@ class Checkpoint:
         if self.kind != BACKBONE:
             return self.model().online
         state = {key: value for key, value in self.content.items() if not key.startswith("fc.")}
-        arch, small_input = infer_arch(state, prefix="")
+        try:
+            arch, small_input = infer_arch(state, prefix="")
+        except ValueError as error:
+            raise NotACheckpoint(f"{self.path}: a state dict of tensors but not a torchvision ResNet ({error})") \
+                from None
         backbone = resnet_backbone(arch, small_input)
         missing, unexpected = backbone.load_state_dict(state, strict=False)
         if unexpected or any(not key.startswith("fc.") for key in missing):
@@ -133,25 +139,94 @@ class Checkpoint:
         return model
 
 
+class NotACheckpoint(UserError, ValueError):
+    """A file given as a checkpoint that is none (or that cannot be read): the message names it and what it seems
+    to be. A ValueError too, for callers that catch that."""
+
+
 def read_checkpoint(path: str | Path, map_location="cpu") -> Checkpoint:
-    """Load a checkpoint of any of the three kinds; ValueError (naming the file) for anything else."""
+    """Load a checkpoint of any of the three kinds; NotACheckpoint (one line naming the file and what it seems to
+    be: a .beton, a text file, a truncated torch file, a folder, ...) for anything else."""
     path = Path(path)
+    problem = not_a_checkpoint_file(path)
+    if problem:
+        raise NotACheckpoint(f"{path}: {problem}")
     # Original checkpoints pickle their argparse options beside the tensors.
     torch.serialization.add_safe_globals([argparse.Namespace])
     try:
         content = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - reported as one line naming the file
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise ValueError(f"{path}: not a readable checkpoint ({type(error).__name__}: {reason})") from None
+        raise NotACheckpoint(f"{path}: {unreadable_torch_file(path, error)}") from None
     if not isinstance(content, dict):
-        raise ValueError(f"{path}: not a checkpoint (holds a {type(content).__name__}, not a dict)")
+        raise NotACheckpoint(f"{path}: a torch file holding a {type(content).__name__}, not a checkpoint (a dict)")
     if content.get("format") == FORMAT:
         return Checkpoint(path, content, OURS)
     if any(key.startswith("encoder_q.") for key in content.get("state_dict", {})):
         return Checkpoint(path, content, ORIGINAL)
     if content and all(isinstance(value, torch.Tensor) for value in content.values()):
         return Checkpoint(path, content, BACKBONE)
-    raise ValueError(f"{path}: neither an msf-fast, an original MSF checkpoint nor a torchvision backbone")
+    keys = ", ".join(map(str, list(content)[:4])) + (", ..." if len(content) > 4 else "")
+    raise NotACheckpoint(f"{path}: a torch file holding a dict ({keys or 'empty'}), neither an msf-fast nor an "
+                         "original MSF checkpoint nor a torchvision backbone")
+
+
+_TORCH_ZIP, _TORCH_LEGACY = b"PK\x03\x04", b"\x80"
+_IMAGE_MAGIC = {b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image", b"GIF8": "a GIF image",
+                b"BM": "a BMP image", b"RIFF": "a RIFF file (WebP image?)"}
+
+
+def not_a_checkpoint_file(path: Path) -> str | None:
+    """What `path` is when it is plainly no torch file (None when it may be one): missing, a folder, empty, an
+    FFCV .beton, a TFRecord shard, an image, a text file."""
+    from dataset_prep.stores import looks_like_beton
+    if not path.exists():
+        return "no such file" if not path.is_symlink() else "a broken link (its target does not exist)"
+    if path.is_dir():
+        run = path / "checkpoints" / "latest.pt"
+        hint = f" (a run folder: give {run})" if run.is_file() else ""
+        return f"a folder, not a checkpoint file{hint}"
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error})"
+    if not head:
+        return "an empty file (0 bytes), not a checkpoint"
+    if path.suffix == ".beton" or looks_like_beton(str(path)):
+        return ("an FFCV .beton (a dataset written by dataset_prep.write_beton), not a checkpoint; checkpoints are "
+                ".pt files such as runs/NAME/checkpoints/latest.pt")
+    if path.suffix == ".tfrecord" or path.suffix == ".idx":
+        return "a TFRecord shard or index (dataset files written by dataset_prep.write_tfrecord), not a checkpoint"
+    if head.startswith((_TORCH_ZIP, _TORCH_LEGACY)):
+        return None
+    if b"\0" not in head:
+        try:
+            text = codecs.getincrementaldecoder("utf-8")().decode(head)  # a character cut at 4 KiB is no error
+        except UnicodeDecodeError:
+            text = None
+        if text is not None:
+            first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+            shown = first[:40] + ("..." if len(first) > 40 else "")
+            return f"a text file (starting {shown!r}), not a checkpoint"
+    for magic, kind in _IMAGE_MAGIC.items():
+        if head.startswith(magic):
+            return f"{kind}, not a checkpoint"
+    return f"not a torch checkpoint (an unrecognised binary file of {path.stat().st_size:,} bytes)"
+
+
+def unreadable_torch_file(path: Path, error: Exception) -> str:
+    """Why torch.load failed on what looks like a torch file, in a few words (no advice to load unsafely)."""
+    message = str(error)
+    unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    if unsafe:
+        return (f"a torch file holding Python objects ({unsafe.group(1)}) besides tensors: not a checkpoint of "
+                "msf-fast, of the original MSF code or of msf_fast.export, and not loaded (that would run its code)")
+    size = path.stat().st_size
+    if "central directory" in message or "zip archive" in message or "EOF" in message or "Ran out of input" in \
+            message or isinstance(error, EOFError):
+        return f"a truncated or damaged torch file ({size:,} bytes): copy or save it again"
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    return f"not a readable torch checkpoint ({type(error).__name__}: {first[:200]})"
 
 
 # ----------------------------------------------------------------------------- the original MSF code

@@ -1,22 +1,31 @@
 """Export the online backbone as a plain torchvision ResNet state dict.
 
-    python -m msf_fast.export CHECKPOINT OUT.pth
+    python -m msf_fast.export CHECKPOINT OUT.pth [--num-classes N] [--overwrite]
 
 CHECKPOINT is an msf-fast checkpoint or one saved by the original MSF code. The output loads
 with `torchvision.models.<arch>().load_state_dict(torch.load(OUT))`, minus the classifier:
 `fc.*` is omitted (it was the projection head): load with `strict=False`, or pass
 `--num-classes N` to write a zero-initialised N-way `fc` that a strict load (and fine-tuning) accepts.
 A model with the small-input stem (3x3 conv1) needs the same conv1 replaced before loading.
+
+Like the dataset writers: exit code 2 with one error line for a mistake (a file that is no checkpoint, an
+existing output without --overwrite, a missing output folder, which is not created), checked before any work.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import torch
 
-from msf_fast.checkpoint import atomic_save, model_args, read_checkpoint
+from dataset_prep.argument_parser import OneLineParser
+from dataset_prep.staging import OutputError, check_destination
+from msf_fast.checkpoint import BACKBONE, atomic_save, model_args, read_checkpoint
+from msf_fast.errors import UserError
+
+PROG = "export"
 
 
 def backbone_state_dict(model, num_classes: int = 0) -> dict:
@@ -27,27 +36,50 @@ def backbone_state_dict(model, num_classes: int = 0) -> dict:
     return state
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Export the online backbone as a torchvision ResNet state dict.")
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="python -m msf_fast.export",
+                           description="Export the online backbone as a torchvision ResNet state dict.")
     parser.add_argument("checkpoint", help="msf-fast or original MSF checkpoint")
-    parser.add_argument("out", help="output .pth")
-    parser.add_argument("--num-classes", type=int, default=0,
+    parser.add_argument("out", help="output .pth (its folder must exist)")
+    parser.add_argument("--num-classes", type=non_negative_int, default=0,
                         help="also write a zero-initialised fc with this many classes (strict-loadable)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        print(f"export: {out} exists (pass --overwrite to replace it)", file=sys.stderr)
-        return 1
-    try:
-        model = read_checkpoint(args.checkpoint).model()
-    except (OSError, ValueError) as error:
-        print(f"export: {error}", file=sys.stderr)
-        return 1
-    atomic_save(backbone_state_dict(model, args.num_classes), out)
+    return parser
+
+
+def export(args) -> str:
+    if os.path.isdir(args.out):
+        raise OutputError(f"output {args.out!r} is a folder; give a file name, e.g. "
+                          f"{os.path.join(args.out, 'backbone.pth')}")
+    check_destination(args.out, args.overwrite)
+    if Path(args.out).resolve() == Path(args.checkpoint).resolve():
+        raise OutputError(f"output {args.out!r} is the checkpoint itself; give another file name")
+    checkpoint = read_checkpoint(args.checkpoint)
+    if checkpoint.kind == BACKBONE:
+        raise UserError(f"{args.checkpoint}: already a torchvision backbone (as this command writes), not a training "
+                        "checkpoint; python -m msf_fast.eval and torchvision read it as it is")
+    model = checkpoint.model()
+    atomic_save(backbone_state_dict(model, args.num_classes), args.out)
     info = model_args(model)
-    print(f"wrote {out}: torchvision {info['arch']} backbone"
-          + (" (small-input 3x3 stem)" if info["small_input"] else "") + (f", zero fc for {args.num_classes} classes" if args.num_classes else ", fc omitted"))
+    return (f"wrote {args.out}: torchvision {info['arch']} backbone"
+            + (" (small-input 3x3 stem)" if info["small_input"] else "")
+            + (f", zero fc for {args.num_classes} classes" if args.num_classes else ", fc omitted"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        print(export(args))
+    except (UserError, OSError, ValueError) as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

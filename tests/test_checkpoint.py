@@ -126,7 +126,7 @@ def test_export_backbone_loads_into_torchvision(tmp_path, tiny_imagefolder):
         assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
         model = ckpt.read_checkpoint(source).model()
         assert torch.equal(net.layer4[1].conv2.weight, model.online.layer4[1].conv2.weight)
-        assert export.main([str(source), str(out)]) == 1  # refuses to overwrite
+        assert export.main([str(source), str(out)]) == 2  # refuses to overwrite (a user mistake: exit 2)
         assert export.main([str(source), str(out), "--overwrite", "--num-classes", "10"]) == 0
         torchvision.models.resnet18(num_classes=10).load_state_dict(torch.load(out))  # strict
 
@@ -134,7 +134,7 @@ def test_export_backbone_loads_into_torchvision(tmp_path, tiny_imagefolder):
 def test_export_reports_a_bad_checkpoint(tmp_path, capsys):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
-    assert export.main([str(bad), str(tmp_path / "out.pth")]) == 1
+    assert export.main([str(bad), str(tmp_path / "out.pth")]) == 2
     err = capsys.readouterr().err
     assert "bad.pth" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out.pth").exists()
