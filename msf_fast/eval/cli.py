@@ -10,6 +10,10 @@ the original MSF code. TRAIN/VAL/IMAGES are ImageFolders, .beton files or TFReco
 evaluation transform (shorter side to 256/224 of the resolution, centre crop). Features are the pooled backbone
 outputs, extracted in bf16 autocast on CUDA. Every command writes JSON and PNGs into the output folder (--out,
 default: the checkpoint's run folder) and its section of report.md there.
+
+Every option is checked before any feature is extracted (counts against the data's images and classes, the
+classes of two sets that meet, the output folder, the device, the checkpoint): a mistake is one line on stderr,
+exit code 2.
 """
 from __future__ import annotations
 
@@ -17,24 +21,34 @@ import argparse
 import json
 import sys
 
+from dataset_prep.argument_parser import OneLineParser
 from msf_fast.checkpoint import read_checkpoint
-from msf_fast.eval.common import WithProgress, add_data_options, amp_dtype, output_folder
-from msf_fast.eval.knn import SEARCHES, knn_evaluation
+from msf_fast.errors import UserError
+from msf_fast.eval.common import (add_data_options, amp_dtype, check_output_folder, checked_device, open_eval_data,
+                                  output_folder, positive_int)
+from msf_fast.eval.knn import SEARCHES, faiss_available, knn_evaluation
 from msf_fast.eval.report import markdown_table, write_section
-from msf_fast.step import resolve_device
 
 
 def run_knn(args) -> dict:
-    from pipelines import build_eval_loader, two_view_recipe
-    device = resolve_device(args.device)
-    backbone = read_checkpoint(args.ckpt).backbone()
+    from pipelines import two_view_recipe
+    from pipelines.contract import check_same_classes
+    # every check before the first feature is extracted
+    check_output_folder(args, args.ckpt)
+    device = checked_device(args)
+    if args.search == "faiss" and not faiss_available():
+        raise UserError("--search faiss: faiss is not installed (pip install -e '.[faiss]', or --search torch)")
     recipe = two_view_recipe("w/s", args.resolution)
-    loaders = [WithProgress(build_eval_loader(path, recipe, batch_size=args.batch_size, workers=args.workers),
-                            f"knn: {name} features",
-                            not args.no_progress) for name, path in (("train", args.train), ("val", args.val))]
+    train = open_eval_data(args, "--train", args.train, recipe, "knn: train features")
+    val = open_eval_data(args, "--val", args.val, recipe, "knn: val features")
+    check_same_classes(train, f"--train {args.train}", val, f"--val {args.val}")
+    if max(args.k) > train.num_samples:
+        raise UserError(f"--k {max(args.k)}: the memory set --train {args.train} has only {train.num_samples} "
+                        f"images; give --k values of at most {train.num_samples}")
+    backbone = read_checkpoint(args.ckpt).backbone()
     folder = output_folder(args, args.ckpt)
     report = {"checkpoint": str(args.ckpt),
-              **knn_evaluation(backbone.to(device), *loaders, device, args.k, amp_dtype(device), args.search)}
+              **knn_evaluation(backbone.to(device), train, val, device, args.k, amp_dtype(device), args.search)}
     rows = [[k, report[f"top1_k{k}_majority"], report[f"top1_k{k}_weighted"]] for k in args.k]
     write_section(folder, "knn", f"## k-NN ({args.ckpt})\n\nTop-1 on {report['val_images']} held-out images, "
                   f"{report['train_images']} labelled images searched; cosine similarity of L2-normalised "
@@ -48,34 +62,44 @@ def add_knn_command(sub) -> None:
     knn.add_argument("--ckpt", required=True)
     knn.add_argument("--train", required=True, help="labelled images searched (folder, .beton or TFRecord store)")
     knn.add_argument("--val", required=True, help="held-out images classified")
-    knn.add_argument("--k", type=int, nargs="+", default=[1, 20])
+    knn.add_argument("--k", type=positive_int, nargs="+", default=[1, 20],
+                     help="neighbours voting (each at least 1 and at most the --train images)")
     knn.add_argument("--search", choices=SEARCHES, default="auto",
                      help="exact search in torch (chunked) or faiss (IndexFlatIP; auto: faiss where installed)")
     add_data_options(knn)
     knn.set_defaults(run=run_knn, result_name="knn.json")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+    """The parser and its subcommands' parsers by name."""
     from msf_fast.eval.figures.commands import add_figure_commands
     from msf_fast.eval.probe_commands import add_probe_commands
 
-    parser = argparse.ArgumentParser(prog="python -m msf_fast.eval", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m msf_fast.eval", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     add_knn_command(sub)
     add_probe_commands(sub)
     add_figure_commands(sub)
-    args = parser.parse_args(argv)
+    return parser, sub.choices
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, commands = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by the subcommand's parser, which knows the closest valid option
+        commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         result = args.run(args)
-    except (OSError, ValueError, RuntimeError) as error:
+        if result is not None:
+            checkpoint = args.ckpt[0] if isinstance(args.ckpt, list) else args.ckpt
+            path = output_folder(args, checkpoint) / args.result_name
+            path.write_text(json.dumps(result, indent=1) + "\n")
+    except (UserError, OSError, ValueError, RuntimeError) as error:
         print(f"eval {args.command}: error: {error}", file=sys.stderr)
         return 2
     if result is not None:
         print(json.dumps(result))
-        checkpoint = args.ckpt[0] if isinstance(args.ckpt, list) else args.ckpt
-        path = output_folder(args, checkpoint) / args.result_name
-        path.write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
 

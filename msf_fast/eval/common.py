@@ -1,12 +1,15 @@
-"""What every evaluation command shares: the options for data and device, progress bars, the run folder results
-are written to, and the autocast dtype of feature extraction."""
+"""What every evaluation command shares: the options for data and device, checks of those options before any
+work, progress bars, the run folder results are written to, and the autocast dtype of feature extraction."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
+
+from msf_fast.errors import UserError
 
 
 def run_folder(checkpoint: str | Path) -> Path:
@@ -15,11 +18,25 @@ def run_folder(checkpoint: str | Path) -> Path:
     return parent.parent if parent.name == "checkpoints" else parent
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def add_data_options(parser: argparse.ArgumentParser, resolution: int = 224) -> None:
-    parser.add_argument("--resolution", type=int, default=resolution,
+    parser.add_argument("--resolution", type=positive_int, default=resolution,
                         help="centre-crop size; the shorter side is first resized to resolution x 256/224")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=4, help="loader workers")
+    parser.add_argument("--batch-size", type=positive_int, default=256)
+    parser.add_argument("--workers", type=non_negative_int, default=4, help="loader workers")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     parser.add_argument("--out", default="",
                         help="folder for the JSON, figures and report.md (default: the first checkpoint's run folder)")
@@ -39,6 +56,10 @@ class WithProgress:
     def classes(self) -> list[str]:
         return self.loader.classes
 
+    @property
+    def num_samples(self) -> int:
+        return self.loader.num_samples
+
     def __iter__(self):
         yield from tqdm(self.loader, desc=self.title, unit="batch", leave=False, dynamic_ncols=True,
                         disable=not self.enabled)
@@ -50,6 +71,58 @@ def output_folder(args: argparse.Namespace, checkpoint: str | Path) -> Path:
     return folder
 
 
+def check_output_folder(args: argparse.Namespace, checkpoint: str | Path) -> Path:
+    """The output folder (`--out`, else the checkpoint's run folder), checked before any work: it is a folder, or
+    can be made as one, and is writable. UserError naming the option otherwise. Nothing is created."""
+    folder = Path(args.out) if args.out else run_folder(checkpoint)
+    option = f"--out {args.out}" if args.out else f"--out (default: the checkpoint's folder {folder})"
+    existing = folder
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if existing != folder and not existing.is_dir():
+        raise UserError(f"{option}: cannot make the folder, {existing} is a file")
+    if existing == folder and not folder.is_dir():
+        raise UserError(f"{option}: a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{option}: {existing} is not writable" + ("" if args.out else "; give --out FOLDER"))
+    for name in ("report", "report.md"):  # an earlier run's outputs we replace
+        inside = folder / name
+        if inside.exists() and not os.access(inside, os.W_OK):
+            raise UserError(f"{option}: {inside} is not writable")
+    return folder
+
+
+def open_eval_data(args: argparse.Namespace, option: str, path: str, recipe, title: str):
+    """The evaluation loader of `path` (given as `option`), with a progress bar: a path that is no dataset is a
+    UserError naming the option, the kinds accepted and what was found."""
+    from msf_fast.config import data_problem
+    from pipelines import build_eval_loader
+    problem = data_problem(str(path))
+    if problem:
+        raise UserError(f"{option} {path}: {problem}")
+    loader = build_eval_loader(str(path), recipe, batch_size=args.batch_size, workers=args.workers)
+    return WithProgress(loader, title, not args.no_progress)
+
+
 def amp_dtype(device: torch.device) -> torch.dtype | None:
     """Feature extraction runs in bf16 autocast on CUDA; on the CPU in float32 (bf16 is slower there)."""
     return torch.bfloat16 if device.type == "cuda" else None
+
+
+def checked_device(args: argparse.Namespace) -> torch.device:
+    """`--device` resolved (auto: CUDA when present), or a UserError naming it, before any work."""
+    from msf_fast.step import resolve_device
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if not reason.startswith(f"device {args.device}: "):  # torch's list of every device type it knows
+            reason = "expected auto, cpu, cuda or cuda:N"
+        raise UserError(f"--device {args.device}: {reason.removeprefix(f'device {args.device}: ')}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise UserError(f"--device {args.device}: no CUDA device is available")
+        if device.index is not None and device.index >= count:
+            raise UserError(f"--device {args.device}: only {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    return device

@@ -53,7 +53,10 @@ def faiss_available() -> bool:
 @torch.no_grad()
 def nearest_neighbours(gallery: torch.Tensor, queries: torch.Tensor, k: int, search: str = "auto",
                        chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """(similarities, indices), each queries x k, of the k largest inner products, best first."""
+    """(similarities, indices), each queries x k, of the k largest inner products, best first; k is capped at the
+    gallery's size (the evaluation commands refuse a larger k before extracting anything)."""
+    if k < 1:
+        raise ValueError(f"k-NN with k={k}: k must be at least 1")
     k = min(k, gallery.shape[0])
     if search == "auto":
         search = "faiss" if faiss_available() and gallery.device.type == "cpu" else "torch"

@@ -4,17 +4,37 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
 
 import torch
 from tqdm import tqdm
 
 from msf_fast.checkpoint import read_checkpoint
-from msf_fast.eval.common import WithProgress, add_data_options, amp_dtype, output_folder
+from msf_fast.errors import UserError
+from msf_fast.eval.common import (add_data_options, amp_dtype, check_output_folder, checked_device,
+                                  non_negative_int, open_eval_data, output_folder, positive_int)
 from msf_fast.eval.knn import extract_features
 from msf_fast.eval.linear_probe import (ProbeSettings, augmented_batches, cached_batches, feature_standardizer,
                                         probe_with, train_probe)
 from msf_fast.eval.report import markdown_table, write_section
-from msf_fast.step import resolve_device
+
+DEFAULT_FRACTIONS = (0.01, 0.1)
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:  # NaN too
+        hint = f" (a fraction: {value / 100:g} for {value:g} %)" if 1 < value <= 100 else ""
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}{hint}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
 
 
 def add_probe_commands(sub) -> None:
@@ -23,66 +43,69 @@ def add_probe_commands(sub) -> None:
     for parser in (linear, semi):
         parser.add_argument("--ckpt", required=True)
         parser.add_argument("--train", required=True, help="labelled training images (folder, .beton or TFRecord)")
-        parser.add_argument("--val", required=True, help="held-out images scored")
+        parser.add_argument("--val", required=True, help="held-out images scored (the same classes as --train)")
         parser.add_argument("--mode", choices=["cached", "augmented"], default="cached",
                             help="cached: features of centre crops, extracted once (fast); augmented: features of "
-                                 "random-resized-crop + flip images every epoch (paper-faithful; ImageFolder or "
-                                 ".beton)")
+                                 "random-resized-crop + flip images every epoch (paper-faithful)")
         add_probe_options(parser)
         add_data_options(parser)
     linear.set_defaults(run=run_linear, result_name="linear.json")
-    semi.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1],
-                      help="labelled fraction per class (each class keeps round(fraction x size), at least 1)")
+    semi.add_argument("--fractions", type=fraction, nargs="+", default=None,
+                      help="labelled fraction per class, each in (0, 1] (each class keeps round(fraction x size), at "
+                           f"least 1; default {' '.join(map(str, DEFAULT_FRACTIONS))})")
     semi.add_argument("--subset-file", default="",
                       help="train only on the images listed (one per line: index, or file name for an "
-                           "ImageFolder); replaces --fractions")
+                           "ImageFolder); instead of --fractions")
     semi.set_defaults(run=run_semi, result_name="semi.json")
 
 
 def add_probe_options(parser: argparse.ArgumentParser) -> None:
     defaults = ProbeSettings()
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--momentum", type=float, default=defaults.momentum)
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    parser.add_argument("--probe-batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--milestones", type=int, nargs="*", default=list(defaults.milestones),
+    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs)
+    parser.add_argument("--lr", type=non_negative_float, default=defaults.lr)
+    parser.add_argument("--momentum", type=non_negative_float, default=defaults.momentum)
+    parser.add_argument("--weight-decay", type=non_negative_float, default=defaults.weight_decay)
+    parser.add_argument("--probe-batch-size", type=positive_int, default=defaults.batch_size)
+    parser.add_argument("--milestones", type=non_negative_int, nargs="*", default=list(defaults.milestones),
                         help="epochs after which the lr drops x0.1")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="probe initialisation, order and subsets")
 
 
 def probe_settings(args) -> ProbeSettings:
-    settings = ProbeSettings(args.epochs, args.lr, args.momentum, args.weight_decay, args.probe_batch_size,
-                             tuple(args.milestones), args.seed)
-    if settings.epochs <= 0 or settings.batch_size <= 0 or settings.lr < 0:
-        raise ValueError("--epochs and --probe-batch-size must be positive and --lr non-negative")
-    return settings
+    return ProbeSettings(args.epochs, args.lr, args.momentum, args.weight_decay, args.probe_batch_size,
+                         tuple(args.milestones), args.seed)
 
 
 class ProbeRun:
-    """One checkpoint's frozen features, shared by every probe trained on them (all labels, each subset)."""
+    """One checkpoint's frozen features, shared by every probe trained on them (all labels, each subset).
+
+    Built in two steps: the constructor checks every option, the output folder and both data sets (their classes
+    must match) without reading an image; `extract()` then reads the checkpoint and extracts the features."""
 
     def __init__(self, args):
         from pipelines import two_view_recipe
+        from pipelines.contract import check_same_classes
         self.args = args
-        self.device = resolve_device(args.device)
-        self.amp = amp_dtype(self.device)
         self.settings = probe_settings(args)
-        self.backbone = read_checkpoint(args.ckpt).backbone().to(self.device)
+        self.folder = check_output_folder(args, args.ckpt)
+        self.device = checked_device(args)
+        self.amp = amp_dtype(self.device)
         self.recipe = two_view_recipe("w/s", args.resolution)
-        self.train_features, self.train_labels = self._features(args.train, "train features")
-        self.val_features, self.val_labels = self._features(args.val, "val features")
-        self.num_classes = int(self.train_labels.max()) + 1
-        if int(self.val_labels.max()) >= self.num_classes:
-            raise ValueError(f"{args.val} has labels up to {int(self.val_labels.max())}, {args.train} only up to "
-                             f"{self.num_classes - 1}: not the same classes")
-        self.standardizer = feature_standardizer(self.train_features)  # the whole training set's, for every probe
+        self.train_loader = open_eval_data(args, "--train", args.train, self.recipe, "train features")
+        self.val_loader = open_eval_data(args, "--val", args.val, self.recipe, "val features")
+        check_same_classes(self.train_loader, f"--train {args.train}", self.val_loader, f"--val {args.val}")
+        self.classes = list(self.train_loader.classes)
+        self.num_classes = len(self.classes)
 
-    def _features(self, path: str, title: str):
-        from pipelines import build_eval_loader
-        loader = build_eval_loader(path, self.recipe, batch_size=self.args.batch_size, workers=self.args.workers)
-        return extract_features(self.backbone, WithProgress(loader, title, not self.args.no_progress), self.device,
-                                self.amp, normalize=False)
+    def extract(self) -> "ProbeRun":
+        self.backbone = read_checkpoint(self.args.ckpt).backbone().to(self.device)
+        self.train_features, self.train_labels = self._features(self.train_loader)
+        self.val_features, self.val_labels = self._features(self.val_loader)
+        self.standardizer = feature_standardizer(self.train_features)  # the whole training set's, for every probe
+        return self
+
+    def _features(self, loader):
+        return extract_features(self.backbone, loader, self.device, self.amp, normalize=False)
 
     def train(self, indices=None, title: str = "linear probe") -> dict:
         """A probe standardised with the whole training set's features, trained on `indices` (default all)."""
@@ -116,7 +139,7 @@ class ProbeRun:
 
 
 def run_linear(args) -> dict:
-    run = ProbeRun(args)
+    run = ProbeRun(args).extract()
     result = {**run.header(), **run.train()}
     write_section(output_folder(args, args.ckpt), "linear",
                   f"## Linear probe ({args.ckpt})\n\n{protocol_text(run)}\n\n"
@@ -126,28 +149,57 @@ def run_linear(args) -> dict:
 
 
 def run_semi(args) -> dict:
-    from pipelines.subsets import balanced_subset, read_subset_file, sample_names, write_subset_file
+    from pipelines.subsets import balanced_subset, sample_names, write_subset_file
+    if args.subset_file and args.fractions:
+        raise UserError("--subset-file and --fractions exclude each other: the list file names the labelled images")
     run = ProbeRun(args)
-    labels = run.train_labels.cpu().numpy()
+    listed = listed_subset(args, run) if args.subset_file else None  # read before any feature is extracted
+    run.extract()
     folder = output_folder(args, args.ckpt)
-    if args.subset_file:
-        subsets = {args.subset_file: read_subset_file(args.subset_file, args.train, len(labels))}
+    if listed is not None:
+        subsets = {args.subset_file: listed}
     else:
+        labels = run.train_labels.cpu().numpy()
         subsets = {f"{fraction:g}": balanced_subset(labels, seed=args.seed, fraction=fraction)
-                   for fraction in args.fractions}
+                   for fraction in args.fractions or DEFAULT_FRACTIONS}
     names = None if args.subset_file else sample_names(args.train)  # the folder listed once for every subset
     results, rows = {}, []
     for name, indices in subsets.items():
-        listed = None
+        written = None
         if not args.subset_file:
-            listed = write_subset_file(folder / f"subset_{name}_seed{args.seed}.txt", indices, names)
-        results[name] = {**run.train(indices, f"probe on {name}"), "subset_file": str(listed or name)}
+            written = write_subset_file(folder / f"subset_{name}_seed{args.seed}.txt", indices, names)
+        results[name] = {**run.train(indices, f"probe on {name}"), "subset_file": str(written or name)}
         rows.append([name, results[name]["labelled_images"], results[name]["top1"], results[name]["top5"]])
+    if args.subset_file:
+        chosen = (f"The labelled images are the {len(listed)} distinct images listed in {args.subset_file} (of "
+                  f"{len(run.train_labels)}, covering all {run.num_classes} classes).")
+        source = {"subset_source": f"--subset-file {args.subset_file}"}
+    else:
+        chosen = ("Subsets keep round(fraction x class size) images of every class (at least one), drawn with seed "
+                  f"{args.seed}; their lists are saved beside this report.")
+        source = {"subset_source": f"seeded fractions (seed {args.seed})"}
     write_section(folder, "semi", f"## Semi-supervised: linear probe on label subsets ({args.ckpt})\n\n"
-                  f"{protocol_text(run)} Subsets keep round(fraction x class size) images of every class (at least "
-                  f"one), drawn with seed {args.seed}; their lists are saved beside this report.\n\n"
+                  f"{protocol_text(run)} {chosen}\n\n"
                   + markdown_table(["subset", "labelled images", "top-1", "top-5"], rows))
-    return {**run.header(), "subsets": results}
+    return {**run.header(), **source, "subsets": results}
+
+
+def listed_subset(args, run: ProbeRun):
+    """The indices a --subset-file names, checked against --train before any work: every entry is an image of
+    it, and every class has at least one labelled image (else the probe could never predict it)."""
+    import numpy as np
+
+    from pipelines.subsets import dataset_labels, read_subset_file
+    if not os.path.isfile(args.subset_file):
+        raise UserError(f"--subset-file {args.subset_file}: no such file")
+    indices = read_subset_file(args.subset_file, args.train, run.train_loader.num_samples)
+    present = set(np.unique(dataset_labels(args.train)[indices]).tolist())
+    missing = [name for label, name in enumerate(run.classes) if label not in present]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise UserError(f"--subset-file {args.subset_file}: no image of {len(missing)} of the {run.num_classes} "
+                        f"classes ({shown}); the probe could never predict them: list at least one image per class")
+    return indices
 
 
 def protocol_text(run: ProbeRun) -> str:

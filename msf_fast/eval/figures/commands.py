@@ -1,43 +1,53 @@
 """The paper's figures of the representation over training, one panel or block per checkpoint.
 
-    python -m msf_fast.eval tsne       --ckpt A.pt B.pt --data VAL [--classes 10] [--per-class 50] [--method tsne|umap]
+    python -m msf_fast.eval tsne       --ckpt A.pt B.pt --data VAL [--classes 10|all] [--per-class 50] [--method tsne|umap]
     python -m msf_fast.eval neighbours --ckpt A.pt B.pt --data TRAIN [--queries-from VAL] [--queries 6] [--k 8]
     python -m msf_fast.eval clusters   --ckpt A.pt B.pt --data VAL [--clusters 100] [--rows 8] [--per-row 8]
 
 Each command reads its images once for all checkpoints together (every panel shows the same images) and keeps
-only what it draws (streaming.py); figures are PNGs of a fixed pixel size (drawing.py).
+only what it draws (streaming.py); figures are PNGs of a fixed pixel size (drawing.py). Counts asked for (classes,
+queries, neighbours, clusters, rows) are checked against the data before any image is read.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from msf_fast.checkpoint import read_checkpoint
-from msf_fast.eval.common import WithProgress, add_data_options, output_folder
+from msf_fast.errors import UserError
+from msf_fast.eval.common import (add_data_options, check_output_folder, checked_device, open_eval_data,
+                                  output_folder, positive_int)
 from msf_fast.eval.figures.analyses import cluster_purity, embedding_method, kmeans, sample_cluster_rows
 from msf_fast.eval.figures.drawing import (clusters_figure, neighbours_figure, same_class_share, save_png,
                                            tsne_figure)
 from msf_fast.eval.figures.streaming import (ClassSampler, IndexSampler, RandomSampler, make_thumbnails,
                                              select_images, streamed_neighbours)
 from msf_fast.eval.report import markdown_table, report_dir, write_section
-from msf_fast.step import resolve_device
+
+DEFAULT_CLUSTERS, DEFAULT_ROWS = 100, 8
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def class_count(text: str) -> int | None:
+    """A positive number of classes, or "all" (None)."""
+    if text == "all":
+        return None
+    try:
+        return positive_int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of classes or 'all', got {text!r}") from None
 
 
 def add_figure_commands(subparsers) -> None:
     tsne = subparsers.add_parser("tsne", help="2-D embedding of a few classes' features, one panel per checkpoint")
     add_common_options(tsne, "images embedded (folder, .beton or TFRecord store), e.g. ImageNet val")
-    tsne.add_argument("--classes", type=positive_int, default=10, help="random classes shown")
+    tsne.add_argument("--classes", type=class_count, default=10,
+                      help="random classes shown (at most the data's classes), or 'all'")
     tsne.add_argument("--per-class", type=positive_int, default=50, help="first images of each class shown")
     tsne.add_argument("--method", choices=("tsne", "umap"), default="tsne", help="umap needs umap-learn")
     tsne.set_defaults(run=run_tsne, result_name="tsne.json")
@@ -53,11 +63,14 @@ def add_figure_commands(subparsers) -> None:
 
     clusters = subparsers.add_parser("clusters", help="k-means clusters of the features, a block per checkpoint")
     add_common_options(clusters, "images clustered (folder, .beton or TFRecord store), e.g. ImageNet val")
-    clusters.add_argument("--clusters", type=positive_int, default=100,
-                          help="k-means clusters (at most the number of images)")
+    clusters.add_argument("--clusters", type=positive_int, default=None,
+                          help=f"k-means clusters, at most the images clustered (default {DEFAULT_CLUSTERS}, or one "
+                               "per image when there are fewer, as stated on stderr)")
     clusters.add_argument("--per-class", type=positive_int, default=50,
                           help="first images of each class clustered (bounds memory)")
-    clusters.add_argument("--rows", type=positive_int, default=8, help="random clusters shown")
+    clusters.add_argument("--rows", type=positive_int, default=None,
+                          help=f"random clusters shown, at most --clusters (default {DEFAULT_ROWS}, or every cluster "
+                               "when there are fewer)")
     clusters.add_argument("--per-row", type=positive_int, default=8, help="random members shown per cluster")
     clusters.set_defaults(run=run_clusters, result_name="clusters.json")
 
@@ -70,13 +83,19 @@ def add_common_options(parser: argparse.ArgumentParser, data_help: str) -> None:
     add_data_options(parser)
 
 
-def open_images(args, root: str):
-    """The evaluation loader of `root` and the thumbnail maker that undoes its normalisation."""
-    from pipelines import build_eval_loader, two_view_recipe
+def open_images(args, option: str, root: str):
+    """The evaluation loader of `root` (given as `option`), checked, and the thumbnail maker that undoes its
+    normalisation."""
+    from pipelines import two_view_recipe
     recipe = two_view_recipe("w/s", args.resolution)
     thumbnail = partial(make_thumbnails, mean=recipe.mean, std=recipe.std, size=args.thumb)
-    loader = build_eval_loader(str(root), recipe, batch_size=args.batch_size, workers=args.workers)
-    return WithProgress(loader, f"{args.command}: {Path(root).name}", not args.no_progress), thumbnail
+    return open_eval_data(args, option, root, recipe, f"{args.command}: {Path(root).name}"), thumbnail
+
+
+def checked_start(args) -> torch.device:
+    """What every figure command checks before reading an image: the output folder and the device."""
+    check_output_folder(args, args.ckpt[0])
+    return checked_device(args)
 
 
 def load_backbones(paths: list[str], device: torch.device) -> tuple[list[nn.Module], list[str]]:
@@ -88,23 +107,28 @@ def load_backbones(paths: list[str], device: torch.device) -> tuple[list[nn.Modu
 
 def run_tsne(args) -> dict:
     embed = embedding_method(args.method)
-    device = resolve_device(args.device)
+    device = checked_start(args)
+    loader, _ = open_images(args, "--data", args.data)
+    if args.classes is not None and args.classes > len(loader.classes):
+        raise UserError(f"--classes {args.classes}: {args.data} has only {len(loader.classes)} classes")
     backbones, titles = load_backbones(args.ckpt, device)
-    loader, _ = open_images(args, args.data)
     sampler = ClassSampler(args.classes, args.per_class, args.seed)
     selection = select_images(loader, sampler, backbones, device)
-    if len(sampler.members) < args.classes:
-        raise ValueError(f"--classes {args.classes}: {args.data} has only {len(sampler.seen)} classes")
+    if args.classes is not None and len(sampler.members) < args.classes:  # a store's class without images
+        raise ValueError(f"--classes {args.classes}: {args.data} has only {len(sampler.seen)} classes with images")
     labels = selection.labels.numpy()
+    shown_classes = len(sampler.members)
     points = [embed(features.numpy(), args.seed) for features in selection.features]
     folder = output_folder(args, args.ckpt[0])
     png = report_dir(folder) / "tsne.png"
     save_png(tsne_figure(points, labels, titles, loader.classes), png)
     name = "t-SNE" if args.method == "tsne" else "UMAP"
+    chosen = (f"{shown_classes} random classes (seed {args.seed})" if args.classes is not None
+              else f"all {shown_classes} classes")
     write_section(folder, "tsne", f"## Representation over training ({name})\n\n{name} of the L2-normalised "
-                  f"backbone features of {len(labels)} images of {args.data}: {args.classes} random classes (seed "
-                  f"{args.seed}), the first {args.per_class} images of each; one panel per checkpoint "
-                  f"({', '.join(titles)}), the same images in each, coloured by class.\n\n![{name}](./tsne.png)\n")
+                  f"backbone features of {len(labels)} images of {args.data}: {chosen}, the first {args.per_class} "
+                  f"images of each; one panel per checkpoint ({', '.join(titles)}), the same images in each, coloured "
+                  f"by class.\n\n![{name}](./tsne.png)\n")
     return {"checkpoints": list(args.ckpt), "labels": titles, "data": args.data, "method": args.method,
             "classes": sorted(sampler.members), "class_names": [loader.classes[c] for c in sorted(sampler.members)],
             "images": len(labels), "indices": selection.indices,
@@ -112,15 +136,25 @@ def run_tsne(args) -> dict:
 
 
 def run_neighbours(args) -> dict:
-    device = resolve_device(args.device)
-    backbones, titles = load_backbones(args.ckpt, device)
+    from pipelines.contract import check_same_classes
+    device = checked_start(args)
     from_gallery = args.queries_from is None or Path(args.queries_from).resolve() == Path(args.data).resolve()
     query_source = args.data if from_gallery else args.queries_from
-    query_loader, thumbnail = open_images(args, query_source)
+    gallery_loader, thumbnail = open_images(args, "--data", args.data)
+    query_loader = gallery_loader
+    if not from_gallery:
+        query_loader, _ = open_images(args, "--queries-from", query_source)
+        check_same_classes(query_loader, f"--queries-from {query_source}", gallery_loader, f"--data {args.data}")
+    if args.queries > query_loader.num_samples:
+        raise UserError(f"--queries {args.queries}: {query_source} has only {query_loader.num_samples} images")
+    searchable = gallery_loader.num_samples - (1 if from_gallery else 0)
+    if args.k > searchable:
+        raise UserError(f"--k {args.k}: the gallery {args.data} has only {gallery_loader.num_samples} images"
+                        + (" (a query is not its own neighbour)" if from_gallery else ""))
+    backbones, titles = load_backbones(args.ckpt, device)
     queries = select_images(query_loader, RandomSampler(args.queries, args.seed), backbones, device, thumbnail)
     if len(queries.indices) < args.queries:
         raise ValueError(f"--queries {args.queries}: {query_source} has only {queries.images_read} images")
-    gallery_loader, _ = open_images(args, args.data)
     found, gallery_size = streamed_neighbours(gallery_loader, backbones, queries, args.k, device, thumbnail,
                                              exclude_queries=from_gallery)
     if any(torch.isinf(neighbours.similarities).any() for neighbours in found):
@@ -145,15 +179,14 @@ def run_neighbours(args) -> dict:
 
 
 def run_clusters(args) -> dict:
-    device = resolve_device(args.device)
+    device = checked_start(args)
+    loader, thumbnail = open_images(args, "--data", args.data)
+    clusters, rows = cluster_counts(args, images_clustered(args.data, args.per_class))
     backbones, titles = load_backbones(args.ckpt, device)
-    loader, thumbnail = open_images(args, args.data)
     selection = select_images(loader, ClassSampler(None, args.per_class, args.seed), backbones, device)
     if not selection.indices:
         raise ValueError(f"{args.data}: no images")
     labels = selection.labels.numpy()
-    clusters = min(args.clusters, len(labels))
-    rows = min(args.rows, clusters)
     assignments, backend = zip(*(kmeans(features.numpy(), clusters, args.seed) for features in selection.features))
     purities = [round(cluster_purity(a, labels), 4) for a in assignments]
     blocks = [sample_cluster_rows(a, labels, rows, args.per_row, args.seed) for a in assignments]
@@ -165,7 +198,9 @@ def run_clusters(args) -> dict:
     block_titles = [f"{title}: purity {purity:.3f}" for title, purity in zip(titles, purities)]
     save_png(clusters_figure(blocks, thumbnail_of, block_titles, rows, args.per_row, args.thumb, loader.classes), png)
     table = [[title, purity] for title, purity in zip(titles, purities)]
-    write_section(folder, "clusters", f"## Clusters\n\nk-means ({backend[0]}, {clusters} clusters, seed "
+    shrunk = (f" (one per image: fewer images than the default {DEFAULT_CLUSTERS})"
+              if clusters < (args.clusters or DEFAULT_CLUSTERS) else "")
+    write_section(folder, "clusters", f"## Clusters\n\nk-means ({backend[0]}, {clusters} clusters{shrunk}, seed "
                   f"{args.seed}) of the L2-normalised backbone features of {len(labels)} images of {args.data} (the "
                   f"first {args.per_class} of each class); per checkpoint {rows} random clusters, each a row of up to "
                   f"{args.per_row} random members. Purity: the fraction of images whose label is their cluster's "
@@ -174,3 +209,25 @@ def run_clusters(args) -> dict:
     return {"checkpoints": list(args.ckpt), "labels": titles, "data": args.data, "images": len(labels),
             "classes": len(set(labels.tolist())), "clusters": clusters, "backend": backend[0], "purity": purities,
             "shown_clusters": [[row.cluster for row in block] for block in blocks], "png": str(png)}
+
+
+def images_clustered(data: str, per_class: int) -> int:
+    """How many images `clusters` reads: the first `per_class` of each class, counted from the labels alone."""
+    from pipelines.subsets import dataset_labels
+    counts = np.bincount(dataset_labels(data))
+    return int(np.minimum(counts, per_class).sum())
+
+
+def cluster_counts(args, images: int) -> tuple[int, int]:
+    """(clusters, rows): what was asked, checked against the images clustered; the defaults shrink to fit, and
+    say so on stderr."""
+    if args.clusters is not None and args.clusters > images:
+        raise UserError(f"--clusters {args.clusters}: only {images} images are clustered (the first --per-class "
+                        f"{args.per_class} of each class of {args.data}); give at most {images}")
+    clusters = args.clusters if args.clusters is not None else min(DEFAULT_CLUSTERS, images)
+    if clusters < DEFAULT_CLUSTERS and args.clusters is None:
+        print(f"eval clusters: note: {clusters} clusters, one per image clustered (fewer images than the default "
+              f"--clusters {DEFAULT_CLUSTERS})", file=sys.stderr)
+    if args.rows is not None and args.rows > clusters:
+        raise UserError(f"--rows {args.rows}: only {clusters} clusters to show; give at most {clusters}")
+    return clusters, args.rows if args.rows is not None else min(DEFAULT_ROWS, clusters)

@@ -1,0 +1,359 @@
+"""Mistakes with the evaluation commands, `export` and checkpoints (issue 16): each is one line on stderr and exit
+code 2, found before any feature is extracted: wrong counts (k, clusters, classes, queries), fractions, sets
+whose classes differ, an unwritable --out, paths that are no dataset and files that are no checkpoint."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from msf_fast import eval as evaluation
+from msf_fast import export
+from msf_fast.checkpoint import Checkpoint, NotACheckpoint, read_checkpoint
+from msf_fast.model import MSF
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--resolution", "32", "--workers", "0", "--batch-size", "32", "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "backbone.pth"
+    torch.save(export.backbone_state_dict(MSF("resnet18", bank_size=32, topk=5, small_input=True)), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def sets(tiny_imagefolder, tmp_path_factory) -> dict[str, str]:
+    """train/val (class_0..class_3), a val lacking class_3 and one naming it class_x."""
+    root = tmp_path_factory.mktemp("sets")
+    for name, classes in (("missing", {"class_0": "class_0", "class_1": "class_1", "class_2": "class_2"}),
+                          ("renamed", {"class_0": "class_0", "class_1": "class_1", "class_2": "class_2",
+                                       "class_3": "class_x"})):
+        for source, target in classes.items():
+            shutil.copytree(tiny_imagefolder / "val" / source, root / name / target)
+    return {"train": str(tiny_imagefolder / "train"), "val": str(tiny_imagefolder / "val"),
+            "missing": str(root / "missing"), "renamed": str(root / "renamed")}
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fails the test if a command gets as far as building a backbone (the step before feature extraction)."""
+    def refuse(self):
+        raise AssertionError("the command started its work before finding the mistake")
+    monkeypatch.setattr(Checkpoint, "backbone", refuse)
+
+
+def run(main, argv, capsys) -> tuple[int, list[str]]:
+    """(exit code, stderr lines) of a command's main, argparse's SystemExit included."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def eval_command(command, backbone, *options) -> list[str]:
+    return [command, "--ckpt", backbone, *options, *FAST]
+
+
+# --- eval knn ----------------------------------------------------------------------------------------------------
+
+def test_knn_k_zero_is_refused_by_the_parser(backbone, sets, no_work, capsys):
+    argv = eval_command("knn", backbone, "--train", sets["train"], "--val", sets["val"], "--k", "0")
+    assert run(evaluation.main, argv, capsys) == (2, [
+        "python -m msf_fast.eval knn: error: argument --k: must be at least 1, got 0 (see --help)"])
+
+
+def test_knn_k_larger_than_the_memory_set_is_refused_before_extraction(backbone, sets, no_work, capsys):
+    argv = eval_command("knn", backbone, "--train", sets["train"], "--val", sets["val"], "--k", "1", "200")
+    assert run(evaluation.main, argv, capsys) == (2, [
+        f"eval knn: error: --k 200: the memory set --train {sets['train']} has only 96 images; give --k values of "
+        "at most 96"])
+
+
+@pytest.mark.parametrize("val, only_val", [("missing", "none"), ("renamed", "class_x")])
+def test_knn_val_with_other_classes_is_refused(backbone, sets, no_work, capsys, val, only_val):
+    argv = eval_command("knn", backbone, "--train", sets["train"], "--val", sets[val])
+    train, other = f"--train {sets['train']}", f"--val {sets[val]}"
+    assert run(evaluation.main, argv, capsys) == (2, [
+        f"eval knn: error: {train} and {other} have different classes: class_3 only in {train}, {only_val} only in "
+        f"{other}; their labels would not match"])
+
+
+def test_knn_search_faiss_without_faiss(backbone, sets, no_work, capsys, monkeypatch):
+    monkeypatch.setattr("msf_fast.eval.cli.faiss_available", lambda: False)
+    argv = eval_command("knn", backbone, "--train", sets["train"], "--val", sets["val"], "--search", "faiss")
+    assert run(evaluation.main, argv, capsys) == (2, [
+        "eval knn: error: --search faiss: faiss is not installed (pip install -e '.[faiss]', or --search torch)"])
+
+
+def test_knn_k_zero_exits_2_from_the_command_line(backbone, sets):
+    done = subprocess.run([sys.executable, "-m", "msf_fast.eval", "knn", "--ckpt", backbone, "--train",
+                           sets["train"], "--val", sets["val"], "--k", "0"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        "python -m msf_fast.eval knn: error: argument --k: must be at least 1, got 0 (see --help)"]
+
+
+# --- options: unknown, abbreviated, --out, --device ------------------------------------------------------------
+
+def test_unknown_or_abbreviated_options_name_the_closest(backbone, sets, capsys):
+    code, lines = run(evaluation.main, eval_command("knn", backbone, "--train", sets["train"], "--val", sets["val"],
+                                                    "--kk", "5"), capsys)
+    assert code == 2 and len(lines) == 1
+    assert lines[0].startswith("python -m msf_fast.eval knn: error: unknown option --kk (did you mean --k?)")
+    code, lines = run(evaluation.main, eval_command("semi", backbone, "--train", sets["train"], "--val", sets["val"],
+                                                    "--fraction", "0.1"), capsys)
+    assert code == 2 and len(lines) == 1
+    assert lines[0].startswith("python -m msf_fast.eval semi: error: unknown option --fraction (did you mean "
+                               "--fractions?)")
+
+
+def test_an_unwritable_out_is_refused_before_any_work(backbone, sets, no_work, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for out, expected in ((a_file / "sub", f"--out {a_file / 'sub'}: cannot make the folder, {a_file} is a file"),
+                          (a_file, f"--out {a_file}: a file, not a folder")):
+        for command in ("knn", "linear", "semi"):
+            argv = eval_command(command, backbone, "--train", sets["train"], "--val", sets["val"], "--out", str(out))
+            assert run(evaluation.main, argv, capsys) == (2, [f"eval {command}: error: {expected}"])
+        argv = [*eval_command("clusters", backbone, "--data", sets["val"]), "--out", str(out)]
+        assert run(evaluation.main, argv, capsys) == (2, [f"eval clusters: error: {expected}"])
+    assert not (a_file / "sub").exists()
+
+
+def test_a_device_that_is_not_there(backbone, sets, no_work, capsys):
+    argv = eval_command("knn", backbone, "--train", sets["train"], "--val", sets["val"])
+    argv[argv.index("cpu")] = "gpu"
+    assert run(evaluation.main, argv, capsys) == (2, ["eval knn: error: --device gpu: expected auto, cpu, cuda or "
+                                                      "cuda:N"])
+
+
+# --- data paths --------------------------------------------------------------------------------------------------
+
+def test_data_paths_that_are_no_dataset_name_the_accepted_kinds(backbone, sets, no_work, tmp_path, capsys):
+    jpeg = tmp_path / "photo.jpg"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(jpeg)
+    shard = tmp_path / "train-00000-of-00001.tfrecord"
+    shard.write_bytes(b"\0" * 16)
+    accepted = "expected an ImageFolder, a .beton or a TFRecord store; found"
+    cases = {str(jpeg): f"{accepted} an image file: give the ImageFolder that holds class_name/image.jpg",
+             str(shard): f"{accepted} a single TFRecord shard: give the store's folder (the one holding "
+                         "manifest.json, written by python -m dataset_prep.write_tfrecord)",
+             str(tmp_path / "nothing"): f"{accepted} it does not exist"}
+    for path, found in cases.items():
+        argv = eval_command("knn", backbone, "--train", sets["train"], "--val", path)
+        assert run(evaluation.main, argv, capsys) == (2, [f"eval knn: error: --val {path}: {found}"])
+    argv = eval_command("tsne", backbone, "--data", str(jpeg))
+    assert run(evaluation.main, argv, capsys) == (2, [f"eval tsne: error: --data {jpeg}: {cases[str(jpeg)]}"])
+
+
+# --- linear / semi -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["linear", "semi"])
+def test_probe_train_and_val_must_share_classes(backbone, sets, no_work, capsys, command):
+    argv = eval_command(command, backbone, "--train", sets["train"], "--val", sets["renamed"])
+    train, other = f"--train {sets['train']}", f"--val {sets['renamed']}"
+    assert run(evaluation.main, argv, capsys) == (2, [
+        f"eval {command}: error: {train} and {other} have different classes: class_3 only in {train}, class_x only "
+        f"in {other}; their labels would not match"])
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("0", "must be in (0, 1], got 0"), ("10", "must be in (0, 1], got 10 (a fraction: 0.1 for 10 %)"),
+    ("1.5", "must be in (0, 1], got 1.5 (a fraction: 0.015 for 1.5 %)"), ("nan", "must be in (0, 1], got nan"),
+    ("ten", "invalid fraction value: 'ten'")])
+def test_semi_bad_fractions_are_refused_by_the_parser(backbone, sets, no_work, capsys, value, expected):
+    argv = eval_command("semi", backbone, "--train", sets["train"], "--val", sets["val"], "--fractions", "0.1", value)
+    assert run(evaluation.main, argv, capsys) == (2, [
+        f"python -m msf_fast.eval semi: error: argument --fractions: {expected} (see --help)"])
+
+
+def test_semi_subset_file_mistakes(backbone, sets, no_work, tmp_path, capsys):
+    base = eval_command("semi", backbone, "--train", sets["train"], "--val", sets["val"])
+    listed = tmp_path / "list.txt"
+    listed.write_text("class_0/0.jpg\nclass_1/0.jpg\n")
+    assert run(evaluation.main, [*base, "--subset-file", str(listed), "--fractions", "0.1"], capsys) == (2, [
+        "eval semi: error: --subset-file and --fractions exclude each other: the list file names the labelled "
+        "images"])
+    assert run(evaluation.main, [*base, "--subset-file", str(tmp_path / "none.txt")], capsys) == (2, [
+        f"eval semi: error: --subset-file {tmp_path / 'none.txt'}: no such file"])
+    assert run(evaluation.main, [*base, "--subset-file", str(listed)], capsys) == (2, [
+        f"eval semi: error: --subset-file {listed}: no image of 2 of the 4 classes (class_2, class_3); the probe "
+        "could never predict them: list at least one image per class"])
+
+
+def test_semi_report_describes_the_subset_file_it_ran(backbone, sets, tmp_path, capsys):
+    listed = tmp_path / "list.txt"
+    listed.write_text("# one image per class, one twice\n" + "".join(f"class_{c}/{c}.jpg\n" for c in range(4))
+                      + "class_0/0.jpg\n")
+    argv = [*eval_command("semi", backbone, "--train", sets["train"], "--val", sets["val"]), "--subset-file",
+            str(listed), "--epochs", "1", "--out", str(tmp_path / "out")]
+    assert run(evaluation.main, argv, capsys)[0] == 0
+    section = (tmp_path / "out" / "report" / "semi.md").read_text()
+    assert f"the 4 distinct images listed in {listed} (of 96, covering all 4 classes)" in section
+    assert "drawn with seed" not in section
+    result = json.loads((tmp_path / "out" / "semi.json").read_text())
+    assert result["subset_source"] == f"--subset-file {listed}"
+    assert result["subsets"][str(listed)]["labelled_images"] == 4
+
+
+# --- figures -----------------------------------------------------------------------------------------------------
+
+def test_tsne_classes_beyond_the_data_are_refused_before_reading_an_image(backbone, sets, no_work, capsys):
+    argv = eval_command("tsne", backbone, "--data", sets["val"], "--classes", "5")
+    assert run(evaluation.main, argv, capsys) == (2, [f"eval tsne: error: --classes 5: {sets['val']} has only 4 "
+                                                      "classes"])
+    argv = eval_command("tsne", backbone, "--data", sets["val"], "--classes", "many")
+    assert run(evaluation.main, argv, capsys) == (2, [
+        "python -m msf_fast.eval tsne: error: argument --classes: expected a number of classes or 'all', got 'many' "
+        "(see --help)"])
+
+
+def test_tsne_classes_all_shows_every_class(backbone, sets, tmp_path, capsys):
+    argv = [*eval_command("tsne", backbone, "--data", sets["val"], "--classes", "all", "--per-class", "2", "--thumb",
+                          "8"), "--out", str(tmp_path)]
+    assert run(evaluation.main, argv, capsys) == (0, [])
+    assert json.loads((tmp_path / "tsne.json").read_text())["classes"] == [0, 1, 2, 3]
+    assert f"8 images of {sets['val']}: all 4 classes, the first 2 images" in (tmp_path / "report.md").read_text()
+
+
+def test_neighbours_queries_from_other_classes_are_refused(backbone, sets, no_work, capsys):
+    argv = eval_command("neighbours", backbone, "--data", sets["train"], "--queries-from", sets["missing"])
+    queries, gallery = f"--queries-from {sets['missing']}", f"--data {sets['train']}"
+    assert run(evaluation.main, argv, capsys) == (2, [
+        f"eval neighbours: error: {queries} and {gallery} have different classes: none only in {queries}, class_3 "
+        f"only in {gallery}; their labels would not match"])
+
+
+def test_neighbours_counts_beyond_the_data_are_refused_before_reading_an_image(backbone, sets, no_work, capsys):
+    argv = eval_command("neighbours", backbone, "--data", sets["val"], "--k", "24")
+    assert run(evaluation.main, argv, capsys) == (2, [
+        f"eval neighbours: error: --k 24: the gallery {sets['val']} has only 24 images (a query is not its own "
+        "neighbour)"])
+    argv = eval_command("neighbours", backbone, "--data", sets["train"], "--queries-from", sets["val"],
+                        "--queries", "25")
+    assert run(evaluation.main, argv, capsys) == (2, [
+        f"eval neighbours: error: --queries 25: {sets['val']} has only 24 images"])
+
+
+def test_more_clusters_or_rows_than_possible_are_refused_before_reading_an_image(backbone, sets, no_work, capsys):
+    argv = eval_command("clusters", backbone, "--data", sets["val"], "--per-class", "2", "--clusters", "9")
+    assert run(evaluation.main, argv, capsys) == (2, [
+        f"eval clusters: error: --clusters 9: only 8 images are clustered (the first --per-class 2 of each class of "
+        f"{sets['val']}); give at most 8"])
+    argv = eval_command("clusters", backbone, "--data", sets["val"], "--clusters", "3", "--rows", "4")
+    assert run(evaluation.main, argv, capsys) == (2, [
+        "eval clusters: error: --rows 4: only 3 clusters to show; give at most 3"])
+
+
+def test_default_clusters_shrink_to_the_images_and_say_so(backbone, sets, tmp_path, capsys):
+    argv = [*eval_command("clusters", backbone, "--data", sets["val"], "--per-class", "1", "--thumb", "8"),
+            "--out", str(tmp_path)]
+    code, lines = run(evaluation.main, argv, capsys)
+    assert code == 0
+    assert lines == ["eval clusters: note: 4 clusters, one per image clustered (fewer images than the default "
+                     "--clusters 100)"]
+    assert "4 clusters (one per image: fewer images than the default 100)" in (tmp_path / "report.md").read_text()
+
+
+# --- checkpoints that are none -----------------------------------------------------------------------------------
+
+def fake_beton(path: Path) -> Path:
+    """A file starting with an FFCV version-2 header: what write_beton writes, whatever its name."""
+    header = np.zeros(1, dtype=[("version", "<u2"), ("num_fields", "<u2"), ("page_size", "<u4"),
+                                ("num_samples", "<u8"), ("alloc_table_ptr", "<u8")])
+    header["version"], header["num_fields"] = 2, 2
+    path.write_bytes(header.tobytes() + b"\0" * 64)
+    return path
+
+
+@pytest.fixture
+def not_checkpoints(backbone, tmp_path) -> dict[str, str]:
+    """{path: what read_checkpoint says it is}."""
+    beton, unnamed = fake_beton(tmp_path / "train.beton"), fake_beton(tmp_path / "store")
+    text = tmp_path / "notes.pt"
+    text.write_text("learning rate 0.05 was too high\n")
+    truncated = tmp_path / "truncated.pt"
+    whole = Path(backbone).read_bytes()
+    truncated.write_bytes(whole[:len(whole) // 2])
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    run_folder = tmp_path / "run"
+    (run_folder / "checkpoints").mkdir(parents=True)
+    shutil.copy(backbone, run_folder / "checkpoints" / "latest.pt")
+    beton_words = ("an FFCV .beton (a dataset written by dataset_prep.write_beton), not a checkpoint; checkpoints "
+                   "are .pt files such as runs/NAME/checkpoints/latest.pt")
+    return {str(beton): beton_words, str(unnamed): beton_words,
+            str(text): "a text file (starting 'learning rate 0.05 was too high'), not a checkpoint",
+            str(truncated): f"a truncated or damaged torch file ({len(whole) // 2:,} bytes): copy or save it again",
+            str(empty): "an empty file (0 bytes), not a checkpoint",
+            str(run_folder): f"a folder, not a checkpoint file (a run folder: give {run_folder}/checkpoints/latest.pt)",
+            str(tmp_path / "missing.pt"): "no such file"}
+
+
+def test_read_checkpoint_names_the_file_and_what_it_seems_to_be(not_checkpoints):
+    for path, seems in not_checkpoints.items():
+        with pytest.raises(NotACheckpoint) as error:
+            read_checkpoint(path)
+        assert str(error.value) == f"{path}: {seems}"
+        assert isinstance(error.value, ValueError)
+
+
+def test_eval_with_a_file_that_is_no_checkpoint(not_checkpoints, sets, capsys):
+    for path, seems in not_checkpoints.items():
+        argv = eval_command("knn", path, "--train", sets["train"], "--val", sets["val"], "--out", str(sets["train"]))
+        assert run(evaluation.main, argv, capsys) == (2, [f"eval knn: error: {path}: {seems}"])
+
+
+# --- export ------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def training_checkpoint(tmp_path_factory) -> str:
+    from msf_fast.checkpoint import atomic_save, training_state
+    torch.manual_seed(0)
+    model = MSF("resnet18", bank_size=32, topk=5, small_input=True)
+    path = tmp_path_factory.mktemp("run") / "latest.pt"
+    atomic_save(training_state(model, None, None, 1, 3, 3, None), path)
+    return str(path)
+
+
+def test_export_follows_the_writers_conventions(training_checkpoint, backbone, not_checkpoints, tmp_path, capsys):
+    out = tmp_path / "backbone.pth"
+    assert run(export.main, [training_checkpoint, str(out)], capsys) == (0, [])
+    assert run(export.main, [training_checkpoint, str(out)], capsys) == (2, [
+        f"export: error: output '{out}' already exists (pass --overwrite to replace it)"])
+    nested = tmp_path / "missing" / "backbone.pth"
+    assert run(export.main, [training_checkpoint, str(nested)], capsys) == (2, [
+        f"export: error: cannot write '{nested}': folder '{nested.parent}' does not exist"])
+    assert not nested.parent.exists()  # not created
+    assert run(export.main, [training_checkpoint, str(tmp_path)], capsys) == (2, [
+        f"export: error: output '{tmp_path}' is a folder; give a file name, e.g. {tmp_path / 'backbone.pth'}"])
+    assert run(export.main, [backbone, str(tmp_path / "again.pth")], capsys) == (2, [
+        f"export: error: {backbone}: already a torchvision backbone (as this command writes), not a training "
+        "checkpoint; python -m msf_fast.eval and torchvision read it as it is"])
+    assert run(export.main, [training_checkpoint, str(tmp_path / "x.pth"), "--num-classes", "-1"], capsys) == (2, [
+        "python -m msf_fast.export: error: argument --num-classes: must be at least 0, got -1 (see --help)"])
+    for path, seems in not_checkpoints.items():
+        assert run(export.main, [path, str(tmp_path / "x.pth")], capsys) == (2, [f"export: error: {path}: {seems}"])
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".pth") == ["backbone.pth"]
+
+
+def test_export_exit_code_from_the_command_line(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint\n")
+    done = subprocess.run([sys.executable, "-m", "msf_fast.export", str(text), str(tmp_path / "out.pth")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"export: error: {text}: a text file (starting 'not a checkpoint'), not a checkpoint"]
