@@ -1,8 +1,9 @@
 """What both store writers share: the command line, choosing the samples, the manifest, the summary, exit codes.
 
 Exit codes: 0 written; 1 nothing written because every image was bad or `--strict` met a bad image;
-2 the source or the destination is unusable (one error line, before any work); 130 / 143 interrupted by Ctrl-C /
-SIGTERM (the partial output is removed).
+2 the source or the destination is unusable, or an option is wrong (one error line, before any work); 130 / 143
+interrupted by Ctrl-C / SIGTERM (the partial output is removed). Warnings (classes left without an image, files
+ignored for their extension) are lines on stderr; the conversion goes on.
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
+from typing import Callable
 
+from dataset_prep.argument_parser import OneLineParser
 from dataset_prep.image_folder import ImageFolderListing, SourceError, list_image_folder, random_subset
 from dataset_prep.progress import available_cores
 from dataset_prep.staging import OutputError, check_destination
@@ -30,8 +33,8 @@ class ConversionError(Exception):
 def writer_parser(prog: str, doc: str, out_metavar: str, out_help: str, max_resolution_help: str,
                   default_resolution: int) -> argparse.ArgumentParser:
     """The options both writers share; each adds its own."""
-    parser = argparse.ArgumentParser(prog=f"python -m dataset_prep.{prog}", description=doc.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog=f"python -m dataset_prep.{prog}", description=doc.split("\n\n")[0],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src", metavar="SRC_DIR", help="ImageFolder: SRC_DIR/class_name/image.jpg")
     parser.add_argument("out", metavar=out_metavar, help=out_help)
     parser.add_argument("--max-resolution", type=int, default=default_resolution, metavar="S",
@@ -114,6 +117,11 @@ class ConversionReport:
         if self.skipped and self.args.strict:
             raise ConversionError(f"--strict: {len(self.skipped)} of {len(self.selected)} images are bad; "
                                   "nothing written")
+        empty = [name for name, count in self.listing.counts_per_class(self.written).items() if count == 0]
+        if empty:
+            why = "all their images were bad" + (" or not drawn by --limit" if self.args.limit else "")
+            print(f"{prog}: warning: {len(empty)} of {len(self.listing.classes)} classes have no image in the store "
+                  f"({why}): {_listed(empty)}; their labels stay reserved", file=sys.stderr)
 
     def summary(self, prog: str, store_path: str, manifest_path: str, size_bytes: int) -> str:
         seconds = time.perf_counter() - self.started
@@ -140,9 +148,19 @@ def _version() -> str:
         return "unknown"
 
 
-def select_samples(args) -> tuple[ImageFolderListing, list[tuple[str, int]]]:
+def select_samples(args, prog: str) -> tuple[ImageFolderListing, list[tuple[str, int]]]:
+    """The source's listing (a SourceError when it is none) and the samples to convert; files ignored for their
+    extension are reported on stderr."""
     listing = list_image_folder(args.src)
+    if listing.ignored_files:
+        count = len(listing.ignored_files)
+        print(f"{prog}: ignored {count} file{'s' if count > 1 else ''} without an image extension (e.g. "
+              f"{os.path.relpath(listing.ignored_files[0], listing.root)})", file=sys.stderr)
     return listing, random_subset(listing.samples, args.limit, args.seed)
+
+
+def _listed(names: list[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def write_json(path: str, data: dict) -> None:
@@ -170,13 +188,17 @@ def _terminate_like_ctrl_c(main_pid: int):
     return handler
 
 
-def run_cli(prog: str, parser: argparse.ArgumentParser, convert, argv=None) -> int:
-    """Parse, check the source and destination, convert; map failures to one line and an exit code.
+def run_cli(prog: str, parser: argparse.ArgumentParser, convert, argv=None,
+            check_output_name: Callable[[str], None] | None = None) -> int:
+    """Parse, check the options, the output's name (`check_output_name`: an OutputError when it contradicts the
+    format), the destination and the source, convert; map failures to one line and an exit code.
     Ctrl-C and SIGTERM remove the partial output and exit 130 / 143."""
     args = parser.parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _terminate_like_ctrl_c(os.getpid()))
     try:
         check_common_arguments(args)
+        if check_output_name is not None:
+            check_output_name(args.out)
         check_destination(args.out, args.overwrite)
         convert(args)
     except (SourceError, OutputError) as error:

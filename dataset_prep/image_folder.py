@@ -37,15 +37,24 @@ class ImageFolderListing:
 
 
 def list_image_folder(root: str) -> ImageFolderListing:
-    if not os.path.exists(root):
-        raise SourceError(f"source folder {root!r} does not exist")
+    """The listing, or a SourceError naming what `root` is instead of an ImageFolder. A class folder without an
+    image file (empty, or holding only other files) is refused, as torchvision's ImageFolder (and so the trainer)
+    refuses it: a store with a class it could never have read is not written."""
+    from dataset_prep.stores import describe_path
     if not os.path.isdir(root):
-        raise SourceError(f"source {root!r} is not a folder (expected an ImageFolder: class_name/image.jpg)")
+        raise SourceError(f"source {root!r} is not an ImageFolder (SRC_DIR/class_name/image.jpg): "
+                          f"{_source_found(root, describe_path(root))}")
     classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
     if not classes:
-        raise SourceError(f"source folder {root!r} has no class folders (expected class_name/image.jpg)")
-    samples, ignored = [], []
+        found = _source_found(root, describe_path(root))
+        if "store" in found:
+            raise SourceError(f"source {root!r} is not an ImageFolder (SRC_DIR/class_name/image.jpg): {found}")
+        raise SourceError(f"source folder {root!r} has no class folders (expected SRC_DIR/class_name/image.jpg; "
+                          f"{'it is empty' if not os.listdir(root) else 'it holds only files'})")
+    samples, ignored, empty = [], [], {}
     for label, name in enumerate(classes):
+        found = len(samples)
+        others = 0
         for folder, _, file_names in sorted(os.walk(os.path.join(root, name), followlinks=True)):
             for file_name in sorted(file_names):
                 path = os.path.join(folder, file_name)
@@ -53,10 +62,32 @@ def list_image_folder(root: str) -> ImageFolderListing:
                     samples.append((path, label))
                 else:
                     ignored.append(path)
+                    others += 1
+        if len(samples) == found:
+            empty[name] = f"{others} other file{'s' if others != 1 else ''}" if others else "empty"
     if not samples:
         raise SourceError(f"source folder {root!r} has {len(classes)} class folders but no image files "
                           f"({', '.join(IMAGE_EXTENSIONS)})")
+    if empty:
+        listed = ", ".join(f"{name} ({what})" for name, what in list(empty.items())[:5])
+        more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
+        raise SourceError(f"source folder {root!r}: {len(empty)} class folder{'s' if len(empty) > 1 else ''} "
+                          f"without image files: {listed}{more}; torchvision's ImageFolder (the trainer's loader) "
+                          "refuses them too: remove them or add images")
     return ImageFolderListing(root, classes, samples, ignored)
+
+
+def _source_found(root: str, found: str) -> str:
+    """What describe_path found, in words that fit a source: converted data given as the source is named as such."""
+    from dataset_prep.stores import looks_like_beton
+    converted = "already converted; give the ImageFolder it was written from"
+    if os.path.isfile(root) and (root.endswith(".beton") or looks_like_beton(root)):
+        return f"an FFCV .beton store ({converted})"
+    if os.path.isfile(root) and root.lower().endswith(".tfrecord"):
+        return f"a TFRecord shard ({converted})"
+    if found.startswith("TFRecord shards") or os.path.isfile(os.path.join(root, "manifest.json")):
+        return f"a TFRecord store ({converted})"
+    return found
 
 
 def random_subset(samples: list, limit: int, seed: int) -> list:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import sys
 import time
 from multiprocessing import Process, Queue, Value
@@ -23,8 +24,8 @@ from dataset_prep.ffcv_import import FFCVUnavailable, import_ffcv
 from dataset_prep.image_folder import SourceError
 from dataset_prep.images import BadImage, check_image, fitted_size, load_rgb
 from dataset_prep.progress import default_sigterm, parallel_map, progress_bar
-from dataset_prep.staging import StagedPath
-from dataset_prep.stores import beton_manifest_path
+from dataset_prep.staging import OutputError, StagedPath
+from dataset_prep.stores import BETON_SUFFIX, beton_manifest_path
 
 PROG = "write_beton"
 WRITE_MODES = ("proportion", "jpg", "raw", "smart")
@@ -146,7 +147,7 @@ def convert(args) -> None:
         args.write_mode = "jpg"
     if not 0.0 <= args.compress_probability <= 1.0:
         raise SourceError(f"--compress-probability must be in [0, 1], got {args.compress_probability}")
-    listing, samples = select_samples(args)  # a bad source is reported before FFCV's import (seconds)
+    listing, samples = select_samples(args, PROG)  # a bad source is reported before FFCV's import (seconds)
     import_ffcv_or_fail()  # before the conversion's clock starts, and a clear error if missing
     report = ConversionReport("ffcv-beton", args, listing, samples)
     # the manifest's block closes first: it is renamed into place just before the store
@@ -168,6 +169,16 @@ def convert(args) -> None:
     print(report.summary(PROG, args.out, beton_manifest_path(args.out), size))
 
 
+def check_output_name(out: str) -> None:
+    """A .beton is one file whose name ends in .beton: training and evaluation recognise a store by its suffix."""
+    if out.endswith(("/", os.sep)) or os.path.isdir(out):
+        raise OutputError(f"output {out!r} names a folder, and {PROG} writes one file: give OUT{BETON_SUFFIX}, e.g. "
+                          f"{os.path.join(out, 'train' + BETON_SUFFIX)}")
+    if not out.endswith(BETON_SUFFIX):
+        raise OutputError(f"output {out!r} lacks the {BETON_SUFFIX} suffix by which training and evaluation "
+                          f"recognise an FFCV store: name it {out}{BETON_SUFFIX}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = writer_parser(PROG, __doc__, "OUT.beton", "the store to create",
                            "longest side of stored images, larger ones are shrunk (default 256; 0 keeps full "
@@ -184,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    return run_cli(PROG, build_parser(), convert, argv)
+    return run_cli(PROG, build_parser(), convert, argv, check_output_name)
 
 
 if __name__ == "__main__":

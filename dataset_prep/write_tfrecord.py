@@ -24,8 +24,8 @@ from dataset_prep.conversion import (ConversionReport, run_cli, select_samples, 
 from dataset_prep.image_folder import SourceError
 from dataset_prep.images import BadImage, stored_jpeg
 from dataset_prep.progress import parallel_map
-from dataset_prep.staging import StagedPath
-from dataset_prep.stores import tfrecord_manifest_path
+from dataset_prep.staging import OutputError, StagedPath
+from dataset_prep.stores import BETON_SUFFIX, tfrecord_manifest_path
 from dataset_prep.tfrecord_format import TFRecordWriter, frame_record, image_example
 
 PROG = "write_tfrecord"
@@ -54,7 +54,7 @@ def shard_plan(samples: list, shards: int, shuffle: bool, seed: int) -> list[lis
 def convert(args) -> None:
     if args.shards < 0:  # before the source is listed (minutes for ImageNet)
         raise SourceError(f"--shards must be >= 0, got {args.shards}")
-    listing, samples = select_samples(args)
+    listing, samples = select_samples(args, PROG)
     shards = args.shards or math.ceil(len(samples) / IMAGES_PER_SHARD)
     if shards > len(samples):
         raise SourceError(f"--shards {shards} is more than the {len(samples)} images to write")
@@ -90,6 +90,21 @@ def convert(args) -> None:
     print(report.summary(PROG, args.out, tfrecord_manifest_path(args.out), size))
 
 
+def check_output_name(out: str) -> None:
+    """A TFRecord store is a folder: a name that says .beton or a single shard, or an existing file, is refused."""
+    name = out.rstrip("/" + os.sep)
+    if name.endswith(BETON_SUFFIX):
+        raise OutputError(f"output {out!r} has the {BETON_SUFFIX} suffix of an FFCV store, and {PROG} writes a folder "
+                          f"of TFRecord shards: name it without {BETON_SUFFIX}, or write a .beton with python -m "
+                          "dataset_prep.write_beton")
+    if name.lower().endswith(".tfrecord"):
+        raise OutputError(f"output {out!r} is named like a single shard, and {PROG} writes a folder of shards: name "
+                          "it without .tfrecord")
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise OutputError(f"output {out!r} is a file, and {PROG} writes a folder (--overwrite replaces only a "
+                          "folder): give another name")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = writer_parser(PROG, __doc__, "OUT_DIR", "folder to create for the shards (must not exist)",
                            "longest side of stored images; larger ones are shrunk and re-encoded (default 0: keep "
@@ -100,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    return run_cli(PROG, build_parser(), convert, argv)
+    return run_cli(PROG, build_parser(), convert, argv, check_output_name)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,143 @@
+"""Mistakes with the store writers (issue 16): an output name that contradicts the format, a class folder the
+trainer could not read (empty, or only non-image files), a source that is already converted data, a mistyped
+option. Each is one line on stderr and exit code 2, before any image is read, and nothing is written."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dataset_prep import write_beton, write_tfrecord
+from tests.image_cases import make_clean_source
+
+ROOT = Path(__file__).resolve().parents[1]
+WRITERS = {"write_beton": write_beton, "write_tfrecord": write_tfrecord}
+IMAGE_EXTENSIONS = ".jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp"
+
+
+@pytest.fixture
+def source(tmp_path) -> str:
+    return make_clean_source(str(tmp_path / "clean"))
+
+
+@pytest.fixture
+def keep_torch_threads():
+    import torch
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)  # importing ffcv changes it
+
+
+def run(main, argv, capsys) -> tuple[int, list[str]]:
+    try:
+        code = main([*argv, "--no-progress", "--workers", "1"])
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.err.strip().splitlines()
+
+
+def entries(folder) -> set[str]:
+    return set(os.listdir(folder))
+
+
+def test_write_tfrecord_refuses_a_name_of_another_format(source, tmp_path, capsys):
+    before = entries(tmp_path)
+    for name, expected in (
+            ("x.beton", "has the .beton suffix of an FFCV store, and write_tfrecord writes a folder of TFRecord "
+                        "shards: name it without .beton, or write a .beton with python -m dataset_prep.write_beton"),
+            ("x.beton/", "has the .beton suffix of an FFCV store, and write_tfrecord writes a folder of TFRecord "
+                         "shards: name it without .beton, or write a .beton with python -m dataset_prep.write_beton"),
+            ("train.tfrecord", "is named like a single shard, and write_tfrecord writes a folder of shards: name it "
+                               "without .tfrecord")):
+        out = str(tmp_path / name)
+        assert run(write_tfrecord.main, [source, out], capsys) == (2, [
+            f"write_tfrecord: error: output {out!r} {expected}"])
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert run(write_tfrecord.main, [source, str(a_file), "--overwrite"], capsys) == (2, [
+        f"write_tfrecord: error: output {str(a_file)!r} is a file, and write_tfrecord writes a folder (--overwrite "
+        "replaces only a folder): give another name"])
+    assert entries(tmp_path) == before | {"a_file"}
+
+
+def test_write_beton_refuses_a_folder_or_a_name_without_its_suffix(source, tmp_path, capsys):
+    before = entries(tmp_path)
+    folder = str(tmp_path / "stores") + "/"
+    assert run(write_beton.main, [source, folder], capsys) == (2, [
+        f"write_beton: error: output {folder!r} names a folder, and write_beton writes one file: give OUT.beton, "
+        f"e.g. {folder}train.beton"])
+    assert run(write_beton.main, [source, str(tmp_path), "--overwrite"], capsys) == (2, [
+        f"write_beton: error: output {str(tmp_path)!r} names a folder, and write_beton writes one file: give "
+        f"OUT.beton, e.g. {tmp_path / 'train.beton'}"])
+    plain = str(tmp_path / "train")
+    assert run(write_beton.main, [source, plain], capsys) == (2, [
+        f"write_beton: error: output {plain!r} lacks the .beton suffix by which training and evaluation recognise "
+        f"an FFCV store: name it {plain}.beton"])
+    assert entries(tmp_path) == before
+
+
+@pytest.mark.parametrize("writer, out", [("write_tfrecord", "store"), ("write_beton", "s.beton")])
+def test_class_folders_the_trainer_would_refuse_are_refused(writer, out, source, tmp_path, capsys):
+    os.makedirs(os.path.join(source, "dog"))  # empty
+    os.makedirs(os.path.join(source, "eel", "sub"))
+    Path(source, "eel", "README.txt").write_text("no images here")
+    Path(source, "eel", "sub", "labels.csv").write_text("a,b")
+    assert run(WRITERS[writer].main, [source, str(tmp_path / out)], capsys) == (2, [
+        f"{writer}: error: source folder {source!r}: 2 class folders without image files: dog (empty), eel (2 other "
+        "files); torchvision's ImageFolder (the trainer's loader) refuses them too: remove them or add images"])
+    assert not os.path.exists(tmp_path / out)
+    # the same verdict as the trainer's loader
+    from torchvision.datasets import ImageFolder
+    with pytest.raises(FileNotFoundError, match="Found no valid file for the classes dog, eel"):
+        ImageFolder(source)
+
+
+def test_converted_data_given_as_the_source(source, tmp_path, capsys, keep_torch_threads):
+    store = str(tmp_path / "store")
+    assert run(write_tfrecord.main, [source, store], capsys)[0] == 0
+    converted = "already converted; give the ImageFolder it was written from"
+    assert run(write_tfrecord.main, [store, str(tmp_path / "again")], capsys) == (2, [
+        f"write_tfrecord: error: source {store!r} is not an ImageFolder (SRC_DIR/class_name/image.jpg): a TFRecord "
+        f"store ({converted})"])
+    shard = os.path.join(store, sorted(name for name in os.listdir(store) if name.endswith(".tfrecord"))[0])
+    assert run(write_beton.main, [shard, str(tmp_path / "s.beton")], capsys) == (2, [
+        f"write_beton: error: source {shard!r} is not an ImageFolder (SRC_DIR/class_name/image.jpg): a TFRecord "
+        f"shard ({converted})"])
+    image = os.path.join(source, "ant", "ant_0.JPEG")
+    assert run(write_beton.main, [image, str(tmp_path / "s.beton")], capsys) == (2, [
+        f"write_beton: error: source {image!r} is not an ImageFolder (SRC_DIR/class_name/image.jpg): an image file: "
+        "give the ImageFolder that holds class_name/image.jpg"])
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "a.jpg").write_bytes(b"")
+    assert run(write_tfrecord.main, [str(flat), str(tmp_path / "x")], capsys) == (2, [
+        f"write_tfrecord: error: source folder {str(flat)!r} has no class folders (expected "
+        "SRC_DIR/class_name/image.jpg; it holds only files)"])
+
+
+def test_ignored_files_and_classes_left_empty_are_reported(source, tmp_path, capsys):
+    Path(source, "bee", "bee_0.JPEG").write_bytes(b"")  # bee keeps 3 images; make them all bad
+    for name in ("bee_1.JPEG", "bee_2.JPEG"):
+        Path(source, "bee", name).write_bytes(b"not a jpeg")
+    Path(source, "bee", "nested", "bee_3.JPEG").write_bytes(b"")
+    code, lines = run(write_tfrecord.main, [source, str(tmp_path / "store")], capsys)
+    assert code == 0
+    assert lines[0] == "write_tfrecord: ignored 1 file without an image extension (e.g. ant/notes.txt)"
+    assert ("write_tfrecord: warning: 1 of 3 classes have no image in the store (all their images were bad): bee; "
+            "their labels stay reserved") in lines
+
+
+@pytest.mark.parametrize("writer", ["write_beton", "write_tfrecord"])
+def test_mistyped_options_name_the_closest_and_exit_2(writer, source, tmp_path):
+    out = str(tmp_path / ("s.beton" if writer == "write_beton" else "store"))
+    done = subprocess.run([sys.executable, "-m", f"dataset_prep.{writer}", source, out, "--max-res", "64"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"python -m dataset_prep.{writer}: error: unknown option --max-res (did you mean --max-resolution?)")
+    assert not os.path.exists(out)
