@@ -146,11 +146,13 @@ def test_data_paths_that_are_no_dataset_name_the_accepted_kinds(backbone, sets, 
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(jpeg)
     shard = tmp_path / "train-00000-of-00001.tfrecord"
     shard.write_bytes(b"\0" * 16)
+    unnamed = fake_beton(tmp_path / "val_store")
     accepted = "expected an ImageFolder, a .beton or a TFRecord store; found"
     cases = {str(jpeg): f"{accepted} an image file: give the ImageFolder that holds class_name/image.jpg",
              str(shard): f"{accepted} a single TFRecord shard: give the store's folder (the one holding "
                          "manifest.json, written by python -m dataset_prep.write_tfrecord)",
-             str(tmp_path / "nothing"): f"{accepted} it does not exist"}
+             str(tmp_path / "nothing"): f"{accepted} it does not exist",
+             str(unnamed): f"{accepted} an FFCV store without the .beton suffix: rename it to {unnamed}.beton"}
     for path, found in cases.items():
         argv = eval_command("knn", backbone, "--train", sets["train"], "--val", path)
         assert run(evaluation.main, argv, capsys) == (2, [f"eval knn: error: --val {path}: {found}"])
@@ -314,6 +316,10 @@ def test_eval_with_a_file_that_is_no_checkpoint(not_checkpoints, sets, capsys):
     for path, seems in not_checkpoints.items():
         argv = eval_command("knn", path, "--train", sets["train"], "--val", sets["val"], "--out", str(sets["train"]))
         assert run(evaluation.main, argv, capsys) == (2, [f"eval knn: error: {path}: {seems}"])
+    # found before the data are listed: a wrong --train is not reached
+    path, seems = next(iter(not_checkpoints.items()))
+    argv = eval_command("tsne", path, "--data", "no/such/folder", "--out", str(sets["train"]))
+    assert run(evaluation.main, argv, capsys) == (2, [f"eval tsne: error: {path}: {seems}"])
 
 
 # --- export ------------------------------------------------------------------------------------------------------

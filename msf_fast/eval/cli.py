@@ -38,6 +38,7 @@ def run_knn(args) -> dict:
     device = checked_device(args)
     if args.search == "faiss" and not faiss_available():
         raise UserError("--search faiss: faiss is not installed (pip install -e '.[faiss]', or --search torch)")
+    checkpoint = read_checkpoint(args.ckpt)  # a file that is none is found before the data are listed
     recipe = two_view_recipe("w/s", args.resolution)
     train = open_eval_data(args, "--train", args.train, recipe, "knn: train features")
     val = open_eval_data(args, "--val", args.val, recipe, "knn: val features")
@@ -45,7 +46,7 @@ def run_knn(args) -> dict:
     if max(args.k) > train.num_samples:
         raise UserError(f"--k {max(args.k)}: the memory set --train {args.train} has only {train.num_samples} "
                         f"images; give --k values of at most {train.num_samples}")
-    backbone = read_checkpoint(args.ckpt).backbone()
+    backbone = checkpoint.backbone()
     folder = output_folder(args, args.ckpt)
     report = {"checkpoint": str(args.ckpt),
               **knn_evaluation(backbone.to(device), train, val, device, args.k, amp_dtype(device), args.search)}

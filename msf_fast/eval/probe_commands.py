@@ -79,8 +79,9 @@ def probe_settings(args) -> ProbeSettings:
 class ProbeRun:
     """One checkpoint's frozen features, shared by every probe trained on them (all labels, each subset).
 
-    Built in two steps: the constructor checks every option, the output folder and both data sets (their classes
-    must match) without reading an image; `extract()` then reads the checkpoint and extracts the features."""
+    Built in two steps: the constructor checks every option, the output folder, the checkpoint file and both data
+    sets (their classes must match) without reading an image; `extract()` then builds the backbone and extracts the
+    features."""
 
     def __init__(self, args):
         from pipelines import two_view_recipe
@@ -90,6 +91,7 @@ class ProbeRun:
         self.folder = check_output_folder(args, args.ckpt)
         self.device = checked_device(args)
         self.amp = amp_dtype(self.device)
+        self.checkpoint = read_checkpoint(args.ckpt)  # a file that is none is found before the data are listed
         self.recipe = two_view_recipe("w/s", args.resolution)
         self.train_loader = open_eval_data(args, "--train", args.train, self.recipe, "train features")
         self.val_loader = open_eval_data(args, "--val", args.val, self.recipe, "val features")
@@ -98,7 +100,7 @@ class ProbeRun:
         self.num_classes = len(self.classes)
 
     def extract(self) -> "ProbeRun":
-        self.backbone = read_checkpoint(self.args.ckpt).backbone().to(self.device)
+        self.backbone = self.checkpoint.backbone().to(self.device)
         self.train_features, self.train_labels = self._features(self.train_loader)
         self.val_features, self.val_labels = self._features(self.val_loader)
         self.standardizer = feature_standardizer(self.train_features)  # the whole training set's, for every probe

@@ -92,26 +92,26 @@ def open_images(args, option: str, root: str):
     return open_eval_data(args, option, root, recipe, f"{args.command}: {Path(root).name}"), thumbnail
 
 
-def checked_start(args) -> torch.device:
-    """What every figure command checks before reading an image: the output folder and the device."""
+def checked_start(args) -> tuple[torch.device, list]:
+    """What every figure command checks before listing the data: the output folder, the device, and that every
+    checkpoint is one (read once here, their backbones built later by `backbones_of`)."""
     check_output_folder(args, args.ckpt[0])
-    return checked_device(args)
+    return checked_device(args), [read_checkpoint(path) for path in args.ckpt]
 
 
-def load_backbones(paths: list[str], device: torch.device) -> tuple[list[nn.Module], list[str]]:
+def backbones_of(checkpoints: list, device: torch.device) -> tuple[list[nn.Module], list[str]]:
     """The checkpoints' backbones, on `device` in eval mode, and their labels (panel titles)."""
-    checkpoints = [read_checkpoint(path) for path in paths]
     return ([checkpoint.backbone().to(device).eval() for checkpoint in checkpoints],
             [checkpoint.label for checkpoint in checkpoints])
 
 
 def run_tsne(args) -> dict:
     embed = embedding_method(args.method)
-    device = checked_start(args)
+    device, checkpoints = checked_start(args)
     loader, _ = open_images(args, "--data", args.data)
     if args.classes is not None and args.classes > len(loader.classes):
         raise UserError(f"--classes {args.classes}: {args.data} has only {len(loader.classes)} classes")
-    backbones, titles = load_backbones(args.ckpt, device)
+    backbones, titles = backbones_of(checkpoints, device)
     sampler = ClassSampler(args.classes, args.per_class, args.seed)
     selection = select_images(loader, sampler, backbones, device)
     if args.classes is not None and len(sampler.members) < args.classes:  # a store's class without images
@@ -137,7 +137,7 @@ def run_tsne(args) -> dict:
 
 def run_neighbours(args) -> dict:
     from pipelines.contract import check_same_classes
-    device = checked_start(args)
+    device, checkpoints = checked_start(args)
     from_gallery = args.queries_from is None or Path(args.queries_from).resolve() == Path(args.data).resolve()
     query_source = args.data if from_gallery else args.queries_from
     gallery_loader, thumbnail = open_images(args, "--data", args.data)
@@ -151,7 +151,7 @@ def run_neighbours(args) -> dict:
     if args.k > searchable:
         raise UserError(f"--k {args.k}: the gallery {args.data} has only {gallery_loader.num_samples} images"
                         + (" (a query is not its own neighbour)" if from_gallery else ""))
-    backbones, titles = load_backbones(args.ckpt, device)
+    backbones, titles = backbones_of(checkpoints, device)
     queries = select_images(query_loader, RandomSampler(args.queries, args.seed), backbones, device, thumbnail)
     if len(queries.indices) < args.queries:
         raise ValueError(f"--queries {args.queries}: {query_source} has only {queries.images_read} images")
@@ -179,10 +179,10 @@ def run_neighbours(args) -> dict:
 
 
 def run_clusters(args) -> dict:
-    device = checked_start(args)
+    device, checkpoints = checked_start(args)
     loader, thumbnail = open_images(args, "--data", args.data)
     clusters, rows = cluster_counts(args, images_clustered(args.data, args.per_class))
-    backbones, titles = load_backbones(args.ckpt, device)
+    backbones, titles = backbones_of(checkpoints, device)
     selection = select_images(loader, ClassSampler(None, args.per_class, args.seed), backbones, device)
     if not selection.indices:
         raise ValueError(f"{args.data}: no images")
