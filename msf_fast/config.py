@@ -262,10 +262,27 @@ def validate(cfg, world_size: int = 1) -> None:
                           "latest checkpoint)")
     if cfg.logging.overwrite and cfg.train.resume:
         raise ConfigError(f"logging.overwrite=1 starts over and train.resume={cfg.train.resume} continues: choose one")
-    if os.path.exists(cfg.logging.folder) and not os.path.isdir(cfg.logging.folder):
-        raise ConfigError(f"logging.folder={cfg.logging.folder}: a file, not a folder")
+    folder_problem = output_folder_problem(cfg.logging.folder)
+    if folder_problem:
+        raise ConfigError(f"logging.folder={cfg.logging.folder}: {folder_problem}")
     if cfg.logging.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError(f"logging.tensorboard=1 needs the tensorboard package: {TENSORBOARD_INSTALL}")
+
+
+def output_folder_problem(folder: str) -> str | None:
+    """Why `folder` cannot be created or written (None when it can): a file in its place or on its path, or an
+    existing part that is not writable."""
+    if not folder:
+        return "empty (give a folder for the run's checkpoints and log)"
+    path = os.path.abspath(folder)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        where = "" if path == os.path.abspath(folder) else f" on its path ({path})"
+        return f"a file{where}, not a folder"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{path} is not writable"
+    return None
 
 
 def validate_data(cfg) -> None:

@@ -1,0 +1,274 @@
+"""Long runs that survive: resume=auto, preemption signals, time-based checkpoints, the non-finite guard,
+checkpoint rotation and integrity, failed saves; and the run folder that is never written over by another run.
+
+Every run here is 2 epochs of 12 steps on the tiny ImageFolder with the deterministic torchvision loader, so a
+continued run must end bit-identical to the uninterrupted reference."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from msf_fast.config import load_config
+from msf_fast.errors import UserError
+from msf_fast.stopping import RunStopped
+from msf_fast.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 24  # 96 images / batch 8 = 12 steps per epoch, 2 epochs
+
+
+def options(data, folder, *extra) -> list[str]:
+    return [f"--data.train_path={data / 'train'}", "--data.backend=torch", "--model.arch=resnet18",
+            "--model.hidden_dim=64", "--model.proj_dim=32", "--data.resolution=32", "--train.batch_size=8",
+            "--msf.bank_size=32", "--train.epochs=2", "--data.workers=0", "--train.threads=2",
+            f"--logging.folder={folder}", "--logging.progress=0", "--logging.log_every=1", "--eval.knn_final=0",
+            *extra]
+
+
+def trainer(data, folder, *extra) -> Trainer:
+    return Trainer(load_config(options(data, folder, *extra)))
+
+
+def train(data, folder, *extra, signal_at: int | None = None, signal_number=signal.SIGUSR1) -> Trainer:
+    """A whole run; with `signal_at`, the process sends itself `signal_number` when that step's batch arrives."""
+    run = trainer(data, folder, *extra)
+    if signal_at is not None:
+        iterate = run.loader.iterate
+
+        def signalling(epoch, skip_batches=0):
+            for step, batch in enumerate(iterate(epoch, skip_batches), start=epoch * 12 + skip_batches + 1):
+                if step == signal_at:
+                    os.kill(os.getpid(), signal_number)
+                yield batch
+        run.loader.iterate = signalling
+    run.train()
+    return run
+
+
+def state_of(run: Trainer) -> dict:
+    state = {f"model.{k}": v.clone() for k, v in run.model.state_dict().items()}
+    for index, buffers in run.optimizer.state_dict()["state"].items():
+        state[f"momentum.{index}"] = buffers["momentum_buffer"].clone()
+    return state
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def records(folder) -> list[dict]:
+    def refuse(constant):
+        raise AssertionError(f"log.jsonl holds {constant}: not strict JSON")
+    return [json.loads(line, parse_constant=refuse) for line in (Path(folder) / "log.jsonl").read_text().splitlines()]
+
+
+def saved_step(path) -> int:
+    return torch.load(path, weights_only=False)["step"]
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_imagefolder, tmp_path_factory):
+    """The uninterrupted run every continued run must equal."""
+    threads = torch.get_num_threads()
+    run = train(tiny_imagefolder, tmp_path_factory.mktemp("reference"))
+    torch.set_num_threads(threads)
+    assert run.step == STEPS
+    return state_of(run)
+
+
+def test_a_preempted_run_continues_exactly_with_resume_auto(tiny_imagefolder, tmp_path, reference):
+    with pytest.raises(RunStopped) as stopped:
+        train(tiny_imagefolder, tmp_path, "--train.resume=auto", signal_at=7)
+    assert stopped.value.exit_code == 128 + signal.SIGUSR1
+    assert str(stopped.value).startswith("stopped by SIGUSR1 at step 7: the checkpoint")
+    latest = tmp_path / "checkpoints" / "latest.pt"
+    assert saved_step(latest) == 7  # the step it was in, finished and saved: not the epoch's start
+    assert records(tmp_path)[-1] == {"event": "stopped", "step": 7, "reason": str(stopped.value),
+                                     "exit_code": 128 + signal.SIGUSR1}
+    again = train(tiny_imagefolder, tmp_path, "--train.resume=auto")  # the same command line, rerun
+    assert again.step == STEPS
+    assert_same_state(state_of(again), reference)
+    steps = [r["step"] for r in records(tmp_path) if r["event"] == "step"]
+    assert steps == list(range(1, STEPS + 1))  # one log across both processes
+
+
+def test_resume_auto_in_an_empty_folder_starts_a_new_run(tiny_imagefolder, tmp_path, capsys):
+    run = trainer(tiny_imagefolder, tmp_path / "new", "--train.resume=auto", "--train.max_steps=2")
+    assert run.step == 0
+    assert "train.resume=auto: no checkpoint in" in capsys.readouterr().out
+
+
+def test_sigterm_ends_train_imagenet_soon_with_a_checkpoint(tiny_imagefolder, tmp_path):
+    folder = tmp_path / "run"
+    command = [sys.executable, "train_imagenet.py", *options(tiny_imagefolder, folder, "--train.epochs=50")]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = folder / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and '"event": "step"' in log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM and time.monotonic() - sent < 20
+    [line] = stderr.strip().splitlines()
+    step = saved_step(folder / "checkpoints" / "latest.pt")
+    assert line.startswith(f"stopped by SIGTERM at step {step}: the checkpoint") and step < 50 * 12
+    assert records(folder)[-1]["event"] == "stopped"
+
+
+def test_time_based_checkpoints_let_a_crashed_run_continue_mid_epoch(tiny_imagefolder, tmp_path, reference):
+    crashed = trainer(tiny_imagefolder, tmp_path, "--logging.checkpoint_every=0", "--logging.checkpoint_minutes=1e-9")
+    iterate = crashed.loader.iterate
+
+    def crashing(epoch, skip_batches=0):
+        for step, batch in enumerate(iterate(epoch, skip_batches), start=1):
+            if epoch == 0 and step == 6:
+                raise KeyboardInterrupt("the node went away")
+            yield batch
+    crashed.loader.iterate = crashing
+    with pytest.raises(KeyboardInterrupt):
+        crashed.train()
+    assert saved_step(tmp_path / "checkpoints" / "latest.pt") == 5  # mid-epoch, by time
+    continued = train(tiny_imagefolder, tmp_path, "--train.resume=auto")
+    assert_same_state(state_of(continued), reference)
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_imagefolder, tmp_path):
+    train(tiny_imagefolder, tmp_path, "--train.epochs=1")
+    latest = tmp_path / "checkpoints" / "latest.pt"
+    good = latest.read_bytes()
+    with pytest.raises(RunStopped) as stopped:
+        train(tiny_imagefolder, tmp_path, "--train.resume=auto", "--optim.lr=1e30")
+    assert stopped.value.exit_code == 1
+    message = str(stopped.value)
+    assert message.startswith("non-finite loss (")
+    assert 12 < int(re.search(r" at step (\d+):", message).group(1)) <= STEPS
+    assert f"the last good checkpoint is {latest} (step 12)" in message and "--optim.lr (now 1e+30" in message
+    assert latest.read_bytes() == good
+    log = records(tmp_path)  # strict JSON, the bad losses as null
+    assert any(r["event"] == "step" and r["loss"] is None for r in log) and log[-1]["event"] == "stopped"
+
+
+def test_non_finite_weights_are_never_saved(tiny_imagefolder, tmp_path):
+    with pytest.raises(RunStopped, match=r"^non-finite weights at step \d+: the run stopped without saving"):
+        # no loss is checked before the time-based save that finds the weights ruined
+        train(tiny_imagefolder, tmp_path, "--optim.lr=1e30", "--logging.log_every=1000",
+              "--logging.checkpoint_minutes=1e-9")
+    for path in (tmp_path / "checkpoints").glob("*.pt"):
+        state = torch.load(path, weights_only=False)["model"]
+        assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()), path
+
+
+def test_fp16_skipped_steps_do_not_stop_the_run(tiny_imagefolder, tmp_path, monkeypatch):
+    scaler = torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device: scaler(device, init_scale=2.0**60))
+    run = train(tiny_imagefolder, tmp_path, "--train.amp=fp16", "--train.max_steps=3")
+    assert run.step == 3 and run.scaler.get_scale() < 2.0**60  # it skipped overflowing steps, and went on
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tiny_imagefolder, tmp_path, capsys):
+    train(tiny_imagefolder, tmp_path)
+    latest, previous = tmp_path / "checkpoints" / "latest.pt", tmp_path / "checkpoints" / "previous.pt"
+    assert (saved_step(latest), saved_step(previous)) == (24, 12)
+    with open(latest, "r+b") as handle:
+        handle.truncate(1000)
+    capsys.readouterr()
+    resumed = trainer(tiny_imagefolder, tmp_path, "--train.resume=auto", "--train.epochs=3")
+    assert resumed.step == 12
+    out = capsys.readouterr().out
+    assert f"warning: {latest}: a truncated or damaged torch file" in out and f"resuming from {previous}" in out
+    with pytest.raises(UserError, match=rf"^train.resume: {latest}: a truncated or damaged torch file"):
+        trainer(tiny_imagefolder, tmp_path, f"--train.resume={latest}")
+
+
+def test_a_failed_save_stops_the_run_and_keeps_the_previous_checkpoint(tiny_imagefolder, tmp_path, monkeypatch):
+    from msf_fast import checkpoint
+
+    save = torch.save
+
+    def disk_full_after_the_first_epoch(obj, handle):
+        if obj["step"] > 12:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        save(obj, handle)
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full_after_the_first_epoch)
+    with pytest.raises(RunStopped) as stopped:
+        train(tiny_imagefolder, tmp_path)
+    latest = tmp_path / "checkpoints" / "latest.pt"
+    assert stopped.value.exit_code == 1
+    assert str(stopped.value) == (f"cannot write the checkpoint {latest}: No space left on device; {latest} (step 12) "
+                                  "is intact")
+    assert saved_step(latest) == 12 and not [p for p in latest.parent.iterdir() if "partial" in p.name]
+
+
+# --- the run folder (issue: never a clobbered run) -----------------------------------------------------------
+
+def test_a_new_run_never_writes_over_a_run(tiny_imagefolder, tmp_path):
+    train(tiny_imagefolder, tmp_path, "--train.max_steps=3", "--logging.snapshot_every=1")
+    (tmp_path / "report.md").write_text("an earlier evaluation")
+    before = {path.name: path.stat().st_mtime_ns for path in tmp_path.rglob("*")}
+    with pytest.raises(UserError) as refused:
+        trainer(tiny_imagefolder, tmp_path)
+    assert str(refused.value) == (f"logging.folder={tmp_path} holds a run: continue it with --train.resume=auto, "
+                                  "start over with --logging.overwrite=1 (deletes it), or choose another "
+                                  "--logging.folder")
+    assert {path.name: path.stat().st_mtime_ns for path in tmp_path.rglob("*")} == before
+    fresh = trainer(tiny_imagefolder, tmp_path, "--logging.overwrite=1", "--train.max_steps=1")
+    assert not (tmp_path / "report.md").exists() and not (tmp_path / "checkpoints").exists()
+    fresh.train()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest.pt"]
+
+
+def test_resuming_a_finished_run_changes_nothing(tiny_imagefolder, tmp_path, capsys):
+    train(tiny_imagefolder, tmp_path / "a", "--train.max_steps=2")
+    latest = tmp_path / "a" / "checkpoints" / "latest.pt"
+    before = {path: path.stat().st_mtime_ns for path in (tmp_path / "a").rglob("*")}
+    capsys.readouterr()
+    again = trainer(tiny_imagefolder, tmp_path / "a", "--train.resume=auto", "--train.max_steps=2")
+    again.train()
+    assert "is finished (step 2 of 2): nothing to do" in capsys.readouterr().out
+    elsewhere = trainer(tiny_imagefolder, tmp_path / "b", f"--train.resume={latest}", "--train.max_steps=2")
+    elsewhere.train()
+    assert {path: path.stat().st_mtime_ns for path in (tmp_path / "a").rglob("*")} == before
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    ("--model.arch=resnet34", "it holds model.arch=resnet18, this run has model.arch=resnet34 (another model)"),
+    ("--msf.bank_size=64", "it holds msf.bank_size=32, this run has msf.bank_size=64 (another model)"),
+    ("--model.proj_dim=16", "it holds model.proj_dim=32, this run has model.proj_dim=16 (another model)"),
+])
+def test_a_resume_into_another_model_names_both_values(tiny_imagefolder, tmp_path, change, message):
+    train(tiny_imagefolder, tmp_path / "a", "--train.max_steps=1")
+    latest = tmp_path / "a" / "checkpoints" / "latest.pt"
+    with pytest.raises(UserError) as refused:
+        trainer(tiny_imagefolder, tmp_path / "b", f"--train.resume={latest}", change)
+    assert str(refused.value) == f"train.resume: {latest}: {message}"
+
+
+def test_a_resume_on_other_data_is_refused(tiny_imagefolder, tmp_path):
+    train(tiny_imagefolder, tmp_path / "a", "--train.max_steps=1")
+    latest = tmp_path / "a" / "checkpoints" / "latest.pt"
+    with pytest.raises(UserError) as refused:
+        Trainer(load_config([*options(tiny_imagefolder, tmp_path / "b", f"--train.resume={latest}"),
+                             f"--data.train_path={tiny_imagefolder / 'val'}"]))
+    assert "it was trained on an ImageFolder of 96 images in 4 classes, this run reads an ImageFolder of 24 " \
+           "images in 4 classes (other data)" in str(refused.value)
