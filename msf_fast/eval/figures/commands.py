@@ -1,6 +1,6 @@
 """The paper's figures of the representation over training, one panel or block per checkpoint.
 
-    python -m msf_fast.eval tsne       --ckpt A.pt B.pt --data VAL [--classes 10|all] [--per-class 50] [--method tsne|umap]
+    python -m msf_fast.eval tsne       --ckpt A.pt B.pt --data VAL [--classes 10|all] [--per-class 50] [--method umap]
     python -m msf_fast.eval neighbours --ckpt A.pt B.pt --data TRAIN [--queries-from VAL] [--queries 6] [--k 8]
     python -m msf_fast.eval clusters   --ckpt A.pt B.pt --data VAL [--clusters 100] [--rows 8] [--per-row 8]
 
