@@ -107,6 +107,15 @@ def gaussian_kernels(sigma: torch.Tensor, radius: torch.Tensor, width: int) -> t
     return pdf / pdf.sum(dim=1, keepdim=True)
 
 
+def _to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Per-sample parameters (a CPU tensor) on `device`. To a GPU through pinned memory, without blocking the host:
+    a copy from pageable memory first waits for all the work queued on the GPU, once per op and batch. (The pinned
+    block is reused only once its copy has run: torch's caching host allocator records the copy's stream.)"""
+    if device.type != "cuda":
+        return values.to(device)
+    return values.pin_memory().to(device, non_blocking=True)
+
+
 # ---- ops on a float32 (k, 3, H, W) contiguous tensor, in place; factors are (k,) on its device --
 
 def _per_sample(values: torch.Tensor) -> torch.Tensor:
@@ -200,7 +209,7 @@ def gaussian_blur_(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     for start in range(0, k, chunk):
         part, rad = x[start:start + chunk], radius[start:start + chunk]
         width = int(rad.max())
-        taps = gaussian_kernels(sigma[start:start + chunk], rad, width).to(x.device)
+        taps = _to_device(gaussian_kernels(sigma[start:start + chunk], rad, width), x.device)
         taps = taps.view(-1, 1, 1, 1, 2 * width + 1)
         padded = F.pad(part, (width, width, 0, 0), mode="reflect")
         rows = torch.mul(padded[..., 0:w], taps[..., 0])
@@ -233,7 +242,7 @@ def _apply_to(x: torch.Tensor, mask: torch.Tensor, fn, key: torch.Tensor | None 
         if result is not x:
             x.copy_(result)
     else:
-        index = cpu.to(x.device)
+        index = _to_device(cpu, x.device)
         x.index_copy_(0, index, fn(x.index_select(0, index), cpu, index))
 
 
@@ -312,8 +321,8 @@ def apply_view(images: torch.Tensor, params: ViewParams, view: ViewRecipe,
     if view.flip_p > 0:
         _apply_to(x, params.flip, lambda sub, cpu, index: sub.flip(3))
 
-    factors = torch.stack([params.brightness, params.contrast, params.saturation, params.hue],
-                          dim=1).to(device=device, dtype=torch.float32)  # (N, 4), one transfer
+    factors = _to_device(torch.stack([params.brightness, params.contrast, params.saturation, params.hue],
+                                     dim=1).float(), device)  # (N, 4), one transfer
     if jitter_by_step is None:
         jitter_by_step = device.type != "cpu"
     for ops, mask in _jitter_plan(view, params, jitter_by_step):
