@@ -3,35 +3,59 @@
     python -m msf_fast.bench bank   [--batch-size 256 --bank-size 1024000 --dim 512 --topk 5 --dtype float32]
     python -m msf_fast.bench ema    [--arch resnet50]
     python -m msf_fast.bench step   [--arch resnet50 --batch-size 256 --resolution 224 --steps 10 --reference]
+    python -m msf_fast.bench augment [--batch-size 256 --resolution 224 --recipe w/s]
+    python -m msf_fast.bench train  (--synthetic | --data PATH [--backend auto]) [--arch resnet50 --steps 50 ...]
     python -m msf_fast.bench loader --data IMAGEFOLDER [--backend torch ffcv dali] [--compare] [--recipe w/s] ...
     python -m msf_fast.bench plan   --images-per-s 4500 --gpus 8 [--epochs 200 --loader-images-per-s Y ...]
 
 `bank` times the memory-bank search + loss gather against the original's dense formulation, each variant in
-its own process so that its peak extra memory (above the bank itself) is measured. `plan` measures nothing: it
-turns a per-GPU step rate into wall time for a whole run.
+its own process so that its peak extra memory (above the bank itself) is measured. `train` runs the real trainer
+and says which side bounds it: the loader or the step. `plan` measures nothing: it turns a per-GPU step rate
+into wall time for a whole run. Run `python -m msf_fast.bench COMMAND --help` for a command's options.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from msf_fast.bench import bank, ema, loader, plan, step
+from msf_fast.bench import augment, bank, ema, loader, plan, step, train
 
 COMMANDS = {
     "bank": (bank, bank.bench_bank, "memory-bank search: chunked (ours) vs the original's dense distances"),
     "ema": (ema, ema.bench_ema, "target EMA update: foreach (and CUDA graph) vs per-parameter loop"),
     "step": (step, step.bench_step, "one whole training step on synthetic data (optionally vs the original's way)"),
-    "loader": (loader, loader.bench_loader, "two-view loader throughput: torchvision baseline vs FFCV vs DALI"),
+    "augment": (augment, augment.bench_augment,
+                "the recipe's batched photometric ops (both views) on the device, as the FFCV path runs them"),
+    "train": (train, train.bench_train, "the real trainer for N steps: end-to-end, loader-alone and step-alone "
+                                        "images/s and the data-wait share, in one run; which side bounds it"),
+    "loader": (loader, loader.bench_loader, "two-view loader throughput: torchvision (the baseline) vs FFCV vs DALI"),
     "plan": (plan, plan.print_plan, "wall time of a whole run from a per-GPU step rate (nothing is measured)"),
 }
 
 
-def main(argv: list[str] | None = None) -> int:
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's help ends with its default, unless the help already states one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or action.required or action.default in (None, argparse.SUPPRESS)
+                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m msf_fast.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, _, summary) in COMMANDS.items():
-        module.add_arguments(sub.add_parser(name, help=summary, description=summary))
+        module.add_arguments(sub.add_parser(name, help=summary, description=module.__doc__ or summary,
+                                            formatter_class=HelpFormatter))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         COMMANDS[args.command][1](args)

@@ -7,12 +7,18 @@ A run iterates `--epochs` epochs of (online, target, labels) with the full recip
 (steady state: worker start-up included, compilation not; the first epoch alone when there is only one),
 `compile_s` is the first epoch's wait for its first batch (FFCV: numba compilation).
 With `--compare`, the backends run interleaved `--repeats` times and the medians' ratio is printed.
+A run that fails is reported in one line with the end of its stderr; the others go on (exit code 1).
+
+Stores written from `--data` are cached in data/bench/stores/ under the source folder's name and a hash of its
+real path, and rewritten when the folder or a class folder changed since (files added, removed or renamed).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -20,27 +26,34 @@ import time
 
 from msf_fast.bench.timing import peak_rss_mb
 from pipelines import data_format
+from pipelines.recipe import RECIPE_NAMES
 
 DEFAULT_STORE_RESOLUTION = 256
+STORES = os.path.join("data", "bench", "stores")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", nargs="+", default=["torch", "ffcv"], choices=["torch", "ffcv", "dali"])
+    parser.add_argument("--backend", nargs="+", default=["torch", "ffcv"], choices=["torch", "ffcv", "dali"],
+                        help="loaders to run, each in its own process: torch (the baseline), ffcv, dali "
+                             "(default: torch ffcv)")
     parser.add_argument("--data", required=True,
                         help="ImageFolder of the source images (or a .beton, for --backend ffcv alone)")
     parser.add_argument("--beton", default="", help="the .beton of the same images (default: written once into "
-                                                      "data/bench/stores/ with --store-resolution)")
+                                                      f"{STORES}/ with --store-resolution)")
     parser.add_argument("--tfrecord", default="", help="the TFRecord store of the same images (default: written "
-                                                         "once into data/bench/stores/, full resolution)")
+                                                         f"once into {STORES}/, full resolution)")
     parser.add_argument("--store-resolution", type=int, default=DEFAULT_STORE_RESOLUTION,
                         help="--max-resolution of the .beton written when --beton is not given")
-    parser.add_argument("--recipe", default="w/s")
-    parser.add_argument("--resolution", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: the cores not used by workers)")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--max-batches", type=int, default=0, help="stop each epoch after this many batches")
+    parser.add_argument("--recipe", default="w/s", choices=RECIPE_NAMES, help="target/online views: w weak, s strong")
+    parser.add_argument("--resolution", type=int, default=224, help="crop size in pixels")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="DataLoader worker processes (torch) or threads (FFCV, DALI)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = the cores not used by workers")
+    parser.add_argument("--epochs", type=int, default=3,
+                        help="epochs per run; images/s is over the epochs after the first")
+    parser.add_argument("--max-batches", type=int, default=0, help="stop each epoch after this many batches; 0 = "
+                                                                     "whole epochs")
     parser.add_argument("--photometric", choices=["on", "off"], default="on",
                         help="off: FFCV runs without its batched photometric ops, i.e. the CPU's share of the work "
                              "when those ops run on a GPU")
@@ -49,26 +62,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def store_for(args, backend: str) -> str:
-    """The store a backend reads: given, or written once from the --data ImageFolder into data/bench/stores/."""
+    """The store a backend reads: given, or written once from the --data ImageFolder into data/bench/stores/,
+    under a name that holds a hash of the folder's real path (two folders of one name get their own stores)."""
     given = args.beton if backend == "ffcv" else args.tfrecord
     if given:
         return given
     if data_format(args.data) == backend:
         return args.data
-    name = os.path.basename(os.path.normpath(args.data))
+    source = os.path.realpath(args.data)
+    name = f"{os.path.basename(source)}-{hashlib.sha1(source.encode()).hexdigest()[:8]}"
     if backend == "ffcv":
-        path, command = (os.path.join("data", "bench", "stores", f"{name}-{args.store_resolution}.beton"),
+        path, command = (os.path.join(STORES, f"{name}-{args.store_resolution}.beton"),
                          ["write_beton", "--max-resolution", str(args.store_resolution)])
     else:
-        path, command = os.path.join("data", "bench", "stores", f"{name}-tfrecord"), ["write_tfrecord"]
-    if not os.path.exists(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        done = subprocess.run([sys.executable, "-m", f"dataset_prep.{command[0]}", args.data, path, *command[1:],
-                               "--no-progress"], capture_output=True, text=True)
-        print(done.stdout + done.stderr, end="", file=sys.stderr)  # stdout stays JSON lines only
-        if done.returncode:
-            raise SystemExit(f"bench loader: could not write {path}")
+        path, command = os.path.join(STORES, f"{name}-tfrecord"), ["write_tfrecord"]
+    if os.path.exists(path):
+        stale = cached_store_problem(path, source)
+        if stale is None:
+            print(f"bench loader: reusing {path}, written from {source}", file=sys.stderr, flush=True)
+            return path
+        print(f"bench loader: writing {path} again: {stale}", file=sys.stderr, flush=True)
+        command.append("--overwrite")
+    os.makedirs(STORES, exist_ok=True)
+    done = subprocess.run([sys.executable, "-m", f"dataset_prep.{command[0]}", args.data, path, *command[1:],
+                           "--no-progress"], capture_output=True, text=True)
+    print(done.stdout + done.stderr, end="", file=sys.stderr)  # stdout stays JSON lines only
+    if done.returncode:
+        raise SystemExit(f"bench loader: could not write {path}")
     return path
+
+
+def cached_store_problem(store: str, source: str) -> str | None:
+    """Why a cached store cannot stand for `source` (None when it can): written from another folder, unfinished,
+    or older than a change of the source's listing (the folder's or a class folder's modification time)."""
+    from dataset_prep.stores import manifest_path, read_manifest
+
+    manifest = read_manifest(store)
+    if manifest is None:
+        return "it has no manifest (an unfinished write?)"
+    written_from = manifest.get("source")
+    if not isinstance(written_from, str) or os.path.realpath(written_from) != source:
+        return f"it was written from {written_from}, not {source}"
+    written = os.path.getmtime(manifest_path(store))
+    folders = [source, *(entry.path for entry in os.scandir(source) if entry.is_dir())]
+    if any(os.path.getmtime(folder) > written for folder in folders):
+        return f"{source} changed since it was written"
+    return None
 
 
 def one_run(args) -> dict:
@@ -113,6 +152,7 @@ def bench_loader(args) -> list[dict]:
     if "dali" in args.backend:
         args.tfrecord = store_for(args, "dali")
     runs: dict[str, list[dict]] = {backend: [] for backend in args.backend}
+    failures = 0
     for _ in range(args.repeats if args.compare else 1):
         for backend in args.backend:
             command = [sys.executable, "-m", "msf_fast.bench.loader", "--backend", backend,
@@ -122,25 +162,52 @@ def bench_loader(args) -> list[dict]:
                        "--workers", str(args.workers), "--threads", str(args.threads),
                        "--epochs", str(args.epochs), "--max-batches", str(args.max_batches),
                        "--photometric", args.photometric]
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            result = json.loads(output.strip().splitlines()[-1])
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode:
+                failures += 1
+                print(f"bench loader: the {backend} run failed ({exit_status(done.returncode)}): "
+                      f"{stderr_tail(done.stderr)}", file=sys.stderr, flush=True)
+                continue
+            result = json.loads(done.stdout.strip().splitlines()[-1])
             runs[backend].append(result)
             print(json.dumps(result), flush=True)
-    if args.compare and "torch" in runs and len(runs) > 1:
-        medians = {b: statistics.median(r["images_per_s"] for r in runs[b]) for b in runs}
+    medians = {b: statistics.median(r["images_per_s"] for r in rs) for b, rs in runs.items() if rs}
+    if args.compare and "torch" in medians and len(medians) > 1:
         print(json.dumps({**{f"{b}_vs_torch": round(medians[b] / medians["torch"], 2) for b in medians
                              if b != "torch"},
                           **{f"{b}_images_per_s": medians[b] for b in medians}}))
+    if failures:
+        raise SystemExit(1)
     return [r for rs in runs.values() for r in rs]
+
+
+def exit_status(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def stderr_tail(text: str, lines: int = 3, chars: int = 600) -> str:
+    """The last lines of a child's stderr, on one line."""
+    tail = " | ".join(line.strip() for line in text.strip().splitlines()[-lines:] if line.strip())
+    return (tail[-chars:] if len(tail) > chars else tail) or "no output on stderr"
 
 
 def main(argv: list[str] | None = None) -> int:
     """One run of one backend, for bench_loader's child processes."""
     parser = argparse.ArgumentParser(prog="python -m msf_fast.bench.loader", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
-    print(json.dumps(one_run(parser.parse_args(argv))))
+    print(json.dumps(one_run(parser.parse_args(argv))), flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
+    # Leave without the interpreter's teardown: FFCV's epoch thread may still be decoding the batches ahead of an
+    # epoch cut short (--max-batches), and tearing numba's thread pool down under it aborted the process (SIGABRT)
+    # after its result was printed.
+    sys.stderr.flush()
+    os._exit(0)

@@ -1,0 +1,193 @@
+"""`bench train`: the real trainer for `--steps` steps, and which side bounds it: the loader or the step.
+
+One invocation measures, on the same model and loader, one after the other:
+  - loader alone: `--steps` batches of the loader, nothing trained (after `--warmup` batches; the first
+    batch's wait, i.e. worker start-up or FFCV's compilation, is reported apart as `loader_start_s`);
+  - step alone: `--steps` training steps on one fixed batch already on the device (after `--warmup` steps);
+  - end to end: `Trainer.train()` for `--steps` steps, fed by that loader; its images/s and the share of the
+    time it waited for data, as the trainer measures them (its loader start-up excluded).
+`bound` is the trainer's verdict: "loader" when the run waited for data more than 10 % of its time, else
+"compute". The data is `--data` (an ImageFolder, a .beton or a TFRecord store, read by `--backend`) or
+`--synthetic`: no loader at all, uint8 crops made once on the device and, per batch, the recipe's batched
+photometric ops as the FFCV path runs them (`pipelines/synthetic.py`): the device's whole share of the work.
+Prints one JSON line; the trainer's own lines go to stderr. The run folder is temporary unless `--out`.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import json
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+from msf_fast.bench.timing import peak_rss_mb, synchronize
+from pipelines.recipe import RECIPE_NAMES
+
+PAPER_BANK_SIZE = 1_024_000
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="training data: an ImageFolder, a .beton or a TFRecord store")
+    source.add_argument("--synthetic", action="store_true",
+                        help="no loader: uint8 crops made on the device, the recipe's photometric ops per batch "
+                             "(as the FFCV path), then the step")
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "ffcv", "dali"],
+                        help="loader of --data (default auto: ffcv for a .beton, dali for a TFRecord store, torch "
+                             "for a folder)")
+    parser.add_argument("--arch", default="resnet50", help="torchvision ResNet")
+    parser.add_argument("--small-input", action="store_true", help="3x3 stride-1 stem, for 32-64 px crops")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per step")
+    parser.add_argument("--resolution", type=int, default=224, help="crop size in pixels")
+    parser.add_argument("--recipe", default="w/s", choices=RECIPE_NAMES, help="target/online views: w weak, s strong")
+    parser.add_argument("--bank-size", type=int, default=PAPER_BANK_SIZE,
+                        help="memory bank entries, a multiple of --batch-size; the paper's size")
+    parser.add_argument("--topk", type=int, default=5, help="neighbours")
+    parser.add_argument("--steps", type=int, default=50,
+                        help="timed steps end to end, and batches or steps of the loader-alone and step-alone parts")
+    parser.add_argument("--warmup", type=int, default=5,
+                        help="untimed batches and steps before the loader-alone and step-alone parts")
+    parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+                        help="autocast dtype; auto = bf16 where supported")
+    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"],
+                        help="training device; auto = cuda when present")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                        help="loader workers (DataLoader processes, FFCV/DALI threads; default min(8, cores))")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads; 0 = on the CPU, the cores the loader workers leave")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the encoders (train.compile)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights, data order and augmentations")
+    parser.add_argument("--out", default="", help="keep the run folder (log.jsonl, checkpoint) here (default: a "
+                                                  "temporary folder, removed)")
+
+
+def trainer_config(args, folder: str):
+    """The trainer's config for this benchmark: no k-NN, no progress bar, a checkpoint only at the end."""
+    from msf_fast.config import load_config
+
+    argv = [f"--model.arch={args.arch}", f"--model.small_input={int(args.small_input)}",
+            f"--train.batch_size={args.batch_size}", f"--data.resolution={args.resolution}",
+            f"--data.recipe={args.recipe}", f"--msf.bank_size={args.bank_size}", f"--msf.topk={args.topk}",
+            f"--train.max_steps={args.steps}", "--train.epochs=10000", f"--train.amp={args.amp}",
+            f"--train.device={args.device}", f"--data.workers={0 if args.synthetic else args.workers}",
+            f"--train.threads={args.threads}", f"--train.compile={int(args.compile)}", f"--train.seed={args.seed}",
+            f"--logging.folder={folder}", "--logging.progress=0", "--logging.checkpoint_every=0",
+            f"--logging.log_every={args.steps}", "--eval.knn_final=0"]
+    if not args.synthetic:
+        return load_config(argv + [f"--data.backend={args.backend}", f"--data.train_path={args.data}"])
+    if "check_data" in inspect.signature(load_config).parameters:
+        return load_config(argv, check_data=False)
+    empty = os.path.join(folder, "no-data")  # older load_config: any existing folder passes as data.train_path
+    os.makedirs(empty, exist_ok=True)
+    return load_config(argv + [f"--data.train_path={empty}"])
+
+
+def synthetic_loader(cfg, args):
+    from msf_fast.step import resolve_device, resolve_precision
+    from pipelines import two_view_recipe
+    from pipelines.synthetic import SyntheticTwoViewLoader
+
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.amp, device)
+    return SyntheticTwoViewLoader(two_view_recipe(cfg.data.recipe, cfg.data.resolution), batch_size=args.batch_size,
+                                  steps_per_epoch=args.warmup + args.steps, seed=args.seed, device=device,
+                                  dtype=precision.dtype if device.type == "cuda" and precision.dtype else torch.float32)
+
+
+def loader_alone(loader, device: torch.device, warmup: int, steps: int) -> tuple[float, float, tuple]:
+    """(the first batch's wait in seconds, images/s of the `steps` batches after `warmup` more, the first batch on
+    the device), iterating epochs until enough batches came."""
+    first = start_up = timed_from = None
+    index, images, epoch = 0, 0, 0
+    started = time.perf_counter()
+    while index <= warmup + steps:
+        arrived = 0
+        for online, target, labels in loader.iterate(epoch):
+            arrived += 1
+            if index == 0:
+                start_up = time.perf_counter() - started
+                first = tuple(t.to(device, non_blocking=True).clone() for t in (online, target, labels))
+            if index == warmup:
+                synchronize(device)
+                timed_from = time.perf_counter()
+            elif index > warmup:
+                images += len(labels)
+            index += 1
+            if index > warmup + steps:
+                break
+        if not arrived:
+            raise RuntimeError(f"the {loader.backend} loader yielded no batch for epoch {epoch}")
+        epoch += 1
+    synchronize(device)
+    return start_up, images / (time.perf_counter() - timed_from), first
+
+
+def step_alone(trainer, batch: tuple, warmup: int, steps: int) -> float:
+    """images/s of the trainer's step on one fixed batch."""
+    from msf_fast.step import train_step
+
+    def step():
+        train_step(trainer.forward_model, trainer.ema, trainer.optimizer, trainer.scaler, trainer.precision,
+                   *batch, trainer.cfg.msf.momentum)
+
+    for _ in range(warmup):
+        step()
+    synchronize(trainer.device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(trainer.device)
+    return steps * len(batch[2]) / (time.perf_counter() - started)
+
+
+def bench_train(args) -> dict:
+    if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
+        raise ValueError("--steps and --batch-size must be positive, --warmup not negative")
+    try:
+        from msf_fast.errors import UserError
+        from msf_fast.trainer import Trainer
+    except ModuleNotFoundError as error:
+        raise SystemExit(f"bench train: the trainer needs the Python package {error.name!r} "
+                         f"(pip install -e . installs the project's dependencies)") from None
+    with contextlib.ExitStack() as stack:
+        folder = args.out or stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-train-"))
+        stack.enter_context(contextlib.redirect_stdout(sys.stderr))  # stdout: the one JSON line
+        try:
+            cfg = trainer_config(args, folder)
+            trainer = Trainer(cfg, loader=synthetic_loader(cfg, args) if args.synthetic else None)
+        except UserError as error:
+            raise ValueError(str(error)) from None
+        device, loader = trainer.device, trainer.loader
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        start_up, loader_rate, batch = loader_alone(loader, device, args.warmup, args.steps)
+        step_rate = step_alone(trainer, batch, args.warmup, args.steps)
+        del batch
+        loader.compile_seconds = None  # the run's own first wait is its start-up (excluded by the trainer)
+        split = trainer.train().time
+        print(f"bench train: {split.verdict()}", file=sys.stderr)
+    precision = trainer.precision.dtype
+    result = {"bench": "train", "data": "synthetic" if args.synthetic else args.data, "backend": loader.backend,
+              "arch": args.arch, "batch": args.batch_size, "resolution": args.resolution, "recipe": args.recipe,
+              "amp": str(precision).removeprefix("torch.") if precision else "off",
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "workers": 0 if args.synthetic else args.workers, "threads": torch.get_num_threads(),
+              "steps": args.steps,
+              "images_per_s": round(split.images_per_s, 1),
+              "loader_images_per_s": round(loader_rate, 1),
+              "step_images_per_s": round(step_rate, 1),
+              "data_wait_fraction": round(split.data_wait_fraction, 4),
+              "bound": split.bound,
+              "end_to_end_vs_step": round(split.images_per_s / step_rate, 3),
+              "loader_start_s": round(start_up, 2),
+              "peak_mem_mb": round(torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
+                                   else peak_rss_mb(), 1)}
+    if args.out:
+        result["folder"] = args.out
+    print(json.dumps(result), flush=True)
+    return result
