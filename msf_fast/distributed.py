@@ -34,7 +34,12 @@ def init_from_environment(device: str = "auto") -> ProcessInfo:
     if use_cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        store, rank, world_size = next(dist.rendezvous("env://"))
+        # A restarted group (torchrun --max-restarts) may get the store of the failed attempt, whose keys still
+        # hold the dead processes' addresses: one namespace per attempt.
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group("nccl" if use_cuda else "gloo", store=dist.PrefixStore(f"attempt_{attempt}/", store),
+                                rank=rank, world_size=world_size)
     return ProcessInfo(rank, world_size, local_rank)
 
 

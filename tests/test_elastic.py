@@ -1,0 +1,107 @@
+"""Long runs under torchrun on the CPU (two gloo processes): a preemption signal stops every rank at the same step
+with one checkpoint written by rank 0, and a worker killed mid-run is restarted by torchrun and resumes, ending
+with the weights of an uninterrupted run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 18  # 96 images / (8 per rank x 2 ranks) = 6 steps per epoch, 3 epochs
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def torchrun(data, folder, *extra, restarts: int = 0) -> subprocess.Popen:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--rdzv_backend=c10d",
+               f"--rdzv_endpoint=127.0.0.1:{free_port()}", f"--max-restarts={restarts}", "train_imagenet.py", f"--data.train_path={data / 'train'}",
+               "--data.backend=torch", "--model.arch=resnet18", "--model.hidden_dim=64", "--model.proj_dim=32",
+               "--data.resolution=32", "--data.workers=0", "--train.batch_size=8", "--msf.bank_size=64",
+               "--train.epochs=3", "--train.device=cpu", "--train.threads=1", "--train.amp=off",
+               f"--logging.folder={folder}", "--logging.progress=0", "--logging.log_every=1", "--eval.knn_final=0",
+               "--train.resume=auto", *extra]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def workers_of(agent: subprocess.Popen) -> dict[int, int]:
+    """rank -> pid of torchrun's worker processes."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environment = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == agent.pid:
+            rank = next((int(item[5:]) for item in environment if item.startswith(b"RANK=")), None)
+            if rank is not None:
+                found[rank] = int(entry.name)
+    return found
+
+
+def wait_for(condition, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def logged_steps(folder: Path) -> list[int]:
+    log = folder / "log.jsonl"
+    if not log.exists():
+        return []
+    return [record["step"] for record in map(json.loads, log.read_text().splitlines()) if record["event"] == "step"]
+
+
+def final_model(folder: Path) -> dict:
+    checkpoint = torch.load(folder / "checkpoints" / "latest.pt", weights_only=False)
+    assert checkpoint["step"] == STEPS
+    return checkpoint["model"]
+
+
+def test_sigterm_stops_every_rank_at_the_same_step(tiny_imagefolder, tmp_path):
+    folder = tmp_path / "run"
+    agent = torchrun(tiny_imagefolder, folder)
+    wait_for(lambda: len(logged_steps(folder)) >= 2)
+    agent.send_signal(signal.SIGTERM)  # torchrun passes it on to every worker
+    _, stderr = agent.communicate(timeout=120)
+    assert agent.returncode != 0
+    checkpoint = torch.load(folder / "checkpoints" / "latest.pt", weights_only=False)
+    step = checkpoint["step"]
+    assert 2 <= step < STEPS
+    for rank in (0, 1):
+        assert f"rank {rank}: stopped by SIGTERM at step {step}:" in stderr, stderr[-3000:]
+    records = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["event"] == "stopped"] == [step]  # one log, rank 0's
+
+
+def test_a_killed_worker_is_restarted_and_the_run_ends_as_an_uninterrupted_one(tiny_imagefolder, tmp_path):
+    reference = torchrun(tiny_imagefolder, tmp_path / "reference")
+    _, stderr = reference.communicate(timeout=300)
+    assert reference.returncode == 0, stderr[-3000:]
+
+    folder = tmp_path / "killed"
+    agent = torchrun(tiny_imagefolder, folder, restarts=1)
+    wait_for(lambda: (folder / "checkpoints" / "latest.pt").exists() and len(logged_steps(folder)) >= 8)
+    os.kill(workers_of(agent)[1], signal.SIGKILL)  # mid-run, after the first epoch's checkpoint
+    _, stderr = agent.communicate(timeout=300)
+    assert agent.returncode == 0, stderr[-3000:]
+    steps = logged_steps(folder)
+    assert steps[-1] == STEPS and len(steps) > STEPS  # some steps ran twice: after the restart, from the checkpoint
+    for name, value in final_model(tmp_path / "reference").items():
+        assert torch.equal(final_model(folder)[name], value), name
