@@ -20,6 +20,7 @@ from dataset_prep.stores import (BETON, TFRECORD, beton_problem, describe_path, 
                                  tfrecord_problem)
 from msf_fast.errors import UserError
 from msf_fast.model import RESNETS
+from msf_fast.run_checkpoints import holds_run
 from msf_fast.runlog import TENSORBOARD_INSTALL
 from pipelines import data_format
 from pipelines.recipe import RECIPE_NAMES
@@ -262,6 +263,9 @@ def validate(cfg, world_size: int = 1) -> None:
                           "latest checkpoint)")
     if cfg.logging.overwrite and cfg.train.resume:
         raise ConfigError(f"logging.overwrite=1 starts over and train.resume={cfg.train.resume} continues: choose one")
+    if not cfg.train.resume and not cfg.logging.overwrite and holds_run(cfg.logging.folder):
+        raise ConfigError(f"logging.folder={cfg.logging.folder} holds a run: continue it with --train.resume=auto, "
+                          "start over with --logging.overwrite=1 (deletes it), or choose another --logging.folder")
     folder_problem = output_folder_problem(cfg.logging.folder)
     if folder_problem:
         raise ConfigError(f"logging.folder={cfg.logging.folder}: {folder_problem}")

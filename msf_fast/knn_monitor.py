@@ -12,6 +12,7 @@ from torch import nn
 
 from msf_fast.eval.knn import knn_evaluation
 from pipelines import build_eval_loader
+from pipelines.contract import check_same_classes
 from pipelines.recipe import TwoViewRecipe
 
 
@@ -24,6 +25,10 @@ class KnnMonitor:
                                         per_class=memory_per_class, seed=seed)
         self.held_out = build_eval_loader(val_path, recipe, batch_size=batch_size, workers=workers,
                                           per_class=val_per_class, seed=seed)
+        check_same_classes(self.memory, f"the searched images {memory_path}", self.held_out,
+                           f"the held-out images {val_path}")
+        if k > self.memory.num_samples:
+            raise ValueError(f"eval.knn_k={k}: the searched images {memory_path} are only {self.memory.num_samples}")
 
     @classmethod
     def from_config(cls, cfg, recipe: TwoViewRecipe) -> "KnnMonitor | None":

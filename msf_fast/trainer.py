@@ -171,12 +171,12 @@ class Trainer:
         try:
             return KnnMonitor.from_config(self.cfg, self.recipe)
         except (OSError, ValueError) as error:
-            raise UserError(f"the k-NN monitor's data (data.val_path, eval.knn_memory_path): {error}") from None
+            raise UserError(f"the k-NN monitor (data.val_path, eval.knn_memory_path): {error}") from None
 
     # ------------------------------------------------------------------ state
     def start_or_resume(self) -> bool:
-        """Continue from a checkpoint (True), or start fresh. A fresh run refuses a folder that holds a run, unless
-        logging.overwrite deletes that run first; train.resume=auto continues the folder's run if it has one."""
+        """Continue from a checkpoint (True), or start fresh (a run already in the folder is deleted: load_config
+        allows that only with logging.overwrite); train.resume=auto continues the folder's run if it has one."""
         resume, folder = self.cfg.train.resume, self.folder
         if resume == AUTO:
             try:
@@ -195,10 +195,7 @@ class Trainer:
                 raise UserError(f"train.resume: {error}") from None
             self.resume_from(Path(resume), state)
             return True
-        if holds_run(folder):
-            if not self.cfg.logging.overwrite:
-                raise UserError(f"logging.folder={folder} holds a run: continue it with --train.resume=auto, start over "
-                                f"with --logging.overwrite=1 (deletes it), or choose another --logging.folder")
+        if holds_run(folder):  # load_config refused it unless logging.overwrite
             if self.is_main:
                 clear_run(folder)
                 self.say(f"logging.overwrite: deleted the run in {folder}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from msf_fast.config import load_config
@@ -68,3 +69,24 @@ def test_monitor_lists_each_folder_once_and_scores_separable_classes(tiny_imagef
 
     report = monitor.evaluate(ChannelMeans(), torch.device("cpu"), None)
     assert set(report) == {"knn_top1", "knn_weighted_top1"} and report["knn_top1"] >= 0.5
+
+
+def test_a_held_out_set_with_other_classes_is_refused_at_start(tiny_imagefolder, tmp_path):
+    import shutil
+
+    from msf_fast.errors import UserError
+
+    val = tmp_path / "val"
+    shutil.copytree(tiny_imagefolder / "val", val)
+    shutil.rmtree(val / "class_3")  # a val folder that lacks a class: every label after it would shift
+    (val / "class_9").mkdir()
+    shutil.copy(next((tiny_imagefolder / "val" / "class_3").iterdir()), val / "class_9" / "0.jpg")
+    cfg = load_config([f"--data.train_path={tiny_imagefolder / 'train'}", f"--data.val_path={val}",
+                       "--model.arch=resnet18", "--data.resolution=32", "--train.batch_size=8", "--msf.bank_size=32",
+                       "--data.workers=0", f"--logging.folder={tmp_path / 'run'}", "--train.threads=2"])
+    with pytest.raises(UserError) as refused:
+        Trainer(cfg)
+    assert str(refused.value) == (
+        f"the k-NN monitor (data.val_path, eval.knn_memory_path): the searched images {tiny_imagefolder / 'train'} "
+        f"and the held-out images {val} have different classes: class_3 only in the searched images "
+        f"{tiny_imagefolder / 'train'}, class_9 only in the held-out images {val}; their labels would not match")

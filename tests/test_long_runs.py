@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from msf_fast.config import load_config
+from msf_fast.config import ConfigError, load_config
 from msf_fast.errors import UserError
 from msf_fast.stopping import RunStopped
 from msf_fast.trainer import Trainer
@@ -225,7 +225,7 @@ def test_a_new_run_never_writes_over_a_run(tiny_imagefolder, tmp_path):
     train(tiny_imagefolder, tmp_path, "--train.max_steps=3", "--logging.snapshot_every=1")
     (tmp_path / "report.md").write_text("an earlier evaluation")
     before = {path.name: path.stat().st_mtime_ns for path in tmp_path.rglob("*")}
-    with pytest.raises(UserError) as refused:
+    with pytest.raises(ConfigError) as refused:
         trainer(tiny_imagefolder, tmp_path)
     assert str(refused.value) == (f"logging.folder={tmp_path} holds a run: continue it with --train.resume=auto, "
                                   "start over with --logging.overwrite=1 (deletes it), or choose another "

@@ -1,0 +1,102 @@
+"""train_imagenet.py's user mistakes: one line on stderr, exit code 2, nothing written (config files, options,
+the run folder). Each test runs the entry point as a user would."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train(*options, cwd=ROOT) -> tuple[int, str]:
+    done = subprocess.run([sys.executable, str(ROOT / "train_imagenet.py"), *options], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+    return done.returncode, done.stderr
+
+
+def one_line(code: int, stderr: str) -> str:
+    assert code == 2, stderr[-2000:]
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr[-2000:]
+    return lines[0]
+
+
+@pytest.fixture
+def data(tmp_path):
+    (tmp_path / "train" / "a_class").mkdir(parents=True)
+    return [f"--data.train_path={tmp_path / 'train'}", "--train.batch_size=8", "--msf.bank_size=32",
+            f"--logging.folder={tmp_path / 'run'}"]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("train:\n  epochs: [1\n", "not valid YAML at line 3, column 1 (expected ',' or ']', but got '<stream end>')"),
+    ("- train\n- epochs\n", "expected sections of parameters (e.g. 'train:' then '  epochs: 100'), found a list"),
+    ("train: 3\n", "train: expected a section of parameters or a section.param key, found 3"),
+])
+def test_a_config_file_that_is_no_recipe_is_one_line(data, tmp_path, text, expected):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    assert one_line(*train("--config-file", str(recipe), *data)) == \
+        f"config error: --config-file={recipe}: {expected}"
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_binary_config_file_is_one_line(data, tmp_path):
+    recipe = tmp_path / "model.pt"
+    recipe.write_bytes(bytes(range(256)) * 4)
+    assert one_line(*train("--config-file", str(recipe), *data)) == \
+        f"config error: --config-file={recipe}: not a text file (a YAML recipe is text)"
+
+
+def test_flat_dotted_keys_are_accepted_and_typos_named(data, tmp_path):
+    from msf_fast.config import ConfigError, load_config
+
+    recipe = tmp_path / "flat.yaml"
+    recipe.write_text("train.epochs: 3\nmsf:\n  topk: 2\n")
+    cfg = load_config(["--config-file", str(recipe), *data])
+    assert (cfg.train.epochs, cfg.msf.topk) == (3, 2)
+    recipe.write_text("train.epoch: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown parameter train.epoch \(did you mean train.epochs\?\)"):
+        load_config(["--config-file", str(recipe), *data])
+
+
+@pytest.mark.parametrize("option, expected", [
+    ("--train.epoch=2", "unknown option --train.epoch (did you mean --train.epochs?)"),
+    ("--data.val=x", "unknown option --data.val (did you mean --data.val_path?)"),
+])
+def test_options_are_never_abbreviated(data, option, expected):
+    assert one_line(*train(*data, option)) == f"train_imagenet.py: error: {expected} (see --help)"
+
+
+def test_bad_logging_folders_name_the_parameter(data, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert one_line(*train(*data, f"--logging.folder={afile}")) == \
+        f"config error: logging.folder={afile}: a file, not a folder"
+    assert one_line(*train(*data, f"--logging.folder={afile}/run")) == \
+        f"config error: logging.folder={afile}/run: a file on its path ({afile}), not a folder"
+
+
+def test_resume_and_overwrite_exclude_each_other(data):
+    assert one_line(*train(*data, "--train.resume=auto", "--logging.overwrite=1")) == (
+        "config error: logging.overwrite=1 starts over and train.resume=auto continues: choose one")
+
+
+def test_a_run_folder_holding_a_run_is_refused(data, tmp_path):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "log.jsonl").write_text("")
+    assert one_line(*train(*data)) == (
+        f"config error: logging.folder={tmp_path / 'run'} holds a run: continue it with --train.resume=auto, start over "
+        "with --logging.overwrite=1 (deletes it), or choose another --logging.folder")
+
+
+def test_a_file_given_to_resume_that_is_no_checkpoint(data, tmp_path, tiny_imagefolder):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("lr 0.05 diverged\n")
+    options = [f"--data.train_path={tiny_imagefolder / 'train'}", *data[1:], "--model.arch=resnet18",
+               "--data.resolution=32", "--data.workers=0"]
+    assert one_line(*train(*options, f"--train.resume={notes}")) == (
+        f"error: train.resume: {notes}: a text file (starting 'lr 0.05 diverged'), not a checkpoint")
