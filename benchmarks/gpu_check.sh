@@ -1,27 +1,31 @@
 #!/usr/bin/env bash
-# One pass over the GPU paths: the CUDA-marked tests, then the step / EMA / bank benchmarks and the
-# time-to-train plan at the measured step rate, then a summary table. JSON lines land in --out.
+# One pass over the GPU paths: the CUDA-marked tests, the step / EMA / bank / batched-augmentation
+# benchmarks, the real trainer on synthetic data (augmentation + MSF step together, bench train --synthetic),
+# the time-to-train plan at the step rate and at the end-to-end rate, then a summary table. JSON lines
+# land in --out.
 #
-#   bash benchmarks/gpu_check.sh [--device cuda|cpu] [--tiny] [--out DIR] [--steps N]
+#   bash benchmarks/gpu_check.sh [--device cuda|cpu] [--tiny] [--out DIR] [--steps N] [--train-steps N]
 #
-# Needs only torch and torchvision (pytest for the tests step; skipped with a note without it), runs
-# from a plain checkout (no install: the repository root goes on PYTHONPATH), about 2-3 minutes on one
-# H100. `--device cpu --tiny` is the dry run: ResNet-18, batch 8, 32 px, a small bank, one timed step.
-# $PYTHON picks the interpreter (default: python). Every check runs even if an earlier one fails; the
-# exit status is 1 when any failed.
+# Needs only torch and torchvision (pytest for the tests step, the trainer's packages for the train
+# check: each skipped with a note without them), runs from a plain checkout (no install: the repository
+# root goes on PYTHONPATH), about 3-4 minutes on one H100 (not yet measured). `--device cpu --tiny` is
+# the dry run: ResNet-18, batch 8, 32 px, a small bank, one timed step. $PYTHON picks the interpreter
+# (default: python). Every check runs even if an earlier one fails; the exit status is 1 when any failed.
 set -euo pipefail
 
 device=cuda
 tiny=0
 out=runs/gpu_check
 steps=10
+train_steps=40
 while (($#)); do
   case "$1" in
     --device) device="$2"; shift 2 ;;
     --tiny) tiny=1; shift ;;
     --out) out="$2"; shift 2 ;;
     --steps) steps="$2"; shift 2 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    --train-steps) train_steps="$2"; shift 2 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -32,7 +36,8 @@ out="$(cd "$out" && pwd)"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PYTHON="${PYTHON:-python}"
-rm -f "$out"/{status.tsv,env.jsonl,pytest.log,step.jsonl,ema.jsonl,bank.jsonl,bank_bf16.jsonl,plan.jsonl,summary.txt}
+rm -f "$out"/{status.tsv,env.jsonl,pytest.log,step.jsonl,ema.jsonl,bank.jsonl,bank_bf16.jsonl,plan.jsonl}
+rm -f "$out"/{augment.jsonl,train.jsonl,plan_train.jsonl,summary.txt}
 
 "$PYTHON" -c '
 import json, sys, torch
@@ -71,10 +76,15 @@ if ((tiny)); then
   step_args=(--arch resnet18 --batch-size 8 --resolution 32 --bank-size 64 --steps 1 --repeats 1)
   ema_args=(--arch resnet18 --repeats 3)
   bank_args=(--batch-size 32 --bank-size 8192 --dim 64 --topk 5 --chunk 1024 --repeats 1)
+  augment_args=(--batch-size 8 --resolution 32 --batches 1 --repeats 1)
+  train_args=(--arch resnet18 --batch-size 8 --resolution 32 --bank-size 64 --steps 2 --warmup 1)
 else
   step_args=(--arch resnet50 --batch-size 256 --resolution 224 --steps "$steps")
   ema_args=(--arch resnet50)
   bank_args=(--batch-size 256 --bank-size 1024000 --dim 512 --topk 5)
+  augment_args=(--batch-size 256 --resolution 224)
+  # the paper's bank (1,024,000); the end-of-run checkpoint holds it (about 1 GB in bf16, in a temporary folder)
+  train_args=(--arch resnet50 --batch-size 256 --resolution 224 --steps "$train_steps" --warmup 5)
 fi
 
 # 1. CUDA tests: only the files that hold some (the others may import packages this machine lacks)
@@ -97,22 +107,49 @@ run_check "ema" "$out/ema.jsonl" 120 "$PYTHON" -m msf_fast.bench ema "${ema_args
 run_check "bank float32" "$out/bank.jsonl" 180 "$PYTHON" -m msf_fast.bench bank "${bank_args[@]}" --device "$device"
 run_check "bank bfloat16" "$out/bank_bf16.jsonl" 180 \
   "$PYTHON" -m msf_fast.bench bank "${bank_args[@]}" --dtype bfloat16 --device "$device"
+run_check "augment" "$out/augment.jsonl" 120 "$PYTHON" -m msf_fast.bench augment "${augment_args[@]}" --device "$device"
 
-# 3. time to train at the measured msf-fast step rate
-measured=$("$PYTHON" -c '
+# 3. the real trainer, fed by synthetic uint8 crops on the device: the FFCV path's augmentation + the MSF step
+trainer_missing=$("$PYTHON" -c '
+import importlib.util
+try:
+    import msf_fast.trainer  # noqa: F401
+except ModuleNotFoundError as error:
+    print(error.name)
+else:
+    print("matplotlib" if importlib.util.find_spec("matplotlib") is None else "")' 2> /dev/null || true)
+if [[ -z $trainer_missing ]]; then
+  run_check "train" "$out/train.jsonl" 300 \
+    "$PYTHON" -m msf_fast.bench train --synthetic "${train_args[@]}" --device "$device"
+else
+  record "train" "skipped: the trainer needs the package '$trainer_missing' (not installed here)" 0
+fi
+
+# 4. time to train at the measured msf-fast step rate, and at the trainer's end-to-end rate
+rate_of() {  # JSON lines file, key, [variant]: the first matching line's value, or nothing
+  "$PYTHON" -c '
 import json, sys
 try:
     lines = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-    print(next(l["images_per_s"] for l in lines if l.get("variant") == "msf-fast"))
-except (OSError, StopIteration):
-    pass' "$out/step.jsonl")
+    print(next(l[sys.argv[2]] for l in lines if len(sys.argv) < 4 or l.get("variant") == sys.argv[3]))
+except (OSError, ValueError, KeyError, StopIteration):
+    pass' "$@"
+}
+measured=$(rate_of "$out/step.jsonl" images_per_s msf-fast)
 if [[ -n $measured ]]; then
   run_check "plan" "$out/plan.jsonl" 60 "$PYTHON" -m msf_fast.bench plan --images-per-s "$measured" --gpus 8
 else
   record "plan" "skipped: no step rate" 0
 fi
+end_to_end=$(rate_of "$out/train.jsonl" images_per_s)
+if [[ -n $end_to_end ]]; then
+  run_check "plan (end-to-end)" "$out/plan_train.jsonl" 60 \
+    "$PYTHON" -m msf_fast.bench plan --images-per-s "$end_to_end" --gpus 8
+else
+  record "plan (end-to-end)" "skipped: no end-to-end rate" 0
+fi
 
-# 4. summary
+# 5. summary
 "$PYTHON" - "$out" "$tiny" << 'EOF' | tee "$out/summary.txt"
 import json
 import os
@@ -171,8 +208,33 @@ def bank_result(name):
             f" | {s.get('speedup_vs_dense')}x, loss diff {s.get('loss_abs_diff', float('nan')):.1e}")
 
 
-def plan_result():
-    found = lines("plan.jsonl")
+def augment_result():
+    found = lines("augment.jsonl")
+    whole = [line for line in found if line.get("view") == "both"]
+    if not whole:
+        return ""
+    w = whole[-1]
+    ops = sorted((line for line in found if line.get("ms_above_base") is not None),
+                 key=lambda line: -line["ms_above_base"])[:3]
+    text = (f"{w['batch']}x{w['resolution']}px {w['dtype']}: {w['images_per_s']:,.0f} img/s ({w['ms_per_batch']} "
+            f"ms/batch: target {w['target_ms']} + online {w['online_ms']})")
+    if ops:
+        text += " | most: " + ", ".join(f"{o['view']} {o['op']} {o['ms_above_base']} ms" for o in ops)
+    return text
+
+
+def train_result():
+    found = [line for line in lines("train.jsonl") if line.get("bench") == "train"]
+    if not found:
+        return ""
+    t = found[-1]
+    return (f"end-to-end {t['images_per_s']:,.0f} img/s ({t['arch']}, batch {t['batch']}, {t['resolution']} px, "
+            f"amp {t['amp']}) | augment alone {t['loader_images_per_s']:,.0f} | step alone "
+            f"{t['step_images_per_s']:,.0f} | data wait {t['data_wait_fraction']:.0%}: {t['bound']}-bound")
+
+
+def plan_result(name="plan.jsonl"):
+    found = lines(name)
     if not found:
         return ""
     p = found[-1]
@@ -191,7 +253,8 @@ def pytest_result():
 
 results = {"cuda tests": pytest_result, "step": step_result, "ema": ema_result,
            "bank float32": lambda: bank_result("bank.jsonl"), "bank bfloat16": lambda: bank_result("bank_bf16.jsonl"),
-           "plan": plan_result}
+           "augment": augment_result, "train": train_result, "plan": plan_result,
+           "plan (end-to-end)": lambda: plan_result("plan_train.jsonl")}
 env = (lines("env.jsonl") or [{}])[0]
 print(f"gpu_check summary: {env.get('gpu') or 'cpu'}, torch {env.get('torch')}, "
       f"{'tiny dry run' if tiny else 'full settings'}; JSON lines in {out}")

@@ -85,9 +85,12 @@ def test_reference_crc_matches_the_standard_check_value():
     assert reference_crc32c(b"123456789") == 0xE3069283  # CRC-32C check value (RFC 3720)
 
 
+TFRECORD_MISSING = "the independent reader, the tfrecord package, is not installed (pip install -e '.[test]')"
+
+
 def read_tfrecord_store(folder: str) -> tuple[list[np.ndarray], list[int], dict]:
     """Images and labels in shard order, read with the `tfrecord` package (protobuf parsing)."""
-    from tfrecord.reader import tfrecord_loader
+    tfrecord_loader = pytest.importorskip("tfrecord.reader", reason=TFRECORD_MISSING).tfrecord_loader
 
     manifest = json.load(open(os.path.join(folder, "manifest.json")))
     images, labels = [], []
@@ -156,7 +159,7 @@ def test_tfrecord_round_trip_crcs_and_index(clean_source, tmp_path):
 def test_tfrecord_keeps_plain_jpegs_byte_for_byte(clean_source, tmp_path):
     out = str(tmp_path / "store")
     assert write_tfrecord.main([clean_source, out, "--val", "--workers", "1", "--no-progress"]) == 0
-    from tfrecord.reader import tfrecord_loader
+    tfrecord_loader = pytest.importorskip("tfrecord.reader", reason=TFRECORD_MISSING).tfrecord_loader
 
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     shard = manifest["shards"][0]
@@ -172,7 +175,7 @@ def test_tfrecord_shards_are_balanced_and_mixed(tmp_path):
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     sizes = [shard["records"] for shard in manifest["shards"]]
     assert sum(sizes) == 40 and max(sizes) - min(sizes) <= 1
-    from tfrecord.reader import tfrecord_loader
+    tfrecord_loader = pytest.importorskip("tfrecord.reader", reason=TFRECORD_MISSING).tfrecord_loader
 
     all_labels = []
     for shard in manifest["shards"]:

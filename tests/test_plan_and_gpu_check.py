@@ -88,10 +88,11 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
            "CUDA_VISIBLE_DEVICES": ""}
     env.pop("PYTHONPATH", None)
     done = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--device", "cpu", "--tiny", "--out", str(tmp_path)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "gpu_check summary" in done.stdout
-    for check in ("cuda tests", "step", "ema", "bank float32", "bank bfloat16", "plan"):
+    for check in ("cuda tests", "step", "ema", "bank float32", "bank bfloat16", "augment", "train", "plan",
+                  "plan (end-to-end)"):
         assert any(row.startswith(check) for row in done.stdout.splitlines()), check
 
     def json_lines(name):
@@ -106,6 +107,15 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
         assert bank[2]["same_loss"] is True
     [plan] = json_lines("plan.jsonl")
     assert plan["images_per_s_per_gpu"] == step["msf-fast"]["images_per_s"] and plan["hours"] > 0
+    augment = json_lines("augment.jsonl")
+    assert augment[-1]["view"] == "both" and augment[-1]["images_per_s"] > 0
+    assert {line["op"] for line in augment[:-1]} >= {"base", "flip", "hue", "blur"}
+    [train] = json_lines("train.jsonl")
+    assert train["backend"] == "synthetic" and train["bound"] in ("loader", "compute")
+    assert train["images_per_s"] > 0 and train["step_images_per_s"] > 0 and train["loader_images_per_s"] > 0
+    [plan_train] = json_lines("plan_train.jsonl")
+    assert plan_train["images_per_s_per_gpu"] == train["images_per_s"]
     statuses = dict(line.split("\t")[:2] for line in (tmp_path / "status.tsv").read_text().splitlines())
     assert statuses["cuda tests"] == "skipped: no CUDA" and statuses["step"] == "ok"
+    assert statuses["augment"] == statuses["train"] == statuses["plan (end-to-end)"] == "ok"
     assert (tmp_path / "summary.txt").read_text() in done.stdout

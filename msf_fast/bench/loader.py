@@ -61,6 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=1, help="interleaved runs per backend with --compare")
 
 
+def child_env() -> dict:
+    """The environment of a child process: this checkout first on its path, installed or not."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
+
+
 def store_for(args, backend: str) -> str:
     """The store a backend reads: given, or written once from the --data ImageFolder into data/bench/stores/,
     under a name that holds a hash of the folder's real path (two folders of one name get their own stores)."""
@@ -85,7 +92,7 @@ def store_for(args, backend: str) -> str:
         command.append("--overwrite")
     os.makedirs(STORES, exist_ok=True)
     done = subprocess.run([sys.executable, "-m", f"dataset_prep.{command[0]}", args.data, path, *command[1:],
-                           "--no-progress"], capture_output=True, text=True)
+                           "--no-progress"], capture_output=True, text=True, env=child_env())
     print(done.stdout + done.stderr, end="", file=sys.stderr)  # stdout stays JSON lines only
     if done.returncode:
         raise SystemExit(f"bench loader: could not write {path}")
@@ -162,7 +169,7 @@ def bench_loader(args) -> list[dict]:
                        "--workers", str(args.workers), "--threads", str(args.threads),
                        "--epochs", str(args.epochs), "--max-batches", str(args.max_batches),
                        "--photometric", args.photometric]
-            done = subprocess.run(command, capture_output=True, text=True)
+            done = subprocess.run(command, capture_output=True, text=True, env=child_env())
             if done.returncode:
                 failures += 1
                 print(f"bench loader: the {backend} run failed ({exit_status(done.returncode)}): "

@@ -1,11 +1,13 @@
 """`bench train`: the real trainer for `--steps` steps, and which side bounds it: the loader or the step.
 
-One invocation measures, on the same model and loader, one after the other:
+One invocation measures, on the same model and loader:
   - loader alone: `--steps` batches of the loader, nothing trained (after `--warmup` batches; the first
     batch's wait, i.e. worker start-up or FFCV's compilation, is reported apart as `loader_start_s`);
   - step alone: `--steps` training steps on one fixed batch already on the device (after `--warmup` steps);
   - end to end: `Trainer.train()` for `--steps` steps, fed by that loader; its images/s and the share of the
     time it waited for data, as the trainer measures them (its loader start-up excluded).
+The loader-alone and step-alone parts run half before and half after the end-to-end run, so that a change of a
+shared machine's load during the run shows on both sides of the comparison (`*_blocks`: the two halves' rates).
 `bound` is the trainer's verdict: "loader" when the run waited for data more than 10 % of its time, else
 "compute". The data is `--data` (an ImageFolder, a .beton or a TFRecord store, read by `--backend`) or
 `--synthetic`: no loader at all, uint8 crops made once on the device and, per batch, the recipe's batched
@@ -99,11 +101,11 @@ def synthetic_loader(cfg, args):
                                   dtype=precision.dtype if device.type == "cuda" and precision.dtype else torch.float32)
 
 
-def loader_alone(loader, device: torch.device, warmup: int, steps: int) -> tuple[float, float, tuple]:
-    """(the first batch's wait in seconds, images/s of the `steps` batches after `warmup` more, the first batch on
-    the device), iterating epochs until enough batches came."""
+def loader_alone(loader, device: torch.device, warmup: int, steps: int, epoch: int = 0) -> dict:
+    """{"images", "seconds"} of `steps` batches after `warmup` more, "start_up": the first batch's wait, "first": that
+    batch on the device; iterating epochs from `epoch` until enough batches came."""
     first = start_up = timed_from = None
-    index, images, epoch = 0, 0, 0
+    index, images = 0, 0
     started = time.perf_counter()
     while index <= warmup + steps:
         arrived = 0
@@ -124,11 +126,11 @@ def loader_alone(loader, device: torch.device, warmup: int, steps: int) -> tuple
             raise RuntimeError(f"the {loader.backend} loader yielded no batch for epoch {epoch}")
         epoch += 1
     synchronize(device)
-    return start_up, images / (time.perf_counter() - timed_from), first
+    return {"images": images, "seconds": time.perf_counter() - timed_from, "start_up": start_up, "first": first}
 
 
-def step_alone(trainer, batch: tuple, warmup: int, steps: int) -> float:
-    """images/s of the trainer's step on one fixed batch."""
+def step_alone(trainer, batch: tuple, warmup: int, steps: int) -> dict:
+    """{"images", "seconds"} of `steps` of the trainer's steps on one fixed batch, after `warmup` more."""
     from msf_fast.step import train_step
 
     def step():
@@ -142,7 +144,11 @@ def step_alone(trainer, batch: tuple, warmup: int, steps: int) -> float:
     for _ in range(steps):
         step()
     synchronize(trainer.device)
-    return steps * len(batch[2]) / (time.perf_counter() - started)
+    return {"images": steps * len(batch[2]), "seconds": time.perf_counter() - started}
+
+
+def rate(*blocks: dict) -> float:
+    return sum(block["images"] for block in blocks) / sum(block["seconds"] for block in blocks)
 
 
 def bench_train(args) -> dict:
@@ -165,11 +171,18 @@ def bench_train(args) -> dict:
         device, loader = trainer.device, trainer.loader
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        start_up, loader_rate, batch = loader_alone(loader, device, args.warmup, args.steps)
-        step_rate = step_alone(trainer, batch, args.warmup, args.steps)
-        del batch
+        # Half of the loader-alone and step-alone batches before the end-to-end run, half after: a change of the
+        # machine's load during the run (shared machines) shows in both sides of the comparison.
+        before, after = (args.steps + 1) // 2, args.steps // 2
+        loader_blocks = [loader_alone(loader, device, args.warmup, before)]
+        batch = loader_blocks[0].pop("first")
+        step_blocks = [step_alone(trainer, batch, args.warmup, before)]
         loader.compile_seconds = None  # the run's own first wait is its start-up (excluded by the trainer)
         split = trainer.train().time
+        if after:
+            loader_blocks.append(loader_alone(loader, device, 0, after, epoch=trainer.epoch + 1))
+            step_blocks.append(step_alone(trainer, batch, 0, after))
+        del batch
         print(f"bench train: {split.verdict()}", file=sys.stderr)
     precision = trainer.precision.dtype
     result = {"bench": "train", "data": "synthetic" if args.synthetic else args.data, "backend": loader.backend,
@@ -179,12 +192,15 @@ def bench_train(args) -> dict:
               "workers": 0 if args.synthetic else args.workers, "threads": torch.get_num_threads(),
               "steps": args.steps,
               "images_per_s": round(split.images_per_s, 1),
-              "loader_images_per_s": round(loader_rate, 1),
-              "step_images_per_s": round(step_rate, 1),
+              "loader_images_per_s": round(rate(*loader_blocks), 1),
+              "step_images_per_s": round(rate(*step_blocks), 1),
               "data_wait_fraction": round(split.data_wait_fraction, 4),
               "bound": split.bound,
-              "end_to_end_vs_step": round(split.images_per_s / step_rate, 3),
-              "loader_start_s": round(start_up, 2),
+              "end_to_end_vs_step": round(split.images_per_s / rate(*step_blocks), 3),
+              "loader_start_s": round(loader_blocks[0]["start_up"], 2),
+              # before and after the end-to-end run: far apart, the machine's load changed in between
+              "loader_images_per_s_blocks": [round(rate(block), 1) for block in loader_blocks],
+              "step_images_per_s_blocks": [round(rate(block), 1) for block in step_blocks],
               "peak_mem_mb": round(torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
                                    else peak_rss_mb(), 1)}
     if args.out:
