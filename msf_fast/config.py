@@ -113,6 +113,8 @@ def declare_schema(config: Config) -> None:
         start_ramp=Param(NON_NEGATIVE, "progressive resizing: last epoch at min_resolution", default=0),
         end_ramp=Param(NON_NEGATIVE, "progressive resizing: first epoch at resolution", default=0),
         workers=Param(NON_NEGATIVE, "loader worker processes (FFCV, DALI: threads)", default=8),
+        ffcv_decoder=Param(OneOf(["once", "twice"]), "FFCV: decode each image once for both views' seeded crops, or "
+                                                     "twice (FFCV's stock decoders, unseeded crops)", default="once"),
         decoder_device=Param(OneOf(["auto", "cpu", "mixed"]),
                              "DALI JPEG decoding: mixed = GPU (nvJPEG), auto = mixed when training on CUDA",
                              default="auto"),

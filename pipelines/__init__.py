@@ -22,9 +22,10 @@ def data_format(root: str) -> str:
 
 def build_train_loader(backend: str, root: str, recipe: TwoViewRecipe, *, batch_size: int, workers: int, seed: int,
                        rank: int = 0, world_size: int = 1, device="cpu", dtype=None,
-                       decoder_device: str = "auto") -> TwoViewLoader:
-    """FFCV augments on `device`, DALI on the GPU when it decodes there (`decoder_device`); both yield `dtype`
-    (default float32). The torchvision loader yields float32 on the CPU (pinned when `device` is CUDA)."""
+                       decoder_device: str = "auto", ffcv_decoder: str = "once") -> TwoViewLoader:
+    """FFCV augments on `device` (its decoder decodes each image "once" for both views, or "twice"), DALI on the
+    GPU when it decodes there (`decoder_device`); both yield `dtype` (default float32). The torchvision loader
+    yields float32 on the CPU (pinned when `device` is CUDA)."""
     import torch
 
     device = torch.device(device)
@@ -35,7 +36,8 @@ def build_train_loader(backend: str, root: str, recipe: TwoViewRecipe, *, batch_
     if backend == "ffcv":
         from pipelines.ffcv_backend import FFCVTwoViewLoader
         return FFCVTwoViewLoader(root, recipe, batch_size=batch_size, workers=workers, seed=seed, rank=rank,
-                                 world_size=world_size, device=device, dtype=dtype or torch.float32)
+                                 world_size=world_size, device=device, dtype=dtype or torch.float32,
+                                 decoder=ffcv_decoder)
     if backend == "dali":
         from pipelines.dali_backend import DALITwoViewLoader
         return DALITwoViewLoader(root, recipe, batch_size=batch_size, workers=workers, seed=seed, rank=rank,

@@ -1,19 +1,20 @@
-"""The FFCV backend: a `.beton` read by FFCV, two crops decoded per image, photometric ops batched on the device.
+"""The FFCV backend: a `.beton` read by FFCV, both views cropped from one decode, photometric ops batched.
 
-Per view, FFCV (numba threads, `data.workers` of them) decodes and random-resized-crops each image on the CPU
-at the training resolution; the rest of the view's recipe (colour jitter, grayscale, blur, solarize, flip,
-normalization) runs as batched tensor ops on the training device (`pipelines.batched_augment`).
+FFCV (numba threads, `data.workers` of them) decodes each image once and random-resized-crops it twice on the CPU at
+the training resolution (`ffcv_two_crop.TwoCropDecoder`: crops seeded by (seed, epoch, sample, view)); the rest of
+each view's recipe (colour jitter, grayscale, blur, solarize, flip, normalization) runs as batched tensor ops on the
+training device (`pipelines.batched_augment`), on a CPU-only machine in a thread one batch ahead of the model step.
+`decoder="twice"` keeps the former path for comparison: two stock RandomResizedCrop outputs over the one field
+(each image decoded twice, crops from numba's unseeded generator).
 
 FFCV facts this module works around (ffcv 1.0.2):
-- no `custom_field_mapper`: the two views are two outputs (`PipelineSpec('image', ...)`) over one field, so each
-  image is decoded twice;
+- no `custom_field_mapper`: several views of one field need several outputs, or one decoder writing them all;
 - `import ffcv` sets torch's threads to 1 and every Loader/epoch resets them to its worker count: the caller's
   count is restored after each;
 - batches are views into a ring of reused buffers: views are consumed (augmented into new tensors) and labels
   cloned before the next batch is fetched;
 - the order is seeded (`seed + epoch`, sharded like DistributedSampler when distributed), so a resumed run sees
   the same samples in the same batches; the photometric parameters are seeded per (seed, epoch, step, rank);
-  FFCV's crop positions come from numba's unseeded generator and are not reproducible;
 - numba compiles the pipeline on the first epoch of each Loader in each process (`compile_seconds`).
 """
 from __future__ import annotations
@@ -25,21 +26,28 @@ import torch
 
 from dataset_prep.ffcv_import import import_ffcv
 from dataset_prep.stores import manifest_classes
+from pipelines.background import ahead
 from pipelines.batched_augment import BatchedViewAugment
 from pipelines.contract import FirstBatchClock
+from pipelines.ffcv_two_crop import TwoCropDecoder
 from pipelines.recipe import TwoViewRecipe, ViewRecipe
 from pipelines.sampling import per_sample_seed
+
+
+DECODERS = ("once", "twice")
+
+
+def _to_device(device: torch.device) -> list:
+    from ffcv.transforms import ToDevice
+    return [ToDevice(device, non_blocking=True)] if device.type == "cuda" else []
 
 
 def _view_pipeline(view: ViewRecipe, resolution: int, device: torch.device, decoders: list):
     from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
     from ffcv.pipeline import PipelineSpec
-    from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
+    from ffcv.transforms import ToTensor, ToTorchImage
 
-    transforms = [ToTensor()]
-    if device.type == "cuda":
-        transforms.append(ToDevice(device, non_blocking=True))
-    transforms.append(ToTorchImage(channels_last=True))
+    transforms = [ToTensor(), *_to_device(device), ToTorchImage(channels_last=True)]
     decoder = RandomResizedCropRGBImageDecoder((resolution, resolution), scale=view.crop_scale,
                                                ratio=view.crop_ratio)
     decoders.append(decoder)
@@ -58,27 +66,35 @@ class FFCVTwoViewLoader:
 
     def __init__(self, path: str, recipe: TwoViewRecipe, *, batch_size: int, workers: int = 2, seed: int = 0,
                  rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, decoder: str = "once"):
+        """`decoder`: "once" (one decode, two seeded crops) or "twice" (the stock two-output path)."""
         import_ffcv()
         from ffcv.fields.basics import IntDecoder
         from ffcv.loader import Loader, OrderOption
-        from ffcv.transforms import Squeeze, ToDevice, ToTensor
+        from ffcv.pipeline import PipelineSpec
+        from ffcv.transforms import Squeeze, ToTensor
 
+        if decoder not in DECODERS:
+            raise ValueError(f"FFCV decoder {decoder!r}: expected one of {', '.join(DECODERS)}")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no such .beton file")
         self.device = torch.device(device)
         self.seed, self.rank, self.batch_size, self.world_size = seed, rank, batch_size, world_size
         threads = torch.get_num_threads()
-        self.decoders: list = []  # the two views' crop decoders (their output size changes with set_resolution)
-        label_ops = [IntDecoder(), ToTensor(), Squeeze()]
-        if self.device.type == "cuda":
-            label_ops.append(ToDevice(self.device, non_blocking=True))
+        self.decoders: list = []  # the crop decoders (their output size changes with set_resolution)
+        if decoder == "once":
+            self.decoders.append(TwoCropDecoder((recipe.resolution,) * 2, views=(recipe.online, recipe.target),
+                                                seed=seed))
+            views = {"views": PipelineSpec("image", decoder=self.decoders[0],
+                                           transforms=[ToTensor(), *_to_device(self.device)])}
+        else:
+            views = {"online": _view_pipeline(recipe.online, recipe.resolution, self.device, self.decoders),
+                     "target": _view_pipeline(recipe.target, recipe.resolution, self.device, self.decoders)}
         self.loader = Loader(
             path, batch_size=batch_size, num_workers=max(1, workers), order=OrderOption.RANDOM,
             distributed=world_size > 1, seed=seed, drop_last=True, os_cache=True, batches_ahead=2,
-            pipelines={"image": None, "label": label_ops,
-                       "online": _view_pipeline(recipe.online, recipe.resolution, self.device, self.decoders),
-                       "target": _view_pipeline(recipe.target, recipe.resolution, self.device, self.decoders)})
+            pipelines={"image": None, "label": [IntDecoder(), ToTensor(), Squeeze(), *_to_device(self.device)],
+                       **views})
         torch.set_num_threads(threads)
         self.threads = threads
         self.outputs = list(self.loader.pipeline_specs)  # the order of each batch's tensors
@@ -95,14 +111,23 @@ class FFCVTwoViewLoader:
         return len(self.loader)
 
     def set_resolution(self, resolution: int) -> None:
-        """FFCV recompiles its pipeline once per change."""
+        """The stock decoders need FFCV to recompile its pipeline, once per change; the two-crop one does not."""
         if self.decoders[0].output_size != (resolution, resolution):
             for decoder in self.decoders:
                 decoder.output_size = (resolution, resolution)
-            self.loader.recompile = True
+            self.loader.recompile = not isinstance(self.decoders[0], TwoCropDecoder)
 
     def iterate(self, epoch: int, skip_batches: int = 0):
+        batches = self._augmented(epoch, skip_batches)
+        # On a CPU-only machine the next batch's photometric ops run beside the model step (same batches, same
+        # parameters); on a GPU they are queued asynchronously anyway.
+        return ahead(batches) if self.device.type == "cpu" else batches
+
+    def _augmented(self, epoch: int, skip_batches: int):
         self.loader.next_epoch = epoch  # FFCV orders epoch e with seed + e
+        for decoder in self.decoders:
+            if isinstance(decoder, TwoCropDecoder):
+                decoder.set_epoch(epoch)  # before iter(): FFCV starts decoding at once
         clock = FirstBatchClock(self)
         batches = iter(self.loader)
         self.loader.recompile = False
@@ -114,11 +139,15 @@ class FFCVTwoViewLoader:
             if step < skip_batches:
                 continue
             named = dict(zip(self.outputs, batch))
+            if "views" in named:  # (B, 2, H, W, 3): NCHW views of each view, without a copy
+                online, target = (named["views"][:, view].permute(0, 3, 1, 2) for view in (0, 1))
+            else:
+                online, target = named["online"], named["target"]
             generator = torch.Generator().manual_seed(
                 per_sample_seed(self.seed, epoch, step * self.world_size + self.rank))
             with torch.no_grad():
-                online = self.online_augment(named["online"], generator)
-                target = self.target_augment(named["target"], generator)
+                online = self.online_augment(online, generator)
+                target = self.target_augment(target, generator)
             yield online, target, named["label"].clone()
 
 

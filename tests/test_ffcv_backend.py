@@ -167,3 +167,50 @@ def test_beton_subsets_and_the_probe_loader(coordinate_store):
     # random resized crops at scale (0.08, 1): the red (x) and green (y) ramps span less than the whole image
     spans = crop_areas(unnormalize(images, recipe))
     assert (spans < 0.99).any() and (spans > 0.07).all()
+
+
+def batches_of(loader, epoch: int, skip: int = 0) -> list:
+    return [tuple(t.clone() for t in batch) for batch in loader.iterate(epoch, skip_batches=skip)]
+
+
+def test_decode_once_batches_are_seeded_whatever_the_workers_and_resume_point(coordinate_store):
+    recipe = two_view_recipe("w/s", RESOLUTION)
+    one = FFCVTwoViewLoader(coordinate_store, recipe, batch_size=8, workers=1, seed=4)
+    two = FFCVTwoViewLoader(coordinate_store, recipe, batch_size=8, workers=2, seed=4)
+    first, again = batches_of(one, 1), batches_of(two, 1)
+    for a, b in zip(first, again):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))  # crops and photometric ops alike
+    for a, b in zip(first[2:], batches_of(one, 1, skip=2)):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    other_seed = batches_of(FFCVTwoViewLoader(coordinate_store, recipe, batch_size=8, workers=1, seed=5), 1)
+    assert not torch.equal(first[0][0], other_seed[0][0])
+
+
+def test_the_background_thread_changes_no_batch(coordinate_store, monkeypatch):
+    from pipelines import ffcv_backend
+
+    recipe = two_view_recipe("w/s", RESOLUTION)
+    loader = FFCVTwoViewLoader(coordinate_store, recipe, batch_size=8, workers=1, seed=2)
+    ahead = batches_of(loader, 0)
+    monkeypatch.setattr(ffcv_backend, "ahead", lambda batches: batches)  # the synchronous path
+    for a, b in zip(ahead, batches_of(loader, 0)):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_the_two_pass_decoder_stays_selectable(coordinate_store):
+    recipe = two_view_recipe("w/w", RESOLUTION)
+    loader = FFCVTwoViewLoader(coordinate_store, recipe, batch_size=8, workers=1, seed=0, decoder="twice")
+    online, target, labels = next(iter(loader.iterate(0)))
+    assert online.shape == target.shape == (8, 3, RESOLUTION, RESOLUTION) and labels.shape == (8,)
+    with pytest.raises(ValueError, match="FFCV decoder 'thrice'"):
+        FFCVTwoViewLoader(coordinate_store, recipe, batch_size=8, workers=1, decoder="thrice")
+
+
+def test_two_ffcv_runs_with_the_same_seed_are_identical(coordinate_store, tmp_path):
+    from msf_fast.runlog import read_jsonl
+
+    losses = []
+    for run in ("a", "b"):
+        train_one_small_epoch(coordinate_store, tmp_path / run)
+        losses.append([r["loss"] for r in read_jsonl(tmp_path / run / "log.jsonl") if r["event"] == "epoch"])
+    assert losses[0] == losses[1] and losses[0][-1] is not None
