@@ -22,7 +22,7 @@ from msf_fast.errors import UserError
 from msf_fast.model import RESNETS
 from msf_fast.run_checkpoints import holds_run
 from msf_fast.runlog import TENSORBOARD_INSTALL
-from pipelines import data_format
+from pipelines import MAX_DATALOADER_WORKERS, data_format, default_workers
 from pipelines.recipe import RECIPE_NAMES
 
 
@@ -75,7 +75,21 @@ class NumberIn(Checker):
         return f"a number >= {self.low:g}" if self.high is None else f"a number in [{self.low:g}, {self.high:g}]"
 
 
+class AutoOr(Checker):
+    """"auto", or what `checker` accepts."""
+
+    def __init__(self, checker: Checker):
+        self.checker = checker
+
+    def check(self, value):
+        return "auto" if str(value).strip().lower() == "auto" else self.checker.check(value)
+
+    def help(self):
+        return f"'auto' or {self.checker.help()}"
+
+
 POSITIVE, NON_NEGATIVE = IntAtLeast(1), IntAtLeast(0)
+WORKERS = AutoOr(NON_NEGATIVE)
 AUTO = "auto"  # train.resume: the run folder's latest good checkpoint
 
 
@@ -112,7 +126,9 @@ def declare_schema(config: Config) -> None:
                              default=0),
         start_ramp=Param(NON_NEGATIVE, "progressive resizing: last epoch at min_resolution", default=0),
         end_ramp=Param(NON_NEGATIVE, "progressive resizing: first epoch at resolution", default=0),
-        workers=Param(NON_NEGATIVE, "loader worker processes (FFCV, DALI: threads)", default=8),
+        workers=Param(WORKERS, "loader workers: DataLoader processes (FFCV, DALI: threads); auto = one per core "
+                               f"available (here {default_workers('ffcv')}; at most {MAX_DATALOADER_WORKERS} "
+                               "DataLoader processes)", default="auto"),
         ffcv_decoder=Param(OneOf(["once", "twice"]), "FFCV: decode each image once for both views' seeded crops, or "
                                                      "twice (FFCV's stock decoders, unseeded crops)", default="once"),
         decoder_device=Param(OneOf(["auto", "cpu", "mixed"]),
@@ -199,6 +215,9 @@ def load_config(argv: list[str] | None = None, check_data: bool = True) -> Simpl
     validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # torchrun sets WORLD_SIZE
     if check_data:
         validate_data(cfg)
+    if cfg.data.workers == "auto":
+        cfg.data.workers = default_workers(resolve_backend(cfg.data.backend, cfg.data.train_path)
+                                           if cfg.data.train_path else "ffcv")
     return cfg
 
 

@@ -12,6 +12,18 @@ from pipelines.contract import ImageLoader, TwoViewLoader
 from pipelines.recipe import TwoViewRecipe, two_view_recipe
 
 BACKENDS = ("torch", "ffcv", "dali")
+MAX_DATALOADER_WORKERS = 8
+
+
+def default_workers(backend: str) -> int:
+    """Workers that fit the machine: one per core available to this process, the node's cores shared by the
+    processes torchrun starts on it (FFCV's and DALI's threads, and the torchvision DataLoader's processes, at
+    most 8 of those)."""
+    import os
+
+    from dataset_prep.progress import available_cores
+    cores = max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return min(MAX_DATALOADER_WORKERS, cores) if backend == "torch" else cores
 
 
 def data_format(root: str) -> str:
@@ -77,5 +89,5 @@ def _image_loader(root, recipe, batch_size, workers, indices, per_class, seed, v
     return DALIEvalLoader(root, recipe, **options)
 
 
-__all__ = ["BACKENDS", "ImageLoader", "TwoViewLoader", "TwoViewRecipe", "build_eval_loader", "build_probe_loader",
+__all__ = ["BACKENDS", "default_workers", "ImageLoader", "TwoViewLoader", "TwoViewRecipe", "build_eval_loader", "build_probe_loader",
            "build_train_loader", "data_format", "two_view_recipe"]

@@ -73,3 +73,13 @@ def test_entry_point_reports_a_folder_without_images(tmp_path):
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and str(tmp_path / "train") in result.stderr
 
+
+
+def test_workers_default_to_the_cores_available(tmp_path):
+    from dataset_prep.progress import available_cores
+
+    cfg = load_config(base(tmp_path))  # an ImageFolder: torchvision DataLoader processes
+    assert cfg.data.workers == min(8, available_cores())
+    assert load_config(base(tmp_path) + ["--data.workers=3"]).data.workers == 3
+    with pytest.raises(ConfigError, match="data.workers='many': expected 'auto' or an integer >= 0"):
+        load_config(base(tmp_path) + ["--data.workers=many"])

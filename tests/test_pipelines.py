@@ -74,3 +74,20 @@ def test_weak_view_keeps_colour_strong_view_changes_it(tmp_path):
     changed = ((online - expected.view(1, 3, 1, 1)).abs().amax(dim=(1, 2, 3)) > 0.05).float().mean().item()
     # jitter (p 0.8) or grayscale (p 0.2) changes the colour with probability 1 - 0.2 * 0.8 = 0.84
     assert 0.84 - 3 * np.sqrt(0.84 * 0.16 / 64) <= changed <= 1.0
+
+
+def test_default_workers_fit_the_machine(tiny_imagefolder, monkeypatch):
+    import warnings
+
+    from dataset_prep.progress import available_cores
+    from pipelines import build_eval_loader, default_workers
+
+    assert default_workers("ffcv") == available_cores() and default_workers("torch") == min(8, available_cores())
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * available_cores()))  # torchrun: more processes than cores
+    assert default_workers("dali") == 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    loader = build_eval_loader(str(tiny_imagefolder / "val"), two_view_recipe("w/s", 32), batch_size=8,
+                               workers=default_workers("torch"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "suggested max number of worker" warning would fail this
+        assert sum(len(labels) for _, labels in loader) == 24

@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm
 
 from msf_fast.errors import UserError
+from pipelines import MAX_DATALOADER_WORKERS, default_workers
 
 
 def run_folder(checkpoint: str | Path) -> Path:
@@ -36,7 +37,9 @@ def add_data_options(parser: argparse.ArgumentParser, resolution: int = 224) -> 
     parser.add_argument("--resolution", type=positive_int, default=resolution,
                         help="centre-crop size; the shorter side is first resized to resolution x 256/224")
     parser.add_argument("--batch-size", type=positive_int, default=256)
-    parser.add_argument("--workers", type=non_negative_int, default=4, help="loader workers")
+    parser.add_argument("--workers", type=non_negative_int, default=None,
+                        help=f"loader workers (default: one per core available, here {default_workers('ffcv')}, at "
+                             f"most {MAX_DATALOADER_WORKERS} DataLoader processes for an ImageFolder)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     parser.add_argument("--out", default="",
                         help="folder for the JSON, figures and report.md (default: the first checkpoint's run folder)")
@@ -100,8 +103,14 @@ def open_eval_data(args: argparse.Namespace, option: str, path: str, recipe, tit
     problem = data_problem(str(path))
     if problem:
         raise UserError(f"{option} {path}: {problem}")
-    loader = build_eval_loader(str(path), recipe, batch_size=args.batch_size, workers=args.workers)
+    loader = build_eval_loader(str(path), recipe, batch_size=args.batch_size, workers=workers(args, path))
     return WithProgress(loader, title, not args.no_progress)
+
+
+def workers(args: argparse.Namespace, path: str) -> int:
+    """--workers, or what fits the machine for the backend that reads `path`."""
+    from pipelines import data_format, default_workers
+    return args.workers if args.workers is not None else default_workers(data_format(str(path)))
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:

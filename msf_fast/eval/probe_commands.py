@@ -12,8 +12,8 @@ from tqdm import tqdm
 
 from msf_fast.checkpoint import read_checkpoint
 from msf_fast.errors import UserError
-from msf_fast.eval.common import (add_data_options, amp_dtype, check_output_folder, checked_device,
-                                  non_negative_int, open_eval_data, output_folder, positive_int)
+from msf_fast.eval.common import (add_data_options, amp_dtype, check_output_folder, checked_device, non_negative_int,
+                                  open_eval_data, output_folder, positive_int, workers)
 from msf_fast.eval.knn import extract_features
 from msf_fast.eval.linear_probe import (ProbeSettings, augmented_batches, cached_batches, feature_standardizer,
                                         probe_with, train_probe)
@@ -119,7 +119,8 @@ class ProbeRun:
                                      self.settings.batch_size, self.settings.seed)
         else:
             loader = build_probe_loader(args.train, self.recipe, batch_size=self.settings.batch_size,
-                                        workers=args.workers, seed=self.settings.seed, indices=indices)
+                                        workers=workers(args, args.train), seed=self.settings.seed,
+                                        indices=indices)
             batches = augmented_batches(self.backbone, loader, self.device, self.amp)
         probe = probe_with(self.standardizer, self.num_classes)
         bar = tqdm(total=self.settings.epochs, desc=title, unit="epoch", disable=args.no_progress,
