@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV) || { command -v apt-get >/dev/null && \
 		apt-get update -qq && apt-get install -y -qq python3-venv && python3 -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1  # the tested versions (pyproject allows a range)
 	$(PY) -m pip install -q -e '.[test]'
 	@$(MAKE) --no-print-directory ffcv-system-packages || echo "note: FFCV's system libraries are missing"
 	$(PY) -m pip install -q -e '.[ffcv]' || echo "note: FFCV did not install; its loader and tests are skipped"

@@ -35,3 +35,40 @@ def test_training_figure_has_whole_epochs_and_a_legend_below_the_curves():
     renderer = figure.canvas.get_renderer()
     assert legend.get_window_extent(renderer).y1 <= loss_axes.get_window_extent(renderer).y0  # nothing covered
     assert [text.get_text() for text in legend.get_texts()] == ["MSF loss", "k-NN top-1", "k-NN of the random init"]
+
+
+def test_log_is_strict_json_and_tensorboard_gets_the_scalars(tmp_path):
+    import json
+    import math
+
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from msf_fast.runlog import JsonlLog
+
+    log = JsonlLog(tmp_path / "log.jsonl", tensorboard=True)
+    log.write(event="step", step=10, loss=0.5, lr=0.1, purity=math.nan)
+    log.write(event="epoch", step=20, epoch=1, loss=math.inf, knn_top1=0.25, complete=True)
+    log.write(event="loader", backend="ffcv", compile_seconds=3.0)
+    log.close()
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["purity"] is None and json.loads(lines[1])["loss"] is None
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert {"step/loss", "step/lr", "epoch/knn_top1", "epoch/epoch"} <= set(scalars)
+    assert [(e.step, e.value) for e in events.Scalars("step/loss")] == [(10, 0.5)]
+    assert not any(tag.startswith("loader/") for tag in scalars) and "epoch/complete" not in scalars
+
+
+def test_tensorboard_without_the_package_is_a_config_error(tmp_path, monkeypatch):
+    import importlib.util
+
+    from msf_fast.config import ConfigError, load_config
+
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"logging.tensorboard=1 needs the tensorboard package: pip install"):
+        load_config([f"--data.train_path={tmp_path / 'train'}", "--logging.tensorboard=1",
+                     f"--logging.folder={tmp_path / 'run'}"])
