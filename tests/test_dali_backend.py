@@ -10,7 +10,7 @@ pytest.importorskip("nvidia.dali")
 from dataset_prep import write_tfrecord  # noqa: E402
 from pipelines import build_eval_loader  # noqa: E402
 from pipelines.dali_backend import DALITwoViewLoader, DALIUnavailable, import_dali  # noqa: E402
-from pipelines.recipe import two_view_recipe  # noqa: E402
+from pipelines.recipe import TwoViewRecipe, ViewRecipe, two_view_recipe  # noqa: E402
 from tests.image_cases import coordinate_images, flat_colour_images, write_image_folder  # noqa: E402
 from tests.loader_checks import (RESOLUTION, check_contract_for_every_recipe, crop_areas,  # noqa: E402
                                  torchvision_crop_areas, train_one_small_epoch, unnormalize)
@@ -89,6 +89,124 @@ def test_strong_view_statistics_and_a_plain_weak_target(flat_store):
     assert abs(gray.mean().item() - 0.2) < 3 * (0.2 * 0.8 / n) ** 0.5
     # colour changes unless neither jitter (p = 0.8) nor grayscale (p = 0.2) happened: 1 - 0.2 * 0.8 = 0.84
     assert abs(changed.mean().item() - 0.84) < 3 * (0.84 * 0.16 / n) ** 0.5 + 0.03
+
+
+YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])  # DALI's hsv space
+
+
+def test_jitter_parameters_follow_the_recipe_on_flat_colours(tmp_path):
+    """The CPU graph applies jitter to every sample with identity parameters where its coin says no; on flat colours
+    (no clipping) the parameters can be read back: luma ratio = brightness ~ U(0.6, 1.4), the hue rotation about the
+    gray axis in degrees ~ U(-36, 36), chroma ratio / brightness = contrast x saturation in [0.36, 1.96]."""
+    rng = np.random.default_rng(1)
+    colours = [rng.permutation([140, 115, 100]) + rng.integers(-10, 10, 3) for _ in range(64)]
+    store = make_store(tmp_path, {f"c{i:02d}": [np.full((32, 32, 3), c, np.uint8)] for i, c in enumerate(colours)})
+    jitter_only = ViewRecipe(jitter_p=0.8, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, flip_p=0.0)
+    recipe = TwoViewRecipe(target=ViewRecipe(flip_p=0.0), online=jitter_only, resolution=RESOLUTION)
+    loader = DALITwoViewLoader(store, recipe, batch_size=16, workers=1, seed=0)
+    before, after = [], []
+    for epoch in range(4):
+        for online, target, _ in loader.iterate(epoch):
+            target_pixels = unnormalize(target, recipe)
+            assert (target_pixels.amax((2, 3)) - target_pixels.amin((2, 3))).max() < 2.0
+            before.append(target_pixels.mean((2, 3)).double())
+            after.append(unnormalize(online, recipe).mean((2, 3)).double())
+    before, after = torch.cat(before).numpy(), torch.cat(after).numpy()
+    changed = np.abs(after - before).max(1) > 1.0
+    assert abs(changed.mean() - 0.8) < 3 * (0.8 * 0.2 / len(changed)) ** 0.5 + 0.02
+    unclipped = changed & (after.min(1) > 1) & (after.max(1) < 254)
+    assert unclipped.sum() > 0.9 * changed.sum()
+    yiq_before, yiq_after = before[unclipped] @ YIQ.T, after[unclipped] @ YIQ.T
+    brightness = yiq_after[:, 0] / yiq_before[:, 0]
+    assert brightness.min() > 0.6 - 0.02 and brightness.max() < 1.4 + 0.02
+    assert abs(brightness.mean() - 1.0) < 0.06 and 0.18 < brightness.std() < 0.28  # U(0.6, 1.4): std 0.23
+    hue = np.degrees(np.arctan2(yiq_after[:, 2], yiq_after[:, 1]) - np.arctan2(yiq_before[:, 2], yiq_before[:, 1]))
+    hue = (hue + 180) % 360 - 180
+    assert np.abs(hue).max() < 36 + 3 and 16 < hue.std() < 25  # U(-36, 36) degrees: std 20.8
+    chroma = np.hypot(*yiq_after[:, 1:].T) / np.hypot(*yiq_before[:, 1:].T) / brightness
+    assert chroma.min() > 0.36 - 0.06 and chroma.max() < 1.96 + 0.1 and abs(chroma.mean() - 1.0) < 0.08
+
+
+def reflect_101_gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """The reference: DALI's kernel (window 2*ceil(3 sigma)+1, normalized), separable, reflect-101 border."""
+    radius = int(np.ceil(3 * sigma))
+    taps = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * sigma * sigma))
+    taps /= taps.sum()
+    out = image.astype(np.float64)
+    for axis in (0, 1):
+        padded = np.pad(out, [(radius, radius) if a == axis else (0, 0) for a in range(3)], mode="reflect")
+        out = sum(w * np.take(padded, range(i, i + image.shape[axis]), axis=axis) for i, w in enumerate(taps))
+    return out
+
+
+def test_cpu_blur_is_dalis_gaussian_blur():
+    """The CPU graph's blur (two fn.filter passes with per-sample kernels) is fn.gaussian_blur, border included."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from pipelines.dali_backend import _gaussian_blur
+
+    rng = np.random.default_rng(0)
+    sigmas = [0.1, 0.34, 0.5, 0.97, 1.0, 1.5, 2.0]
+    images = [rng.integers(0, 256, (20 + i, 30 - i, 3), dtype=np.uint8) for i in range(len(sigmas))]
+
+    @pipeline_def
+    def blurs():
+        pixels = fn.external_source(source=lambda: images, batch=True, layout="HWC")
+        sigma = fn.external_source(source=lambda: [np.float32(s) for s in sigmas], batch=True)
+        return (_gaussian_blur(fn.cast(pixels, dtype=types.FLOAT), sigma, max(sigmas)),
+                fn.gaussian_blur(pixels, sigma=sigma, dtype=types.FLOAT))
+
+    pipe = blurs(batch_size=len(sigmas), num_threads=1, device_id=None)
+    pipe.build()
+    ours, dalis = pipe.run()
+    for image, sigma, a, b in zip(images, sigmas, ours, dalis):
+        np.testing.assert_allclose(np.array(a), np.array(b), atol=2e-3)
+        np.testing.assert_allclose(np.array(a), reflect_101_gaussian_blur(image, sigma), atol=2e-3)
+
+
+def test_blur_rate_and_sigma_range(tmp_path):
+    """Whole-image crops (no resize) of noise: the strong view is the weak one, or its Gaussian blur with
+    sigma ~ U(0.1, 2) for half of the samples."""
+    rng = np.random.default_rng(2)
+    store = make_store(tmp_path, {f"n{i:02d}": [rng.integers(0, 256, (RESOLUTION, RESOLUTION, 3), dtype=np.uint8)]
+                                  for i in range(32)})
+    whole = {"crop_scale": (1.0, 1.0), "crop_ratio": (1.0, 1.0), "flip_p": 0.0}
+    recipe = TwoViewRecipe(target=ViewRecipe(**whole), online=ViewRecipe(blur_p=0.5, **whole),
+                           resolution=RESOLUTION)
+    loader = DALITwoViewLoader(store, recipe, batch_size=16, workers=1, seed=0)
+    def error(plain, sigma, blurred):
+        return np.abs(reflect_101_gaussian_blur(plain, sigma) - blurred).mean()
+
+    def fit_sigma(plain, blurred):
+        """Golden-section search within each span of sigma that keeps one window (ceil(3 sigma) constant)."""
+        best = (np.inf, 0.0)
+        for radius in range(1, 7):
+            low, high = max(0.1, (radius - 1) / 3 + 1e-6), radius / 3
+            for _ in range(20):
+                a, b = high - 0.618 * (high - low), low + 0.618 * (high - low)
+                if error(plain, a, blurred) < error(plain, b, blurred):
+                    high = b
+                else:
+                    low = a
+            best = min(best, (error(plain, (low + high) / 2, blurred), (low + high) / 2))
+        return best
+
+    fitted = []
+    for epoch in range(4):
+        for online, target, _ in loader.iterate(epoch):
+            for blurred, plain in zip(unnormalize(online, recipe).double().numpy(),
+                                      unnormalize(target, recipe).double().numpy()):
+                blurred, plain = blurred.transpose(1, 2, 0), plain.transpose(1, 2, 0)
+                if np.abs(blurred - plain).max() < 1e-3:
+                    fitted.append(0.0)
+                    continue
+                residual, sigma = fit_sigma(plain, blurred)
+                assert residual < 0.3  # a Gaussian blur (DALI's window rule, up to rounding), sigma in (0.1, 2)
+                fitted.append(sigma)
+    fitted = np.array(fitted)
+    assert abs((fitted > 0).mean() - 0.5) < 3 * (0.25 / len(fitted)) ** 0.5
+    wide = (fitted >= 1.05).mean()  # sigma in [1.05, 2]: half of the blurred samples
+    assert abs(wide - 0.25) < 3 * (0.25 * 0.75 / len(fitted)) ** 0.5
 
 
 def test_epochs_are_seeded_and_resumable(coordinate_store):
