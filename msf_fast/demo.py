@@ -116,19 +116,24 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_report and random_init is not None and trained is not None:
         summary.update(paper_report(trainer, data, random_init, trained))
     (trainer.folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    print_summary(summary, cfg.eval.knn_k)
+    return 0
+
+
+def print_summary(summary: dict, k: int) -> None:
+    random_init, trained, minutes = summary["random_init_knn_top1"], summary["trained_knn_top1"], summary["minutes"]
     print()
     if random_init is None or trained is None:
-        print(f"trained {trainer.step} steps ({minutes:.1f} min); k-NN was not evaluated (eval.* settings)")
+        print(f"trained {summary['steps']} steps ({minutes:.1f} min); k-NN was not evaluated (eval.* settings)")
     else:
-        print(f"k-NN top-1 (k={cfg.eval.knn_k}, held-out images): random init {random_init:.3f} -> "
-              f"trained {trained:.3f} after {trainer.step} steps ({minutes:.1f} min)")
+        print(f"k-NN top-1 (k={k}, held-out images): random init {random_init:.3f} -> "
+              f"trained {trained:.3f} after {summary['steps']} steps ({minutes:.1f} min)")
     if "linear_probe" in summary:
         probe = summary["linear_probe"]
         print(f"linear probe top-1: random init {probe['random_init']['top1']:.3f} -> trained "
               f"{probe['trained']['top1']:.3f}")
         print(f"report: {summary['report']}")
     print(f"log: {summary['log']}  plot: {summary['plot']}")
-    return 0
 
 
 def quietly(command, argv: list[str]) -> int:
