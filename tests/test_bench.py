@@ -100,6 +100,8 @@ def check_train_result(result: dict) -> None:
     assert result["steps"] == 3 and result["batch"] == 8 and result["device"] == "cpu"
     assert result["end_to_end_vs_step"] == pytest.approx(result["images_per_s"] / result["step_images_per_s"],
                                                          rel=0.01)
+    slower = min(result["loader_images_per_s"], result["step_images_per_s"])
+    assert result["end_to_end_vs_slower_alone"] == pytest.approx(result["images_per_s"] / slower, rel=0.01)
     # --steps 3: two batches and steps before the end-to-end run, one after
     assert len(result["loader_images_per_s_blocks"]) == len(result["step_images_per_s_blocks"]) == 2
     assert min(result["step_images_per_s_blocks"]) <= result["step_images_per_s"] <= max(

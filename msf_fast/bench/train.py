@@ -9,7 +9,9 @@ One invocation measures, on the same model and loader:
 The loader-alone and step-alone parts run half before and half after the end-to-end run, so that a change of a
 shared machine's load during the run shows on both sides of the comparison (`*_blocks`: the two halves' rates).
 `bound` is the trainer's verdict: "loader" when the run waited for data more than 10 % of its time, else
-"compute". The data is `--data` (an ImageFolder, a .beton or a TFRecord store, read by `--backend`) or
+"compute". `end_to_end_vs_slower_alone` compares the run with the slower of its two parts alone: 1 when loading
+and stepping overlap perfectly; well below 1 when they slow each other down (on a CPU, DataLoader workers and the
+step share the cores: the run can be compute-bound by its wait and still far below both rates alone). The data is `--data` (an ImageFolder, a .beton or a TFRecord store, read by `--backend`) or
 `--synthetic`: no loader at all, uint8 crops made once on the device and, per batch, the recipe's batched
 photometric ops as the FFCV path runs them (`pipelines/synthetic.py`): the device's whole share of the work.
 Prints one JSON line; the trainer's own lines go to stderr. The run folder is temporary unless `--out`.
@@ -184,6 +186,11 @@ def bench_train(args) -> dict:
             step_blocks.append(step_alone(trainer, batch, 0, after))
         del batch
         print(f"bench train: {split.verdict()}", file=sys.stderr)
+    slower = min(rate(*loader_blocks), rate(*step_blocks))
+    if split.images_per_s < 0.8 * slower:
+        print(f"bench train: end to end {split.images_per_s:,.0f} images/s, {split.images_per_s / slower:.0%} of the "
+              f"slower part alone ({slower:,.0f}): the loader and the step slow each other down (shared cores?)",
+              file=sys.stderr)
     precision = trainer.precision.dtype
     result = {"bench": "train", "data": "synthetic" if args.synthetic else args.data, "backend": loader.backend,
               "arch": args.arch, "batch": args.batch_size, "resolution": args.resolution, "recipe": args.recipe,
@@ -197,6 +204,7 @@ def bench_train(args) -> dict:
               "data_wait_fraction": round(split.data_wait_fraction, 4),
               "bound": split.bound,
               "end_to_end_vs_step": round(split.images_per_s / rate(*step_blocks), 3),
+              "end_to_end_vs_slower_alone": round(split.images_per_s / slower, 3),
               "loader_start_s": round(loader_blocks[0]["start_up"], 2),
               # before and after the end-to-end run: far apart, the machine's load changed in between
               "loader_images_per_s_blocks": [round(rate(block), 1) for block in loader_blocks],
