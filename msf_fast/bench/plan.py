@@ -85,16 +85,18 @@ def loader_ceiling(images_per_s_per_core: float, cores: int) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images-per-s", type=float, required=True, help="measured training images/s of one GPU")
-    parser.add_argument("--gpus", type=int, default=8)
-    parser.add_argument("--epochs", type=float, default=DEFAULT_EPOCHS)
-    parser.add_argument("--dataset-size", type=int, default=IMAGENET_TRAIN_IMAGES)
+    parser.add_argument("--gpus", type=int, default=8, help="GPUs of the node")
+    parser.add_argument("--epochs", type=float, default=DEFAULT_EPOCHS, help="epochs of the run")
+    parser.add_argument("--dataset-size", type=int, default=IMAGENET_TRAIN_IMAGES,
+                        help="images per epoch (ImageNet's training set)")
     parser.add_argument("--efficiency", type=float, default=None,
                         help=f"multi-GPU scaling efficiency (default {MULTI_GPU_EFFICIENCY} on several GPUs, 1 on one)")
     parser.add_argument("--loader-images-per-s", type=float, default=None,
                         help="the data loader's ceiling for the whole node, images/s")
     parser.add_argument("--loader-images-per-s-per-core", type=float, default=None,
                         help="the loader's images/s per CPU core (with --node-cores), instead of --loader-images-per-s")
-    parser.add_argument("--node-cores", type=int, default=None)
+    parser.add_argument("--node-cores", type=int, default=None,
+                        help="the node's CPU cores, with --loader-images-per-s-per-core")
     parser.add_argument("--target-hours", type=float, default=2.0, help="report the per-GPU rate this needs")
 
 
