@@ -133,7 +133,7 @@ def _gpu_view(images, view: ViewRecipe, recipe: TwoViewRecipe, half: bool):
             views = fn.brightness_contrast(
                 views, brightness=fn.random.uniform(range=[max(0.0, 1 - view.brightness), 1 + view.brightness]),
                 contrast=fn.random.uniform(range=[max(0.0, 1 - view.contrast), 1 + view.contrast]),
-                contrast_center=luma)
+                contrast_center=luma.cpu())  # named arguments must be on the CPU (exec_dynamic moves it there)
             views = fn.hsv(views, saturation=fn.random.uniform(range=[max(0.0, 1 - view.saturation),
                                                                       1 + view.saturation]),
                            hue=fn.random.uniform(range=[-360 * view.hue, 360 * view.hue]))

@@ -10,7 +10,7 @@ pytest.importorskip("nvidia.dali")
 from dataset_prep import write_tfrecord  # noqa: E402
 from pipelines import build_eval_loader  # noqa: E402
 from pipelines.dali_backend import DALITwoViewLoader, DALIUnavailable, import_dali  # noqa: E402
-from pipelines.recipe import TwoViewRecipe, ViewRecipe, two_view_recipe  # noqa: E402
+from pipelines.recipe import RECIPE_NAMES, TwoViewRecipe, ViewRecipe, two_view_recipe  # noqa: E402
 from tests.image_cases import coordinate_images, flat_colour_images, write_image_folder  # noqa: E402
 from tests.loader_checks import (RESOLUTION, check_contract_for_every_recipe, crop_areas,  # noqa: E402
                                  torchvision_crop_areas, train_one_small_epoch, unnormalize)
@@ -242,6 +242,18 @@ def test_mixed_decoding_on_the_gpu(coordinate_store):
     assert loader.decoder_device == "mixed"
     online, target, labels = next(iter(loader.iterate(0)))
     assert online.is_cuda and target.is_cuda and online.shape == (8, 3, RESOLUTION, RESOLUTION)
+
+
+def test_the_gpu_graph_is_defined_for_every_recipe(coordinate_store):
+    """The mixed (GPU) graph, defined without a GPU: DALI checks each op's devices and arguments while the graph is
+    defined (a per-sample argument computed on the GPU, the contrast centre, must be moved to the CPU for
+    fn.brightness_contrast). Running it needs CUDA: test_mixed_decoding_on_the_gpu."""
+    from pipelines.dali_backend import build_pipeline, read_tfrecord_store
+
+    store = read_tfrecord_store(coordinate_store)
+    for name in RECIPE_NAMES:
+        for half in (False, True):
+            build_pipeline(store, two_view_recipe(name, RESOLUTION), 8, 1, 0, 0, 1, "mixed", 0, half=half)
 
 
 def test_half_precision_output(coordinate_store):
