@@ -12,7 +12,7 @@ and random-resized-cropped twice; each view's recipe then runs as DALI ops, per 
   NHWC: the torch batch is its NCHW view, channels-last in memory without a copy.
 That is the graph on the GPU (`_gpu_view`). On the CPU (`_cpu_view`) the same recipe runs without conditionals
 for jitter and grayscale (identity parameters where a sample's coin says no), `fn.hsv` writes float32 and blur is
-fn.gaussian_blur's kernel in two `fn.filter` passes: 1.3-1.45x less CPU time per batch (see `_cpu_view`).
+fn.gaussian_blur's kernel in two `fn.filter` passes: 1.25-1.45x less CPU time per batch (see `_cpu_view`).
 
 Order and last batch: each rank reads `shard_id=rank` of `num_shards=world_size`, shuffled through DALI's
 buffer of `SHUFFLE_BUFFER` records (a reservoir, not a full permutation: the writer already shuffled the shards);
