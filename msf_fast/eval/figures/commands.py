@@ -168,7 +168,8 @@ def run_neighbours(args) -> dict:
     write_section(folder, "neighbours", f"## Nearest neighbours over training\n\n{args.queries} random queries "
                   f"(seed {args.seed}) of {query_source}, each followed by its {args.k} most cosine-similar images "
                   f"of {args.data} ({gallery_size} images){excluded}; one block per checkpoint, the same queries in "
-                  f"each. A red frame marks a neighbour of another class than its query.\n\n"
+                  f"each. A blue frame marks each query (the first column), a red frame a neighbour of another "
+                  "class than its query.\n\n"
                   + markdown_table(["checkpoint", "neighbours of the query's class"],
                                    [[title, share] for title, share in zip(titles, shares)])
                   + "\n![nearest neighbours](./neighbours.png)\n")

@@ -129,8 +129,8 @@ def neighbours_figure(queries: Selection, found: list[Neighbours], titles: list[
     canvas = np.full((height, width, 3), 255, dtype=np.uint8)
     for block, (neighbours, title) in enumerate(zip(found, titles)):
         pixel_text(figure, size, MARGIN, row_top(block, 0, count, thumb) - TITLE_HEIGHT,
-                   f"{title}: {same_class_share(queries, neighbours):.0%} of the neighbours share the query's class "
-                   "(query in blue, then its neighbours; red: another class)", fontsize=8)
+                   f"{title}: {same_class_share(queries, neighbours):.0%} of the neighbours share the query's class",
+                   fontsize=8)
         for row in range(count):
             y = row_top(block, row, count, thumb)
             paste(canvas, framed(queries.thumbnails[row].numpy(), QUERY), MARGIN, y)
