@@ -1,7 +1,8 @@
 """Why a run stops before its last step, and how every rank agrees on the step it stops at.
 
-- A preemption signal (SIGTERM, SIGUSR1: what clusters send before they take a node back): the run finishes its
-  step, writes a step-exact checkpoint and exits with 128 + the signal's number.
+- A preemption signal (SIGTERM, SIGUSR1: what clusters send before they take a node back) or Ctrl-C (SIGINT): the
+  run finishes its step, writes a step-exact checkpoint and exits with 128 + the signal's number. A second Ctrl-C
+  interrupts at once.
 - A non-finite loss (or non-finite weights about to be saved): the run stops without saving (the last good
   checkpoint stays) and exits 1.
 - A checkpoint that cannot be written (disk full, unwritable folder): the run stops and exits 1; the previous
@@ -20,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (*PREEMPTION_SIGNALS, signal.SIGINT)
 NONE = -2**62  # "no non-finite step" in the all-reduced flags
 
 
@@ -43,7 +45,7 @@ class StopRequests:
 
     def __enter__(self) -> "StopRequests":
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
-            for number in PREEMPTION_SIGNALS:
+            for number in STOP_SIGNALS:
                 self._previous[number] = signal.signal(number, self._received)
         return self
 
@@ -53,6 +55,8 @@ class StopRequests:
         self._previous.clear()
 
     def _received(self, number, frame) -> None:
+        if number == signal.SIGINT and self.signal == signal.SIGINT:
+            raise KeyboardInterrupt  # Ctrl-C twice: now, without the checkpoint
         self.signal = self.signal or number
 
     def check_loss(self, step: int, loss: float | None) -> None:

@@ -111,6 +111,14 @@ def test_a_preempted_run_continues_exactly_with_resume_auto(tiny_imagefolder, tm
     assert steps == list(range(1, STEPS + 1))  # one log across both processes
 
 
+def test_ctrl_c_stops_at_the_step_with_a_checkpoint(tiny_imagefolder, tmp_path):
+    with pytest.raises(RunStopped) as stopped:
+        train(tiny_imagefolder, tmp_path, signal_at=3, signal_number=signal.SIGINT)
+    assert stopped.value.exit_code == 130 and str(stopped.value).startswith("stopped by SIGINT at step 3")
+    assert saved_step(tmp_path / "checkpoints" / "latest.pt") == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the trainer's handlers are gone
+
+
 def test_resume_auto_in_an_empty_folder_starts_a_new_run(tiny_imagefolder, tmp_path, capsys):
     run = trainer(tiny_imagefolder, tmp_path / "new", "--train.resume=auto", "--train.max_steps=2")
     assert run.step == 0
