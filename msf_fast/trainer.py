@@ -56,8 +56,9 @@ class TrainResult:
         return self.loss_by_epoch[max(self.loss_by_epoch)] if self.loss_by_epoch else None
 
     def summary(self) -> dict:
-        return {"steps": self.steps, "final_loss": self.final_loss, "knn_top1": self.knn_by_epoch,
-                **self.time.record(), "bound": self.time.bound, "folder": str(self.folder)}
+        timing = {**self.time.record(), "bound": self.time.bound} if self.time.images else {}  # none: nothing ran
+        return {"steps": self.steps, "final_loss": self.final_loss, "knn_top1": self.knn_by_epoch, **timing,
+                "folder": str(self.folder)}
 
 
 def seed_everything(seed: int) -> None:
