@@ -258,3 +258,18 @@ def test_every_option_has_help_and_a_default(command, capsys):
         flag = action.nargs == 0
         assert flag or action.required or action.default is None or "default" in shown, \
             f"{command} {action.option_strings}: no default shown"
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["train", "--synthetic", "--steps", "0"], "train: --steps and --batch-size must be positive"),
+    (["loader", "--data", "/nonexistent/photos", "--backend", "torch"],
+     "loader: --data /nonexistent/photos: expected an ImageFolder, a .beton or a TFRecord store; found it does not "
+     "exist"),
+    (["plan", "--images-per-s", "4500", "--gpu", "8"], "unknown option --gpu (did you mean --gpus?)"),
+])
+def test_a_bench_mistake_is_one_line_before_any_work(argv, expected, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        bench.main(argv)
+    assert stopped.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"python -m msf_fast.bench") and expected in line

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dataset_prep.argument_parser import OneLineParser
 from msf_fast.bench import augment, bank, ema, loader, plan, step, train
 
 COMMANDS = {
@@ -45,7 +46,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m msf_fast.bench", description=__doc__,
+    parser = OneLineParser(prog="python -m msf_fast.bench", description=__doc__,
                                      formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, _, summary) in COMMANDS.items():

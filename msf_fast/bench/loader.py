@@ -156,6 +156,10 @@ def one_run(args) -> dict:
 
 
 def bench_loader(args) -> list[dict]:
+    from msf_fast.config import data_problem
+    problem = data_problem(args.data)
+    if problem:
+        raise ValueError(f"--data {args.data}: {problem}")
     if "torch" in args.backend and data_format(args.data) != "torch":
         raise SystemExit("bench loader: the torch backend reads an ImageFolder: pass the source folder as --data")
     if {"ffcv", "ffcv-twice"} & set(args.backend):
