@@ -16,15 +16,33 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):
         unknown = re.match(r"unrecognized arguments: (.*)", message)
         if unknown:
-            message = "; ".join(self.unknown_option(argument) for argument in unknown.group(1).split())
+            problems, value_expected = [], False
+            for argument in unknown.group(1).split():
+                if argument.startswith("-"):
+                    problems.append(self.unknown_option(argument))
+                    value_expected = "=" not in argument
+                elif value_expected:  # the unknown option's value: no mistake of its own
+                    value_expected = False
+                else:
+                    problems.append(f"unexpected argument {argument!r}")
+            message = "; ".join(problems)
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
         raise SystemExit(2)
 
     def unknown_option(self, argument: str) -> str:
         name = argument.split("=", 1)[0]
-        if not name.startswith("-"):
-            return f"unexpected argument {argument!r}"
-        options = [option for action in self._actions for option in action.option_strings]
+        options = option_strings(self)
         extensions = [option for option in options if option.startswith(name)]  # an abbreviation
         closest = extensions[:1] or difflib.get_close_matches(name, options, n=1, cutoff=0.6)
         return f"unknown option {name}" + (f" (did you mean {closest[0]}?)" if closest else "")
+
+
+def option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    """Every option of `parser` and of its subcommands (unknown options are reported by the top parser)."""
+    found = []
+    for action in parser._actions:
+        found += action.option_strings
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                found += [option for option in option_strings(subparser) if option not in found]
+    return found
