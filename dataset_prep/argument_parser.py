@@ -37,6 +37,20 @@ class OneLineParser(argparse.ArgumentParser):
         return f"unknown option {name}" + (f" (did you mean {closest[0]}?)" if closest else "")
 
 
+def int_at_least(low: int):
+    """An argparse type: an integer >= `low`."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    parse.__name__ = "int"  # argparse names the type in its messages
+    return parse
+
+
+positive_int, non_negative_int = int_at_least(1), int_at_least(0)
+
+
 def option_strings(parser: argparse.ArgumentParser) -> list[str]:
     """Every option of `parser` and of its subcommands (unknown options are reported by the top parser)."""
     found = []

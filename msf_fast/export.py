@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from dataset_prep.argument_parser import OneLineParser
+from dataset_prep.argument_parser import OneLineParser, non_negative_int
 from dataset_prep.staging import OutputError, check_destination
 from msf_fast.checkpoint import BACKBONE, atomic_save, model_args, read_checkpoint
 from msf_fast.errors import UserError
@@ -34,13 +34,6 @@ def backbone_state_dict(model, num_classes: int = 0) -> dict:
         state["fc.weight"] = torch.zeros(num_classes, model.feat_dim)
         state["fc.bias"] = torch.zeros(num_classes)
     return state
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

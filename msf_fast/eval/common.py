@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from dataset_prep.argument_parser import non_negative_int, positive_int
 from msf_fast.errors import UserError
 from pipelines import MAX_DATALOADER_WORKERS, default_workers
 
@@ -17,20 +18,6 @@ def run_folder(checkpoint: str | Path) -> Path:
     """Where a checkpoint's results go by default: the run folder for runs/X/checkpoints/*.pt, else its folder."""
     parent = Path(checkpoint).resolve().parent
     return parent.parent if parent.name == "checkpoints" else parent
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
 
 
 def add_data_options(parser: argparse.ArgumentParser, resolution: int = 224) -> None:
