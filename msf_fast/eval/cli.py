@@ -24,14 +24,8 @@ import sys
 from dataset_prep.argument_parser import OneLineParser, positive_int
 from msf_fast.checkpoint import read_checkpoint
 from msf_fast.errors import UserError
-from msf_fast.eval.common import (
-    add_data_options,
-    amp_dtype,
-    check_output_folder,
-    checked_device,
-    open_eval_data,
-    output_folder,
-)
+from msf_fast.eval.common import (add_data_options, amp_dtype, check_output_folder, checked_device, open_eval_data,
+                                  output_folder)
 from msf_fast.eval.knn import SEARCHES, faiss_available, knn_evaluation
 from msf_fast.eval.report import markdown_table, write_section
 

@@ -13,24 +13,11 @@ from tqdm import tqdm
 from dataset_prep.argument_parser import non_negative_int, positive_int
 from msf_fast.checkpoint import read_checkpoint
 from msf_fast.errors import UserError
-from msf_fast.eval.common import (
-    add_data_options,
-    amp_dtype,
-    check_output_folder,
-    checked_device,
-    open_eval_data,
-    output_folder,
-    workers,
-)
+from msf_fast.eval.common import (add_data_options, amp_dtype, check_output_folder, checked_device, open_eval_data,
+                                  output_folder, workers)
 from msf_fast.eval.knn import extract_features
-from msf_fast.eval.linear_probe import (
-    ProbeSettings,
-    augmented_batches,
-    cached_batches,
-    feature_standardizer,
-    probe_with,
-    train_probe,
-)
+from msf_fast.eval.linear_probe import (ProbeSettings, augmented_batches, cached_batches, feature_standardizer,
+                                        probe_with, train_probe)
 from msf_fast.eval.report import markdown_table, write_section
 
 DEFAULT_FRACTIONS = (0.01, 0.1)

@@ -22,34 +22,12 @@ from torch import nn
 from dataset_prep.argument_parser import positive_int
 from msf_fast.checkpoint import read_checkpoint
 from msf_fast.errors import UserError
-from msf_fast.eval.common import (
-    add_data_options,
-    check_output_folder,
-    checked_device,
-    open_eval_data,
-    output_folder,
-)
-from msf_fast.eval.figures.analyses import (
-    cluster_purity,
-    embedding_method,
-    kmeans,
-    sample_cluster_rows,
-)
-from msf_fast.eval.figures.drawing import (
-    clusters_figure,
-    neighbours_figure,
-    same_class_share,
-    save_png,
-    tsne_figure,
-)
-from msf_fast.eval.figures.streaming import (
-    ClassSampler,
-    IndexSampler,
-    RandomSampler,
-    make_thumbnails,
-    select_images,
-    streamed_neighbours,
-)
+from msf_fast.eval.common import add_data_options, check_output_folder, checked_device, open_eval_data, output_folder
+from msf_fast.eval.figures.analyses import cluster_purity, embedding_method, kmeans, sample_cluster_rows
+from msf_fast.eval.figures.drawing import (clusters_figure, neighbours_figure, same_class_share, save_png,
+                                           tsne_figure)
+from msf_fast.eval.figures.streaming import (ClassSampler, IndexSampler, RandomSampler, make_thumbnails,
+                                             select_images, streamed_neighbours)
 from msf_fast.eval.report import markdown_table, report_dir, write_section
 
 DEFAULT_CLUSTERS, DEFAULT_ROWS = 100, 8
