@@ -272,4 +272,4 @@ def test_a_bench_mistake_is_one_line_before_any_work(argv, expected, capsys):
         bench.main(argv)
     assert stopped.value.code == 2
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"python -m msf_fast.bench") and expected in line
+    assert line.startswith("python -m msf_fast.bench") and expected in line
