@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         except RunStopped as stop:  # preempted (after a checkpoint), a non-finite loss, a checkpoint not written
             print(f"{rank}{stop}", file=sys.stderr)
             return stop.exit_code
+    except KeyboardInterrupt:  # before training started, or a second Ctrl-C (the first one saves and stops)
+        print(f"{rank}interrupted; the last checkpoint is where it was", file=sys.stderr)
+        return 130
     finally:
         shut_down()
     if trainer.is_main:

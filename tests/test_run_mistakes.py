@@ -100,3 +100,20 @@ def test_a_file_given_to_resume_that_is_no_checkpoint(data, tmp_path, tiny_image
                "--data.resolution=32", "--data.workers=0"]
     assert one_line(*train(*options, f"--train.resume={notes}")) == (
         f"error: train.resume: {notes}: a text file (starting 'lr 0.05 diverged'), not a checkpoint")
+
+
+def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_before_training_or_during_an_eval_is_one_line(data, monkeypatch, capsys):
+    import train_imagenet
+    from msf_fast import trainer
+    from msf_fast.eval import cli
+
+    monkeypatch.setattr(trainer.Trainer, "__init__", interrupted)  # e.g. while ImageNet is being listed
+    assert train_imagenet.main(data) == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["interrupted; the last checkpoint is where it was"]
+    monkeypatch.setattr(cli, "run_knn", interrupted)
+    assert cli.main(["knn", "--ckpt", "x.pt", "--train", "a", "--val", "b"]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["eval knn: interrupted"]

@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         COMMANDS[args.command][1](args)
     except ValueError as error:
         parser.error(f"{args.command}: {error}")
+    except KeyboardInterrupt:
+        print(f"bench {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

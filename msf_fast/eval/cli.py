@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, OSError, ValueError, RuntimeError) as error:
         print(f"eval {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outputs appear whole or not at all
+        print(f"eval {args.command}: interrupted", file=sys.stderr)
+        return 130
     if result is not None:
         print(json.dumps(result))
     return 0
