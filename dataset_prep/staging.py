@@ -14,6 +14,14 @@ class OutputError(OSError):
     """The output cannot be written where asked (exists, missing folder, not writable)."""
 
 
+def nearest_existing(path: str) -> str:
+    """`path` itself if it exists, else its closest existing parent: where a folder to be made would hang."""
+    path = os.path.abspath(path)
+    while not os.path.lexists(path) and path != os.path.dirname(path):
+        path = os.path.dirname(path)
+    return path
+
+
 def check_destination(path: str, overwrite: bool) -> None:
     if os.path.lexists(path) and not overwrite:
         raise OutputError(f"output {path!r} already exists (pass --overwrite to replace it)")

@@ -16,6 +16,7 @@ from fastargs import Config, Param, Section
 from fastargs.validation import Checker, OneOf
 
 from dataset_prep.argument_parser import OneLineParser
+from dataset_prep.staging import nearest_existing
 from dataset_prep.stores import (BETON, TFRECORD, beton_problem, describe_path, path_kind, read_manifest,
                                  tfrecord_problem)
 from msf_fast.errors import UserError
@@ -299,9 +300,7 @@ def output_folder_problem(folder: str) -> str | None:
     existing part that is not writable."""
     if not folder:
         return "empty (give a folder for the run's checkpoints and log)"
-    path = os.path.abspath(folder)
-    while not os.path.exists(path):
-        path = os.path.dirname(path)
+    path = nearest_existing(folder)
     if not os.path.isdir(path):
         where = "" if path == os.path.abspath(folder) else f" on its path ({path})"
         return f"a file{where}, not a folder"

@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm
 
 from dataset_prep.argument_parser import non_negative_int, positive_int
+from dataset_prep.staging import nearest_existing
 from msf_fast.errors import UserError
 from pipelines import MAX_DATALOADER_WORKERS, default_workers
 
@@ -66,12 +67,10 @@ def check_output_folder(args: argparse.Namespace, checkpoint: str | Path) -> Pat
     can be made as one, and is writable. UserError naming the option otherwise. Nothing is created."""
     folder = Path(args.out) if args.out else run_folder(checkpoint)
     option = f"--out {args.out}" if args.out else f"--out (default: the checkpoint's folder {folder})"
-    existing = folder
-    while not os.path.lexists(existing) and existing != existing.parent:
-        existing = existing.parent
-    if existing != folder and not existing.is_dir():
+    existing = Path(nearest_existing(str(folder)))
+    if existing != folder.absolute() and not existing.is_dir():
         raise UserError(f"{option}: cannot make the folder, {existing} is a file")
-    if existing == folder and not folder.is_dir():
+    if existing == folder.absolute() and not folder.is_dir():
         raise UserError(f"{option}: a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{option}: {existing} is not writable" + ("" if args.out else "; give --out FOLDER"))
