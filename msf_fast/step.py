@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from msf_fast.devices import resolve_device  # noqa: F401 (its home was here)
 from msf_fast.model import MSF, MSFOutput
 
 
@@ -34,14 +35,6 @@ def resolve_precision(amp: str, device: torch.device) -> Precision:
         else:
             amp = "bf16"
     return Precision({"bf16": torch.bfloat16, "fp16": torch.float16}[amp], device.type)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device cuda: no CUDA device is available")
-    return torch.device(name)
 
 
 def bank_dtype(name: str, device: torch.device, precision: Precision) -> torch.dtype:
