@@ -26,8 +26,8 @@ NVIDIA_SMI_TIMEOUT_S = 10  # a wedged driver can hang nvidia-smi
 # The oldest Linux driver of each CUDA major under minor-version compatibility (NVIDIA's CUDA Compatibility
 # guide): a torch built for CUDA 12.x runs on a driver >= 525, one built for 13.x needs >= 580.
 MINIMUM_DRIVER = {"12": 525, "13": 580}
-FIX = ('install the torch build for the driver\'s CUDA (make setup CUDA=cu126; README "Older NVIDIA drivers"), '
-       "or run on the CPU deliberately: train.device=cpu (--device cpu for the eval and bench commands)")
+INSTALL = 'install the torch build for the driver\'s CUDA (make setup CUDA=cu126; README "Older NVIDIA drivers")'
+ON_THE_CPU = "run on the CPU deliberately: train.device=cpu (--device cpu for the eval and bench commands)"
 
 
 class UnusableGPU(UserError):
@@ -126,9 +126,23 @@ def torch_cuda() -> str:
     return text + (f", which needs driver >= {minimum}" if minimum else "")
 
 
+def driver_major(version: str | None) -> int | None:
+    found = re.match(r"([0-9]+)", version or "")
+    return int(found.group(1)) if found else None
+
+
 def unusable_gpu_message(gpus: NvidiaGPUs) -> str:
     """One line: what was found, why torch cannot use it (as far as it can be told) and the fix."""
-    return f"{gpus.describe()} found, but torch cannot use CUDA: {torch_cuda()}; {FIX}"
+    major, oldest = driver_major(gpus.driver), min(MINIMUM_DRIVER.values())
+    minimum = MINIMUM_DRIVER.get((torch.version.cuda or "").split(".")[0])
+    if major is not None and major < oldest:
+        fix = f"update the driver (torch's CUDA builds need >= {oldest}), or {ON_THE_CPU}"
+    elif major is not None and minimum is not None and major >= minimum:
+        fix = (f"the driver is new enough: python -c 'import torch; torch.cuda.init()' shows CUDA's own error (a "
+               f"reboot due after a driver update? a container without the driver's libraries?), or {ON_THE_CPU}")
+    else:
+        fix = f"{INSTALL}, or {ON_THE_CPU}"
+    return f"{gpus.describe()} found, but torch cannot use CUDA: {torch_cuda()}; {fix}"
 
 
 def resolve_device(name: str) -> torch.device:

@@ -17,7 +17,8 @@ import json
 
 import torch
 
-from msf_fast.bench.timing import default_device, interleaved_seconds
+from msf_fast.bench.timing import add_device_argument, interleaved_seconds
+from msf_fast.devices import resolve_device
 from pipelines.recipe import RECIPE_NAMES, ViewRecipe, two_view_recipe
 
 OUTPUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -36,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-per-op", dest="per_op", action="store_false",
                         help="time the whole recipe only, not each op alone")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's default)")
-    parser.add_argument("--device", default=default_device(), help="cuda or cpu (default: cuda when present)")
+    add_device_argument(parser)
 
 
 def output_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -82,7 +83,7 @@ def bench_augment(args) -> list[dict]:
         raise ValueError("--batch-size, --resolution, --batches and --repeats must be positive")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     dtype = output_dtype(args.dtype, device)
     recipe = two_view_recipe(args.recipe, args.resolution)
     generator = torch.Generator(device=device).manual_seed(0)

@@ -14,7 +14,8 @@ import time
 
 import torch
 
-from msf_fast.bench.timing import default_device, peak_rss_mb, synchronize
+from msf_fast.bench.timing import add_device_argument, peak_rss_mb, synchronize
+from msf_fast.devices import resolve_device
 
 BANK_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SHARED_OPTIONS = ("batch_size", "bank_size", "dim", "topk", "chunk", "repeats", "device", "dtype")
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topk", type=int, default=5, help="neighbours (default 5)")
     parser.add_argument("--chunk", type=int, default=65536, help="bank rows scored at once (default 65536)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per variant, median reported (default 3)")
-    parser.add_argument("--device", default=default_device(), help="cuda or cpu (default: cuda when present)")
+    add_device_argument(parser)
     parser.add_argument("--dtype", choices=list(BANK_DTYPES), default="float32",
                         help="the bank's storage dtype (default float32)")
 
@@ -35,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def measure_variant(args) -> dict:
     """One variant in this process: its median time and its peak extra memory."""
     from msf_fast.bank import MemoryBank
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     dtype = BANK_DTYPES[args.dtype]
     torch.manual_seed(0)
     bank = MemoryBank(args.bank_size, args.dim, chunk_size=args.chunk, dtype=dtype).to(device)
@@ -74,9 +75,10 @@ def measure_variant(args) -> dict:
 
 def bench_bank(args) -> list[dict]:
     results = []
+    shared = {**{key: getattr(args, key) for key in SHARED_OPTIONS}, "device": resolve_device(args.device)}
     for variant in ("chunked", "dense"):
         command = [sys.executable, "-m", "msf_fast.bench.bank", "--variant", variant,
-                   *(f"--{key.replace('_', '-')}={getattr(args, key)}" for key in SHARED_OPTIONS)]
+                   *(f"--{key.replace('_', '-')}={value}" for key, value in shared.items())]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"bench bank: the {variant} variant failed (exit code {done.returncode}): "

@@ -20,6 +20,7 @@ import sys
 
 from dataset_prep.argument_parser import OneLineParser
 from msf_fast.bench import augment, bank, ema, loader, plan, step, train
+from msf_fast.errors import UserError
 
 COMMANDS = {
     "bank": (bank, bank.bench_bank, "memory-bank search: chunked (ours) vs the original's dense distances"),
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         COMMANDS[args.command][1](args)
+    except UserError as error:  # e.g. the default device auto on a GPU torch cannot use (msf_fast.devices)
+        print(f"bench {args.command}: error: {error}", file=sys.stderr)
+        return 2
     except ValueError as error:
         parser.error(f"{args.command}: {error}")
     except KeyboardInterrupt:

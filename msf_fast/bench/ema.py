@@ -7,19 +7,20 @@ import json
 
 import torch
 
-from msf_fast.bench.timing import default_device, interleaved_seconds
+from msf_fast.bench.timing import add_device_argument, interleaved_seconds
+from msf_fast.devices import resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", default="resnet50", help="torchvision ResNet (default resnet50)")
     parser.add_argument("--repeats", type=int, default=20, help="timed updates per variant, median (default 20)")
-    parser.add_argument("--device", default=default_device(), help="cuda or cpu (default: cuda when present)")
+    add_device_argument(parser)
 
 
 def bench_ema(args) -> list[dict]:
     from msf_fast.ema import ForeachEMA, GraphedEMA, reference_ema_update
     from msf_fast.model import MSF
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     model = MSF(arch=args.arch, bank_size=256).to(device)
     ema = ForeachEMA(model.online, model.target)
     variants = {"foreach": lambda: ema.update(0.99),

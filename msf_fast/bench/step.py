@@ -8,7 +8,8 @@ import json
 
 import torch
 
-from msf_fast.bench.timing import default_device, interleaved_seconds, peak_rss_mb
+from msf_fast.bench.timing import add_device_argument, interleaved_seconds, peak_rss_mb
+from msf_fast.devices import resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
                         help="our step's autocast (default auto: bf16 where supported)")
     parser.add_argument("--reference", action="store_true", help="also time the original-style step, print the ratio")
-    parser.add_argument("--device", default=default_device(), help="cuda or cpu (default: cuda when present)")
+    add_device_argument(parser)
 
 
 def step_runners(args, device: torch.device) -> dict:
@@ -67,7 +68,7 @@ def step_runners(args, device: torch.device) -> dict:
 
 
 def bench_step(args) -> list[dict]:
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     if args.bank_size % args.batch_size:
         raise ValueError(f"--bank-size {args.bank_size} is not a multiple of --batch-size {args.batch_size}")
     runners = step_runners(args, device)

@@ -33,5 +33,8 @@ def interleaved_seconds(runners: dict, repeats: int, device: torch.device, calls
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def add_device_argument(parser) -> None:
+    """--device, resolved by each bench as the trainer resolves train.device (msf_fast.devices.resolve_device)."""
+    parser.add_argument("--device", default="auto",
+                        help="auto, cuda, cuda:N or cpu (default auto: CUDA when torch can use it, else the CPU; it "
+                             "stops where NVIDIA GPUs are present that torch cannot use)")
