@@ -2,7 +2,7 @@
 # One pass over the GPU paths: the CUDA-marked tests, the step / EMA / bank / batched-augmentation
 # benchmarks, the real trainer on synthetic data (augmentation + MSF step together, bench train --synthetic),
 # the time-to-train plan at the step rate and at the end-to-end rate, then a summary table. JSON lines
-# land in --out.
+# land in --out. First of all it shows the driver's CUDA and the wheels' (torch, DALI), kept in env.jsonl.
 #
 #   bash benchmarks/gpu_check.sh [--device cuda|cpu] [--tiny] [--out DIR] [--steps N] [--train-steps N]
 #
@@ -39,15 +39,36 @@ PYTHON="${PYTHON:-python}"
 rm -f "$out"/{status.tsv,env.jsonl,pytest.log,step.jsonl,ema.jsonl,bank.jsonl,bank_bf16.jsonl,plan.jsonl}
 rm -f "$out"/{augment.jsonl,train.jsonl,plan_train.jsonl,summary.txt}
 
-"$PYTHON" -c '
-import json, sys, torch
+# First, before any check: the driver's CUDA and the wheels' (torch, DALI where installed), shown and recorded.
+"$PYTHON" - "$out/env.jsonl" << 'ENV'
+import json, re, sys, torch
+from importlib import metadata
+from msf_fast import devices
 cuda = torch.cuda.is_available()
-print(json.dumps({"bench": "env", "python": sys.version.split()[0], "torch": torch.__version__,
-                  "cuda": torch.version.cuda, "cuda_available": cuda,
-                  "gpu": torch.cuda.get_device_name(0) if cuda else None}))' > "$out/env.jsonl"
+gpus = devices.nvidia_gpus()
+dali = sorted((d.metadata["Name"], d.version) for d in metadata.distributions()
+              if re.fullmatch(r"nvidia[-_]dali[-_]cuda[0-9]+", (d.metadata["Name"] or "").lower()))
+dali_cuda = re.search(r"cuda([0-9]+)([0-9])$", dali[0][0].lower()) if dali else None
+env = {"bench": "env", "python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
+       "cuda_available": cuda, "gpu": torch.cuda.get_device_name(0) if cuda else None,
+       "nvidia_gpus": list(gpus.names) if gpus else [], "driver": gpus.driver if gpus else None,
+       "driver_cuda": gpus.driver_cuda if gpus else None, "dali": dali[0][1] if dali else None,
+       "dali_package": dali[0][0] if dali else None, "dali_cuda": ".".join(dali_cuda.groups()) if dali_cuda else None,
+       "why_no_cuda": devices.unusable_gpu_message(gpus) if gpus and not cuda else None}
+with open(sys.argv[1], "w") as file:
+    print(json.dumps(env), file=file)
+if gpus is None:
+    driver = "no NVIDIA driver found"
+else:
+    driver = "driver " + (gpus.driver or "version unknown") + (f" (CUDA <= {gpus.driver_cuda})" if gpus.driver_cuda else "")
+wheels = f"torch {torch.__version__} (" + (f"CUDA {torch.version.cuda})" if torch.version.cuda else "no CUDA: a CPU build)")
+wheels += f", DALI {env['dali']} ({env['dali_package']}: CUDA {env['dali_cuda']})" if dali else ", no DALI"
+print(f"== versions: {driver}; {wheels}", file=sys.stderr)
+ENV
 has_cuda=$("$PYTHON" -c 'import json, sys; print(int(json.load(open(sys.argv[1]))["cuda_available"]))' "$out/env.jsonl")
 if [[ $device == cuda && $has_cuda == 0 ]]; then
-  echo "gpu_check: no CUDA device here; use --device cpu --tiny for a dry run" >&2
+  why=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["why_no_cuda"] or "")' "$out/env.jsonl")
+  echo "gpu_check: no CUDA device here${why:+ that torch can use: $why}; use --device cpu --tiny for a dry run" >&2
   exit 1
 fi
 
