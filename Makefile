@@ -2,7 +2,17 @@
 # when pyproject.toml changes), so a fresh clone needs nothing but python3.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# The CUDA build of torch. Empty: the tested default wheels (torch 2.14.1 for CUDA 13.0, which needs an NVIDIA
+# driver >= 580; DALI's CUDA 13 build). For an older driver, `make setup CUDA=cu126` (or cu128, cpu, ...) installs
+# torch 2.14.1 from PyTorch's index for that build and DALI's CUDA 12 build (README "Older NVIDIA drivers"). The
+# choice is kept in $(VENV)/.cuda, so a later `make test` keeps it; `make setup CUDA=` returns to the default.
+# A change of build uninstalls torch, torchvision and DALI first (pip would keep the same version of another build).
+CUDA ?= $(shell cat $(VENV)/.cuda 2>/dev/null)
+TORCH_INDEX := https://download.pytorch.org/whl
+BUILD := $(if $(CUDA),+$(CUDA))# the local version label pins the build: a plain ==2.14.1 keeps the installed one
+TORCH := torch==2.14.1$(BUILD) torchvision==0.29.1$(BUILD)$(if $(CUDA), --index-url $(TORCH_INDEX)/$(CUDA))
+DALI := $(if $(filter cu12%,$(CUDA)),dali-cuda12,dali)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)$(if $(CUDA),-$(CUDA))
 
 FFCV_SYSTEM_PACKAGES := pkg-config libturbojpeg0-dev libopencv-dev
 
@@ -12,15 +22,20 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "msf-fast needs Python >= 3.10"; exit 1; }
+	@case "$(CUDA)" in ""|cpu|cu[0-9][0-9]*) ;; *) echo "CUDA=$(CUDA): expected empty (the default wheels), \
+		cu126, cu128, cu130 or cpu (README \"Older NVIDIA drivers\")"; exit 1 ;; esac
 	@test -x $(PY) || python3 -m venv $(VENV) || { command -v apt-get >/dev/null && \
 		apt-get update -qq && apt-get install -y -qq python3-venv && python3 -m venv $(VENV); }
+	@[ "$$(cat $(VENV)/.cuda 2>/dev/null)" = "$(CUDA)" ] || $(PY) -m pip uninstall -q -y torch torchvision \
+		nvidia-dali-cuda120 nvidia-dali-cuda130 2>/dev/null || true
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1  # the tested versions (pyproject allows a range)
+	$(PY) -m pip install -q $(TORCH)  # the tested versions (pyproject allows a range)
 	$(PY) -m pip install -q -e '.[test]'
 	@$(MAKE) --no-print-directory ffcv-system-packages || echo "note: FFCV's system libraries are missing"
 	$(PY) -m pip install -q -e '.[ffcv]' || echo "note: FFCV did not install; its loader and tests are skipped"
-	$(PY) -m pip install -q -e '.[dali]' || echo "note: DALI did not install; its loader and tests are skipped"
+	$(PY) -m pip install -q -e '.[$(DALI)]' || echo "note: DALI did not install; its loader and tests are skipped"
 	@rm -f $(VENV)/.installed-*
+	@if [ -n "$(CUDA)" ]; then echo "$(CUDA)" > $(VENV)/.cuda; else rm -f $(VENV)/.cuda; fi
 	@touch $@
 
 demo: setup
