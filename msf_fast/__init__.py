@@ -4,5 +4,6 @@ The method: model.py (MSF: online, target, predictor, the loss), bank.py (memory
 ema.py (target update), step.py (one training step), schedule.py, reference.py (the original formulation).
 The run: config.py (every knob), trainer.py (the loop), run_checkpoints.py (when and where checkpoints are
 written, what a run resumes from), checkpoint.py (reading and writing them), knn_monitor.py, runlog.py,
-distributed.py (torchrun), errors.py, demo.py, export.py.
+distributed.py (torchrun), devices.py (which device: auto, and a GPU torch cannot use), errors.py, demo.py,
+export.py.
 """

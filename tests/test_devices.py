@@ -32,7 +32,7 @@ def fake_nvidia_smi(folder: Path, exit_code: int = 0) -> Path:
     script = folder / "nvidia-smi"
     script.write_text(f"""#!/bin/sh
 echo "$@" >> "{folder / 'calls'}"
-if [ {exit_code} -ne 0 ]; then echo "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."; exit {exit_code}; fi
+if [ {exit_code} -ne 0 ]; then echo "NVIDIA-SMI has failed: no driver answers."; exit {exit_code}; fi
 case "$1" in
   --query-gpu=*) echo "{GPU}, {DRIVER}"; echo "{GPU}, {DRIVER}" ;;
   *) echo "| NVIDIA-SMI {DRIVER}   Driver Version: {DRIVER}   CUDA Version: {DRIVER_CUDA}     |" ;;
