@@ -21,6 +21,7 @@ from dataset_prep.stores import (BETON, TFRECORD, beton_problem, describe_path, 
                                  tfrecord_problem)
 from msf_fast.errors import UserError
 from msf_fast.model import RESNETS
+from msf_fast.precision import cpu_amp_choice
 from msf_fast.run_checkpoints import holds_run
 from msf_fast.runlog import TENSORBOARD_INSTALL
 from pipelines import MAX_DATALOADER_WORKERS, data_format, default_workers
@@ -149,9 +150,11 @@ def declare_schema(config: Config) -> None:
         max_steps=Param(NON_NEGATIVE, "stop after this many steps in total (0 = no limit)", default=0),
         seed=Param(NON_NEGATIVE, "seed of weights, bank, data order and augmentations", default=0),
         device=Param(OneOf(["auto", "cpu", "cuda"]), "compute device", default="auto"),
-        amp=Param(OneOf(["auto", "bf16", "fp16", "off"]), "autocast dtype (auto: bf16 where supported)",
-                  default="auto"),
-        channels_last=Param(Flag(), "channels-last memory format", default=True),
+        amp=Param(OneOf(["auto", "bf16", "fp16", "off"]), "autocast dtype (auto: bf16 on CUDA, fp16 on GPUs "
+                  "without bf16; on the CPU bf16 only where native (AMX or AVX512-BF16), else fp32; here "
+                  f"{cpu_amp_choice()} on the CPU)", default="auto"),
+        channels_last=Param(AutoOr(Flag()), "channels-last memory format (auto: on CUDA and with bf16 on the CPU; "
+                                            "fp32 on the CPU runs faster in NCHW)", default="auto"),
         compile=Param(Flag(), "torch.compile the encoders and predictor (measured on the 2-core CPU: 58 s to "
                               "compile, no speed-up; not yet measured on a GPU)", default=False),
         sync_bn=Param(Flag(), "SyncBatchNorm across ranks (CUDA; default: per-rank statistics, as the original's "

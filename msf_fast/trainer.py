@@ -6,6 +6,7 @@ import importlib.util
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,8 @@ from msf_fast.run_checkpoints import RunCheckpoints, clear_run, holds_run, read_
 from msf_fast.stopping import RunStopped, StopRequests, weights_finite
 from msf_fast.runlog import DeferredScalars, JsonlLog, plot_run
 from msf_fast.schedule import learning_rate, progressive_resolution, scaled_lr
-from msf_fast.step import bank_dtype, make_sgd, resolve_device, resolve_precision, train_step
+from msf_fast.precision import memory_format, resolve_precision
+from msf_fast.step import bank_dtype, make_sgd, resolve_device, train_step
 from msf_fast.throughput import StepClock, TimeSplit
 from pipelines import TwoViewLoader, build_train_loader, two_view_recipe
 
@@ -82,13 +84,13 @@ def compile_encoders(model: MSF) -> None:
         module.compile()
 
 
-def build_model(cfg, device: torch.device, bank_storage: torch.dtype = torch.float32) -> MSF:
+def build_model(cfg, device: torch.device, bank_storage: torch.dtype = torch.float32,
+                layout: torch.memory_format = torch.contiguous_format) -> MSF:
     model = MSF(arch=cfg.model.arch, bank_size=cfg.msf.bank_size, topk=cfg.msf.topk,
                 momentum=cfg.msf.momentum, hidden_dim=cfg.model.hidden_dim or None,
                 proj_dim=cfg.model.proj_dim or None, small_input=cfg.model.small_input,
                 bank_chunk_size=cfg.msf.bank_chunk, bank_dtype=bank_storage)
-    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    return model.to(device, memory_format=memory_format)
+    return model.to(device, memory_format=layout)
 
 
 class Trainer:
@@ -98,6 +100,8 @@ class Trainer:
         self.is_main = rank == 0
         self.device = self.create_device()
         self.precision = resolve_precision(cfg.train.amp, self.device)
+        self.layout = memory_format(cfg.train.channels_last, self.precision)
+        self.announce_precision()
         seed_everything(cfg.train.seed)
         self.recipe = two_view_recipe(cfg.data.recipe, cfg.data.resolution)
         self.loader = loader if loader is not None else self.create_loader()
@@ -122,6 +126,10 @@ class Trainer:
         self.finished = self.step >= self.total_steps  # a finished run is left as it is
         self.log = (JsonlLog(self.folder / "log.jsonl", append=resumed, tensorboard=cfg.logging.tensorboard)
                     if self.is_main and not self.finished else None)
+        if self.log is not None:
+            self.log.write(event="setup", device=self.device.type, **self.precision.record(),
+                           channels_last=self.layout == torch.channels_last, torch_threads=torch.get_num_threads(),
+                           loader_workers=cfg.data.workers)
         self.log_scalars = DeferredScalars(self.device)  # logging reads no GPU value inside the step
         self.stops = StopRequests(world_size)
         # rank 0 alone evaluates
@@ -141,6 +149,17 @@ class Trainer:
             torch.set_num_threads(threads)
         return device
 
+    def announce_precision(self) -> None:
+        """The precision, layout and threads chosen, and why: one line at start (a warning too where the choice
+        is known to be slow here)."""
+        if not self.is_main:
+            return
+        layout = "channels-last" if self.layout == torch.channels_last else "NCHW"
+        threads = f", {torch.get_num_threads()} torch threads" if self.device.type == "cpu" else ""
+        print(f"{self.precision.describe()}; {layout}{threads}", flush=True)
+        if self.precision.warning:
+            print(self.precision.warning, file=sys.stderr, flush=True)
+
     def create_loader(self) -> TwoViewLoader:
         data = self.cfg.data
         backend = resolve_backend(data.backend, data.train_path)
@@ -156,7 +175,8 @@ class Trainer:
             raise UserError(f"data.train_path: {error}") from None
 
     def create_model(self) -> MSF:
-        model = build_model(self.cfg, self.device, bank_dtype(self.cfg.msf.bank_dtype, self.device, self.precision))
+        model = build_model(self.cfg, self.device, bank_dtype(self.cfg.msf.bank_dtype, self.device, self.precision),
+                            self.layout)
         if self.cfg.train.compile:
             compile_encoders(model)
         return model
@@ -356,8 +376,9 @@ class Trainer:
                           time.perf_counter() - started, complete, split)
 
     def _train_step(self, online, target, labels):
-        online = online.to(self.device, non_blocking=True)
-        target = target.to(self.device, non_blocking=True)
+        # the loaders yield channels-last; convolutions follow the input's layout, so NCHW needs the batch in NCHW
+        online = online.to(self.device, non_blocking=True).contiguous(memory_format=self.layout)
+        target = target.to(self.device, non_blocking=True).contiguous(memory_format=self.layout)
         labels = labels.to(self.device, non_blocking=True)
         lr = learning_rate(self.base_lr, self.cfg.optim.schedule, self.step, self.steps_per_epoch,
                            self.cfg.train.epochs)

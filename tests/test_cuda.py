@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from msf_fast.bank import MemoryBank
 from msf_fast.ema import ForeachEMA
 from msf_fast.model import MSF
-from msf_fast.step import resolve_precision, train_step
+from msf_fast.precision import resolve_precision
+from msf_fast.step import train_step
 
 pytestmark = pytest.mark.cuda
 

@@ -31,7 +31,8 @@ def step_runners(args, device: torch.device) -> dict:
     from msf_fast.ema import make_ema
     from msf_fast.model import MSF
     from msf_fast.reference import OriginalMeanShift
-    from msf_fast.step import bank_dtype, make_sgd, resolve_precision, train_step
+    from msf_fast.precision import resolve_precision
+    from msf_fast.step import bank_dtype, make_sgd, train_step
 
     generator = torch.Generator().manual_seed(0)
     shape = (args.batch_size, 3, args.resolution, args.resolution)

@@ -92,7 +92,8 @@ def trainer_config(args, folder: str):
 
 
 def synthetic_loader(cfg, args):
-    from msf_fast.step import resolve_device, resolve_precision
+    from msf_fast.precision import resolve_precision
+    from msf_fast.step import resolve_device
     from pipelines import two_view_recipe
     from pipelines.synthetic import SyntheticTwoViewLoader
 
