@@ -47,6 +47,23 @@ def test_step_benchmark_times_both_variants(capsys):
     assert lines[2]["speedup_vs_reference"] > 0 and lines[2]["process_peak_mem_mb"] > 0
 
 
+@pytest.mark.parametrize("native, auto", [(True, "bf16-channels-last"), (False, "fp32-nchw")])
+def test_cpu_benchmark_times_each_precision_and_layout_and_rates_auto(native, auto, monkeypatch, capsys):
+    from msf_fast import precision
+    monkeypatch.setattr(precision, "cpu_bf16_support", lambda: precision.CpuBf16(native, "mocked"))
+    bench.main(["cpu", "--batch-size=4", "--resolution=16", "--bank-size=16", "--steps=1", "--repeats=1",
+                "--threads=1"])
+    lines = json_lines(capsys.readouterr().out)
+    rates = {line["variant"]: line["images_per_s"] for line in lines[:4]}
+    assert sorted(rates) == sorted(["fp32-nchw", "fp32-channels-last", "bf16-nchw", "bf16-channels-last"])
+    assert all(rate > 0 for rate in rates.values()) and lines[0]["threads"] == 1
+    summary = lines[4]
+    assert summary["auto"] == auto and summary["native_bf16"] is native and "mocked" in summary["auto_reason"]
+    assert summary["fastest"] == max(rates, key=rates.get)
+    assert summary["auto_vs_fastest"] == pytest.approx(rates[auto] / max(rates.values()), abs=0.01)
+    assert summary["bf16_vs_fp32"] == pytest.approx(rates["bf16-channels-last"] / rates["fp32-nchw"], abs=0.01)
+
+
 # ---- bench augment -----------------------------------------------------------------------------------------
 
 def test_augment_benchmark_times_both_views_and_each_op(capsys):
@@ -239,7 +256,7 @@ def test_top_level_help_lists_every_command(capsys):
     assert "torchvision (the baseline) vs FFCV" in text and "vs DALI" in text
 
 
-@pytest.mark.parametrize("command", ["bank", "ema", "step", "augment", "train", "loader", "plan"])
+@pytest.mark.parametrize("command", ["bank", "ema", "step", "cpu", "augment", "train", "loader", "plan"])
 def test_every_option_has_help_and_a_default(command, capsys):
     from msf_fast.bench.cli import HelpFormatter, build_parser
 

@@ -3,6 +3,7 @@
     python -m msf_fast.bench bank   [--batch-size 256 --bank-size 1024000 --dim 512 --topk 5 --dtype float32]
     python -m msf_fast.bench ema    [--arch resnet50]
     python -m msf_fast.bench step   [--arch resnet50 --batch-size 256 --resolution 224 --steps 10 --reference]
+    python -m msf_fast.bench cpu    [--arch resnet18 --batch-size 32 --resolution 64 --threads 0]
     python -m msf_fast.bench augment [--batch-size 256 --resolution 224 --recipe w/s]
     python -m msf_fast.bench train  (--synthetic | --data PATH [--backend auto]) [--arch resnet50 --steps 50 ...]
     python -m msf_fast.bench loader --data IMAGEFOLDER [--backend torch ffcv dali] [--compare] [--recipe w/s] ...
@@ -19,13 +20,15 @@ import argparse
 import sys
 
 from dataset_prep.argument_parser import OneLineParser
-from msf_fast.bench import augment, bank, ema, loader, plan, step, train
+from msf_fast.bench import augment, bank, cpu, ema, loader, plan, step, train
 from msf_fast.errors import UserError
 
 COMMANDS = {
     "bank": (bank, bank.bench_bank, "memory-bank search: chunked (ours) vs the original's dense distances"),
     "ema": (ema, ema.bench_ema, "target EMA update: foreach (and CUDA graph) vs per-parameter loop"),
     "step": (step, step.bench_step, "one whole training step on synthetic data (optionally vs the original's way)"),
+    "cpu": (cpu, cpu.bench_cpu, "the CPU's defaults measured: our step in fp32 and bf16, NCHW and channels-last, "
+                                "and what amp auto picks here"),
     "augment": (augment, augment.bench_augment,
                 "the recipe's batched photometric ops (both views) on the device, as the FFCV path runs them"),
     "train": (train, train.bench_train, "the real trainer for N steps: end-to-end, loader-alone and step-alone "

@@ -21,38 +21,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps per timed block (default 10)")
     parser.add_argument("--repeats", type=int, default=3, help="timed blocks per variant, median (default 3)")
     parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
-                        help="our step's autocast (default auto: bf16 where supported)")
+                        help="our step's autocast (default auto: bf16 on CUDA and on CPUs with native bf16, else fp32; "
+                             "the layout follows: channels-last with bf16 or on CUDA, NCHW for fp32 on the CPU)")
     parser.add_argument("--reference", action="store_true", help="also time the original-style step, print the ratio")
     add_device_argument(parser)
 
 
-def step_runners(args, device: torch.device) -> dict:
-    """name -> a callable running one training step of that variant."""
-    from msf_fast.ema import make_ema
-    from msf_fast.model import MSF
-    from msf_fast.reference import OriginalMeanShift
-    from msf_fast.precision import resolve_precision
-    from msf_fast.step import bank_dtype, make_sgd, train_step
-
+def synthetic_batch(args, device: torch.device):
+    """Two random views and labels, the same for every variant."""
     generator = torch.Generator().manual_seed(0)
     shape = (args.batch_size, 3, args.resolution, args.resolution)
-    online_view = torch.randn(shape, generator=generator).to(device)
-    target_view = torch.randn(shape, generator=generator).to(device)
-    labels = torch.arange(args.batch_size, device=device) % 10
-    runners = {}
+    views = [torch.randn(shape, generator=generator).to(device) for _ in range(2)]
+    return views[0], views[1], torch.arange(args.batch_size, device=device) % 10
+
+
+def our_step(args, device: torch.device, amp: str, channels_last, online_view, target_view, labels):
+    """A callable running one of our training steps (amp and layout resolved as the trainer resolves them)."""
+    from msf_fast.ema import make_ema
+    from msf_fast.model import MSF
+    from msf_fast.precision import memory_format, resolve_precision
+    from msf_fast.step import bank_dtype, make_sgd, train_step
 
     torch.manual_seed(0)
-    precision = resolve_precision(args.amp, device)
+    precision = resolve_precision(amp, device)
+    layout = memory_format(channels_last, precision)
     model = MSF(arch=args.arch, bank_size=args.bank_size, topk=args.topk,  # the trainer's choices throughout
                 bank_dtype=bank_dtype("auto", device, precision))
-    model = model.to(device, memory_format=torch.channels_last)
+    model = model.to(device, memory_format=layout)
     ema = make_ema(model.online, model.target, device)  # CUDA-graph replay on CUDA
     optimizer = make_sgd(model.trainable_parameters(), 0.05, 0.9, 1e-4, device)
     scaler = torch.amp.GradScaler(device.type) if precision.needs_scaler else None
-    online_cl = online_view.contiguous(memory_format=torch.channels_last)
-    target_cl = target_view.contiguous(memory_format=torch.channels_last)
-    runners["msf-fast"] = lambda: train_step(model, ema, optimizer, scaler, precision, online_cl, target_cl,
-                                             labels, 0.99)
+    online, target = (view.contiguous(memory_format=layout) for view in (online_view, target_view))
+    return lambda: train_step(model, ema, optimizer, scaler, precision, online, target, labels, 0.99)
+
+
+def step_runners(args, device: torch.device) -> dict:
+    """name -> a callable running one training step of that variant."""
+    from msf_fast.reference import OriginalMeanShift
+
+    online_view, target_view, labels = synthetic_batch(args, device)
+    runners = {"msf-fast": our_step(args, device, args.amp, "auto", online_view, target_view, labels)}
     if args.reference:
         torch.manual_seed(0)
         reference = OriginalMeanShift(args.arch, mem_bank_size=args.bank_size, topk=args.topk).to(device)

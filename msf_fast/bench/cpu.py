@@ -1,0 +1,58 @@
+"""`bench cpu`: the CPU-dependent defaults measured on this CPU, in one process, interleaved: our training step in
+fp32 and bf16 autocast, each in NCHW and channels-last, and what `amp auto` picks here (and why) against the
+fastest variant. Run it with `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` to see a CPU without native bf16."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from msf_fast.bench.step import our_step, synthetic_batch
+from msf_fast.bench.timing import interleaved_seconds
+
+VARIANTS = {"fp32-nchw": ("off", False), "fp32-channels-last": ("off", True),
+            "bf16-nchw": ("bf16", False), "bf16-channels-last": ("bf16", True)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", default="resnet18", help="torchvision ResNet")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per step")
+    parser.add_argument("--resolution", type=int, default=64, help="crop size in pixels")
+    parser.add_argument("--bank-size", type=int, default=4096, help="memory bank entries")
+    parser.add_argument("--topk", type=int, default=5, help="neighbours")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default here)")
+    parser.add_argument("--steps", type=int, default=3, help="steps per timed block")
+    parser.add_argument("--repeats", type=int, default=3, help="timed blocks per variant, median")
+
+
+def bench_cpu(args) -> list[dict]:
+    from msf_fast.precision import cpu_bf16_support, memory_format, resolve_precision
+
+    if args.bank_size % args.batch_size:
+        raise ValueError(f"--bank-size {args.bank_size} is not a multiple of --batch-size {args.batch_size}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    batch = synthetic_batch(args, device)
+    runners = {name: our_step(args, device, amp, layout, *batch) for name, (amp, layout) in VARIANTS.items()}
+    for run in runners.values():  # warm-up: allocator, oneDNN primitive caches
+        run()
+    per_step = interleaved_seconds(runners, args.repeats, device, calls=args.steps)
+    rate = {name: args.batch_size / seconds for name, seconds in per_step.items()}
+    results = []
+    for name, images_per_s in rate.items():
+        results.append({"bench": "cpu", "variant": name, "arch": args.arch, "batch": args.batch_size,
+                        "resolution": args.resolution, "threads": torch.get_num_threads(),
+                        "images_per_s": round(images_per_s, 1)})
+        print(json.dumps(results[-1]), flush=True)
+    chosen = resolve_precision("auto", device)
+    auto = f"{chosen.name}-{'channels-last' if memory_format('auto', chosen) == torch.channels_last else 'nchw'}"
+    fastest = max(rate, key=rate.get)
+    summary = {"bench": "cpu", "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+               "native_bf16": cpu_bf16_support().native, "auto": auto, "auto_reason": chosen.reason,
+               "fastest": fastest, "auto_vs_fastest": round(rate[auto] / rate[fastest], 2),
+               "bf16_vs_fp32": round(rate["bf16-channels-last"] / rate["fp32-nchw"], 2),
+               "channels_last_vs_nchw_fp32": round(rate["fp32-channels-last"] / rate["fp32-nchw"], 2)}
+    print(json.dumps(summary), flush=True)
+    return results + [summary]
