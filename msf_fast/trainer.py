@@ -143,7 +143,9 @@ class Trainer:
             raise UserError(f"train.device={self.cfg.train.device}: {error}") from None
         threads = self.cfg.train.threads
         if not threads and device.type == "cpu":
-            # Loader workers share the cores; oversubscribed torch threads ran ~10x slower on 2 cores.
+            # Leave the loader workers their cores, so a busy loader (JPEG decoding) is never starved by OpenMP
+            # threads; a light loader (the demo's raw pixels) lets train.threads use them all (README, "Precision,
+            # layout and threads").
             threads = max(1, (os.cpu_count() or 1) - self.cfg.data.workers)
         if threads:
             torch.set_num_threads(threads)

@@ -22,26 +22,27 @@ def test_demo_dataset_is_deterministic_imagefolder(tmp_path):
 
 
 def test_shortened_demo_beats_random_init(tmp_path, capsys):
-    # ~2 minutes: 15 epochs of 31 steps on the demo data (the full demo runs 45, with a cosine schedule 3x longer).
-    # Measured here with the torchvision loader, seeds 0, 1, 2: random init -> trained k-NN 0.326 -> 0.720,
-    # 0.438 -> 0.564, 0.348 -> 0.814. With the FFCV loader (the default when FFCV is installed), whose crops are now
-    # seeded so that a seed gives one result: seed 2 0.348 -> 0.764, seed 1 0.438 -> 0.680; seed 0 collapses in this
-    # short schedule (0.326 -> 0.330: the loss falls to 0.46 by epoch 6, then climbs back to 0.70), while the full
-    # 45-epoch demo with seed 0 learns (see the README). The linear probe of full demo runs: 0.41 at random init,
-    # 0.67-0.97 trained.
-    code = demo.main(["--data", str(tmp_path / "data"), "--train.epochs=15", "--eval.knn_every=15", "--train.seed=2",
+    """The one end-to-end run of the demo (data, FFCV store, training, k-NN monitor, linear probe, figures, report):
+    10 epochs of 31 steps, half the demo's schedule, in the precision amp auto picks on this machine.
+
+    Seed 2, measured with the FFCV loader (the default when FFCV is installed; its crops are seeded, so a seed is
+    one result), on an AMD EPYC Zen 4 (avx512_bf16): k-NN 0.348 -> 0.512 and linear probe 0.374 -> 0.572 in bf16
+    (native there, 1.6 min); 0.360 -> 0.586 and 0.374 -> 0.640 in fp32 with the dispatch capped at AVX2, as on a CPU
+    without native bf16 (2.8 min). The weakest margin, 0.164, is well above the 0.1 asserted. The full 20-epoch
+    demo, seed 0: 0.310 -> 0.872 (fp32), 0.326 -> 0.786 (bf16)."""
+    code = demo.main(["--data", str(tmp_path / "data"), "--train.epochs=10", "--eval.knn_every=10", "--train.seed=2",
                       f"--logging.folder={tmp_path / 'run'}", "--logging.progress=0"])
     assert code == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     random_init, trained = summary["random_init_knn_top1"], summary["trained_knn_top1"]
     assert random_init < 0.4, "the demo data must not be solved by random features"
-    assert trained >= random_init + 0.1, summary  # margin of the weakest run above: 0.126
+    assert trained >= random_init + 0.1, summary
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records if r["event"] == "epoch"] == list(range(16))
+    assert [r["epoch"] for r in records if r["event"] == "epoch"] == list(range(11))
     png = (tmp_path / "run" / "training.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert "random init" in capsys.readouterr().out
-    assert not np.isnan(summary["loss_by_epoch"]["15"])
+    assert not np.isnan(summary["loss_by_epoch"]["10"])
 
     probe = summary["linear_probe"]
     assert probe["trained"]["top1"] >= probe["random_init"]["top1"] + 0.1, probe
@@ -51,4 +52,4 @@ def test_shortened_demo_beats_random_init(tmp_path, capsys):
         assert f"(report/{figure})" in report
         assert (tmp_path / "run" / "report" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("epoch_*.pt")) == [
-        "epoch_0000.pt", "epoch_0015.pt"]
+        "epoch_0000.pt", "epoch_0010.pt"]
