@@ -145,7 +145,7 @@ def select_images(loader, sampler, backbones: list[nn.Module], device: torch.dev
 @torch.no_grad()
 def features_of(backbones: list[nn.Module], images: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
     """Unit-norm pooled features (float32, on `device`) of a batch under each backbone."""
-    images = images.to(device, non_blocking=True)
+    images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     return [F.normalize(batch_features(backbone, images, device, amp_dtype(device)), dim=1) for backbone in backbones]
 
 
