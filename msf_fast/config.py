@@ -153,8 +153,8 @@ def declare_schema(config: Config) -> None:
         amp=Param(OneOf(["auto", "bf16", "fp16", "off"]), "autocast dtype (auto: bf16 on CUDA, fp16 on GPUs "
                   "without bf16; on the CPU bf16 only where native (AMX or AVX512-BF16), else fp32; here "
                   f"{cpu_amp_choice()} on the CPU)", default="auto"),
-        channels_last=Param(AutoOr(Flag()), "channels-last memory format (auto: on CUDA and with bf16 on the CPU; "
-                                            "fp32 on the CPU runs faster in NCHW)", default="auto"),
+        channels_last=Param(Flag(), "channels-last memory format (also faster for fp32 on the CPU from 64 px on: "
+                                    "python -m msf_fast.bench cpu)", default=True),
         compile=Param(Flag(), "torch.compile the encoders and predictor (measured on the 2-core CPU: 58 s to "
                               "compile, no speed-up; not yet measured on a GPU)", default=False),
         sync_bn=Param(Flag(), "SyncBatchNorm across ranks (CUDA; default: per-rank statistics, as the original's "

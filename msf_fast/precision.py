@@ -4,8 +4,9 @@ On CUDA, autocast runs in bf16 (fp16 with a GradScaler where the GPU lacks bf16)
 cores. On the CPU, bf16 is fast only where the CPU has bf16 instructions (AMX-BF16: Intel Sapphire Rapids and
 later; AVX512-BF16: AMD Zen 4 and later, Intel Cooper Lake). Elsewhere (AVX2-only CPUs: Zen 2/3, most laptops,
 older nodes) torch runs bf16 autocast through conversion paths: ResNet-18 training, 32 px, batch 32, one thread,
-measured 5.3x slower than fp32 on an AMD Zen 3, and 6x slower with the dispatch capped at AVX2 on a Zen 4. There
-fp32 also runs faster in NCHW than in channels-last (1.28x). Both measurements: `python -m msf_fast.bench cpu`.
+measured 5.3x slower than fp32 on an AMD Zen 3, and 4-9x slower with the dispatch capped at AVX2 on a Zen 4
+(`python -m msf_fast.bench cpu`, which also shows that channels-last costs fp32 nothing at 32 px and gains 1.17x at
+64-128 px, so the layout stays channels-last everywhere).
 
 The capability comes from torch's own queries (cpuinfo's flags, ATen's dispatch level, oneDNN's bf16 check), so
 `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` makes a bf16 machine choose as an AVX2-only one does.
@@ -69,12 +70,6 @@ class Precision:
     def name(self) -> str:
         return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
 
-    @property
-    def channels_last(self) -> bool:
-        """Channels-last pays with tensor cores (CUDA) and with the CPU's bf16 kernels; fp32 on the CPU runs faster
-        in NCHW (1.16x on a Zen 4, 1.28x capped at AVX2)."""
-        return self.device_type == "cuda" or self.dtype is not None
-
     def autocast(self):
         if self.dtype is None:
             return contextlib.nullcontext()
@@ -123,9 +118,3 @@ def cpu_amp_choice() -> str:
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def memory_format(channels_last: str | bool, precision: Precision) -> torch.memory_format:
-    """train.channels_last: auto follows the precision (see Precision.channels_last); a boolean forces it."""
-    use = precision.channels_last if channels_last == "auto" else bool(channels_last)
-    return torch.channels_last if use else torch.contiguous_format

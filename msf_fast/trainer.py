@@ -27,7 +27,7 @@ from msf_fast.run_checkpoints import RunCheckpoints, clear_run, holds_run, read_
 from msf_fast.stopping import RunStopped, StopRequests, weights_finite
 from msf_fast.runlog import DeferredScalars, JsonlLog, plot_run
 from msf_fast.schedule import learning_rate, progressive_resolution, scaled_lr
-from msf_fast.precision import memory_format, resolve_precision
+from msf_fast.precision import resolve_precision
 from msf_fast.step import bank_dtype, make_sgd, resolve_device, train_step
 from msf_fast.throughput import StepClock, TimeSplit
 from pipelines import TwoViewLoader, build_train_loader, two_view_recipe
@@ -100,7 +100,7 @@ class Trainer:
         self.is_main = rank == 0
         self.device = self.create_device()
         self.precision = resolve_precision(cfg.train.amp, self.device)
-        self.layout = memory_format(cfg.train.channels_last, self.precision)
+        self.layout = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         self.announce_precision()
         seed_everything(cfg.train.seed)
         self.recipe = two_view_recipe(cfg.data.recipe, cfg.data.resolution)

@@ -47,7 +47,7 @@ def test_step_benchmark_times_both_variants(capsys):
     assert lines[2]["speedup_vs_reference"] > 0 and lines[2]["process_peak_mem_mb"] > 0
 
 
-@pytest.mark.parametrize("native, auto", [(True, "bf16-channels-last"), (False, "fp32-nchw")])
+@pytest.mark.parametrize("native, auto", [(True, "bf16-channels-last"), (False, "fp32-channels-last")])
 def test_cpu_benchmark_times_each_precision_and_layout_and_rates_auto(native, auto, monkeypatch, capsys):
     from msf_fast import precision
     monkeypatch.setattr(precision, "cpu_bf16_support", lambda: precision.CpuBf16(native, "mocked"))

@@ -1,4 +1,4 @@
-"""Precision and layout by what the CPU computes natively: the capability query (mocked, and capped through the
+"""Precision by what the CPU computes natively: the capability query (mocked, and capped through the
 environment as a user without the hardware would), the choice, the warning, and what a run prints and logs."""
 import json
 import os
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from msf_fast import precision as prec
-from msf_fast.precision import CpuBf16, memory_format, resolve_precision
+from msf_fast.precision import CpuBf16, resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -44,12 +44,12 @@ def test_the_capability_query(cpu_flags, flags, native, found):
 def test_auto_uses_bf16_only_where_native(cpu_flags):
     cpu_flags(avx512_bf16=True)
     chosen = resolve_precision("auto", CPU)
-    assert chosen.dtype == torch.bfloat16 and chosen.warning is None and chosen.channels_last
+    assert chosen.dtype == torch.bfloat16 and chosen.warning is None
     assert "AVX512-BF16" in chosen.reason
     cpu_flags()
     chosen = resolve_precision("auto", CPU)
     assert chosen.dtype is None and chosen.name == "fp32" and chosen.warning is None
-    assert "emulated" in chosen.reason and not chosen.channels_last  # fp32 on the CPU runs faster in NCHW
+    assert "emulated" in chosen.reason
 
 
 def test_explicit_bf16_without_native_support_runs_with_a_warning_of_its_cost():
@@ -64,16 +64,8 @@ def test_cuda_and_off_do_not_ask_the_cpu(monkeypatch):
     monkeypatch.setattr(prec, "cpu_bf16_support", lambda: pytest.fail("the CPU was queried"))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     cuda = resolve_precision("auto", torch.device("cuda"))
-    assert cuda.dtype == torch.float16 and cuda.needs_scaler and cuda.channels_last
+    assert cuda.dtype == torch.float16 and cuda.needs_scaler
     assert resolve_precision("off", CPU).dtype is None
-
-
-@pytest.mark.parametrize("option, native, expected", [
-    ("auto", True, torch.channels_last), ("auto", False, torch.contiguous_format),
-    (True, False, torch.channels_last), (False, True, torch.contiguous_format)])
-def test_layout_follows_the_precision_unless_forced(option, native, expected):
-    chosen = resolve_precision("auto", CPU, support=NATIVE if native else EMULATED)
-    assert memory_format(option, chosen) == expected
 
 
 def run_python(code: str, **env) -> subprocess.CompletedProcess:
@@ -98,7 +90,7 @@ def test_a_run_prints_and_logs_its_precision(tmp_path, tiny_imagefolder):
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "precision: bf16 on cpu (asked for: amp bf16" in done.stdout
+    assert "precision: bf16 on cpu (asked for: amp bf16" in done.stdout and "; channels-last, " in done.stdout
     [warning] = [line for line in done.stderr.splitlines() if line.startswith("warning: amp bf16")]
     assert "capped at AVX2" in warning
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]

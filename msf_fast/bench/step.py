@@ -21,8 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps per timed block (default 10)")
     parser.add_argument("--repeats", type=int, default=3, help="timed blocks per variant, median (default 3)")
     parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
-                        help="our step's autocast (default auto: bf16 on CUDA and on CPUs with native bf16, else fp32; "
-                             "the layout follows: channels-last with bf16 or on CUDA, NCHW for fp32 on the CPU)")
+                        help="our step's autocast (default auto: bf16 on CUDA and on CPUs with native bf16, else fp32)")
     parser.add_argument("--reference", action="store_true", help="also time the original-style step, print the ratio")
     add_device_argument(parser)
 
@@ -36,15 +35,15 @@ def synthetic_batch(args, device: torch.device):
 
 
 def our_step(args, device: torch.device, amp: str, channels_last, online_view, target_view, labels):
-    """A callable running one of our training steps (amp and layout resolved as the trainer resolves them)."""
+    """A callable running one of our training steps (amp resolved as the trainer resolves it)."""
     from msf_fast.ema import make_ema
     from msf_fast.model import MSF
-    from msf_fast.precision import memory_format, resolve_precision
+    from msf_fast.precision import resolve_precision
     from msf_fast.step import bank_dtype, make_sgd, train_step
 
     torch.manual_seed(0)
     precision = resolve_precision(amp, device)
-    layout = memory_format(channels_last, precision)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     model = MSF(arch=args.arch, bank_size=args.bank_size, topk=args.topk,  # the trainer's choices throughout
                 bank_dtype=bank_dtype("auto", device, precision))
     model = model.to(device, memory_format=layout)
@@ -60,7 +59,7 @@ def step_runners(args, device: torch.device) -> dict:
     from msf_fast.reference import OriginalMeanShift
 
     online_view, target_view, labels = synthetic_batch(args, device)
-    runners = {"msf-fast": our_step(args, device, args.amp, "auto", online_view, target_view, labels)}
+    runners = {"msf-fast": our_step(args, device, args.amp, True, online_view, target_view, labels)}
     if args.reference:
         torch.manual_seed(0)
         reference = OriginalMeanShift(args.arch, mem_bank_size=args.bank_size, topk=args.topk).to(device)
