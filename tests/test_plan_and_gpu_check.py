@@ -88,7 +88,7 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
            "CUDA_VISIBLE_DEVICES": ""}
     env.pop("PYTHONPATH", None)
     done = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--device", "cpu", "--tiny", "--out", str(tmp_path)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)  # a hang guard, not a speed check
     assert done.returncode == 0, done.stderr[-3000:]
     assert "gpu_check summary" in done.stdout
     for check in ("cuda tests", "step", "ema", "bank float32", "bank bfloat16", "augment", "train", "plan",
