@@ -161,7 +161,9 @@ def test_loader_benchmark_runs_the_torchvision_baseline(tiny_imagefolder, capsys
     assert run["backend"] == "torch" and run["images_per_s"] > 0 and run["peak_rss_mb"] > 0
 
 
+@pytest.mark.slow
 def test_loader_benchmark_compares_the_installed_backends(tiny_imagefolder, tmp_path, monkeypatch, capsys):
+    """Slow (a child process per backend, FFCV's compilation, about 30 s): the README's loader ratios come from it."""
     fast = [name for name, module in (("ffcv", "ffcv"), ("dali", "nvidia.dali"))
             if importlib.util.find_spec(module.split(".")[0]) and _importable(module)]
     if not fast:

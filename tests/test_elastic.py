@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +91,9 @@ def test_sigterm_stops_every_rank_at_the_same_step(tiny_imagefolder, tmp_path):
     assert [r["step"] for r in records if r["event"] == "stopped"] == [step]  # one log, rank 0's
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_restarted_and_the_run_ends_as_an_uninterrupted_one(tiny_imagefolder, tmp_path):
+    """Slow (two torchrun jobs, about 45 s): the only check that torchrun's restart resumes step for step."""
     reference = torchrun(tiny_imagefolder, tmp_path / "reference")
     _, stderr = reference.communicate(timeout=300)
     assert reference.returncode == 0, stderr[-3000:]

@@ -82,8 +82,10 @@ def test_plan_cli_rejects_bad_inputs_clearly(capsys):
     assert "images per second per GPU must be positive" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run_on_cpu(tmp_path):
-    """The whole device script with tiny settings, from the repository root, without an install."""
+    """The whole device script with tiny settings, from the repository root, without an install. Slow (about 1 min:
+    each check is a fresh Python process): the script runs where no test can fix it afterwards, on a lent GPU."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "CUDA_VISIBLE_DEVICES": ""}
     env.pop("PYTHONPATH", None)
