@@ -61,7 +61,7 @@ def test_cpu_benchmark_times_each_precision_and_layout_and_rates_auto(native, au
     assert summary["auto"] == auto and summary["native_bf16"] is native and "mocked" in summary["auto_reason"]
     assert summary["fastest"] == max(rates, key=rates.get)
     assert summary["auto_vs_fastest"] == pytest.approx(rates[auto] / max(rates.values()), abs=0.01)
-    assert summary["bf16_vs_fp32"] == pytest.approx(rates["bf16-channels-last"] / rates["fp32-nchw"], abs=0.01)
+    assert summary["bf16_vs_fp32"] == pytest.approx(rates["bf16-channels-last"] / rates["fp32-channels-last"], abs=0.01)
 
 
 # ---- bench augment -----------------------------------------------------------------------------------------
@@ -285,6 +285,9 @@ def test_every_option_has_help_and_a_default(command, capsys):
      "loader: --data /nonexistent/photos: expected an ImageFolder, a .beton or a TFRecord store; found it does not "
      "exist"),
     (["plan", "--images-per-s", "4500", "--gpu", "8"], "unknown option --gpu (did you mean --gpus?)"),
+    (["cpu", "--batch-size", "0"], "--batch-size: must be at least 1, got 0"),
+    (["cpu", "--threads", "-1"], "--threads: must be at least 0, got -1"),
+    (["step", "--steps", "0"], "--steps: must be at least 1, got 0"),
 ])
 def test_a_bench_mistake_is_one_line_before_any_work(argv, expected, capsys):
     with pytest.raises(SystemExit) as stopped:
@@ -292,3 +295,13 @@ def test_a_bench_mistake_is_one_line_before_any_work(argv, expected, capsys):
     assert stopped.value.code == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("python -m msf_fast.bench") and expected in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", [["step"], ["ema"], ["augment"]])
+@pytest.mark.parametrize("device, expected", [("cuda", "--device cuda: no CUDA device is available"),
+                                              ("bogus", "--device bogus: expected auto, cpu, cuda or cuda:N")])
+def test_a_device_that_is_not_there_is_one_line(command, device, expected, capsys):
+    assert bench.main([*command, "--device", device]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert expected in line

@@ -5,21 +5,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import torch
 
-from msf_fast.bench.timing import add_device_argument, interleaved_seconds, peak_rss_mb
-from msf_fast.devices import resolve_device
+from dataset_prep.argument_parser import positive_int
+from msf_fast.bench.timing import add_device_argument, bench_device, interleaved_seconds, peak_rss_mb
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", default="resnet50", help="torchvision ResNet (default resnet50)")
-    parser.add_argument("--batch-size", type=int, default=256, help="images per step (default 256)")
-    parser.add_argument("--resolution", type=int, default=224, help="crop size in pixels (default 224)")
-    parser.add_argument("--bank-size", type=int, default=65536, help="memory bank entries (default 65536)")
-    parser.add_argument("--topk", type=int, default=5, help="neighbours (default 5)")
-    parser.add_argument("--steps", type=int, default=10, help="steps per timed block (default 10)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed blocks per variant, median (default 3)")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="images per step (default 256)")
+    parser.add_argument("--resolution", type=positive_int, default=224, help="crop size in pixels (default 224)")
+    parser.add_argument("--bank-size", type=positive_int, default=65536, help="memory bank entries (default 65536)")
+    parser.add_argument("--topk", type=positive_int, default=5, help="neighbours (default 5)")
+    parser.add_argument("--steps", type=positive_int, default=10, help="steps per timed block (default 10)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed blocks per variant, median (default 3)")
     parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
                         help="our step's autocast (default auto: bf16 on CUDA and on CPUs with native bf16, else fp32)")
     parser.add_argument("--reference", action="store_true", help="also time the original-style step, print the ratio")
@@ -76,10 +77,15 @@ def step_runners(args, device: torch.device) -> dict:
 
 
 def bench_step(args) -> list[dict]:
-    device = resolve_device(args.device)
+    device = bench_device(args.device)
     if args.bank_size % args.batch_size:
         raise ValueError(f"--bank-size {args.bank_size} is not a multiple of --batch-size {args.batch_size}")
     runners = step_runners(args, device)
+    from msf_fast.precision import resolve_precision
+    precision = resolve_precision(args.amp, device)
+    amp_used = precision.name  # what auto resolved to here
+    if precision.warning:
+        print(precision.warning, file=sys.stderr, flush=True)
     for run in runners.values():  # warm-up: allocator, cuDNN autotuning, first-touch
         for _ in range(2):
             run()
@@ -90,7 +96,7 @@ def bench_step(args) -> list[dict]:
         seconds = per_step[name]
         results.append({"bench": "step", "variant": name, "arch": args.arch, "batch": args.batch_size,
                         "resolution": args.resolution, "device": name_of_device,
-                        "amp": args.amp if name == "msf-fast" else "off",
+                        "amp": amp_used if name == "msf-fast" else "off",
                         "ms_per_step": round(1000 * seconds, 2), "images_per_s": round(args.batch_size / seconds, 1)})
         print(json.dumps(results[-1]), flush=True)
     # one process holds every variant, so the peak is the run's, not a variant's
