@@ -24,7 +24,7 @@ from msf_fast.model import RESNETS
 from msf_fast.precision import cpu_amp_choice
 from msf_fast.run_checkpoints import holds_run
 from msf_fast.runlog import TENSORBOARD_INSTALL
-from pipelines import MAX_DATALOADER_WORKERS, data_format, default_workers
+from pipelines import MAX_DATALOADER_WORKERS, data_format, default_torch_threads, default_workers
 from pipelines.recipe import RECIPE_NAMES
 
 
@@ -159,7 +159,9 @@ def declare_schema(config: Config) -> None:
                               "in fp32 after 48 s of compiling, 0.79x in bf16; not yet measured on a GPU)", default=False),
         sync_bn=Param(Flag(), "SyncBatchNorm across ranks (CUDA; default: per-rank statistics, as the original's "
                               "DataParallel)", default=False),
-        threads=Param(NON_NEGATIVE, "torch CPU threads (0 = on CPU the cores left by the loader workers, else torch's default)",
+        threads=Param(NON_NEGATIVE, "torch CPU threads (0: on the CPU the cores the loader workers leave free, half "
+                                   f"the cores when they take all; here {default_torch_threads(default_workers('ffcv'))} "
+                                   "beside data.workers=auto; else torch's default)",
                       default=0),
         resume=Param(str, "continue a run: 'auto' (the run folder's latest good checkpoint if it has one, else start "
                           "fresh) or a checkpoint file ('' = start fresh in a folder without a run)", default=""),

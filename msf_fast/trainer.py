@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 import random
 import sys
 import time
@@ -30,7 +29,7 @@ from msf_fast.schedule import learning_rate, progressive_resolution, scaled_lr
 from msf_fast.precision import resolve_precision
 from msf_fast.step import bank_dtype, make_sgd, resolve_device, train_step
 from msf_fast.throughput import StepClock, TimeSplit
-from pipelines import TwoViewLoader, build_train_loader, two_view_recipe
+from pipelines import TwoViewLoader, build_train_loader, default_torch_threads, two_view_recipe
 
 
 @dataclass
@@ -143,10 +142,7 @@ class Trainer:
             raise UserError(f"train.device={self.cfg.train.device}: {error}") from None
         threads = self.cfg.train.threads
         if not threads and device.type == "cpu":
-            # Leave the loader workers their cores, so a busy loader (JPEG decoding) is never starved by OpenMP
-            # threads; a light loader (the demo's raw pixels) lets train.threads use them all (README, "Precision,
-            # layout and threads").
-            threads = max(1, (os.cpu_count() or 1) - self.cfg.data.workers)
+            threads = default_torch_threads(self.cfg.data.workers)  # README, "Precision, layout and threads"
         if threads:
             torch.set_num_threads(threads)
         return device
@@ -157,7 +153,8 @@ class Trainer:
         if not self.is_main:
             return
         layout = "channels-last" if self.layout == torch.channels_last else "NCHW"
-        threads = f", {torch.get_num_threads()} torch threads" if self.device.type == "cpu" else ""
+        count = torch.get_num_threads()
+        threads = f", {count} torch thread{'s' if count > 1 else ''}" if self.device.type == "cpu" else ""
         print(f"{self.precision.describe()}; {layout}{threads}", flush=True)
         if self.precision.warning:
             print(self.precision.warning, file=sys.stderr, flush=True)

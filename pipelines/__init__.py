@@ -15,15 +15,27 @@ BACKENDS = ("torch", "ffcv", "dali")
 MAX_DATALOADER_WORKERS = 8
 
 
-def default_workers(backend: str) -> int:
-    """Workers that fit the machine: one per core available to this process, the node's cores shared by the
-    processes torchrun starts on it (FFCV's and DALI's threads, and the torchvision DataLoader's processes, at
-    most 8 of those)."""
+def process_cores() -> int:
+    """The cores available to this process, the node's cores shared by the processes torchrun starts on it."""
     import os
 
     from dataset_prep.progress import available_cores
-    cores = max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def default_workers(backend: str) -> int:
+    """Workers that fit the machine: one per core available to this process (FFCV's and DALI's threads, and the
+    torchvision DataLoader's processes, at most 8 of those)."""
+    cores = process_cores()
     return min(MAX_DATALOADER_WORKERS, cores) if backend == "torch" else cores
+
+
+def default_torch_threads(workers: int) -> int:
+    """torch's CPU threads beside `workers` loader workers: the cores they leave free, so a busy loader is not
+    starved by OpenMP threads; when they claim every core (data.workers=auto), half of the cores, so that a
+    compute-bound run does not train on one thread of many."""
+    cores = process_cores()
+    return cores - workers if workers < cores else max(1, cores // 2)
 
 
 def data_format(root: str) -> str:

@@ -97,3 +97,10 @@ def test_a_run_prints_and_logs_its_precision(tmp_path, tiny_imagefolder):
     [setup] = [r for r in records if r["event"] == "setup"]
     assert setup["amp"] == "bf16" and "asked for" in setup["amp_reason"] and setup["channels_last"] is True
     assert setup["device"] == "cpu" and setup["torch_threads"] >= 1
+
+
+@pytest.mark.parametrize("cores, workers, threads", [(2, 2, 1), (2, 1, 1), (32, 32, 16), (32, 8, 24), (1, 1, 1)])
+def test_torch_threads_leave_busy_loader_workers_their_cores(cores, workers, threads, monkeypatch):
+    import pipelines
+    monkeypatch.setattr(pipelines, "process_cores", lambda: cores)
+    assert pipelines.default_torch_threads(workers) == threads
