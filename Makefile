@@ -23,7 +23,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "msf-fast needs Python >= 3.10"; exit 1; }
 	@case "$(CUDA)" in ""|cpu|cu[0-9][0-9]*) ;; *) echo "CUDA=$(CUDA): expected empty (the default wheels), \
-		cu126, cu128, cu130 or cpu (README \"Older NVIDIA drivers\")"; exit 1 ;; esac
+		cu126, cu128, cu130, cu132 or cpu (README \"Older NVIDIA drivers\")"; exit 1 ;; esac
 	@test -x $(PY) || python3 -m venv $(VENV) || { command -v apt-get >/dev/null && \
 		apt-get update -qq && apt-get install -y -qq python3-venv && python3 -m venv $(VENV); }
 	@[ "$$(cat $(VENV)/.cuda 2>/dev/null)" = "$(CUDA)" ] || $(PY) -m pip uninstall -q -y torch torchvision \
