@@ -161,3 +161,17 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     why = f" (CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r} hides the GPUs)" if hidden else ""
     raise RuntimeError(f"device {name}: no CUDA device is available{why}")
+
+
+def device_option(name: str) -> torch.device:
+    """A command's `--device NAME`, resolved as `resolve_device` does; a device that is not there is a UserError
+    naming the option (one line, exit 2), before any work."""
+    try:
+        return resolve_device(name)
+    except UserError:
+        raise
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if not reason.startswith(f"device {name}: "):  # torch's list of every device type it knows
+            reason = "expected auto, cpu, cuda or cuda:N"
+        raise UserError(f"--device {name}: {reason.removeprefix(f'device {name}: ')}") from None

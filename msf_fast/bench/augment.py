@@ -17,7 +17,8 @@ import json
 
 import torch
 
-from msf_fast.bench.timing import add_device_argument, bench_device, interleaved_seconds
+from msf_fast.bench.timing import add_device_argument, interleaved_seconds
+from msf_fast.devices import device_option
 from pipelines.recipe import RECIPE_NAMES, ViewRecipe, two_view_recipe
 
 OUTPUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -82,7 +83,7 @@ def bench_augment(args) -> list[dict]:
         raise ValueError("--batch-size, --resolution, --batches and --repeats must be positive")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = bench_device(args.device)
+    device = device_option(args.device)
     dtype = output_dtype(args.dtype, device)
     recipe = two_view_recipe(args.recipe, args.resolution)
     generator = torch.Generator(device=device).manual_seed(0)

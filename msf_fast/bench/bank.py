@@ -14,7 +14,8 @@ import time
 
 import torch
 
-from msf_fast.bench.timing import add_device_argument, bench_device, peak_rss_mb, synchronize
+from msf_fast.bench.timing import add_device_argument, peak_rss_mb, synchronize
+from msf_fast.devices import device_option
 
 BANK_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SHARED_OPTIONS = ("batch_size", "bank_size", "dim", "topk", "chunk", "repeats", "device", "dtype")
@@ -35,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def measure_variant(args) -> dict:
     """One variant in this process: its median time and its peak extra memory."""
     from msf_fast.bank import MemoryBank
-    device = bench_device(args.device)
+    device = device_option(args.device)
     dtype = BANK_DTYPES[args.dtype]
     torch.manual_seed(0)
     bank = MemoryBank(args.bank_size, args.dim, chunk_size=args.chunk, dtype=dtype).to(device)
@@ -74,7 +75,7 @@ def measure_variant(args) -> dict:
 
 def bench_bank(args) -> list[dict]:
     results = []
-    shared = {**{key: getattr(args, key) for key in SHARED_OPTIONS}, "device": bench_device(args.device)}
+    shared = {**{key: getattr(args, key) for key in SHARED_OPTIONS}, "device": device_option(args.device)}
     for variant in ("chunked", "dense"):
         command = [sys.executable, "-m", "msf_fast.bench.bank", "--variant", variant,
                    *(f"--{key.replace('_', '-')}={value}" for key, value in shared.items())]

@@ -7,7 +7,8 @@ import json
 
 import torch
 
-from msf_fast.bench.timing import add_device_argument, bench_device, interleaved_seconds
+from msf_fast.bench.timing import add_device_argument, interleaved_seconds
+from msf_fast.devices import device_option
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def bench_ema(args) -> list[dict]:
     from msf_fast.ema import ForeachEMA, GraphedEMA, reference_ema_update
     from msf_fast.model import MSF
-    device = bench_device(args.device)
+    device = device_option(args.device)
     model = MSF(arch=args.arch, bank_size=256).to(device)
     ema = ForeachEMA(model.online, model.target)
     variants = {"foreach": lambda: ema.update(0.99),

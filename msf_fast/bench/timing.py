@@ -38,18 +38,3 @@ def add_device_argument(parser) -> None:
     parser.add_argument("--device", default="auto",
                         help="auto, cuda, cuda:N or cpu (default auto: CUDA when torch can use it, else the CPU; it "
                              "stops where NVIDIA GPUs are present that torch cannot use)")
-
-
-def bench_device(name: str):
-    """`--device` resolved like train.device; a device that is not there is a UserError (one line, exit 2)."""
-    from msf_fast.devices import resolve_device
-    from msf_fast.errors import UserError
-    try:
-        return resolve_device(name)
-    except UserError:
-        raise
-    except RuntimeError as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unknown device"
-        if not reason.startswith(f"device {name}: "):  # torch's list of every device type it knows
-            reason = f"device {name}: expected auto, cpu, cuda or cuda:N"
-        raise UserError(f"--{reason}") from None

@@ -93,11 +93,11 @@ def trainer_config(args, folder: str):
 
 def synthetic_loader(cfg, args):
     from msf_fast.precision import resolve_precision
-    from msf_fast.bench.timing import bench_device
+    from msf_fast.devices import device_option
     from pipelines import two_view_recipe
     from pipelines.synthetic import SyntheticTwoViewLoader
 
-    device = bench_device(cfg.train.device)
+    device = device_option(cfg.train.device)
     precision = resolve_precision(cfg.train.amp, device)
     return SyntheticTwoViewLoader(two_view_recipe(cfg.data.recipe, cfg.data.resolution), batch_size=args.batch_size,
                                   steps_per_epoch=args.warmup + args.steps, seed=args.seed, device=device,

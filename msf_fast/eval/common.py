@@ -109,14 +109,8 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
 
 def checked_device(args: argparse.Namespace) -> torch.device:
     """`--device` resolved (auto: CUDA when present), or a UserError naming it, before any work."""
-    from msf_fast.step import resolve_device
-    try:
-        device = resolve_device(args.device)
-    except RuntimeError as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if not reason.startswith(f"device {args.device}: "):  # torch's list of every device type it knows
-            reason = "expected auto, cpu, cuda or cuda:N"
-        raise UserError(f"--device {args.device}: {reason.removeprefix(f'device {args.device}: ')}") from None
+    from msf_fast.devices import device_option
+    device = device_option(args.device)
     if device.type == "cuda":
         count = torch.cuda.device_count()
         if count == 0:
