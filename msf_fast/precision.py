@@ -1,7 +1,6 @@
-"""Precision and memory layout chosen by what the hardware computes natively.
+"""The autocast precision chosen by what the hardware computes natively.
 
-On CUDA, autocast runs in bf16 (fp16 with a GradScaler where the GPU lacks bf16) and channels-last feeds the tensor
-cores. On the CPU, bf16 is fast only where the CPU has bf16 instructions (AMX-BF16: Intel Sapphire Rapids and
+On CUDA, autocast runs in bf16 (fp16 with a GradScaler where the GPU lacks bf16). On the CPU, bf16 is fast only where the CPU has bf16 instructions (AMX-BF16: Intel Sapphire Rapids and
 later; AVX512-BF16: AMD Zen 4 and later, Intel Cooper Lake). Elsewhere (AVX2-only CPUs: Zen 2/3, most laptops,
 older nodes) torch runs bf16 autocast through conversion paths: ResNet-18 training, 32 px, batch 32, one thread,
 measured 5.3x slower than fp32 on an AMD Zen 3, and 4-9x slower with the dispatch capped at AVX2 on a Zen 4

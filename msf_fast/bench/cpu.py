@@ -1,6 +1,7 @@
 """`bench cpu`: the CPU-dependent defaults measured on this CPU, in one process, interleaved: our training step in
 fp32 and bf16 autocast, each in NCHW and channels-last, and what `amp auto` picks here (and why) against the
-fastest variant (the trainer's default layout is channels-last). Run it with `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` to see a CPU without native bf16."""
+fastest variant (the trainer's default layout is channels-last). Run it with
+`ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` to see a CPU without native bf16."""
 from __future__ import annotations
 
 import argparse
@@ -8,8 +9,8 @@ import json
 
 import torch
 
-from dataset_prep.argument_parser import non_negative_int, positive_int
-from msf_fast.bench.step import our_step, synthetic_batch
+from dataset_prep.argument_parser import non_negative_int
+from msf_fast.bench.step import add_step_arguments, our_step, synthetic_batch
 from msf_fast.bench.timing import interleaved_seconds
 
 VARIANTS = {"fp32-nchw": ("off", False), "fp32-channels-last": ("off", True),
@@ -17,15 +18,8 @@ VARIANTS = {"fp32-nchw": ("off", False), "fp32-channels-last": ("off", True),
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", default="resnet18", help="torchvision ResNet")
-    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per step")
-    parser.add_argument("--resolution", type=positive_int, default=64, help="crop size in pixels")
-    parser.add_argument("--bank-size", type=positive_int, default=4096, help="memory bank entries")
-    parser.add_argument("--topk", type=positive_int, default=5, help="neighbours")
+    add_step_arguments(parser, arch="resnet18", batch_size=32, resolution=64, bank_size=4096, steps=3)
     parser.add_argument("--threads", type=non_negative_int, default=0, help="torch threads (0: torch's default here)")
-    parser.add_argument("--steps", type=positive_int, default=3, help="steps per timed block")
-    parser.add_argument("--repeats", type=positive_int, default=3, help="timed blocks per variant, median")
-
 
 def bench_cpu(args) -> list[dict]:
     from msf_fast.precision import cpu_bf16_support, resolve_precision

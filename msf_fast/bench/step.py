@@ -10,17 +10,25 @@ import sys
 import torch
 
 from dataset_prep.argument_parser import positive_int
-from msf_fast.bench.timing import add_device_argument, bench_device, interleaved_seconds, peak_rss_mb
+from msf_fast.bench.timing import add_device_argument, interleaved_seconds, peak_rss_mb
+from msf_fast.devices import device_option
+
+
+def add_step_arguments(parser: argparse.ArgumentParser, arch: str, batch_size: int, resolution: int,
+                       bank_size: int, steps: int) -> None:
+    """The synthetic step's shape and timing options, shared by bench step and bench cpu (the formatter shows the
+    defaults)."""
+    parser.add_argument("--arch", default=arch, help="torchvision ResNet")
+    parser.add_argument("--batch-size", type=positive_int, default=batch_size, help="images per step")
+    parser.add_argument("--resolution", type=positive_int, default=resolution, help="crop size in pixels")
+    parser.add_argument("--bank-size", type=positive_int, default=bank_size, help="memory bank entries")
+    parser.add_argument("--topk", type=positive_int, default=5, help="neighbours")
+    parser.add_argument("--steps", type=positive_int, default=steps, help="steps per timed block")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed blocks per variant, median")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", default="resnet50", help="torchvision ResNet (default resnet50)")
-    parser.add_argument("--batch-size", type=positive_int, default=256, help="images per step (default 256)")
-    parser.add_argument("--resolution", type=positive_int, default=224, help="crop size in pixels (default 224)")
-    parser.add_argument("--bank-size", type=positive_int, default=65536, help="memory bank entries (default 65536)")
-    parser.add_argument("--topk", type=positive_int, default=5, help="neighbours (default 5)")
-    parser.add_argument("--steps", type=positive_int, default=10, help="steps per timed block (default 10)")
-    parser.add_argument("--repeats", type=positive_int, default=3, help="timed blocks per variant, median (default 3)")
+    add_step_arguments(parser, arch="resnet50", batch_size=256, resolution=224, bank_size=65536, steps=10)
     parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
                         help="our step's autocast (default auto: bf16 on CUDA and on CPUs with native bf16, else fp32)")
     parser.add_argument("--reference", action="store_true", help="also time the original-style step, print the ratio")
@@ -77,7 +85,7 @@ def step_runners(args, device: torch.device) -> dict:
 
 
 def bench_step(args) -> list[dict]:
-    device = bench_device(args.device)
+    device = device_option(args.device)
     if args.bank_size % args.batch_size:
         raise ValueError(f"--bank-size {args.bank_size} is not a multiple of --batch-size {args.batch_size}")
     runners = step_runners(args, device)
