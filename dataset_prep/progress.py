@@ -4,6 +4,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
 
 from tqdm import tqdm
@@ -16,9 +17,20 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def progress_bar(total: int, description: str, enabled: bool = True) -> tqdm:
-    return tqdm(total=total, desc=description, unit="img", disable=not enabled, dynamic_ncols=True,
-                smoothing=0.05)
+@contextmanager
+def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator[tqdm]:
+    """A bar (images/s, ETA) that stays drawn when its pass completes; a pass that fails or is interrupted
+    (Ctrl-C, SIGTERM) erases it, so the error line that follows is not printed under a half-drawn bar. (A
+    generator holding the bar is closed with GeneratorExit: a failure only when it had not yielded everything.)"""
+    bar = tqdm(total=total, desc=description, unit="img", disable=not enabled, dynamic_ncols=True, smoothing=0.05)
+    try:
+        yield bar
+    except BaseException as stopped:
+        if not (isinstance(stopped, GeneratorExit) and bar.n >= total):
+            bar.leave = False
+        raise
+    finally:
+        bar.close()
 
 
 def default_sigterm() -> None:
