@@ -17,6 +17,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 _EXIF_ORIENTATION = 0x0112
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+# The shortest side a stored image may have. Below it no crop is worth reading: the evaluation's centre crop of a
+# 1-pixel side is empty (OpenCV aborts on it), a 256x1 strip left by shrinking a 4000x20 panorama holds one row.
+MIN_STORED_SIDE = 8
 
 
 class BadImage(Exception):
@@ -79,6 +82,24 @@ def fitted_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     return max(1, int(ratio * width)), max(1, int(ratio * height))
 
 
+def unusable_size(width: int, height: int, max_side: int) -> str | None:
+    """Why an upright `width` x `height` image cannot be stored (None when it can): after shrinking to `max_side`
+    (the store's --max-resolution, 0: kept) a side is below MIN_STORED_SIDE. Both writers skip such images."""
+    stored = fitted_size(width, height, max_side)
+    if min(stored) >= MIN_STORED_SIDE:
+        return None
+    shrunk = f", {stored[0]}x{stored[1]} after --max-resolution {max_side}" if stored != (width, height) else ""
+    hint = ("; --max-resolution 0 would keep it whole" if shrunk and min(width, height) >= MIN_STORED_SIDE else "")
+    return (f"{width}x{height} pixels{shrunk}: a side under {MIN_STORED_SIDE} pixels, too small for any crop"
+            f"{hint}")
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) once the EXIF orientation is applied, from the header alone."""
+    width, height = image.size
+    return (height, width) if exif_orientation(image) in _TRANSPOSING_ORIENTATIONS else (width, height)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
@@ -123,8 +144,12 @@ def load_rgb(path: str, max_side: int = 0) -> Image.Image:
 
 def stored_jpeg(path: str, max_side: int, quality: int) -> bytes:
     """JPEG bytes for a store: the file itself when it is already an upright RGB JPEG within `max_side`
-    (lossless and fast; still fully decoded once to prove it is intact), else the re-encoded upright RGB image."""
+    (lossless and fast; still fully decoded once to prove it is intact), else the re-encoded upright RGB image.
+    BadImage when it does not decode, or is too small once shrunk (`unusable_size`)."""
     with _open(path) as image:
+        problem = unusable_size(*upright_size(image), max_side)
+        if problem:
+            raise BadImage(problem)
         keep_as_is = (image.format == "JPEG" and image.mode == "RGB" and exif_orientation(image) == 1
                       and fitted_size(*image.size, max_side) == image.size)
     if keep_as_is:

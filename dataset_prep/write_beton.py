@@ -22,7 +22,7 @@ from dataset_prep.conversion import (ConversionError, ConversionReport, run_cli,
                                      select_samples, stored_bytes, write_json, writer_parser)
 from dataset_prep.ffcv_import import FFCVUnavailable, import_ffcv
 from dataset_prep.image_folder import SourceError
-from dataset_prep.images import BadImage, check_image, fitted_size, load_rgb
+from dataset_prep.images import BadImage, check_image, fitted_size, load_rgb, unusable_size
 from dataset_prep.progress import default_sigterm, parallel_map, progress_bar
 from dataset_prep.staging import OutputError, StagedPath
 from dataset_prep.stores import BETON_SUFFIX, beton_manifest_path
@@ -155,7 +155,8 @@ def convert(args) -> None:
         sizes = []
         for sample, (size, reason) in zip(samples, parallel_map(scan_sample, samples, args.workers,
                                                                  f"{PROG} (scan)", args.progress)):
-            if size is None:
+            reason = reason or unusable_size(*size, args.max_resolution)
+            if reason:
                 report.skipped.append((sample[0], reason))
             else:
                 report.written.append(sample)

@@ -141,3 +141,81 @@ def test_mistyped_options_name_the_closest_and_exit_2(writer, source, tmp_path):
     assert len(lines) == 1 and lines[0].startswith(
         f"python -m dataset_prep.{writer}: error: unknown option --max-res (did you mean --max-resolution?)")
     assert not os.path.exists(out)
+
+
+# --- issue 21: images no crop can use; the bar on Ctrl-C --------------------------------------------------------
+
+def write_odd_shapes(source: str) -> dict[str, str]:
+    """A 1x1 PNG, a 4000x20 panorama and a 20x4000 strip beside the clean images: {relative path: size words}."""
+    import numpy as np
+    from PIL import Image
+    shapes = {"ant/dot.png": (1, 1), "bee/panorama.png": (4000, 20), "cat/strip.png": (20, 4000)}
+    for relative, (width, height) in shapes.items():
+        Image.fromarray(np.full((height, width, 3), 90, np.uint8)).save(os.path.join(source, relative))
+    return {"ant/dot.png": "1x1 pixels: a side under 8 pixels, too small for any crop",
+            "bee/panorama.png": "4000x20 pixels, 256x1 after --max-resolution 256: a side under 8 pixels, too small "
+                                "for any crop; --max-resolution 0 would keep it whole",
+            "cat/strip.png": "20x4000 pixels, 1x256 after --max-resolution 256: a side under 8 pixels, too small for "
+                             "any crop; --max-resolution 0 would keep it whole"}
+
+
+@pytest.mark.parametrize("writer, out", [("write_tfrecord", "store"), ("write_beton", "s.beton")])
+def test_images_too_small_for_any_crop_are_skipped_and_named(writer, out, source, tmp_path, capsys,
+                                                             keep_torch_threads):
+    # issue 21 item 5: evaluation on a .beton holding these aborted in OpenCV (SIGABRT), naming no file
+    if writer == "write_beton":
+        pytest.importorskip("ffcv")
+    import json
+    reasons = write_odd_shapes(source)
+    store = str(tmp_path / out)
+    code, lines = run(WRITERS[writer].main, [source, store, "--max-resolution", "256"], capsys)
+    assert code == 0
+    for relative, reason in reasons.items():
+        assert f"{writer}: skipped {relative}: {reason}" in lines
+    manifest = json.load(open(os.path.join(store, "manifest.json") if writer == "write_tfrecord"
+                              else store + ".manifest.json"))
+    assert {entry["path"]: entry["reason"] for entry in manifest["skipped"]} == reasons
+    assert manifest["counts"]["written"] == 12  # every clean image
+    # kept whole (--max-resolution 0: TFRecord's default), the panoramas have sides of 20 pixels: stored
+    if writer == "write_tfrecord":
+        code, lines = run(write_tfrecord.main, [source, str(tmp_path / "whole")], capsys)
+        assert code == 0
+        assert [line for line in lines if ": skipped " in line] == [
+            f"write_tfrecord: skipped ant/dot.png: {reasons['ant/dot.png']}"]
+        assert json.load(open(tmp_path / "whole" / "manifest.json"))["counts"]["written"] == 14
+
+
+def screen(text: str) -> list[str]:
+    """What a terminal shows after `text`: carriage returns overwrite the line, blank lines dropped."""
+    shown = []
+    for raw in text.split("\n"):
+        line = ""
+        for part in raw.split("\r"):
+            line = part + line[len(part):]
+        if line.strip():
+            shown.append(line.rstrip())
+    return shown
+
+
+@pytest.mark.parametrize("writer, out, function", [("write_tfrecord", "store", "encode_sample"),
+                                                   ("write_beton", "s.beton", "scan_sample")])
+def test_ctrl_c_leaves_no_half_drawn_bar_above_its_line(writer, out, function, source, tmp_path, monkeypatch,
+                                                        capsys):
+    # issue 21 item 12: the bar stayed drawn at 40 % above "interrupted; nothing written"
+    module = WRITERS[writer]
+    real, calls = getattr(module, function), []
+
+    def interrupted_at_the_fifth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, function, interrupted_at_the_fifth)
+    code = module.main([source, str(tmp_path / out), "--workers", "1"])  # the bar on; one process
+    err = capsys.readouterr().err
+    assert code == 130
+    assert f"\r{writer}" in err and "0/12" in err  # the bar was drawn
+    assert screen(err)[-1] == f"{writer}: interrupted; nothing written"
+    assert not [line for line in screen(err) if "%|" in line]
+    assert sorted(os.listdir(tmp_path)) == ["clean"]
