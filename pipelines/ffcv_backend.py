@@ -15,6 +15,8 @@ FFCV facts this module works around (ffcv 1.0.2):
   cloned before the next batch is fetched;
 - the order is seeded (`seed + epoch`, sharded like DistributedSampler when distributed), so a resumed run sees
   the same samples in the same batches; the photometric parameters are seeded per (seed, epoch, step, rank);
+- a store larger than memory (`in_memory`) is read without the page cache in a page-aware order
+  (`pipelines.page_order`), which FFCV's process cache can hold a few pages of at a time;
 - numba compiles the pipeline on the first epoch of each Loader in each process (`compile_seconds`).
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pipelines.background import ahead
 from pipelines.batched_augment import BatchedViewAugment
 from pipelines.contract import FirstBatchClock
 from pipelines.ffcv_two_crop import TwoCropDecoder
+from pipelines.page_order import reads_in_memory
 from pipelines.recipe import TwoViewRecipe, ViewRecipe
 from pipelines.sampling import per_sample_seed
 
@@ -66,8 +69,12 @@ class FFCVTwoViewLoader:
 
     def __init__(self, path: str, recipe: TwoViewRecipe, *, batch_size: int, workers: int = 2, seed: int = 0,
                  rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32, decoder: str = "once"):
-        """`decoder`: "once" (one decode, two seeded crops) or "twice" (the stock two-output path)."""
+                 dtype: torch.dtype = torch.float32, decoder: str = "once", in_memory="auto",
+                 pages_at_a_time: int | None = None):
+        """`decoder`: "once" (one decode, two seeded crops) or "twice" (the stock two-output path).
+        `in_memory`: True reads through the page cache in RANDOM order; False reads pages on demand, without the
+        page cache, in the page-aware order, `pages_at_a_time` pages open (default: 2 x batch_size, as FFCV's
+        QUASI_RANDOM); "auto" chooses by the store's size against the memory available."""
         import_ffcv()
         from ffcv.fields.basics import IntDecoder
         from ffcv.loader import Loader, OrderOption
@@ -80,6 +87,12 @@ class FFCVTwoViewLoader:
             raise FileNotFoundError(f"{path}: no such .beton file")
         self.device = torch.device(device)
         self.seed, self.rank, self.batch_size, self.world_size = seed, rank, batch_size, world_size
+        self.in_memory = reads_in_memory(in_memory, path)
+        if self.in_memory:
+            order = OrderOption.RANDOM
+        else:
+            from pipelines.ffcv_page_order import PageOrder
+            order = PageOrder(batch_size, rank, world_size, pages_at_a_time or 2 * batch_size)
         threads = torch.get_num_threads()
         self.decoders: list = []  # the crop decoders (their output size changes with set_resolution)
         if decoder == "once":
@@ -91,8 +104,8 @@ class FFCVTwoViewLoader:
             views = {"online": _view_pipeline(recipe.online, recipe.resolution, self.device, self.decoders),
                      "target": _view_pipeline(recipe.target, recipe.resolution, self.device, self.decoders)}
         self.loader = Loader(
-            path, batch_size=batch_size, num_workers=max(1, workers), order=OrderOption.RANDOM,
-            distributed=world_size > 1, seed=seed, drop_last=True, os_cache=True, batches_ahead=2,
+            path, batch_size=batch_size, num_workers=max(1, workers), order=order,
+            distributed=world_size > 1, seed=seed, drop_last=True, os_cache=self.in_memory, batches_ahead=2,
             pipelines={"image": None, "label": [IntDecoder(), ToTensor(), Squeeze(), *_to_device(self.device)],
                        **views})
         torch.set_num_threads(threads)
