@@ -169,7 +169,8 @@ class Trainer:
                                       workers=data.workers, seed=self.cfg.train.seed, rank=self.rank,
                                       world_size=self.world_size, device=self.device,
                                       dtype=self.precision.dtype if self.device.type == "cuda" else None,
-                                      decoder_device=data.decoder_device, ffcv_decoder=data.ffcv_decoder)
+                                      decoder_device=data.decoder_device, ffcv_decoder=data.ffcv_decoder,
+                                      in_memory=data.in_memory)
         except (OSError, ValueError) as error:  # a missing or empty folder, an unreadable store, too few images
             raise UserError(f"data.train_path: {error}") from None
 

@@ -46,8 +46,9 @@ def data_format(root: str) -> str:
 
 def build_train_loader(backend: str, root: str, recipe: TwoViewRecipe, *, batch_size: int, workers: int, seed: int,
                        rank: int = 0, world_size: int = 1, device="cpu", dtype=None,
-                       decoder_device: str = "auto", ffcv_decoder: str = "once") -> TwoViewLoader:
-    """FFCV augments on `device` (its decoder decodes each image "once" for both views, or "twice"), DALI on the
+                       decoder_device: str = "auto", ffcv_decoder: str = "once", in_memory="auto") -> TwoViewLoader:
+    """FFCV augments on `device` (its decoder decodes each image "once" for both views, or "twice"; `in_memory`:
+    page cache and random order, or uncached pages in a page-aware order, or "auto" by size), DALI on the
     GPU when it decodes there (`decoder_device`); both yield `dtype` (default float32). The torchvision loader
     yields float32 on the CPU (pinned when `device` is CUDA)."""
     import torch
@@ -61,7 +62,7 @@ def build_train_loader(backend: str, root: str, recipe: TwoViewRecipe, *, batch_
         from pipelines.ffcv_backend import FFCVTwoViewLoader
         return FFCVTwoViewLoader(root, recipe, batch_size=batch_size, workers=workers, seed=seed, rank=rank,
                                  world_size=world_size, device=device, dtype=dtype or torch.float32,
-                                 decoder=ffcv_decoder)
+                                 decoder=ffcv_decoder, in_memory=in_memory)
     if backend == "dali":
         from pipelines.dali_backend import DALITwoViewLoader
         return DALITwoViewLoader(root, recipe, batch_size=batch_size, workers=workers, seed=seed, rank=rank,

@@ -145,3 +145,31 @@ def test_the_ffcv_loader_reads_a_rank_in_page_order_and_resumes_mid_epoch(paged_
     assert sum(epoch, []) == expected.tolist()
     assert [labels.tolist() for _, _, labels in loader.iterate(2, skip_batches=3)] == epoch[3:]
     assert sum((labels.tolist() for _, _, labels in loader.iterate(3)), []) != sum(epoch, [])
+
+
+# ---- data.in_memory -----------------------------------------------------------------------------------------
+
+def test_data_in_memory_is_parsed_and_reaches_the_loader(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    from msf_fast import trainer
+    from msf_fast.config import ConfigError, load_config
+
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    argv = [f"--data.train_path={tmp_path / 'train'}", "--train.batch_size=64", "--msf.bank_size=1024",
+            f"--logging.folder={tmp_path / 'run'}"]
+    assert load_config(argv).data.in_memory == "auto"
+    assert [load_config(argv + [f"--data.in_memory={v}"]).data.in_memory for v in ("0", "1", "AUTO")] == \
+        [False, True, "auto"]
+    with pytest.raises(ConfigError, match=r"data\.in_memory"):
+        load_config(argv + ["--data.in_memory=half"])
+
+    built = {}
+    monkeypatch.setattr(trainer, "build_train_loader", lambda *args, **options: built.update(options))
+    cfg = load_config(argv + ["--data.in_memory=0"])
+    host = SimpleNamespace(cfg=cfg, recipe=None, rank=0, world_size=1, device=torch.device("cpu"), is_main=False,
+                           precision=SimpleNamespace(dtype=None))
+    trainer.Trainer.create_loader(host)
+    assert built["in_memory"] is False
