@@ -51,6 +51,50 @@ def _decode(image: Image.Image) -> None:
         raise BadImage(f"undecodable ({type(error).__name__}: {error})") from None
 
 
+# The first bytes of the formats torchvision's ImageFolder lists (IMAGE_EXTENSIONS), and GIF, which PIL reads too.
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*", b"GIF87a", b"GIF89a",
+               b"P1", b"P2", b"P3", b"P4", b"P5", b"P6", b"P7")
+
+
+def file_problem(path: str) -> str | None:
+    """Why `path` is no image at all (None when it may be one), from its first bytes: empty, unreadable, or a
+    format PIL does not recognise (a text or HTML file named .jpg). Cheap (one small read; PIL is asked only about
+    unusual signatures), so a loader can check every file of a folder before it starts; damage past the header
+    (a truncated JPEG) shows only when the image is decoded (`decode_failure`)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(16)
+    except OSError as error:
+        return f"unreadable ({error.strerror or error})"
+    if not head:
+        return "empty file (0 bytes)"
+    if head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return None
+    try:
+        with Image.open(path):
+            return None
+    except Exception as error:
+        return decode_failure(path, error)
+
+
+def decode_failure(path: str, error: Exception) -> str:
+    """The reason, in the writers' words, why decoding `path` raised `error`."""
+    if isinstance(error, UnidentifiedImageError):
+        try:
+            empty = os.path.getsize(path) == 0
+        except OSError:
+            empty = False
+        return "empty file (0 bytes)" if empty else "not an image (format not recognised)"
+    if isinstance(error, Image.DecompressionBombError):
+        return f"too many pixels ({error})"
+    if isinstance(error, OSError):
+        if "truncated" in str(error):
+            return f"truncated ({error})"
+        if error.strerror:  # the file system's error (errno), not the decoder's
+            return f"unreadable ({error.strerror})"
+    return f"undecodable ({type(error).__name__}: {error})"
+
+
 def exif_orientation(image: Image.Image) -> int:
     try:
         return int(image.getexif().get(_EXIF_ORIENTATION, 1))

@@ -2,18 +2,27 @@
 
 It reproduces the original MSF loader (same transforms, same order, PIL Gaussian blur) and is
 the reference for the faster backends' correctness and speed, and their fallback.
+
+A file that is no image is skipped with a note naming it, as the store writers skip it: one that is not an image
+at all (empty, text, an unknown format) is left out of the listing when the folder is listed, so every reader of
+the folder sees the same samples; one that fails later, when decoded (a truncated JPEG), is replaced in its
+training batch by the next image of the listing, and left out of an evaluation pass.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
+import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from PIL import ImageFilter, ImageOps
+from PIL import Image, ImageFilter, ImageOps
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision import datasets, transforms
 
+from dataset_prep.images import decode_failure, file_problem
 from pipelines.contract import FirstBatchClock
 from pipelines.recipe import TwoViewRecipe, ViewRecipe
 from pipelines.sampling import epoch_order, per_sample_seed, rank_batches
@@ -57,12 +66,58 @@ def view_transform(view: ViewRecipe, recipe: TwoViewRecipe) -> transforms.Compos
     return transforms.Compose(ops)
 
 
-def image_folder(root: str, transform=None) -> datasets.ImageFolder:
-    """torchvision's ImageFolder, with the folder named in its errors."""
+class UnreadableImage(Exception):
+    """A listed file that does not decode: its path and why."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def read_rgb(path: str) -> Image.Image:
+    """torchvision's default loader (PIL, converted to RGB), its failures an UnreadableImage naming the file."""
     try:
-        return datasets.ImageFolder(root, transform)
+        with open(path, "rb") as file:
+            return Image.open(file).convert("RGB")
+    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, ... on damaged data
+        raise UnreadableImage(path, decode_failure(path, error)) from None
+
+
+_NOTED: set[str] = set()  # files already named in a note by this process
+
+
+def note_skipped(path: str, reason: str, consequence: str) -> None:
+    """One line on stderr naming a skipped file, once per file and process (rank 0 only under torchrun)."""
+    if path in _NOTED or os.environ.get("RANK", "0") != "0":
+        return
+    _NOTED.add(path)
+    print(f"note: skipped {path}: {reason}; {consequence}", file=sys.stderr, flush=True)
+
+
+def files_that_are_no_images(paths: list[str], threads: int = 8) -> dict[str, str]:
+    """{path: reason} of the files whose first bytes are no image (`file_problem`), read by a few threads."""
+    chunks = [paths[start:start + 4096] for start in range(0, len(paths), 4096)]
+    found = {}
+    with ThreadPoolExecutor(min(threads, max(1, len(chunks)))) as pool:
+        for chunk, reasons in zip(chunks, pool.map(lambda chunk: [file_problem(p) for p in chunk], chunks)):
+            found.update((path, reason) for path, reason in zip(chunk, reasons) if reason)
+    return found
+
+
+def image_folder(root: str, transform=None) -> datasets.ImageFolder:
+    """torchvision's ImageFolder, with the folder named in its errors, without the files that are no image (each
+    named in a note), and decoding failures raised as UnreadableImage."""
+    try:
+        images = datasets.ImageFolder(root, transform, loader=read_rgb)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"{root}: {error}") from None
+    problems = files_that_are_no_images([path for path, _ in images.samples])
+    if problems:
+        for path, reason in problems.items():
+            note_skipped(path, reason, "not listed")
+        images.samples = images.imgs = [sample for sample in images.samples if sample[0] not in problems]
+        images.targets = [label for _, label in images.samples]
+    return images
 
 
 def eval_transform(recipe: TwoViewRecipe) -> transforms.Compose:
@@ -93,7 +148,9 @@ class TwoViewImageFolder(Dataset):
         return len(self.images)
 
     def __getitem__(self, index):
-        image, label = self.images[index]
+        """(online, target, label, skipped path, its reason): a file that failed to decode and whose place the next
+        image of the listing took ('', '' when none), for the loader to note."""
+        image, label, failure = self._readable(index)
         seed = per_sample_seed(self.seed, self.epoch, index)
         if get_worker_info() is None:  # in the main process: leave the caller's RNG streams alone
             python_state = random.getstate()
@@ -102,7 +159,19 @@ class TwoViewImageFolder(Dataset):
             random.setstate(python_state)
         else:
             online, target = self._two_views(image, seed)
-        return online, target, label
+        return online, target, label, failure.path if failure else "", failure.reason if failure else ""
+
+    def _readable(self, index: int):
+        """The sample at `index`, or, when its file does not decode, the next one of the listing that does (so the
+        batch keeps its size and the epoch its batches), and the failure (None when none)."""
+        failure = None
+        for offset in range(len(self.images)):
+            try:
+                image, label = self.images[(index + offset) % len(self.images)]
+                return image, label, failure
+            except UnreadableImage as error:
+                failure = failure or error
+        raise ValueError(f"{self.images.root}: no image decodes ({failure})")
 
     def _two_views(self, image, seed):
         torch.manual_seed(seed)
@@ -140,16 +209,39 @@ class TorchvisionTwoViewLoader:
                                self.rank, self.world_size)[skip_batches:]
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers,
                             pin_memory=self.pin_memory, prefetch_factor=4 if self.workers else None)
-        for online, target, labels in loader:
+        for online, target, labels, skipped, reasons in loader:
             clock.batch_arrived()
+            for path, reason in zip(skipped, reasons):
+                if path:
+                    note_skipped(path, reason, "the next image of the listing takes its place in the batch")
             yield (online.contiguous(memory_format=torch.channels_last),
                    target.contiguous(memory_format=torch.channels_last), labels)
+
+
+class ReadableSamples(Dataset):
+    """The samples of `images` at `order`, each as (image, label, index, skipped path, its reason): a file that
+    fails to decode gives a blank image and its path, for the loader to leave out."""
+
+    def __init__(self, images: datasets.ImageFolder, order: list[int], blank: torch.Tensor):
+        self.images, self.order, self.blank = images, order, blank
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, position: int):
+        index = self.order[position]
+        try:
+            image, label = self.images[index]
+            return image, label, index, "", ""
+        except UnreadableImage as error:
+            return self.blank, -1, index, error.path, error.reason
 
 
 class TorchvisionImageLoader:
     """(images, labels) of an ImageFolder (or of its `indices`, or of a seeded balanced subset of `per_class`
     images per class): the evaluation transform in file order, or with `view` (a ViewRecipe) random crops in a
-    new order seeded by (`shuffle_seed`, pass) on every pass. NCHW float32 in channels-last memory."""
+    new order seeded by (`shuffle_seed`, pass) on every pass. NCHW float32 in channels-last memory.
+    A file that fails to decode is left out of the pass, named in a note; `left_out` maps its index to why."""
 
     def __init__(self, root: str, recipe: TwoViewRecipe, *, batch_size: int, workers: int = 2, indices=None,
                  view: ViewRecipe | None = None, shuffle_seed: int | None = None, per_class: int = 0, seed: int = 0):
@@ -164,6 +256,8 @@ class TorchvisionImageLoader:
         self.num_samples = len(self.indices)
         self.batch_size, self.workers, self.shuffle_seed = batch_size, workers, shuffle_seed
         self.passes = 0
+        self.blank = torch.zeros(3, recipe.resolution, recipe.resolution)
+        self.left_out: dict[int, str] = {}
 
     def __len__(self) -> int:
         return -(-self.num_samples // self.batch_size)
@@ -173,7 +267,16 @@ class TorchvisionImageLoader:
         if self.shuffle_seed is not None:
             order = order[epoch_order(self.num_samples, self.passes, self.shuffle_seed)]
         self.passes += 1
-        loader = DataLoader(torch.utils.data.Subset(self.dataset, order.tolist()), batch_size=self.batch_size,
+        loader = DataLoader(ReadableSamples(self.dataset, order.tolist(), self.blank), batch_size=self.batch_size,
                             num_workers=self.workers)
-        for images, labels in loader:
+        for images, labels, indices, skipped, reasons in loader:
+            failed = [row for row, path in enumerate(skipped) if path]
+            if failed:
+                for row in failed:
+                    note_skipped(skipped[row], reasons[row], "left out of the evaluation")
+                    self.left_out[int(indices[row])] = reasons[row]
+                kept = torch.tensor([bool(not path) for path in skipped])
+                images, labels = images[kept], labels[kept]
+                if not len(labels):
+                    continue
             yield images.contiguous(memory_format=torch.channels_last), labels

@@ -7,6 +7,7 @@ import dataclasses
 import math
 import os
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -103,6 +104,9 @@ class ProbeRun:
     def extract(self) -> "ProbeRun":
         self.backbone = self.checkpoint.backbone().to(self.device)
         self.train_features, self.train_labels = self._features(self.train_loader)
+        # the sample index of each feature row: an ImageFolder's file that failed to decode left no row
+        left_out = getattr(self.train_loader.loader, "left_out", {})
+        self.rows = np.array([i for i in range(self.train_loader.num_samples) if i not in left_out], dtype=np.int64)
         self.val_features, self.val_labels = self._features(self.val_loader)
         self.standardizer = feature_standardizer(self.train_features)  # the whole training set's, for every probe
         return self
@@ -111,10 +115,12 @@ class ProbeRun:
         return extract_features(self.backbone, loader, self.device, self.amp, normalize=False)
 
     def train(self, indices=None, title: str = "linear probe") -> dict:
-        """A probe standardised with the whole training set's features, trained on `indices` (default all)."""
+        """A probe standardised with the whole training set's features, trained on the samples `indices` (default
+        all)."""
         from pipelines import build_probe_loader
         args = self.args
-        chosen = slice(None) if indices is None else torch.as_tensor(indices, device=self.train_labels.device)
+        chosen = (slice(None) if indices is None
+                  else torch.as_tensor(np.searchsorted(self.rows, indices), device=self.train_labels.device))
         if args.mode == "cached":
             batches = cached_batches(self.train_features[chosen], self.train_labels[chosen],
                                      self.settings.batch_size, self.settings.seed)
@@ -161,10 +167,11 @@ def run_semi(args) -> dict:
     run.extract()
     folder = output_folder(args, args.ckpt)
     if listed is not None:
+        listed = listed[np.isin(listed, run.rows)]  # a listed file that failed to decode was named in a note
         subsets = {args.subset_file: listed}
     else:
         labels = run.train_labels.cpu().numpy()
-        subsets = {f"{fraction:g}": balanced_subset(labels, seed=args.seed, fraction=fraction)
+        subsets = {f"{fraction:g}": run.rows[balanced_subset(labels, seed=args.seed, fraction=fraction)]
                    for fraction in args.fractions or DEFAULT_FRACTIONS}
     names = None if args.subset_file else sample_names(args.train)  # the folder listed once for every subset
     results, rows = {}, []
