@@ -173,3 +173,22 @@ def test_data_in_memory_is_parsed_and_reaches_the_loader(tmp_path, monkeypatch):
                            precision=SimpleNamespace(dtype=None))
     trainer.Trainer.create_loader(host)
     assert built["in_memory"] is False
+
+
+# ---- bench order ------------------------------------------------------------------------------------------
+
+def test_bench_order_counts_page_loads_of_a_bounded_reader():
+    from msf_fast.bench.order import lru_page_loads
+
+    assert lru_page_loads(np.array([0, 0, 1, 0, 2, 1, 0]), capacity=2) == 5  # loads 0, 1, 2 (1 out), 1 (0 out), 0
+    assert lru_page_loads(np.array([0, 0, 1, 0, 2, 1, 0]), capacity=3) == 3
+
+
+def test_bench_order_refuses_a_missing_store_in_one_line(capsys):
+    from msf_fast.bench.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["order", "--beton", "/nonexistent/store.beton"])
+    assert stopped.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "--beton /nonexistent/store.beton: no such file" in line

@@ -8,6 +8,7 @@
     python -m msf_fast.bench train  (--synthetic | --data PATH [--backend auto]) [--arch resnet50 --steps 50 ...]
     python -m msf_fast.bench loader --data IMAGEFOLDER [--backend torch ffcv dali] [--compare] [--recipe w/s] ...
     python -m msf_fast.bench plan   --images-per-s 4500 --gpus 8 [--epochs 200 --loader-images-per-s Y ...]
+    python -m msf_fast.bench order  [--beton STORE --batch-size 16 --world-size 2 --imagenet-layout]
 
 `bank` times the memory-bank search + loss gather against the original's dense formulation, each variant in
 its own process so that its peak extra memory (above the bank itself) is measured. `train` runs the real trainer
@@ -20,7 +21,7 @@ import argparse
 import sys
 
 from dataset_prep.argument_parser import OneLineParser
-from msf_fast.bench import augment, bank, cpu, ema, loader, plan, step, train
+from msf_fast.bench import augment, bank, cpu, ema, loader, order, plan, step, train
 from msf_fast.errors import UserError
 
 COMMANDS = {
@@ -35,6 +36,8 @@ COMMANDS = {
                                         "images/s and the data-wait share, in one run; which side bounds it"),
     "loader": (loader, loader.bench_loader, "two-view loader throughput: torchvision (the baseline) vs FFCV vs DALI"),
     "plan": (plan, plan.print_plan, "wall time of a whole run from a per-GPU step rate (nothing is measured)"),
+    "order": (order, order.bench_order, "bytes read per epoch without the page cache: RANDOM vs the page-aware "
+                                        "order (data.in_memory=0)"),
 }
 
 
