@@ -57,6 +57,35 @@ def manifest_classes(store: str) -> list[str] | None:
     return [name for name, _ in sorted(classes.items(), key=lambda item: item[1])]
 
 
+def images_source(path: str) -> str | None:
+    """The folder whose images `path` holds, resolved: an ImageFolder itself, a store the source folder its
+    manifest names (None for a store without one)."""
+    if path_kind(path) == IMAGE_FOLDER:
+        return os.path.realpath(path)
+    source = (read_manifest(path) or {}).get("source")
+    return os.path.realpath(source) if isinstance(source, str) and source else None
+
+
+def same_images(first: str, second: str) -> str | None:
+    """How `first` and `second` hold the same images, in words for a message (None when, as far as the paths and
+    the stores' manifests tell, they do not): one path, a store and the folder it was written from, or two stores
+    written from one folder (a --limit store holds some of its images: the same for a held-out set)."""
+    if os.path.realpath(first) == os.path.realpath(second):
+        return "the same data"
+    source = images_source(first)
+    if source is None or source != images_source(second):
+        return None
+    if path_kind(first) == IMAGE_FOLDER or path_kind(second) == IMAGE_FOLDER:
+        store = second if path_kind(first) == IMAGE_FOLDER else first
+        return f"the same images ({store} was written from {source})"
+    return f"the same images (both stores were written from {source})"
+
+
+def store_split(path: str) -> str | None:
+    """The split a store was written as ("train", or "val" with the writers' --val), from its manifest."""
+    return None if path_kind(path) == IMAGE_FOLDER else (read_manifest(path) or {}).get("split")
+
+
 # --- checks: what is wrong with a path, in one line that says how to fix it --------------------------------
 # FFCV 1.0.2's file layout (ffcv/types.py): a header, field descriptors, per-sample metadata, the samples' pages,
 # then the allocation table (sample_id, ptr, size per stored field value) from `alloc_table_ptr` to the end.

@@ -329,6 +329,7 @@ def validate_data(cfg) -> None:
             problem = data_problem(path)
             if problem:
                 raise ConfigError(f"{name}={path}: {problem}")
+    check_held_out(cfg)
     path = cfg.data.train_path
     backend, stored_as = resolve_backend(cfg.data.backend, path), data_format(path)
     if backend == stored_as:
@@ -340,6 +341,33 @@ def validate_data(cfg) -> None:
     writer, output = ("write_beton", "OUT.beton") if backend == "ffcv" else ("write_tfrecord", "OUT_DIR")
     raise ConfigError(f"data.backend={backend} reads a {KINDS[backend]}, and {path} is a {KINDS[stored_as]}: write "
                       f"one with python -m dataset_prep.{writer} {source} {output}, or use data.backend=auto")
+
+
+def check_held_out(cfg) -> None:
+    """The k-NN monitor's held-out images are not the images it searches (refused: each would find itself) and
+    should not be the training images; a store written with --val should not be trained on (one-line warnings)."""
+    import sys
+
+    from dataset_prep.stores import same_images, store_split
+    warnings = []
+    data, memory = cfg.data, cfg.eval.knn_memory_path or cfg.data.train_path
+    if data.val_path and (cfg.eval.knn_every or cfg.eval.knn_final):
+        how = same_images(data.val_path, memory)
+        if how:
+            searched = "eval.knn_memory_path" if cfg.eval.knn_memory_path else "data.train_path"
+            raise ConfigError(f"data.val_path={data.val_path} and {searched}={memory} hold {how}: each held-out image "
+                              "of the k-NN monitor would find itself among the images it searches (top-1 1.0 at k = "
+                              "1); give held-out images, or data.val_path='' for no monitor")
+        how = same_images(data.val_path, data.train_path)
+        if how:
+            warnings.append(f"data.val_path={data.val_path} and data.train_path={data.train_path} hold {how}: the "
+                            "k-NN monitor scores images the network trains on, which inflates it")
+    if store_split(data.train_path) == "val":
+        warnings.append(f"data.train_path={data.train_path} was written as a validation split (--val: its manifest "
+                        "says \"split\": \"val\"): the run trains on held-out images")
+    if os.environ.get("RANK", "0") == "0":  # torchrun: said once
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
 
 
 KINDS = {"torch": "ImageFolder", "ffcv": ".beton", "dali": "TFRecord store"}

@@ -25,7 +25,7 @@ from dataset_prep.argument_parser import OneLineParser, positive_int
 from msf_fast.checkpoint import read_checkpoint
 from msf_fast.errors import UserError
 from msf_fast.eval.common import (add_data_options, amp_dtype, check_output_folder, checked_device, open_eval_data,
-                                  output_folder)
+                                  output_folder, same_images)
 from msf_fast.eval.knn import SEARCHES, faiss_available, knn_evaluation
 from msf_fast.eval.report import markdown_table, write_section
 
@@ -43,6 +43,10 @@ def run_knn(args) -> dict:
     train = open_eval_data(args, "--train", args.train, recipe, "knn: train features")
     val = open_eval_data(args, "--val", args.val, recipe, "knn: val features")
     check_same_classes(train, f"--train {args.train}", val, f"--val {args.val}")
+    overlap = same_images("--train", args.train, "--val", args.val)
+    if overlap:
+        raise UserError(f"{overlap}: each held-out image would find itself among the searched ones (top-1 1.0 at "
+                        "k = 1); give --val held-out images")
     if max(args.k) > train.num_samples:
         raise UserError(f"--k {max(args.k)}: the memory set --train {args.train} has only {train.num_samples} "
                         f"images; give --k values of at most {train.num_samples}")

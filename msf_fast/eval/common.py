@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -91,6 +92,22 @@ def open_eval_data(args: argparse.Namespace, option: str, path: str, recipe, tit
         raise UserError(f"{option} {path}: {problem}")
     loader = build_eval_loader(str(path), recipe, batch_size=args.batch_size, workers=workers(args, path))
     return WithProgress(loader, title, not args.no_progress)
+
+
+def same_images(first_option: str, first: str, second_option: str, second: str) -> str | None:
+    """"--train A and --val B hold the same data" (or the same images: a store and the folder it was written from,
+    two stores of one folder), or None when they do not."""
+    from dataset_prep.stores import same_images as how_same
+    how = how_same(str(first), str(second))
+    return f"{first_option} {first} and {second_option} {second} hold {how}" if how else None
+
+
+def warn(args: argparse.Namespace, message: str) -> None:
+    print(f"eval {args.command}: warning: {message}", file=sys.stderr, flush=True)
+
+
+def note(args: argparse.Namespace, message: str) -> None:
+    print(f"eval {args.command}: note: {message}", file=sys.stderr, flush=True)
 
 
 def workers(args: argparse.Namespace, path: str) -> int:

@@ -15,7 +15,7 @@ from dataset_prep.argument_parser import non_negative_int, positive_int
 from msf_fast.checkpoint import read_checkpoint
 from msf_fast.errors import UserError
 from msf_fast.eval.common import (add_data_options, amp_dtype, check_output_folder, checked_device, open_eval_data,
-                                  output_folder, workers)
+                                  output_folder, same_images, warn, workers)
 from msf_fast.eval.knn import extract_features
 from msf_fast.eval.linear_probe import (ProbeSettings, augmented_batches, cached_batches, feature_standardizer,
                                         probe_with, train_probe)
@@ -98,6 +98,10 @@ class ProbeRun:
         self.train_loader = open_eval_data(args, "--train", args.train, self.recipe, "train features")
         self.val_loader = open_eval_data(args, "--val", args.val, self.recipe, "val features")
         check_same_classes(self.train_loader, f"--train {args.train}", self.val_loader, f"--val {args.val}")
+        overlap = same_images("--train", args.train, "--val", args.val)
+        if overlap:
+            warn(args, f"{overlap}: the probe is scored on images it was trained on, which measures its fit, not "
+                       "how it generalises; give --val held-out images")
         self.classes = list(self.train_loader.classes)
         self.num_classes = len(self.classes)
 

@@ -22,7 +22,8 @@ from torch import nn
 from dataset_prep.argument_parser import positive_int
 from msf_fast.checkpoint import read_checkpoint
 from msf_fast.errors import UserError
-from msf_fast.eval.common import add_data_options, check_output_folder, checked_device, open_eval_data, output_folder
+from msf_fast.eval.common import (add_data_options, check_output_folder, checked_device, open_eval_data,
+                                  output_folder, same_images, warn)
 from msf_fast.eval.figures.analyses import cluster_purity, embedding_method, kmeans, sample_cluster_rows
 from msf_fast.eval.figures.drawing import (clusters_figure, neighbours_figure, same_class_share, save_png,
                                            tsne_figure)
@@ -145,6 +146,10 @@ def run_neighbours(args) -> dict:
     if not from_gallery:
         query_loader, _ = open_images(args, "--queries-from", query_source)
         check_same_classes(query_loader, f"--queries-from {query_source}", gallery_loader, f"--data {args.data}")
+        overlap = same_images("--queries-from", query_source, "--data", args.data)
+        if overlap:
+            warn(args, f"{overlap}: each query finds itself among its neighbours; give --queries-from the path of "
+                       "--data (a query is then never its own neighbour) or held-out images")
     if args.queries > query_loader.num_samples:
         raise UserError(f"--queries {args.queries}: {query_source} has only {query_loader.num_samples} images")
     searchable = gallery_loader.num_samples - (1 if from_gallery else 0)

@@ -1,0 +1,125 @@
+"""Results that cannot mean what they seem (issue 21, items 10-12): held-out images that are the training or searched
+images, evaluation defaults that do not fit a small set, and the lines and records that say what was evaluated."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from msf_fast import eval as evaluation
+from msf_fast import export
+from msf_fast.checkpoint import Checkpoint
+from msf_fast.config import ConfigError, load_config
+from msf_fast.model import MSF
+
+FAST = ["--resolution", "32", "--workers", "0", "--batch-size", "32", "--device", "cpu", "--no-progress"]
+
+
+class WorkStarted(Exception):
+    pass
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Stops a command where it would build a backbone (the step before feature extraction)."""
+    def refuse(self):
+        raise WorkStarted
+    monkeypatch.setattr(Checkpoint, "backbone", refuse)
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "backbone.pth"
+    torch.save(export.backbone_state_dict(MSF("resnet18", bank_size=32, topk=5, small_input=True)), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def stores(tiny_imagefolder, tmp_path_factory) -> dict[str, str]:
+    """TFRecord stores of the tiny training folder: as a training split, and as a validation split (--val)."""
+    from dataset_prep import write_tfrecord
+    root = tmp_path_factory.mktemp("stores")
+    train = str(tiny_imagefolder / "train")
+    for name, options in (("train_store", []), ("val_store", ["--val"])):
+        assert write_tfrecord.main([train, str(root / name), "--workers", "1", "--no-progress", *options]) == 0
+    return {"train": str(root / "train_store"), "val": str(root / "val_store")}
+
+
+def run(main, argv, capsys) -> tuple[int, list[str]]:
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+# --- item 10: evaluating on the training data ----------------------------------------------------------------
+
+def config(tmp_path, train, *options):
+    return load_config([f"--data.train_path={train}", "--train.batch_size=16", "--msf.bank_size=64",
+                        f"--logging.folder={tmp_path / 'run'}", *options])
+
+
+def test_the_monitor_refuses_held_out_images_that_it_searches(tiny_imagefolder, stores, tmp_path):
+    train = str(tiny_imagefolder / "train")
+    with pytest.raises(ConfigError) as refused:
+        config(tmp_path, train, f"--data.val_path={train}")
+    assert str(refused.value) == (
+        f"data.val_path={train} and data.train_path={train} hold the same data: each held-out image of the k-NN "
+        "monitor would find itself among the images it searches (top-1 1.0 at k = 1); give held-out images, or "
+        "data.val_path='' for no monitor")
+    # the same images in another format: a store written from the training folder
+    with pytest.raises(ConfigError, match=rf"hold the same images \({stores['train']} was written from "):
+        config(tmp_path, train, f"--data.val_path={stores['train']}")
+    # without a monitor, val_path is not read: nothing to refuse
+    config(tmp_path, train, f"--data.val_path={train}", "--eval.knn_final=0", "--eval.knn_every=0")
+
+
+def test_training_images_as_held_out_beside_another_memory_set_is_a_warning(tiny_imagefolder, tmp_path, capsys):
+    train, other = str(tiny_imagefolder / "train"), str(tiny_imagefolder / "val")
+    config(tmp_path, train, f"--data.val_path={train}", f"--eval.knn_memory_path={other}")
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: data.val_path={train} and data.train_path={train} hold the same data: the k-NN monitor scores "
+        "images the network trains on, which inflates it"]
+
+
+def test_training_on_a_store_written_as_a_validation_split_is_a_warning(tiny_imagefolder, stores, tmp_path, capsys):
+    config(tmp_path, stores["val"], f"--data.val_path={tiny_imagefolder / 'val'}")
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: data.train_path={stores['val']} was written as a validation split (--val: its manifest says "
+        "\"split\": \"val\"): the run trains on held-out images"]
+    config(tmp_path, stores["train"], f"--data.val_path={tiny_imagefolder / 'val'}")
+    assert capsys.readouterr().err == ""
+
+
+def test_eval_knn_refuses_the_searched_images_as_held_out(backbone, tiny_imagefolder, stores, no_work, capsys):
+    train = str(tiny_imagefolder / "train")
+    assert run(evaluation.main, ["knn", "--ckpt", backbone, "--train", train, "--val", train, *FAST], capsys) == (2, [
+        f"eval knn: error: --train {train} and --val {train} hold the same data: each held-out image would find "
+        "itself among the searched ones (top-1 1.0 at k = 1); give --val held-out images"])
+    code, lines = run(evaluation.main, ["knn", "--ckpt", backbone, "--train", stores["train"], "--val", train, *FAST],
+                      capsys)
+    assert code == 2 and len(lines) == 1 and f"hold the same images ({stores['train']} was written from " in lines[0]
+
+
+def test_eval_linear_warns_when_it_is_scored_on_its_training_images(backbone, tiny_imagefolder, no_work, capsys):
+    train = str(tiny_imagefolder / "train")
+    with pytest.raises(WorkStarted):
+        evaluation.main(["linear", "--ckpt", backbone, "--train", train, "--val", train, *FAST])
+    assert capsys.readouterr().err.splitlines() == [
+        f"eval linear: warning: --train {train} and --val {train} hold the same data: the probe is scored on images it "
+        "was trained on, which measures its fit, not how it generalises; give --val held-out images"]
+
+
+def test_eval_neighbours_warns_when_the_queries_are_gallery_images_in_another_form(backbone, tiny_imagefolder,
+                                                                                 stores, no_work, capsys):
+    train = str(tiny_imagefolder / "train")
+    with pytest.raises(WorkStarted):
+        evaluation.main(["neighbours", "--ckpt", backbone, "--data", stores["train"], "--queries-from", train, *FAST])
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"eval neighbours: warning: --queries-from {train} and --data {stores['train']} hold the same images (")
+    assert lines[0].endswith(": each query finds itself among its neighbours; give --queries-from the path of --data "
+                             "(a query is then never its own neighbour) or held-out images")
