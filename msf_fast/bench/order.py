@@ -183,29 +183,37 @@ def imagenet_layout(seed: int, batch_size: int = 256, world_size: int = 8) -> li
 def synthetic_store(classes: int, per_class: int, size=(160, 120)) -> str:
     """A store written by write_beton (class order, its default write mode) from synthetic JPEGs: smooth random
     colour fields with noise."""
+    import shutil
     import subprocess
+    import tempfile
 
     from PIL import Image
 
+    from dataset_prep.stores import beton_problem
     from msf_fast.bench.loader import child_env
 
     name = f"order-{classes}x{per_class}-{size[0]}x{size[1]}"
     store = os.path.join(STORES, name + ".beton")
-    if os.path.isfile(store):
+    if os.path.isfile(store) and beton_problem(store) is None:
         print(f"bench order: reusing {store}", file=sys.stderr, flush=True)
         return store
-    source = os.path.join(STORES, name + "-src")
-    y, x = np.mgrid[0:size[1], 0:size[0]] / max(size)
-    for c in range(classes):
-        os.makedirs(os.path.join(source, f"c{c:04d}"), exist_ok=True)
-        for i in range(per_class):
-            rng = np.random.default_rng([c, i])
-            a, b, phase = rng.uniform(-3, 3, (3, 3))
-            pixels = 128 + 90 * np.sin(a * x[..., None] + b * y[..., None] + phase) + rng.normal(0, 12, (*y.shape, 3))
-            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
-                os.path.join(source, f"c{c:04d}", f"{i:05d}.jpg"), quality=90)
-    done = subprocess.run([sys.executable, "-m", "dataset_prep.write_beton", source, store, "--no-progress"],
-                          capture_output=True, text=True, env=child_env())
+    os.makedirs(STORES, exist_ok=True)
+    source = tempfile.mkdtemp(prefix=name + "-src-", dir=STORES)
+    try:
+        y, x = np.mgrid[0:size[1], 0:size[0]] / max(size)
+        for c in range(classes):
+            os.makedirs(os.path.join(source, f"c{c:04d}"), exist_ok=True)
+            for i in range(per_class):
+                rng = np.random.default_rng([c, i])
+                a, b, phase = rng.uniform(-3, 3, (3, 3))
+                pixels = (128 + 90 * np.sin(a * x[..., None] + b * y[..., None] + phase)
+                          + rng.normal(0, 12, (*y.shape, 3)))
+                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
+                    os.path.join(source, f"c{c:04d}", f"{i:05d}.jpg"), quality=90)
+        done = subprocess.run([sys.executable, "-m", "dataset_prep.write_beton", source, store, "--no-progress"],
+                              capture_output=True, text=True, env=child_env())
+    finally:
+        shutil.rmtree(source)
     print(done.stdout + done.stderr, end="", file=sys.stderr)
     if done.returncode:
         raise SystemExit(f"bench order: could not write {store}")
