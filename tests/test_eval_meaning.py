@@ -123,3 +123,84 @@ def test_eval_neighbours_warns_when_the_queries_are_gallery_images_in_another_fo
         f"eval neighbours: warning: --queries-from {train} and --data {stores['train']} hold the same images (")
     assert lines[0].endswith(": each query finds itself among its neighbours; give --queries-from the path of --data "
                              "(a query is then never its own neighbour) or held-out images")
+
+
+# --- item 11: defaults that fit the data, results that say when they cannot mean anything -------------------------
+
+@pytest.fixture(scope="module")
+def four_images(tiny_imagefolder, tmp_path_factory) -> str:
+    """One image of each of the tiny set's 4 classes."""
+    import shutil
+    root = tmp_path_factory.mktemp("four") / "data"
+    for label in range(4):
+        (root / f"class_{label}").mkdir(parents=True)
+        shutil.copy(tiny_imagefolder / "val" / f"class_{label}" / "0.jpg", root / f"class_{label}" / "0.jpg")
+    return str(root)
+
+
+def result_of(main, argv, capsys) -> tuple[int, dict, list[str]]:
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, json.loads(captured.out) if code == 0 else {}, captured.err.strip().splitlines()
+
+
+def test_clusters_default_to_the_classes_of_a_small_set_and_report_the_purity_floor(backbone, tiny_imagefolder,
+                                                                                  tmp_path, capsys):
+    # 24 images: the default made 24 clusters, one image each, and reported purity 1.0
+    val = str(tiny_imagefolder / "val")
+    code, result, lines = result_of(evaluation.main, ["clusters", "--ckpt", backbone, "--data", val, "--thumb", "8",
+                                                      "--out", str(tmp_path), *FAST], capsys)
+    assert code == 0
+    assert lines == ["eval clusters: note: 4 clusters, one per class of the 24 images clustered (fewer than the "
+                     "default --clusters 100)"]
+    assert (result["images"], result["clusters"]) == (24, 4)
+    assert result["purity_floor"] == [0.25] and 0.25 <= result["purity"][0] <= 1.0  # the largest class: 6 of 24
+    assert "| checkpoint | purity | floor |" in (tmp_path / "report.md").read_text()
+
+
+def test_purity_floor_says_when_purity_cannot_mean_anything():
+    import numpy as np
+
+    from msf_fast.eval.figures.analyses import cluster_purity, purity_floor
+    one_class = np.zeros(6, dtype=np.int64)
+    assignments = np.array([0, 0, 1, 1, 2, 2])
+    assert purity_floor(assignments, one_class) == cluster_purity(assignments, one_class) == 1.0
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    assert purity_floor(assignments, labels) == 0.5 == cluster_purity(assignments, labels)  # the worst clustering
+    assert purity_floor(np.arange(6), labels) == 1.0  # one image per cluster
+
+
+def test_tsne_shows_every_class_of_a_set_with_fewer_than_the_default(backbone, tiny_imagefolder, no_work, capsys):
+    # refused before with "--classes 10: ... has only 4 classes", though --classes was never typed
+    val = str(tiny_imagefolder / "val")
+    with pytest.raises(WorkStarted):  # past every check (the embedding itself is test_figures')
+        evaluation.main(["tsne", "--ckpt", backbone, "--data", val, *FAST])
+    assert capsys.readouterr().err.splitlines() == [
+        f"eval tsne: note: all 4 classes of {val} (fewer than the default --classes 10)"]
+
+
+def test_neighbours_defaults_fit_a_small_gallery(backbone, four_images, tmp_path, capsys):
+    code, result, lines = result_of(evaluation.main, ["neighbours", "--ckpt", backbone, "--data", four_images,
+                                                      "--thumb", "8", "--out", str(tmp_path), *FAST], capsys)
+    assert code == 0
+    assert lines == [
+        f"eval neighbours: note: 4 queries, every image of {four_images} (fewer than the default --queries 6)",
+        f"eval neighbours: note: 3 neighbours per query, every image of the gallery {four_images} (a query is not "
+        "its own neighbour) (fewer than the default --k 8)"]
+    assert (len(result["queries"]), result["k"]) == (4, 3)
+
+
+def test_knn_default_k_fits_a_small_memory_set_and_a_k_of_all_of_it_is_a_warning(backbone, four_images,
+                                                                                tiny_imagefolder, tmp_path, capsys):
+    val = str(tiny_imagefolder / "val")
+    argv = ["knn", "--ckpt", backbone, "--train", four_images, "--val", val, "--out", str(tmp_path), *FAST]
+    code, result, lines = result_of(evaluation.main, argv, capsys)
+    assert code == 0
+    assert lines == [f"eval knn: note: --k 1: the memory set --train {four_images} has only 4 images, too few for "
+                     "the default k = 20"]
+    assert "top1_k1_majority" in result and "top1_k20_majority" not in result
+    code, result, lines = result_of(evaluation.main, [*argv, "--k", "4"], capsys)
+    assert code == 0 and lines == [
+        f"eval knn: warning: --k 4: every image of the memory set --train {four_images} votes, so the majority vote "
+        "gives every held-out image the same class"]
+    assert result["top1_k4_majority"] == 0.25  # one class for the 24 images of 4 balanced classes

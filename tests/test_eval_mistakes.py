@@ -250,23 +250,26 @@ def test_neighbours_counts_beyond_the_data_are_refused_before_reading_an_image(b
 
 
 def test_more_clusters_or_rows_than_possible_are_refused_before_reading_an_image(backbone, sets, no_work, capsys):
-    argv = eval_command("clusters", backbone, "--data", sets["val"], "--per-class", "2", "--clusters", "9")
-    assert run(evaluation.main, argv, capsys) == (2, [
-        f"eval clusters: error: --clusters 9: only 8 images are clustered (the first --per-class 2 of each class of "
-        f"{sets['val']}); give at most 8"])
+    for clusters in ("9", "8"):  # one image per cluster scores purity 1.0 whatever the features
+        argv = eval_command("clusters", backbone, "--data", sets["val"], "--per-class", "2", "--clusters", clusters)
+        assert run(evaluation.main, argv, capsys) == (2, [
+            f"eval clusters: error: --clusters {clusters}: only 8 images are clustered (the first --per-class 2 of "
+            f"each class of {sets['val']}); give at most 7 (with one image per cluster, purity is 1.0 whatever the "
+            "features)"])
     argv = eval_command("clusters", backbone, "--data", sets["val"], "--clusters", "3", "--rows", "4")
     assert run(evaluation.main, argv, capsys) == (2, [
         "eval clusters: error: --rows 4: only 3 clusters to show; give at most 3"])
 
 
-def test_default_clusters_shrink_to_the_images_and_say_so(backbone, sets, tmp_path, capsys):
+def test_default_clusters_shrink_to_the_data_and_say_so(backbone, sets, tmp_path, capsys):
+    # issue 21 item 11: the default made one cluster per image, purity 1.0 by construction
     argv = [*eval_command("clusters", backbone, "--data", sets["val"], "--per-class", "1", "--thumb", "8"),
             "--out", str(tmp_path)]
     code, lines = run(evaluation.main, argv, capsys)
     assert code == 0
-    assert lines == ["eval clusters: note: 4 clusters, one per image clustered (fewer images than the default "
-                     "--clusters 100)"]
-    assert "4 clusters (one per image: fewer images than the default 100)" in (tmp_path / "report.md").read_text()
+    assert lines == ["eval clusters: note: 2 clusters, half the 4 images clustered, two per cluster on average (fewer "
+                     "than the default --clusters 100)"]
+    assert "2 clusters (half the 4 images clustered, two per cluster on average)" in (tmp_path / "report.md").read_text()
 
 
 # --- checkpoints that are none -----------------------------------------------------------------------------------

@@ -133,8 +133,8 @@ def test_clusters_report_purity_per_checkpoint(tiny_imagefolder, checkpoints, tm
     code, capped, _ = run("clusters", checkpoints, tiny_imagefolder / "train", tmp_path / "b", capsys,
                        "--per-class", "1")
     assert code == 0
-    assert (capped["images"], capped["clusters"]) == (4, 4)
-    assert_figure(tmp_path / "b", "clusters", capped, clusters_figure_size(2, rows=4, per_row=8, thumb=16))
+    assert (capped["images"], capped["clusters"]) == (4, 2)  # at most half the images: purity can mean something
+    assert_figure(tmp_path / "b", "clusters", capped, clusters_figure_size(2, rows=2, per_row=8, thumb=16))
 
 
 def separated_features(clusters: int, per_cluster: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

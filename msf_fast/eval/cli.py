@@ -25,9 +25,11 @@ from dataset_prep.argument_parser import OneLineParser, positive_int
 from msf_fast.checkpoint import read_checkpoint
 from msf_fast.errors import UserError
 from msf_fast.eval.common import (add_data_options, amp_dtype, check_output_folder, checked_device, open_eval_data,
-                                  output_folder, same_images)
+                                  note, output_folder, same_images, warn)
 from msf_fast.eval.knn import SEARCHES, faiss_available, knn_evaluation
 from msf_fast.eval.report import markdown_table, write_section
+
+DEFAULT_K = (1, 20)
 
 
 def run_knn(args) -> dict:
@@ -47,9 +49,18 @@ def run_knn(args) -> dict:
     if overlap:
         raise UserError(f"{overlap}: each held-out image would find itself among the searched ones (top-1 1.0 at "
                         "k = 1); give --val held-out images")
-    if max(args.k) > train.num_samples:
-        raise UserError(f"--k {max(args.k)}: the memory set --train {args.train} has only {train.num_samples} "
-                        f"images; give --k values of at most {train.num_samples}")
+    searched = train.num_samples
+    if args.k is None:  # the defaults fit the data: a k as large as the memory set gives every query one class
+        args.k = [k for k in DEFAULT_K if k < searched] or [1]
+        if len(args.k) < len(DEFAULT_K):
+            note(args, f"--k {' '.join(map(str, args.k))}: the memory set --train {args.train} has only {searched} "
+                       f"images, too few for the default k = {max(DEFAULT_K)}")
+    if max(args.k) > searched:
+        raise UserError(f"--k {max(args.k)}: the memory set --train {args.train} has only {searched} "
+                        f"images; give --k values of at most {searched}")
+    if max(args.k) == searched:
+        warn(args, f"--k {searched}: every image of the memory set --train {args.train} votes, so the majority vote "
+                   "gives every held-out image the same class")
     backbone = checkpoint.backbone()
     folder = output_folder(args, args.ckpt)
     report = {"checkpoint": str(args.ckpt),
@@ -67,8 +78,9 @@ def add_knn_command(sub) -> None:
     knn.add_argument("--ckpt", required=True)
     knn.add_argument("--train", required=True, help="labelled images searched (folder, .beton or TFRecord store)")
     knn.add_argument("--val", required=True, help="held-out images classified")
-    knn.add_argument("--k", type=positive_int, nargs="+", default=[1, 20],
-                     help="neighbours voting (each at least 1 and at most the --train images)")
+    knn.add_argument("--k", type=positive_int, nargs="+", default=None,
+                     help=f"neighbours voting, each at least 1 and at most the --train images (default "
+                          f"{' '.join(map(str, DEFAULT_K))}, without those not below the --train images)")
     knn.add_argument("--search", choices=SEARCHES, default="auto",
                      help="exact search in torch (chunked) or faiss (IndexFlatIP; auto: faiss where installed)")
     add_data_options(knn)

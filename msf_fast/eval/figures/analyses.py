@@ -50,6 +50,13 @@ def cluster_purity(assignments: np.ndarray, labels: np.ndarray) -> float:
     return float(majority / len(labels))
 
 
+def purity_floor(assignments: np.ndarray, labels: np.ndarray) -> float:
+    """The least purity of any clustering of these labels into as many non-empty clusters: each cluster's majority
+    counts one image at least, and at least as many as the largest class has in that cluster. 1.0: the purity says
+    nothing (one class, or one image per cluster)."""
+    return float(max(len(np.unique(assignments)), np.bincount(labels).max()) / len(labels))
+
+
 @dataclass
 class ClusterRow:
     cluster: int

@@ -22,22 +22,24 @@ from torch import nn
 from dataset_prep.argument_parser import positive_int
 from msf_fast.checkpoint import read_checkpoint
 from msf_fast.errors import UserError
-from msf_fast.eval.common import (add_data_options, check_output_folder, checked_device, open_eval_data,
+from msf_fast.eval.common import (add_data_options, check_output_folder, checked_device, note, open_eval_data,
                                   output_folder, same_images, warn)
-from msf_fast.eval.figures.analyses import cluster_purity, embedding_method, kmeans, sample_cluster_rows
+from msf_fast.eval.figures.analyses import (cluster_purity, embedding_method, kmeans, purity_floor,
+                                            sample_cluster_rows)
 from msf_fast.eval.figures.drawing import (clusters_figure, neighbours_figure, same_class_share, save_png,
                                            tsne_figure)
 from msf_fast.eval.figures.streaming import (ClassSampler, IndexSampler, RandomSampler, make_thumbnails,
                                              select_images, streamed_neighbours)
 from msf_fast.eval.report import markdown_table, report_dir, write_section
 
-DEFAULT_CLUSTERS, DEFAULT_ROWS = 100, 8
+DEFAULT_CLUSTERS, DEFAULT_ROWS, DEFAULT_CLASSES, DEFAULT_QUERIES, DEFAULT_NEIGHBOURS = 100, 8, 10, 6, 8
+ALL = "all"
 
 
-def class_count(text: str) -> int | None:
-    """A positive number of classes, or "all" (None)."""
-    if text == "all":
-        return None
+def class_count(text: str) -> int | str:
+    """A positive number of classes, or "all"."""
+    if text == ALL:
+        return ALL
     try:
         return positive_int(text)
     except ValueError:
@@ -47,8 +49,9 @@ def class_count(text: str) -> int | None:
 def add_figure_commands(subparsers) -> None:
     tsne = subparsers.add_parser("tsne", help="2-D embedding of a few classes' features, one panel per checkpoint")
     add_common_options(tsne, "images embedded (folder, .beton or TFRecord store), e.g. ImageNet val")
-    tsne.add_argument("--classes", type=class_count, default=10,
-                      help="random classes shown (at most the data's classes), or 'all'")
+    tsne.add_argument("--classes", type=class_count, default=None,
+                      help=f"random classes shown (at most the data's classes), or 'all' (default {DEFAULT_CLASSES}, or "
+                           "all when the data has fewer, as stated on stderr)")
     tsne.add_argument("--per-class", type=positive_int, default=50, help="first images of each class shown")
     tsne.add_argument("--method", choices=("tsne", "umap"), default="tsne", help="umap needs umap-learn")
     tsne.set_defaults(run=run_tsne, result_name="tsne.json")
@@ -58,15 +61,19 @@ def add_figure_commands(subparsers) -> None:
     neighbours.add_argument("--queries-from", default=None,
                             help="labelled images the queries are drawn from (default: --data, and then a query "
                                  "is never its own neighbour); labels must index the same classes as --data")
-    neighbours.add_argument("--queries", type=positive_int, default=6, help="random query images")
-    neighbours.add_argument("--k", type=positive_int, default=8, help="neighbours shown per query")
+    neighbours.add_argument("--queries", type=positive_int, default=None,
+                            help=f"random query images (default {DEFAULT_QUERIES}, or every image when fewer)")
+    neighbours.add_argument("--k", type=positive_int, default=None,
+                            help=f"neighbours shown per query (default {DEFAULT_NEIGHBOURS}, or every gallery image "
+                                 "when fewer)")
     neighbours.set_defaults(run=run_neighbours, result_name="neighbours.json")
 
     clusters = subparsers.add_parser("clusters", help="k-means clusters of the features, a block per checkpoint")
     add_common_options(clusters, "images clustered (folder, .beton or TFRecord store), e.g. ImageNet val")
     clusters.add_argument("--clusters", type=positive_int, default=None,
-                          help=f"k-means clusters, at most the images clustered (default {DEFAULT_CLUSTERS}, or one "
-                               "per image when there are fewer, as stated on stderr)")
+                          help=f"k-means clusters, fewer than the images clustered (default {DEFAULT_CLUSTERS}, or, when "
+                               "that is more, as many as the classes clustered and at most half the images, as "
+                               "stated on stderr)")
     clusters.add_argument("--per-class", type=positive_int, default=50,
                           help="first images of each class clustered (bounds memory)")
     clusters.add_argument("--rows", type=positive_int, default=None,
@@ -110,13 +117,22 @@ def run_tsne(args) -> dict:
     embed = embedding_method(args.method)
     device, checkpoints = checked_start(args)
     loader, _ = open_images(args, "--data", args.data)
-    if args.classes is not None and args.classes > len(loader.classes):
-        raise UserError(f"--classes {args.classes}: {args.data} has only {len(loader.classes)} classes")
+    available = len(loader.classes)
+    if isinstance(args.classes, int) and args.classes > available:
+        raise UserError(f"--classes {args.classes}: {args.data} has only {available} classes")
+    classes = None if args.classes == ALL else args.classes
+    if args.classes is None:  # the default fits the data
+        classes = DEFAULT_CLASSES if available > DEFAULT_CLASSES else None
+        if classes is None and available < DEFAULT_CLASSES:
+            note(args, f"all {available} classes of {args.data} (fewer than the default --classes {DEFAULT_CLASSES})")
     backbones, titles = backbones_of(checkpoints, device)
-    sampler = ClassSampler(args.classes, args.per_class, args.seed)
+    sampler = ClassSampler(classes, args.per_class, args.seed)
     selection = select_images(loader, sampler, backbones, device)
-    if args.classes is not None and len(sampler.members) < args.classes:  # a store's class without images
-        raise ValueError(f"--classes {args.classes}: {args.data} has only {len(sampler.seen)} classes with images")
+    if classes is not None and len(sampler.members) < classes:  # a store's class without images
+        with_images = f"{args.data} has only {len(sampler.seen)} classes with images"
+        if args.classes is not None:
+            raise ValueError(f"--classes {args.classes}: {with_images}")
+        note(args, f"{with_images}: all are shown")
     labels = selection.labels.numpy()
     shown_classes = len(sampler.members)
     points = [embed(features.numpy(), args.seed) for features in selection.features]
@@ -124,8 +140,8 @@ def run_tsne(args) -> dict:
     png = report_dir(folder) / "tsne.png"
     save_png(tsne_figure(points, labels, titles, loader.classes), png)
     name = "t-SNE" if args.method == "tsne" else "UMAP"
-    chosen = (f"{shown_classes} random classes (seed {args.seed})" if args.classes is not None
-              else f"all {shown_classes} classes")
+    chosen = (f"{shown_classes} random classes (seed {args.seed})" if classes is not None
+              and shown_classes < len(loader.classes) else f"all {shown_classes} classes")
     write_section(folder, "tsne", f"## Representation over training ({name})\n\n{name} of the L2-normalised "
                   f"backbone features of {len(labels)} images of {args.data}: {chosen}, the first {args.per_class} "
                   f"images of each; one panel per checkpoint ({', '.join(titles)}), the same images in each, coloured "
@@ -150,12 +166,23 @@ def run_neighbours(args) -> dict:
         if overlap:
             warn(args, f"{overlap}: each query finds itself among its neighbours; give --queries-from the path of "
                        "--data (a query is then never its own neighbour) or held-out images")
+    if args.queries is None:  # the defaults fit the data
+        args.queries = min(DEFAULT_QUERIES, query_loader.num_samples)
+        if args.queries < DEFAULT_QUERIES:
+            note(args, f"{args.queries} queries, every image of {query_source} (fewer than the default --queries "
+                       f"{DEFAULT_QUERIES})")
     if args.queries > query_loader.num_samples:
         raise UserError(f"--queries {args.queries}: {query_source} has only {query_loader.num_samples} images")
     searchable = gallery_loader.num_samples - (1 if from_gallery else 0)
-    if args.k > searchable:
-        raise UserError(f"--k {args.k}: the gallery {args.data} has only {gallery_loader.num_samples} images"
-                        + (" (a query is not its own neighbour)" if from_gallery else ""))
+    own = " (a query is not its own neighbour)" if from_gallery else ""
+    if args.k is None and searchable >= 1:
+        args.k = min(DEFAULT_NEIGHBOURS, searchable)
+        if args.k < DEFAULT_NEIGHBOURS:
+            note(args, f"{args.k} neighbours per query, every image of the gallery {args.data}{own} (fewer than the "
+                       f"default --k {DEFAULT_NEIGHBOURS})")
+    if args.k is None or args.k > searchable:
+        k = f"--k {args.k}" if args.k is not None else "neighbours"
+        raise UserError(f"{k}: the gallery {args.data} has only {gallery_loader.num_samples} images{own}")
     backbones, titles = backbones_of(checkpoints, device)
     queries = select_images(query_loader, RandomSampler(args.queries, args.seed), backbones, device, thumbnail)
     if len(queries.indices) < args.queries:
@@ -187,7 +214,8 @@ def run_neighbours(args) -> dict:
 def run_clusters(args) -> dict:
     device, checkpoints = checked_start(args)
     loader, thumbnail = open_images(args, "--data", args.data)
-    clusters, rows = cluster_counts(args, images_clustered(args.data, args.per_class))
+    counted = images_clustered(args.data, args.per_class)
+    clusters, rows = cluster_counts(args, *counted)
     backbones, titles = backbones_of(checkpoints, device)
     selection = select_images(loader, ClassSampler(None, args.per_class, args.seed), backbones, device)
     if not selection.indices:
@@ -195,6 +223,10 @@ def run_clusters(args) -> dict:
     labels = selection.labels.numpy()
     assignments, backend = zip(*(kmeans(features.numpy(), clusters, args.seed) for features in selection.features))
     purities = [round(cluster_purity(a, labels), 4) for a in assignments]
+    floors = [round(purity_floor(a, labels), 4) for a in assignments]
+    if min(floors) == 1.0:  # one class clustered (more clusters than images are refused)
+        warn(args, f"the {len(labels)} images clustered are all of one class: their purity is 1.0 whatever the "
+                   "features, and says nothing about them")
     blocks = [sample_cluster_rows(a, labels, rows, args.per_row, args.seed) for a in assignments]
     shown = sorted({member for block in blocks for row in block for member in row.members})
     pictures = select_images(loader, IndexSampler(selection.indices[m] for m in shown), [], device, thumbnail)
@@ -203,37 +235,53 @@ def run_clusters(args) -> dict:
     png = report_dir(folder) / "clusters.png"
     block_titles = [f"{title}: purity {purity:.3f}" for title, purity in zip(titles, purities)]
     save_png(clusters_figure(blocks, thumbnail_of, block_titles, rows, args.per_row, args.thumb, loader.classes), png)
-    table = [[title, purity] for title, purity in zip(titles, purities)]
-    shrunk = (f" (one per image: fewer images than the default {DEFAULT_CLUSTERS})"
-              if clusters < (args.clusters or DEFAULT_CLUSTERS) else "")
+    table = [[title, purity, floor] for title, purity, floor in zip(titles, purities, floors)]
+    shrunk = (f" ({clusters_chosen(clusters, *counted)})" if args.clusters is None and clusters < DEFAULT_CLUSTERS
+              else "")
     write_section(folder, "clusters", f"## Clusters\n\nk-means ({backend[0]}, {clusters} clusters{shrunk}, seed "
                   f"{args.seed}) of the L2-normalised backbone features of {len(labels)} images of {args.data} (the "
                   f"first {args.per_class} of each class); per checkpoint {rows} random clusters, each a row of up to "
                   f"{args.per_row} random members. Purity: the fraction of images whose label is their cluster's "
-                  "majority label.\n\n" + markdown_table(["checkpoint", "purity"], table)
+                  "majority label. Any clustering of these images scores at least the floor: the larger of the "
+                  "largest class's share and clusters / images (each cluster's majority holds one image at least).\n\n"
+                  + markdown_table(["checkpoint", "purity", "floor"], table)
                   + "\n![clusters](./clusters.png)\n")
     return {"checkpoints": list(args.ckpt), "labels": titles, "data": args.data, "images": len(labels),
             "classes": len(set(labels.tolist())), "clusters": clusters, "backend": backend[0], "purity": purities,
-            "shown_clusters": [[row.cluster for row in block] for block in blocks], "png": str(png)}
+            "purity_floor": floors, "shown_clusters": [[row.cluster for row in block] for block in blocks],
+            "png": str(png)}
 
 
-def images_clustered(data: str, per_class: int) -> int:
-    """How many images `clusters` reads: the first `per_class` of each class, counted from the labels alone."""
+def images_clustered(data: str, per_class: int) -> tuple[int, int]:
+    """(images, classes) that `clusters` reads: the first `per_class` of each class, counted from the labels alone."""
     from pipelines.subsets import dataset_labels
-    counts = np.bincount(dataset_labels(data))
-    return int(np.minimum(counts, per_class).sum())
+    counts = np.minimum(np.bincount(dataset_labels(data)), per_class)
+    return int(counts.sum()), int((counts > 0).sum())
 
 
-def cluster_counts(args, images: int) -> tuple[int, int]:
-    """(clusters, rows): what was asked, checked against the images clustered; the defaults shrink to fit, and
-    say so on stderr."""
-    if args.clusters is not None and args.clusters > images:
-        raise UserError(f"--clusters {args.clusters}: only {images} images are clustered (the first --per-class "
-                        f"{args.per_class} of each class of {args.data}); give at most {images}")
-    clusters = args.clusters if args.clusters is not None else min(DEFAULT_CLUSTERS, images)
-    if clusters < DEFAULT_CLUSTERS and args.clusters is None:
-        print(f"eval clusters: note: {clusters} clusters, one per image clustered (fewer images than the default "
-              f"--clusters {DEFAULT_CLUSTERS})", file=sys.stderr)
+def clusters_chosen(clusters: int, images: int, classes: int) -> str:
+    """Why the default gave `clusters`, in words."""
+    if clusters == classes:
+        return f"one per class of the {images} images clustered"
+    return f"half the {images} images clustered, two per cluster on average"
+
+
+def cluster_counts(args, images: int, classes: int) -> tuple[int, int]:
+    """(clusters, rows): what was asked, checked against the images clustered (as many clusters as images would make
+    each image its own cluster, purity 1.0 by construction: refused); the defaults fit the data, and say so on
+    stderr."""
+    where = f"(the first --per-class {args.per_class} of each class of {args.data})"
+    if images < 2:
+        raise UserError(f"--data {args.data}: only {images} image is clustered {where}; k-means needs 2 at least")
+    if args.clusters is not None and args.clusters >= images:
+        raise UserError(f"--clusters {args.clusters}: only {images} images are clustered {where}; give at most "
+                        f"{images - 1} (with one image per cluster, purity is 1.0 whatever the features)")
+    clusters = args.clusters
+    if clusters is None:
+        clusters = min(DEFAULT_CLUSTERS, max(1, min(classes, images // 2)))
+        if clusters < DEFAULT_CLUSTERS:
+            note(args, f"{clusters} clusters, {clusters_chosen(clusters, images, classes)} (fewer than the default "
+                       f"--clusters {DEFAULT_CLUSTERS})")
     if args.rows is not None and args.rows > clusters:
         raise UserError(f"--rows {args.rows}: only {clusters} clusters to show; give at most {clusters}")
     return clusters, args.rows if args.rows is not None else min(DEFAULT_ROWS, clusters)
