@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import yaml
 from fastargs import Config, Param, Section
-from fastargs.validation import Checker, OneOf
+from fastargs.validation import Checker
 
 from dataset_prep.argument_parser import OneLineParser
 from dataset_prep.staging import nearest_existing
@@ -88,6 +88,22 @@ class AutoOr(Checker):
 
     def help(self):
         return f"'auto' or {self.checker.help()}"
+
+
+class OneOf(Checker):
+    """One of `choices`, named in the order given (fastargs' OneOf keeps a set: its messages listed the choices in
+    another order on every run)."""
+
+    def __init__(self, choices):
+        self.choices = list(choices)
+
+    def check(self, value):
+        if value not in self.choices:
+            raise ValueError(value)
+        return value
+
+    def help(self):
+        return f"one of {', '.join(map(str, self.choices))}"
 
 
 POSITIVE, NON_NEGATIVE = IntAtLeast(1), IntAtLeast(0)

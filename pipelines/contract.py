@@ -70,13 +70,12 @@ def check_same_classes(first: ImageLoader, first_name: str, second: ImageLoader,
         raise ValueError(f"{first_name} and {second_name} order their classes differently (class {swapped} is "
                          f"{first.classes[swapped]!r} in one and {second.classes[swapped]!r} in the other): their "
                          "labels do not match")
-    raise ValueError(f"{first_name} and {second_name} have different classes: "
-                     f"{_listed(only_first)} only in {first_name}, {_listed(only_second)} only in {second_name}; "
-                     "their labels would not match")
+    differences = [f"{_listed(names)} only in {name}" for names, name in ((only_first, first_name),
+                                                                         (only_second, second_name)) if names]
+    raise ValueError(f"{first_name} and {second_name} have different classes: {', '.join(differences)}; their labels "
+                     "would not match")
 
 
 def _listed(names: list[str], shown: int = 5) -> str:
-    if not names:
-        return "none"
     text = ", ".join(names[:shown])
     return text + (f" and {len(names) - shown} more" if len(names) > shown else "")

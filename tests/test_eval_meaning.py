@@ -204,3 +204,31 @@ def test_knn_default_k_fits_a_small_memory_set_and_a_k_of_all_of_it_is_a_warning
         f"eval knn: warning: --k 4: every image of the memory set --train {four_images} votes, so the majority vote "
         "gives every held-out image the same class"]
     assert result["top1_k4_majority"] == 0.25  # one class for the 24 images of 4 balanced classes
+
+
+# --- item 12: messages and records ---------------------------------------------------------------------------------
+
+def test_knn_json_names_the_step_and_epoch_of_the_checkpoint_it_evaluated(tiny_imagefolder, four_images, tmp_path,
+                                                                          capsys):
+    # a live run's latest.pt moves on: the result says which state it scored
+    from msf_fast.checkpoint import training_state
+    torch.manual_seed(0)
+    model = MSF("resnet18", bank_size=32, topk=5, small_input=True)
+    latest = tmp_path / "run" / "checkpoints" / "latest.pt"
+    latest.parent.mkdir(parents=True)
+    torch.save(training_state(model, None, None, epoch=3, step=40, steps_per_epoch=12, config=None), latest)
+    code = evaluation.main(["knn", "--ckpt", str(latest), "--train", four_images, "--val",
+                            str(tiny_imagefolder / "val"), "--k", "1", *FAST])
+    assert code == 0, capsys.readouterr().err
+    written = json.loads((tmp_path / "run" / "knn.json").read_text())
+    assert (written["step"], written["epoch"], written["steps_per_epoch"]) == (40, 3, 12)
+    assert json.loads(capsys.readouterr().out) == written
+    assert f"## k-NN ({latest} (step 40, epoch 3))" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_a_choice_parameter_lists_its_choices_in_their_order(tmp_path):
+    with pytest.raises(ConfigError) as refused:
+        config(tmp_path, tmp_path, "--model.arch=resnet5")
+    assert str(refused.value) == (
+        "model.arch='resnet5': expected one of resnet18, resnet34, resnet50, resnet101, resnet152, resnext50_32x4d, "
+        "resnext101_32x8d, wide_resnet50_2, wide_resnet101_2")

@@ -25,7 +25,7 @@ from dataset_prep.argument_parser import OneLineParser, positive_int
 from msf_fast.checkpoint import read_checkpoint
 from msf_fast.errors import UserError
 from msf_fast.eval.common import (add_data_options, amp_dtype, check_output_folder, checked_device, open_eval_data,
-                                  note, output_folder, same_images, warn)
+                                  checkpoint_position, note, output_folder, position_text, same_images, warn)
 from msf_fast.eval.knn import SEARCHES, faiss_available, knn_evaluation
 from msf_fast.eval.report import markdown_table, write_section
 
@@ -63,10 +63,11 @@ def run_knn(args) -> dict:
                    "gives every held-out image the same class")
     backbone = checkpoint.backbone()
     folder = output_folder(args, args.ckpt)
-    report = {"checkpoint": str(args.ckpt),
+    position = checkpoint_position(checkpoint)
+    report = {"checkpoint": str(args.ckpt), **position,
               **knn_evaluation(backbone.to(device), train, val, device, args.k, amp_dtype(device), args.search)}
     rows = [[k, report[f"top1_k{k}_majority"], report[f"top1_k{k}_weighted"]] for k in args.k]
-    write_section(folder, "knn", f"## k-NN ({args.ckpt})\n\nTop-1 on {report['val_images']} held-out images, "
+    write_section(folder, "knn", f"## k-NN ({args.ckpt}{position_text(position)})\n\nTop-1 on {report['val_images']} held-out images, "
                   f"{report['train_images']} labelled images searched; cosine similarity of L2-normalised "
                   "features. The weighted vote weighs each neighbour by exp(similarity / 0.07).\n\n"
                   + markdown_table(["k", "majority vote", "weighted vote"], rows))

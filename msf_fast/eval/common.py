@@ -116,6 +116,23 @@ def workers(args: argparse.Namespace, path: str) -> int:
     return args.workers if args.workers is not None else default_workers(data_format(str(path)))
 
 
+def checkpoint_position(checkpoint) -> dict:
+    """{"step", "epoch" (completed epochs), "steps_per_epoch"}: where in training the evaluated weights were saved, as
+    far as the checkpoint records it ({} for an exported backbone). A live run's latest.pt moves on; the result
+    names the state it evaluated."""
+    from msf_fast.checkpoint import BACKBONE
+    if checkpoint.kind == BACKBONE:
+        return {}
+    return {key: checkpoint.content[key] for key in ("step", "epoch", "steps_per_epoch")
+            if isinstance(checkpoint.content.get(key), int)}
+
+
+def position_text(position: dict) -> str:
+    """" (step 120, epoch 10)" for a report's heading, "" when unknown."""
+    parts = [f"{key} {position[key]}" for key in ("step", "epoch") if key in position]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def amp_dtype(device: torch.device) -> torch.dtype | None:
     """Feature extraction runs in bf16 autocast on CUDA; on the CPU in float32 everywhere (emulated bf16 is slow,
     and the evaluation's numbers then do not depend on the CPU). The trainer's k-NN monitor uses the training
