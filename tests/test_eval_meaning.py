@@ -232,3 +232,22 @@ def test_a_choice_parameter_lists_its_choices_in_their_order(tmp_path):
     assert str(refused.value) == (
         "model.arch='resnet5': expected one of resnet18, resnet34, resnet50, resnet101, resnet152, resnext50_32x4d, "
         "resnext101_32x8d, wide_resnet50_2, wide_resnet101_2")
+
+
+def test_ctrl_c_in_the_linear_probe_leaves_no_half_drawn_bar(backbone, tiny_imagefolder, four_images, tmp_path,
+                                                             monkeypatch, capsys):
+    # the sibling of the writers' bar (item 12): the probe's bar stayed drawn above "eval linear: interrupted"
+    from msf_fast.eval import probe_commands
+    from tests.test_writer_mistakes import screen
+
+    def interrupted(probe, batches, settings, val_features, val_labels, progress):
+        progress({"train_loss": 1.0, "val_top1": 0.5})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(probe_commands, "train_probe", interrupted)
+    argv = ["linear", "--ckpt", backbone, "--train", four_images, "--val", str(tiny_imagefolder / "val"),
+            "--epochs", "3", "--out", str(tmp_path), *[option for option in FAST if option != "--no-progress"]]
+    assert evaluation.main(argv) == 130
+    err = capsys.readouterr().err
+    assert "1/3" in err  # the bar was drawn
+    assert screen(err) == ["eval linear: interrupted"]

@@ -141,8 +141,13 @@ class ProbeRun:
         def progress(record):
             bar.update(1)
             bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_top1=f"{record['val_top1']:.3f}")
-        result = train_probe(probe, batches, self.settings, self.val_features, self.val_labels, progress)
-        bar.close()
+        try:
+            result = train_probe(probe, batches, self.settings, self.val_features, self.val_labels, progress)
+        except BaseException:  # Ctrl-C: no half-drawn bar above "interrupted"
+            bar.leave = False
+            raise
+        finally:
+            bar.close()
         labelled = len(self.train_labels) if indices is None else len(indices)
         return {"top1": result["top1"], "top5": result["top5"], "labelled_images": labelled,
                 "history": result["history"]}
