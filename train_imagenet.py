@@ -22,12 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             trainer = Trainer(cfg, rank=process.rank, world_size=process.world_size)
+            result = trainer.train()
         except UserError as error:  # a bad data path, an unusable checkpoint, no CUDA; anything else is a bug
             print(f"{rank}error: {error}", file=sys.stderr)
             return 2
-        try:
-            result = trainer.train()
-        except RunStopped as stop:  # preempted (after a checkpoint), a non-finite loss, a checkpoint not written
+        except RunStopped as stop:  # preempted (after a checkpoint), a non-finite loss, a file not written
             print(f"{rank}{stop}", file=sys.stderr)
             return stop.exit_code
     except KeyboardInterrupt:  # before training started, or a second Ctrl-C (the first one saves and stops)

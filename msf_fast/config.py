@@ -280,6 +280,8 @@ def read_recipe(fname: str, known) -> dict:
         for (section, name), value in entries.items():
             if (section, name) not in known:
                 raise ConfigError(f"{fname}: unknown parameter {section}.{name}{closest_name(section, name, known)}")
+            if value is None:  # `epochs:` with nothing after it: YAML's null, which fastargs would skip
+                raise ConfigError(f"{fname}: {section}.{name}: no value")
             recipe.setdefault(section, {})[name] = value
     return recipe
 
@@ -293,6 +295,9 @@ def closest_name(section: str, name: str, known) -> str:
 def validate(cfg, world_size: int = 1) -> None:
     """The checks that involve several parameters or the file system (each parameter's own range is its
     checker's, in the schema)."""
+    if cfg.train.batch_size < 2:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size}: BatchNorm needs at least 2 images per process "
+                          "and step (the batch statistics of one image are undefined)")
     global_batch = cfg.train.batch_size * world_size
     if cfg.msf.bank_size % global_batch:
         raise ConfigError(f"msf.bank_size={cfg.msf.bank_size}: must be a multiple of the global batch "
@@ -311,13 +316,17 @@ def validate(cfg, world_size: int = 1) -> None:
     if cfg.logging.overwrite and cfg.train.resume:
         raise ConfigError(f"logging.overwrite=1 starts over and train.resume={cfg.train.resume} continues: choose one")
     if not cfg.train.resume and not cfg.logging.overwrite and holds_run(cfg.logging.folder):
-        raise ConfigError(f"logging.folder={cfg.logging.folder} holds a run: continue it with --train.resume=auto, "
-                          "start over with --logging.overwrite=1 (deletes it), or choose another --logging.folder")
+        raise ConfigError(holds_run_message(cfg.logging.folder))
     folder_problem = output_folder_problem(cfg.logging.folder)
     if folder_problem:
         raise ConfigError(f"logging.folder={cfg.logging.folder}: {folder_problem}")
     if cfg.logging.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError(f"logging.tensorboard=1 needs the tensorboard package: {TENSORBOARD_INSTALL}")
+
+
+def holds_run_message(folder) -> str:
+    return (f"logging.folder={folder} holds a run: continue it with --train.resume=auto, start over with "
+            "--logging.overwrite=1 (deletes it), or choose another --logging.folder")
 
 
 def output_folder_problem(folder: str) -> str | None:

@@ -47,18 +47,18 @@ class RunCheckpoints:
         written."""
         if not self.writer:
             return None
+        content = state() if self.saved_step != step else None
         try:
-            if self.saved_step != step:
-                content = state()
+            if content is not None:
                 if self.latest.exists():
                     self._link(self.latest, self.previous)
                 atomic_save(content, self.latest)
                 self.saved_step = step
             if snapshot_epoch is not None:
                 self._link(self.latest, self.snapshot_path(snapshot_epoch))
-        except OSError as error:
+        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
             kept = f"; {self.latest} (step {self.saved_step}) is intact" if self.latest.exists() else ""
-            raise RunStopped(f"cannot write the checkpoint {self.latest}: {error.strerror or error}{kept}",
+            raise RunStopped(f"cannot write the checkpoint {self.latest}: {write_failure(error, self.folder)}{kept}",
                              exit_code=1) from None
         self._saved_at = time.monotonic()
         return self.latest
@@ -106,6 +106,21 @@ class RunCheckpoints:
                 shutil.copyfile(source, staged.temporary)
 
 
+def write_failure(error: Exception, folder: Path) -> str:
+    """Why a file could not be written, in a few words: the OS's reason, or for torch.save's RuntimeError ("unexpected
+    pos ...") the full disk it usually means."""
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    first = (str(error).strip().splitlines() or [""])[0][:120]
+    if free is not None and free < 64 * 2**20:
+        return f"No space left on device ({free / 2**20:.0f} MiB free; torch.save: {first})"
+    return f"torch.save failed ({first})"
+
+
 def read_training_state(path: str | Path, map_location) -> dict:
     """The training state in one of our checkpoints (ValueError naming the file for anything else)."""
     checkpoint = read_checkpoint(path, map_location)
@@ -113,36 +128,6 @@ def read_training_state(path: str | Path, map_location) -> dict:
         raise ValueError(f"{path}: a {checkpoint.kind} checkpoint, not an msf-fast training checkpoint (import "
                          "original ones with msf_fast.checkpoint.read_checkpoint(path).model())")
     return checkpoint.content
-
-
-# The model's shape as a checkpoint's model_args records it, and the parameter that sets each.
-SHAPE_PARAMETERS = {"arch": "model.arch", "small_input": "model.small_input", "hidden_dim": "model.hidden_dim",
-                    "proj_dim": "model.proj_dim", "bank_size": "msf.bank_size"}
-
-
-def resume_mismatch(state: dict, model_args: dict, data: dict, steps_per_epoch: int) -> str | None:
-    """Why a run cannot continue from `state` (None when it can): another model shape, other data (format, classes,
-    size: a resumed epoch must see the same batches), or another number of steps per epoch (batch, world size)."""
-    for key, parameter in SHAPE_PARAMETERS.items():
-        if state["model_args"].get(key) != model_args[key]:
-            return (f"it holds {parameter}={state['model_args'].get(key)}, this run has {parameter}={model_args[key]} "
-                    "(another model)")
-    saved = state.get("data")
-    if saved:
-        if saved["format"] != data["format"]:
-            return (f"it was trained on {describe_data(saved)}, this run reads {describe_data(data)} (another data "
-                    "format orders its samples differently)")
-        if saved["classes"] != data["classes"] or saved["samples"] != data["samples"]:
-            return f"it was trained on {describe_data(saved)}, this run reads {describe_data(data)} (other data)"
-    if state["steps_per_epoch"] != steps_per_epoch:
-        return (f"it was saved with {state['steps_per_epoch']} steps per epoch, this run has {steps_per_epoch} "
-                "(another batch size or world size)")
-    return None
-
-
-def describe_data(data: dict) -> str:
-    kind = {"torch": "an ImageFolder", "ffcv": "a .beton", "dali": "a TFRecord store"}.get(data["format"], data["format"])
-    return f"{kind} of {data['samples']:,} images in {len(data['classes'])} classes"
 
 
 def holds_run(folder: str | Path) -> bool:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from dataset_prep.staging import StagedPath
+from msf_fast.stopping import RunStopped
 
 TENSORBOARD_INSTALL = "pip install -e '.[tensorboard]'"
 
@@ -30,22 +31,39 @@ class JsonlLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a" if append else "w")
+        self.failed = False
         self._events = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             self._events = SummaryWriter(str(self.path.parent / "tensorboard"))
 
     def write(self, **record) -> None:
-        self._file.write(json.dumps(strict(record), allow_nan=False) + "\n")
-        self._file.flush()
+        """Append a record; RunStopped (exit 1) when it cannot be written (a full disk)."""
+        try:
+            self._file.write(json.dumps(strict(record), allow_nan=False) + "\n")
+            self._file.flush()
+        except OSError as error:
+            self.failed = True
+            raise RunStopped(f"cannot write the log {self.path}: {error.strerror or error}", exit_code=1) from None
         if self._events is not None and record.get("event") in ("step", "epoch"):
             event, step = record["event"], record["step"]
             for name, value in record.items():
                 if name not in ("event", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
                     self._events.add_scalar(f"{event}/{name}", value, step)
 
+    def write_if_possible(self, **record) -> None:
+        """A record about a run that is stopping already: not written when the log cannot be."""
+        if not self.failed:
+            try:
+                self.write(**record)
+            except RunStopped:
+                pass
+
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:  # a full disk, reported by the write that failed
+            self.failed = True
         if self._events is not None:
             self._events.close()
 

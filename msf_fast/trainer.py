@@ -15,14 +15,16 @@ import torch
 from tqdm import tqdm
 
 from msf_fast import checkpoint as ckpt
-from msf_fast.config import resolve_backend, to_dict
+from msf_fast.config import holds_run_message, resolve_backend, to_dict
 from msf_fast.distributed import data_parallel
 from msf_fast.ema import make_ema
 from msf_fast.errors import UserError
 from msf_fast.knn_monitor import KnnMonitor
 from msf_fast.model import MSF
 from msf_fast.config import AUTO
-from msf_fast.run_checkpoints import RunCheckpoints, clear_run, holds_run, read_training_state, resume_mismatch
+from msf_fast.resume_rules import ResumeRefused, RunIdentity, check_resume, schedule_note
+from msf_fast.run_checkpoints import RunCheckpoints, clear_run, holds_run, read_training_state
+from msf_fast.run_lock import RunFolderLock
 from msf_fast.stopping import RunStopped, StopRequests, weights_finite
 from msf_fast.runlog import DeferredScalars, JsonlLog, plot_run
 from msf_fast.schedule import learning_rate, progressive_resolution, scaled_lr
@@ -121,18 +123,20 @@ class Trainer:
         self.checkpoints = RunCheckpoints(self.folder, cfg.logging.checkpoint_every, cfg.logging.snapshot_every,
                                           cfg.logging.checkpoint_minutes, writer=self.is_main)
         self.epoch, self.step = 0, 0
-        resumed = self.start_or_resume()
-        self.finished = self.step >= self.total_steps  # a finished run is left as it is
-        self.log = (JsonlLog(self.folder / "log.jsonl", append=resumed, tensorboard=cfg.logging.tensorboard)
-                    if self.is_main and not self.finished else None)
-        if self.log is not None:
-            self.log.write(event="setup", device=self.device.type, **self.precision.record(),
-                           channels_last=self.layout == torch.channels_last, torch_threads=torch.get_num_threads(),
-                           loader_workers=cfg.data.workers)
-        self.log_scalars = DeferredScalars(self.device)  # logging reads no GPU value inside the step
-        self.stops = StopRequests(world_size)
-        # rank 0 alone evaluates
-        self.monitor = self.create_monitor() if self.is_main and not self.finished else None
+        self.lock = None  # held by rank 0 while the run can write into its folder
+        self.log = None
+        try:
+            self.resumed = self.start_or_resume()
+            self.finished = self.step >= self.total_steps  # a finished run is left as it is
+            self.stops = StopRequests(world_size)
+            self.log_scalars = DeferredScalars(self.device)  # logging reads no GPU value inside the step
+            # rank 0 alone evaluates
+            self.monitor = self.create_monitor() if self.is_main and not self.finished else None
+            if self.is_main and not self.finished:
+                self.log = self.open_log()
+        except BaseException:
+            self.release_folder()
+            raise
 
     # ------------------------------------------------------------------ building
     def create_device(self) -> torch.device:
@@ -196,36 +200,49 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def start_or_resume(self) -> bool:
-        """Continue from a checkpoint (True), or start fresh (a run already in the folder is deleted: load_config
-        allows that only with logging.overwrite); train.resume=auto continues the folder's run if it has one."""
-        resume, folder = self.cfg.train.resume, self.folder
+        """Continue from a checkpoint (True), or start fresh; train.resume=auto continues the folder's run if it has
+        one. Unless the run is already finished, rank 0 then holds the folder's lock (a second run there is
+        refused), and a fresh run deletes a run found there only with logging.overwrite."""
+        found = self.checkpoint_to_resume()
+        notes = self.resume_from(*found) if found else []
+        if self.step < self.total_steps and self.is_main:
+            self.lock = RunFolderLock(self.folder).acquire()
+            if not found and holds_run(self.folder):  # written since load_config looked
+                if not self.cfg.logging.overwrite:
+                    raise UserError(holds_run_message(self.folder))
+                clear_run(self.folder)
+                self.say(f"logging.overwrite: deleted the run in {self.folder}")
+        if found:
+            for line in notes:
+                self.say(line)
+            self.say(f"resuming from {found[0]} at step {self.step} of {self.total_steps}")
+        elif self.cfg.train.resume == AUTO:
+            self.say(f"train.resume=auto: no checkpoint in {self.checkpoints.folder}: starting a new run")
+        return found is not None
+
+    def checkpoint_to_resume(self) -> tuple[Path, dict] | None:
+        resume = self.cfg.train.resume
         if resume == AUTO:
             try:
-                found = self.checkpoints.resumable(self.device, self.say)
+                return self.checkpoints.resumable(self.device, self.say)
             except ValueError as error:
                 raise UserError(f"train.resume=auto: {error}") from None
-            if found is None:
-                self.say(f"train.resume=auto: no checkpoint in {self.checkpoints.folder}: starting a new run")
-                return False
-            self.resume_from(*found)
-            return True
-        if resume:
-            try:
-                state = read_training_state(resume, map_location=self.device)
-            except ValueError as error:
-                raise UserError(f"train.resume: {error}") from None
-            self.resume_from(Path(resume), state)
-            return True
-        if holds_run(folder):  # load_config refused it unless logging.overwrite
-            if self.is_main:
-                clear_run(folder)
-                self.say(f"logging.overwrite: deleted the run in {folder}")
-        return False
+        if not resume:
+            return None
+        try:
+            return Path(resume), read_training_state(resume, map_location=self.device)
+        except ValueError as error:
+            raise UserError(f"train.resume: {error}") from None
 
-    def resume_from(self, path: Path, state: dict) -> None:
-        mismatch = resume_mismatch(state, ckpt.model_args(self.model), self.data_identity(), self.steps_per_epoch)
-        if mismatch:
-            raise UserError(f"train.resume: {path}: {mismatch}")
+    def resume_from(self, path: Path, state: dict) -> list[str]:
+        """Load `state`; the notes for what this run changes (README "Long runs": what a resume refuses, notes,
+        honours)."""
+        identity = RunIdentity(ckpt.model_args(self.model), self.data_identity(), self.steps_per_epoch,
+                               self.world_size, to_dict(self.cfg), self.precision.name)
+        try:
+            notes = check_resume(state, identity)
+        except ResumeRefused as refused:
+            raise UserError(f"train.resume: {path}: {refused}") from None
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state["scaler"] is not None:
@@ -235,7 +252,21 @@ class Trainer:
         self.epoch = self.step // self.steps_per_epoch
         if path == self.checkpoints.latest:
             self.checkpoints.saved_step = self.step
-        self.say(f"resuming from {path} at step {self.step} of {self.total_steps}")
+        stretched = schedule_note(state.get("config"), identity.config, self.step, self.steps_per_epoch,
+                                  self.cfg.train.batch_size * self.world_size)
+        return notes + ([stretched] if stretched else [])
+
+    def open_log(self) -> JsonlLog:
+        log = JsonlLog(self.folder / "log.jsonl", append=self.resumed, tensorboard=self.cfg.logging.tensorboard)
+        log.write(event="setup", device=self.device.type, **self.precision.record(),
+                  channels_last=self.layout == torch.channels_last, torch_threads=torch.get_num_threads(),
+                  loader_workers=self.cfg.data.workers)
+        return log
+
+    def release_folder(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def data_identity(self) -> dict:
         """What a checkpoint records of the training data, so that a resume on other data is refused."""
@@ -243,8 +274,9 @@ class Trainer:
                 "samples": int(self.loader.num_samples)}
 
     def training_state(self) -> dict:
-        return ckpt.training_state(self.model, self.optimizer, self.scaler, self.epoch, self.step,
-                                   self.steps_per_epoch, to_dict(self.cfg), self.data_identity())
+        return {**ckpt.training_state(self.model, self.optimizer, self.scaler, self.epoch, self.step,
+                                      self.steps_per_epoch, to_dict(self.cfg), self.data_identity()),
+                "world_size": self.world_size, "precision": self.precision.name}
 
     def save_point(self, snapshot_epoch: int | None = None) -> None:
         """A checkpoint, reached by every rank at the same step: weights that are not finite are never saved (the
@@ -287,6 +319,7 @@ class Trainer:
             return result
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.cfg.logging.progress and self.is_main),
                    unit="step", dynamic_ncols=True, desc="MSF")
+        completed = False
         try:
             with self.stops:
                 if self.step == 0:
@@ -303,16 +336,46 @@ class Trainer:
                         self.save_point(stats.epoch if self.checkpoints.snapshot_due(stats.epoch) else None)
                 result.steps = self.step
                 self._finish(result)
+            completed = True
         except RunStopped as stop:
+            if self.never_stepped():
+                raise self.unstarted_stop(stop) from None
             if self.log is not None:
-                self.log.write(event="stopped", step=self.step, reason=str(stop), exit_code=stop.exit_code)
+                self.log.write_if_possible(event="stopped", step=self.step, reason=str(stop),
+                                           exit_code=stop.exit_code)
             raise
         finally:
             bar.close()
+            self.close_outputs(completed)
+        return result
+
+    def never_stepped(self) -> bool:
+        """A fresh run that stops before its first step leaves nothing that marks the folder as holding a run."""
+        return not self.resumed and self.step == 0
+
+    def unstarted_stop(self, stop: RunStopped) -> RunStopped:
+        if not self.stops.signal:
+            return stop
+        return RunStopped(f"stopped by {self.stops.signal_name} before the first step: nothing was kept in "
+                          f"{self.folder}; start again with the same command", exit_code=stop.exit_code)
+
+    def close_outputs(self, completed: bool) -> None:
+        """Close the log and plot it; a fresh run that failed before its first step deletes what it wrote; the
+        folder's lock goes last."""
+        try:
             if self.log is not None:
                 self.log.close()
-                plot_run(self.folder / "log.jsonl", self.folder / "training.png")
-        return result
+                if not completed and self.never_stepped():
+                    if self.is_main:
+                        clear_run(self.folder)
+                else:
+                    try:
+                        plot_run(self.folder / "log.jsonl", self.folder / "training.png")
+                    except OSError as error:
+                        if completed:
+                            self.say(f"warning: training.png not written: {error.strerror or error}")
+        finally:
+            self.release_folder()
 
     def _start(self, result: TrainResult) -> None:
         """Step 0: the snapshot of the initialisation and its k-NN."""

@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from dataset_prep.argument_parser import positive_int
 from msf_fast.bench.timing import add_device_argument, peak_rss_mb, synchronize
 from msf_fast.devices import device_option
 
@@ -22,12 +23,13 @@ SHARED_OPTIONS = ("batch_size", "bank_size", "dim", "topk", "chunk", "repeats", 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=int, default=256, help="targets searched per step (default 256)")
-    parser.add_argument("--bank-size", type=int, default=1_024_000, help="bank entries (default 1,024,000)")
-    parser.add_argument("--dim", type=int, default=512, help="embedding width (default 512)")
-    parser.add_argument("--topk", type=int, default=5, help="neighbours (default 5)")
-    parser.add_argument("--chunk", type=int, default=65536, help="bank rows scored at once (default 65536)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per variant, median reported (default 3)")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="targets searched per step (default 256)")
+    parser.add_argument("--bank-size", type=positive_int, default=1_024_000, help="bank entries (default 1,024,000)")
+    parser.add_argument("--dim", type=positive_int, default=512, help="embedding width (default 512)")
+    parser.add_argument("--topk", type=positive_int, default=5, help="neighbours (default 5)")
+    parser.add_argument("--chunk", type=positive_int, default=65536, help="bank rows scored at once (default 65536)")
+    parser.add_argument("--repeats", type=positive_int, default=3,
+                        help="timed calls per variant, median reported (default 3)")
     add_device_argument(parser)
     parser.add_argument("--dtype", choices=list(BANK_DTYPES), default="float32",
                         help="the bank's storage dtype (default float32)")
@@ -74,6 +76,8 @@ def measure_variant(args) -> dict:
 
 
 def bench_bank(args) -> list[dict]:
+    if args.topk > args.bank_size:  # checked here: a child's traceback would be all the user saw
+        raise ValueError(f"--topk {args.topk} exceeds --bank-size {args.bank_size}")
     results = []
     shared = {**{key: getattr(args, key) for key in SHARED_OPTIONS}, "device": device_option(args.device)}
     for variant in ("chunked", "dense"):

@@ -10,7 +10,7 @@ import json
 import torch
 
 from dataset_prep.argument_parser import non_negative_int
-from msf_fast.bench.step import add_step_arguments, our_step, synthetic_batch
+from msf_fast.bench.step import add_step_arguments, check_step_shape, our_step, synthetic_batch
 from msf_fast.bench.timing import interleaved_seconds
 
 VARIANTS = {"fp32-nchw": ("off", False), "fp32-channels-last": ("off", True),
@@ -24,8 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def bench_cpu(args) -> list[dict]:
     from msf_fast.precision import cpu_bf16_support, resolve_precision
 
-    if args.bank_size % args.batch_size:
-        raise ValueError(f"--bank-size {args.bank_size} is not a multiple of --batch-size {args.batch_size}")
+    check_step_shape(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cpu")

@@ -27,6 +27,16 @@ def add_step_arguments(parser: argparse.ArgumentParser, arch: str, batch_size: i
     parser.add_argument("--repeats", type=positive_int, default=3, help="timed blocks per variant, median")
 
 
+def check_step_shape(args) -> None:
+    """The shape checks the trainer's config makes, as one-line ValueErrors naming the options."""
+    if args.batch_size < 2:
+        raise ValueError(f"--batch-size {args.batch_size}: BatchNorm needs at least 2 images per step")
+    if args.bank_size % args.batch_size:
+        raise ValueError(f"--bank-size {args.bank_size} is not a multiple of --batch-size {args.batch_size}")
+    if args.topk > args.bank_size:
+        raise ValueError(f"--topk {args.topk} exceeds --bank-size {args.bank_size}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_step_arguments(parser, arch="resnet50", batch_size=256, resolution=224, bank_size=65536, steps=10)
     parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
@@ -85,9 +95,8 @@ def step_runners(args, device: torch.device) -> dict:
 
 
 def bench_step(args) -> list[dict]:
+    check_step_shape(args)
     device = device_option(args.device)
-    if args.bank_size % args.batch_size:
-        raise ValueError(f"--bank-size {args.bank_size} is not a multiple of --batch-size {args.batch_size}")
     runners = step_runners(args, device)
     from msf_fast.precision import resolve_precision
     precision = resolve_precision(args.amp, device)

@@ -1,0 +1,74 @@
+"""One run per folder: a training run holds an OS lock on RUN/.lock while it can write there.
+
+The lock is flock(2) on an open file, so a process that dies in any way (SIGKILL, a crash, a lost node) releases it
+at once; the file keeps the holder's PID, host and start time for the message a second run gets. The same process
+may take the lock of a folder again (a script that resumes a run it trained): its earlier hold is closed first.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from msf_fast.errors import UserError
+
+LOCK_NAME = ".lock"
+_held: dict[str, "RunFolderLock"] = {}  # this process's locks, by folder
+
+
+class FolderInUse(UserError):
+    """Another process holds the run folder."""
+
+
+class RunFolderLock:
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self._file = None
+
+    def acquire(self) -> "RunFolderLock":
+        """Create the folder if needed and lock it; UserError (one line) when it cannot be created, FolderInUse
+        naming the holder when another process runs there."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            key = os.path.realpath(self.folder)
+            if key in _held:
+                _held.pop(key).release()
+            handle = open(self.path, "a+")
+        except OSError as error:
+            raise UserError(f"logging.folder={self.folder}: cannot be created or written "
+                            f"({error.strerror or error})") from None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = describe_holder(handle.read())
+            handle.close()
+            raise FolderInUse(f"logging.folder={self.folder} is in use by another run ({holder}): wait for it to "
+                              "end, or choose another --logging.folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+        handle.flush()
+        self._file = handle
+        _held[key] = self
+        return self
+
+    def release(self) -> None:
+        if self._file is None:
+            return
+        _held.pop(os.path.realpath(self.folder), None)
+        self._file.close()  # closing the descriptor drops the flock
+        self._file = None
+
+
+def describe_holder(content: str) -> str:
+    try:
+        holder = json.loads(content)
+        return f"PID {holder['pid']} on {holder['host']}, started {holder['started']}"
+    except (ValueError, KeyError, TypeError):
+        return "its PID unknown"
