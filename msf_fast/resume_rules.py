@@ -3,7 +3,8 @@ and what it honours.
 
 Refused, because the continued run would be neither run:
 - the model's shape and the bank (model.*, msf.bank_size);
-- the data: format, classes and count (a resumed epoch must see the same batches);
+- the data: format, classes and count, and a .beton's order (data.in_memory as resolved: auto may resolve
+  otherwise on another machine); a resumed epoch must see the same batches;
 - the batch: train.batch_size per process and the number of processes (the bank fills by global batches, and
   both cut each epoch's batches out of the seeded order);
 - the method (msf.topk, msf.momentum), the views (data.recipe and the resolution schedule), the seed (data
@@ -27,6 +28,7 @@ REFUSED = {"msf.topk": "the method", "msf.momentum": "the method", "data.recipe"
            "data.resolution": "the resolution schedule", "data.min_resolution": "the resolution schedule",
            "data.start_ramp": "the resolution schedule", "data.end_ramp": "the resolution schedule",
            "train.seed": "the data order and crops", "optim.schedule": "the learning-rate schedule"}
+ORDERS = {True: "through the page cache in RANDOM order", False: "in the page-aware order without the cache"}
 NOTED = ("optim.lr", "optim.weight_decay", "optim.momentum", "msf.bank_dtype")
 
 
@@ -60,6 +62,11 @@ def check_resume(state: dict, run: RunIdentity) -> list[str]:
         if saved_data["classes"] != run.data["classes"] or saved_data["samples"] != run.data["samples"]:
             raise ResumeRefused(f"it was trained on {describe_data(saved_data)}, this run reads "
                                 f"{describe_data(run.data)} (other data)")
+    if saved_data and saved_data.get("in_memory", run.data.get("in_memory")) != run.data.get("in_memory"):
+        before = saved_data["in_memory"]
+        raise ResumeRefused(f"it read its .beton {ORDERS[before]} (data.in_memory={int(before)}), this run would "
+                            f"read {ORDERS[not before]}: another order of samples; resume with "
+                            f"--data.in_memory={int(before)}")
     saved = state.get("config")
     if not saved:  # a checkpoint written without its settings (a benchmark's): only the shape of an epoch is known
         if state["steps_per_epoch"] != run.steps_per_epoch:

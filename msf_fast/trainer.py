@@ -270,8 +270,11 @@ class Trainer:
 
     def data_identity(self) -> dict:
         """What a checkpoint records of the training data, so that a resume on other data is refused."""
-        return {"format": self.loader.backend, "classes": list(self.loader.classes),
-                "samples": int(self.loader.num_samples)}
+        identity = {"format": self.loader.backend, "classes": list(self.loader.classes),
+                    "samples": int(self.loader.num_samples)}
+        if getattr(self.loader, "in_memory", None) is not None:  # FFCV: RANDOM order or the page-aware one
+            identity["in_memory"] = bool(self.loader.in_memory)
+        return identity
 
     def training_state(self) -> dict:
         return {**ckpt.training_state(self.model, self.optimizer, self.scaler, self.epoch, self.step,

@@ -108,6 +108,19 @@ def test_lr_precision_and_a_moved_data_path_are_allowed_with_a_note_each():
     assert check_resume(saved_state(settings()), identity(settings(train__epochs=9))) == []  # epochs: honoured
 
 
+def test_a_beton_read_in_another_order_is_refused():
+    """data.in_memory=auto resolves by the machine's memory: a resume elsewhere could change the order mid-epoch."""
+    state = saved_state(settings())
+    state["data"] = {**state["data"], "in_memory": False}
+    run = identity(settings())
+    run.data = {**run.data, "in_memory": True}
+    with pytest.raises(ResumeRefused) as refused:
+        check_resume(state, run)
+    assert str(refused.value) == ("it read its .beton in the page-aware order without the cache (data.in_memory=0), "
+                                  "this run would read through the page cache in RANDOM order: another order of "
+                                  "samples; resume with --data.in_memory=0")
+
+
 def test_an_older_checkpoint_without_settings_names_the_steps_and_the_batch_to_change():
     legacy = {**saved_state(None, world_size=None), "steps_per_epoch": 6}
     with pytest.raises(ResumeRefused, match=r"^it was saved with 6 steps per epoch, this run has 12 \(another batch "
