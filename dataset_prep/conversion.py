@@ -207,6 +207,10 @@ def run_cli(prog: str, parser: argparse.ArgumentParser, convert, argv=None,
     except ConversionError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # a full disk, a file that vanished or cannot be read: the staged output is gone
+        where = error.filename or args.out
+        print(f"{prog}: error: {where}: {error.strerror or error}; nothing written", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as interruption:
         print(f"{prog}: interrupted; nothing written", file=sys.stderr)
         return 143 if isinstance(interruption, Terminated) else 130

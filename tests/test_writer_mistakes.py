@@ -219,3 +219,29 @@ def test_ctrl_c_leaves_no_half_drawn_bar_above_its_line(writer, out, function, s
     assert screen(err)[-1] == f"{writer}: interrupted; nothing written"
     assert not [line for line in screen(err) if "%|" in line]
     assert sorted(os.listdir(tmp_path)) == ["clean"]
+
+
+def full_disk(*args, **kwargs):
+    import errno
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("writer, out", [("write_tfrecord", "store"), ("write_beton", "s.beton")])
+def test_a_full_disk_is_one_line_exit_1_and_nothing_written(writer, out, source, tmp_path, capsys, monkeypatch,
+                                                            keep_torch_threads):
+    """The writers' pages and records fail as a full disk makes them fail (ENOSPC); FFCV's writer workers are
+    forked, so they inherit the patch."""
+    if writer == "write_beton":
+        pytest.importorskip("ffcv")
+        from ffcv.memory_allocator import MemoryAllocator
+        monkeypatch.setattr(MemoryAllocator, "flush_page", full_disk)
+    else:
+        from dataset_prep.tfrecord_format import TFRecordWriter
+        monkeypatch.setattr(TFRecordWriter, "write", full_disk)
+    code, lines = run(WRITERS[writer].main, [source, str(tmp_path / out)], capsys)
+    shown = str(tmp_path / out)
+    expected = (f"cannot write {shown}: No space left on device; nothing written" if writer == "write_beton"
+                else f"{shown}: No space left on device; nothing written")
+    assert code == 1 and lines[-1] == f"{writer}: error: {expected}"
+    assert not [line for line in lines if "Traceback" in line or "error" in line and line != lines[-1]]
+    assert entries(tmp_path) == {"clean"}
