@@ -15,6 +15,8 @@ from pipelines import build_eval_loader
 from pipelines.contract import check_same_classes
 from pipelines.recipe import TwoViewRecipe
 
+DEFAULT_K = 20  # eval.knn_k's default (msf_fast.config)
+
 
 class KnnMonitor:
     def __init__(self, memory_path: str, val_path: str, recipe: TwoViewRecipe, *, k: int, batch_size: int,
@@ -27,8 +29,13 @@ class KnnMonitor:
                                           per_class=val_per_class, seed=seed)
         check_same_classes(self.memory, f"the searched images {memory_path}", self.held_out,
                            f"the held-out images {val_path}")
-        if k > self.memory.num_samples:
-            raise ValueError(f"eval.knn_k={k}: the searched images {memory_path} are only {self.memory.num_samples}")
+        searched = self.memory.num_samples
+        if k > searched and k == DEFAULT_K:  # a default nobody typed shrinks to the data, as eval knn's does
+            print(f"note: eval.knn_k={searched}: the searched images {memory_path} are only {searched} (fewer than "
+                  f"the default {DEFAULT_K})", flush=True)
+            self.k = searched
+        elif k > searched:
+            raise ValueError(f"eval.knn_k={k}: the searched images {memory_path} are only {searched}")
 
     @classmethod
     def from_config(cls, cfg, recipe: TwoViewRecipe) -> "KnnMonitor | None":

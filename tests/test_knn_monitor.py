@@ -90,3 +90,16 @@ def test_a_held_out_set_with_other_classes_is_refused_at_start(tiny_imagefolder,
         f"the k-NN monitor (data.val_path, eval.knn_memory_path): the searched images {tiny_imagefolder / 'train'} "
         f"and the held-out images {val} have different classes: class_3 only in the searched images "
         f"{tiny_imagefolder / 'train'}, class_9 only in the held-out images {val}; their labels would not match")
+
+
+def test_the_default_k_shrinks_to_a_small_searched_set_and_a_typed_one_is_refused(tiny_imagefolder, capsys):
+    from pipelines.recipe import two_view_recipe
+
+    def monitor(k):
+        return KnnMonitor(str(tiny_imagefolder / "train"), str(tiny_imagefolder / "val"), two_view_recipe("w/s", 32),
+                          k=k, batch_size=16, workers=0, memory_per_class=3, val_per_class=1, seed=0)
+    assert monitor(20).k == 12
+    assert (f"note: eval.knn_k=12: the searched images {tiny_imagefolder / 'train'} are only 12 (fewer than the "
+            "default 20)") in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"^eval.knn_k=13: the searched images .* are only 12$"):
+        monitor(13)
