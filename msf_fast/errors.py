@@ -2,7 +2,19 @@
 
 Anything else (a torch or CUDA RuntimeError, a bug) keeps its traceback.
 """
+import errno
 
 
 class UserError(Exception):
     """A value, path or file the user gave cannot be used; the message names it and says why."""
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(error: BaseException) -> bool:
+    """A write that failed for lack of space: the OS's ENOSPC/EDQUOT, or torch.save's RuntimeError for it (the zip
+    writer's "unexpected pos")."""
+    if isinstance(error, OSError):
+        return error.errno in DISK_FULL_ERRNOS
+    return isinstance(error, RuntimeError) and ("unexpected pos" in str(error) or "failed writing file" in str(error))

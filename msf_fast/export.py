@@ -23,7 +23,7 @@ import torch
 from dataset_prep.argument_parser import OneLineParser, non_negative_int
 from dataset_prep.staging import OutputError, check_destination
 from msf_fast.checkpoint import BACKBONE, atomic_save, model_args, read_checkpoint
-from msf_fast.errors import UserError
+from msf_fast.errors import UserError, disk_full
 
 PROG = "export"
 
@@ -70,7 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         print(export(args))
-    except (UserError, OSError, ValueError) as error:
+    except (UserError, OSError, ValueError, RuntimeError) as error:
+        if disk_full(error):
+            print(f"{PROG}: error: cannot write {args.out}: No space left on device; nothing written",
+                  file=sys.stderr)
+            return 1
+        if isinstance(error, RuntimeError):
+            raise
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     return 0

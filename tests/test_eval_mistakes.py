@@ -4,6 +4,7 @@ whose classes differ, an unwritable --out, paths that are no dataset and files t
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -367,3 +368,33 @@ def test_export_exit_code_from_the_command_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"export: error: {text}: a text file (starting 'not a checkpoint'), not a checkpoint"]
+
+
+# --- a full disk (issue 21, item 4's siblings) -------------------------------------------------------------------
+
+def test_a_full_disk_is_one_line_exit_1_for_eval_and_export(backbone, sets, tmp_path, capsys, monkeypatch):
+    import errno
+    import pathlib
+
+    from msf_fast import checkpoint
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    out = tmp_path / "out"
+    with monkeypatch.context() as patched:
+        patched.setattr(pathlib.Path, "write_text", full)
+        code, lines = run(evaluation.main, eval_command("knn", backbone, "--train", sets["train"], "--val", sets["val"],
+                                                 "--k", "3", "--out", str(out)), capsys)
+    assert code == 1 and lines[-1] == (f"eval knn: error: cannot write into {out}: No space left on device; nothing "
+                                       "half-written")
+    assert not (out / "knn.json").exists() and not [p for p in out.rglob("*") if "partial" in p.name]
+
+    def torch_full(obj, handle):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1472 vs 1366")
+    ours = tmp_path / "out" / "latest.pt"
+    torch.save(checkpoint.training_state(MSF("resnet18", bank_size=32), None, None, 0, 0, 1, None), ours)
+    monkeypatch.setattr(checkpoint.torch, "save", torch_full)
+    code, lines = run(export.main, [str(ours), str(tmp_path / "b.pth")], capsys)
+    assert code == 1 and lines == [f"export: error: cannot write {tmp_path / 'b.pth'}: No space left on device; "
+                                   "nothing written"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -20,10 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from dataset_prep.argument_parser import OneLineParser, positive_int
+from dataset_prep.staging import StagedPath
 from msf_fast.checkpoint import read_checkpoint
-from msf_fast.errors import UserError
+from msf_fast.errors import UserError, disk_full
 from msf_fast.eval.common import (add_data_options, amp_dtype, check_output_folder, checked_device, open_eval_data,
                                   checkpoint_position, note, output_folder, position_text, same_images, warn)
 from msf_fast.eval.knn import SEARCHES, faiss_available, knn_evaluation
@@ -112,8 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         if result is not None:
             checkpoint = args.ckpt[0] if isinstance(args.ckpt, list) else args.ckpt
             path = output_folder(args, checkpoint) / args.result_name
-            path.write_text(json.dumps(result, indent=1) + "\n")
+            with StagedPath(str(path)) as staged:  # a full disk leaves the previous file, not a torn one
+                Path(staged.temporary).write_text(json.dumps(result, indent=1) + "\n")
     except (UserError, OSError, ValueError, RuntimeError) as error:
+        if disk_full(error):
+            checkpoint = args.ckpt[0] if isinstance(args.ckpt, list) else args.ckpt
+            print(f"eval {args.command}: error: cannot write into {output_folder(args, checkpoint)}: No space left "
+                  "on device; nothing half-written", file=sys.stderr)
+            return 1
         print(f"eval {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # outputs appear whole or not at all
