@@ -31,6 +31,7 @@ Two numba habits decide the speed of such loops:
 """
 from __future__ import annotations
 
+import ctypes
 import math
 
 import numba
@@ -250,6 +251,33 @@ def resize_crop(src, top, left, height, width, dst):
     """torchvision's resized_crop(src, top, left, height, width, dst's size, antialias=True): an integer crop."""
     resize_box(src, float(top), float(left), float(height), float(width), top, left, top + height, left + width,
                dst)
+
+
+_C_RESIZE_BOX = None
+
+
+def c_resize_box():
+    """resize_box as a C function (a ctypes object numba-compiled code can call), compiled once per process:
+    (src address, src_h, src_w, top, left, height, width, clip_top, clip_left, clip_bottom, clip_right,
+    dst address, out_h, out_w). FFCV's pipelines call it so: a numba function they called directly had its code
+    linked into theirs and optimised again for every Loader (seconds each)."""
+    global _C_RESIZE_BOX
+    if _C_RESIZE_BOX is None:
+        pointer, size, scalar = types.CPointer(types.uint8), types.int64, types.float64
+        signature = types.void(pointer, size, size, scalar, scalar, scalar, scalar, size, size, size, size, pointer,
+                               size, size)
+
+        def resize(src, src_h, src_w, top, left, height, width, clip_top, clip_left, clip_bottom, clip_right, dst,
+                   out_h, out_w):
+            resize_box(numba.carray(src, (src_h, src_w, CHANNELS)), top, left, height, width, clip_top, clip_left,
+                       clip_bottom, clip_right, numba.carray(dst, (out_h, out_w, CHANNELS)))
+
+        compiled = numba.cfunc(signature, nopython=True)(resize)
+        address, size_t, real = ctypes.c_uint64, ctypes.c_int64, ctypes.c_double
+        prototype = ctypes.CFUNCTYPE(None, address, size_t, size_t, real, real, real, real, size_t, size_t, size_t,
+                                     size_t, address, size_t, size_t)
+        _C_RESIZE_BOX = (compiled, prototype(compiled.address))  # the cfunc object keeps the code alive
+    return _C_RESIZE_BOX[1]
 
 
 def centre_box(height: int, width: int, resize: int, out_h: int, out_w: int) -> tuple[float, float, float, float]:

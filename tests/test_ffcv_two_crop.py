@@ -11,8 +11,10 @@ torch.set_num_threads(_threads)
 
 from dataset_prep import write_beton  # noqa: E402
 from pipelines import ffcv_two_crop as tc  # noqa: E402 (imports FFCV, keeping torch's thread count)
+from pipelines.antialias_resize import resize_crop  # noqa: E402
 from pipelines.recipe import PROBE_VIEW, WEAK, two_view_recipe  # noqa: E402
 from tests.image_cases import coordinate_images, smooth_image, write_image_folder  # noqa: E402
+from tests.photo_cases import load_rgb, write_photo_folder  # noqa: E402
 from tests.loader_checks import RESOLUTION, crop_areas, torchvision_crop_areas  # noqa: E402
 
 VIEWS = (PROBE_VIEW, WEAK)  # online (scale 0.08-1), target (scale 0.2-1): each view keeps its own ranges
@@ -26,10 +28,11 @@ def keep_torch_threads():
     torch.set_num_threads(threads)  # every FFCV Loader sets torch's threads to its worker count
 
 
-def make_store(root, images, write_mode) -> str:
-    source = write_image_folder(root, images)
+def make_store(root, images, write_mode, *options) -> str:
+    source = write_image_folder(root, images) if images is not None else str(root)
     path = source + ".beton"
-    assert write_beton.main([source, path, "--write-mode", write_mode, "--workers", "1", "--no-progress"]) == 0
+    assert write_beton.main([source, path, "--write-mode", write_mode, "--workers", "1", "--no-progress",
+                             *options]) == 0
     return path
 
 
@@ -81,13 +84,19 @@ def epoch_crops(path, epoch, seed=0, workers=1, order_seed=0, size=RESOLUTION, v
     return crops
 
 
-def reference_views(image: np.ndarray, index: int, epoch: int, seed: int, size: int, views=VIEWS) -> np.ndarray:
-    """The oracle: the pure-Python crop boxes cut from the full image, resized by libffcv's resize_crop."""
-    from ffcv.libffcv import resize_crop
+def reference_views(image: np.ndarray, index: int, epoch: int, seed: int, size: int, views=VIEWS,
+                    resize="antialias") -> np.ndarray:
+    """The oracle: the pure-Python crop boxes cut from the full image and resized (antialias_resize.resize_crop,
+    or libffcv's OpenCV resize_crop for the former path)."""
+    from ffcv.libffcv import resize_crop as opencv_resize_crop
 
     out = np.zeros((2, size, size, 3), np.uint8)
+    image = np.ascontiguousarray(image)
     for v, (i, j, h, w) in enumerate(tc.two_crop_params(*image.shape[:2], views, seed, epoch, index)):
-        resize_crop(np.ascontiguousarray(image), i, i + h, j, j + w, out[v])
+        if resize == "antialias":
+            resize_crop(image, i, j, h, w, out[v])
+        else:
+            opencv_resize_crop(image, i, i + h, j, j + w, out[v])
     return out
 
 
@@ -257,3 +266,62 @@ def test_jpeg_store_views_match_a_full_decode_reference(photo_store):
         scaled_any |= tc.dct_scale_num(boxes[0][2], boxes[0][3], boxes[1][2], boxes[1][3], RESOLUTION,
                                        RESOLUTION) < 8
     assert scaled_any  # the test really exercised the scaled decode
+
+
+def test_the_former_opencv_resize_stays_selectable(raw_store, coordinate_sources):
+    images = [arrays[0] for _, arrays in sorted(coordinate_sources.items())]
+    views = epoch_crops(raw_store, epoch=1, seed=4, resize="opencv")
+    for index, pair in views.items():
+        assert np.array_equal(pair, reference_views(images[index], index, 1, 4, RESOLUTION, resize="opencv")), index
+    with pytest.raises(ValueError, match="resize 'cubic'"):
+        tc.TwoCropDecoder((8, 8), views=VIEWS, resize="cubic")
+
+
+@pytest.fixture(scope="module")
+def real_photo_store(tmp_path_factory):
+    """Real photos (JPEG, PNG, grayscale, CMYK; 180 x 240 to 600 x 512) in a proportion store (JPEG or raw
+    pixels) at full size."""
+    root = tmp_path_factory.mktemp("real") / "photos"
+    write_photo_folder(root)
+    return make_store(root, None, "proportion", "--max-resolution", "1000")
+
+
+def stored_images(path) -> list[tuple[np.ndarray, int]]:
+    """(image, mode) of every sample as stored: raw pixels, or the stored JPEG decoded by Pillow."""
+    import io
+
+    from ffcv.reader import Reader
+    from PIL import Image
+
+    reader = Reader(path)
+    data = np.memmap(path, "uint8", mode="r")
+    size_at = dict(zip(reader.alloc_table["ptr"].tolist(), reader.alloc_table["size"].tolist()))
+    images = []
+    for field in reader.metadata["f0"]:
+        ptr, height, width = int(field["data_ptr"]), int(field["height"]), int(field["width"])
+        stored = np.asarray(data[ptr:ptr + size_at[ptr]])
+        if field["mode"] == tc.JPG_MODE:
+            images.append((np.asarray(Image.open(io.BytesIO(stored.tobytes())).convert("RGB")), tc.JPG_MODE))
+        else:
+            images.append((stored[:height * width * 3].reshape(height, width, 3), int(field["mode"])))
+    return images
+
+
+def test_views_of_real_photos_match_torchvision_resized_crop(real_photo_store):
+    """Both decode-once views, from JPEG (DCT-scaled where the plan says so) or raw pixels, against torchvision's
+    resized_crop(antialias=True) on the same stored image at the same boxes: the issue's bound is 0.01 (0-1)."""
+    import torchvision.transforms.v2.functional as F
+
+    size = 128  # small views of large crops: the 1/2 and 1/4 DCT-scaled decodes are exercised too
+    crops = epoch_crops(real_photo_store, epoch=0, seed=1, size=size)
+    modes, scaled = set(), 0
+    for index, (image, mode) in enumerate(stored_images(real_photo_store)):
+        tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+        boxes = tc.two_crop_params(*image.shape[:2], VIEWS, 1, 0, index)
+        for view, (i, j, h, w) in enumerate(boxes):
+            reference = F.resized_crop(tensor, i, j, h, w, [size, size], antialias=True).permute(1, 2, 0).numpy()
+            difference = np.abs(crops[index][view].astype(int) - reference).mean() / 255
+            assert difference < 0.01, (index, view, (i, j, h, w), difference)
+        modes.add(mode == tc.JPG_MODE)
+        scaled += tc.dct_scale_num(boxes[0][2], boxes[0][3], boxes[1][2], boxes[1][3], size, size) < 8
+    assert modes == {True, False} and scaled > 0
