@@ -37,3 +37,17 @@ def tiny_imagefolder(tmp_path_factory):
                 pixels[..., c % 3] //= 2
                 Image.fromarray(pixels).save(folder / f"{i}.jpg")
     return root
+
+
+@pytest.fixture(scope="session")
+def backbone(tmp_path_factory) -> str:
+    """A torchvision ResNet-18 backbone (small-input stem) of a seeded random MSF, as msf_fast.export writes it:
+    the checkpoint the eval commands' tests read."""
+    import torch
+
+    from msf_fast import export
+    from msf_fast.model import MSF
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "backbone.pth"
+    torch.save(export.backbone_state_dict(MSF("resnet18", bank_size=32, topk=5, small_input=True)), path)
+    return str(path)

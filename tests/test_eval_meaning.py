@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from msf_fast import eval as evaluation
-from msf_fast import export
 from msf_fast.checkpoint import Checkpoint
 from msf_fast.config import ConfigError, load_config
 from msf_fast.model import MSF
@@ -26,14 +25,6 @@ def no_work(monkeypatch):
     def refuse(self):
         raise WorkStarted
     monkeypatch.setattr(Checkpoint, "backbone", refuse)
-
-
-@pytest.fixture(scope="module")
-def backbone(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "backbone.pth"
-    torch.save(export.backbone_state_dict(MSF("resnet18", bank_size=32, topk=5, small_input=True)), path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

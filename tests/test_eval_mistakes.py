@@ -25,14 +25,6 @@ FAST = ["--resolution", "32", "--workers", "0", "--batch-size", "32", "--device"
 
 
 @pytest.fixture(scope="module")
-def backbone(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "backbone.pth"
-    torch.save(export.backbone_state_dict(MSF("resnet18", bank_size=32, topk=5, small_input=True)), path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def sets(tiny_imagefolder, tmp_path_factory) -> dict[str, str]:
     """train/val (class_0..class_3), a val lacking class_3 and one naming it class_x."""
     root = tmp_path_factory.mktemp("sets")

@@ -13,8 +13,6 @@ import torch
 from PIL import Image
 
 from msf_fast import eval as evaluation
-from msf_fast import export
-from msf_fast.model import MSF
 from pipelines.recipe import two_view_recipe
 
 FAST = ["--resolution", "32", "--workers", "0", "--batch-size", "4", "--device", "cpu", "--no-progress"]
@@ -49,14 +47,6 @@ def folders(tmp_path):
     bad = write_folder(str(tmp_path / "train"), bad=True)
     write_folder(str(tmp_path / "val"), bad=False)
     return str(tmp_path / "train"), str(tmp_path / "val"), bad
-
-
-@pytest.fixture(scope="module")
-def backbone(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "backbone.pth"
-    torch.save(export.backbone_state_dict(MSF("resnet18", bank_size=32, topk=5, small_input=True)), path)
-    return str(path)
 
 
 @pytest.fixture(autouse=True)
