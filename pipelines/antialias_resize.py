@@ -27,7 +27,8 @@ Two numba habits decide the speed of such loops:
   contiguous loads into gathers;
 - LLVM vectorised the 24-float sums only in some shapes (a constant trip count was unrolled into scalar code, a
   run-time one left to a scalar remainder), so `_sum_taps` writes them as LLVM vector operations itself.
-`python -m msf_fast.bench resize` measures it against OpenCV and torch.
+`python -m msf_fast.bench resize` measures it against OpenCV and torch. The functions are cached on disk (numba
+`cache=True`): they took ~8 s to compile, in every process that resizes.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ VECTOR = 8  # floats per LLVM vector in _sum_taps (one AVX register; LLVM splits
 U = np.uint64  # array indices as unsigned: numba then skips its negative-index wraparound
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=True)
 def axis_taps(start, length, lo, hi, out_size, group):
     """(first, count, weights) of one axis: output i reads source indices first[i] .. first[i] + count[i] - 1 with
     weights[i, :count[i]] (float32, summing to 1; zeros after, up to a width that is a multiple of `group`). The
@@ -81,7 +82,7 @@ def axis_taps(start, length, lo, hi, out_size, group):
     return first, count, weights
 
 
-@numba.njit(nogil=True, cache=False, fastmath=True)
+@numba.njit(nogil=True, cache=True, fastmath=True)
 def _weighted_sum(out, at, data, base, step, weights, taps, n, bias):
     """out[at + t] = bias + sum over k < taps of weights[k] * data[base + k * step + t], for t < n; four taps a
     pass over out."""
@@ -155,7 +156,7 @@ _sum_two_taps = _make_sum_taps(2)
 _sum_four_taps = _make_sum_taps(4)
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=True)
 def _horizontal(mid, first, weights, first_col, out):
     """out[LANES * x + j] = 0.5 + sum over output pixel x's taps k of weights[x, k] * mid[LANES * (tap pixel) + j];
     weights has 2 columns (enlarging) or a multiple of 4 (zeros past each pixel's taps)."""
@@ -171,7 +172,7 @@ def _horizontal(mid, first, weights, first_col, out):
             _sum_four_taps(out, at, mid, base + k * LANES, flat, x * width + k, k > 0)
 
 
-@numba.njit(nogil=True, cache=False, fastmath=True)
+@numba.njit(nogil=True, cache=True, fastmath=True)
 def _interleave(rows, n, mid):
     """mid[ROWS * t + r] = rows[r * n + t]: the block's rows interleaved (LLVM vectorises this 8-way pattern with
     register permutes; as a loop over r it did not)."""
@@ -186,7 +187,7 @@ def _interleave(rows, n, mid):
         mid[U(8 * t + 7)] = rows[U(7 * n + t)]
 
 
-@numba.njit(nogil=True, cache=False, fastmath=True)
+@numba.njit(nogil=True, cache=True, fastmath=True)
 def _deinterleave(mid, n, scratch, rows, at, stride):
     """rows[at + r * stride + t] = mid[ROWS * t + r] as uint8, t < n. mid holds values already rounded up by 0.5,
     within [0.5, 255.5): weights are >= 0 and sum to 1, so no clamping."""
@@ -203,7 +204,7 @@ def _deinterleave(mid, n, scratch, rows, at, stride):
         rows[U(at + 7 * stride + t)] = scratch[U(8 * t + 7)]
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=True)
 def resize_box(src, top, left, height, width, clip_top, clip_left, clip_bottom, clip_right, dst):
     """dst (out_h, out_w, 3) uint8, C-contiguous <- the box (top, left, height, width) of src (H, W, 3) uint8,
     C-contiguous, antialiased; taps within rows [clip_top, clip_bottom) and columns [clip_left, clip_right)
@@ -246,7 +247,7 @@ def resize_box(src, top, left, height, width, clip_top, clip_left, clip_bottom, 
                 pixels[U(i0 * row + t)] = last[U(t)]
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=True)
 def resize_crop(src, top, left, height, width, dst):
     """torchvision's resized_crop(src, top, left, height, width, dst's size, antialias=True): an integer crop."""
     resize_box(src, float(top), float(left), float(height), float(width), top, left, top + height, left + width,
@@ -272,7 +273,7 @@ def c_resize_box():
             resize_box(numba.carray(src, (src_h, src_w, CHANNELS)), top, left, height, width, clip_top, clip_left,
                        clip_bottom, clip_right, numba.carray(dst, (out_h, out_w, CHANNELS)))
 
-        compiled = numba.cfunc(signature, nopython=True)(resize)
+        compiled = numba.cfunc(signature, nopython=True, cache=True)(resize)
         address, size_t, real = ctypes.c_uint64, ctypes.c_int64, ctypes.c_double
         prototype = ctypes.CFUNCTYPE(None, address, size_t, size_t, real, real, real, real, size_t, size_t, size_t,
                                      size_t, address, size_t, size_t)
@@ -286,7 +287,7 @@ def centre_box(height: int, width: int, resize: int, out_h: int, out_w: int) -> 
     return centre_box_nb(height, width, resize, out_h, out_w)
 
 
-@numba.njit(nogil=True, cache=False)
+@numba.njit(nogil=True, cache=True)
 def centre_box_nb(height, width, resize, out_h, out_w):
     if height <= width:
         new_h, new_w = resize, int(resize * width / height)
