@@ -318,6 +318,37 @@ class DALITwoViewLoader:
         return nhwc.to(self.dtype).permute(0, 3, 1, 2)  # NCHW view of NHWC memory: channels-last
 
 
+def _half_to_even(x):
+    """Python's round() of x = k or k + 1/2 (k an integer) in DALI arithmetic: ties go to the even neighbour."""
+    from nvidia.dali import math
+
+    low = math.floor(x)
+    odd = low - 2 * math.floor(low / 2)
+    return low + (x > low) * odd
+
+
+def _centre_view(images, resize: int, size: int):
+    """torchvision's Resize(resize) + CenterCrop(size) in one antialiased resize of a fractional box: the crop's
+    rows and columns in the resized image, mapped back onto the source (its ROI in source pixels), resized to
+    size x size; the filter may read the whole image, as torchvision's resize of the whole image does. DALI's own
+    resize_shorter + centre crop rounded the resized size and the crop's offset differently: up to 0.020 mean
+    absolute difference from torchvision on real photos."""
+    from nvidia.dali import fn, math, types
+
+    shape = images.shape(dtype=types.FLOAT)
+    height, width = shape[0], shape[1]
+    shorter = math.min(height, width)
+    resized_h = math.floor(resize * height / shorter)  # torchvision: int(resize * long / short); exact when short
+    resized_w = math.floor(resize * width / shorter)
+    scale_y, scale_x = height / resized_h, width / resized_w
+    top = _half_to_even((resized_h - size) / 2) * scale_y
+    left = _half_to_even((resized_w - size) / 2) * scale_x
+    start = fn.stack(top, left)
+    end = fn.stack(top + size * scale_y, left + size * scale_x)
+    return fn.resize(images, size=[size, size], roi_start=start, roi_end=end, roi_relative=False, antialias=True,
+                     interp_type=types.INTERP_LINEAR)
+
+
 class DALIEvalLoader:
     """(images, labels) of a TFRecord store with the evaluation transform (shorter side to eval_resize, centre
     crop, normalize), every sample exactly once per pass, in store order (or, with `shuffle_seed`, a new seeded
@@ -354,9 +385,8 @@ class DALIEvalLoader:
             images = fn.decoders.image(records[IMAGE_KEY], device="cpu", output_type=types.RGB)
             if view is not None:
                 return _view(images, view, recipe, half=False), records[LABEL_KEY]
-            images = fn.resize(images, resize_shorter=recipe.eval_resize)
-            images = fn.crop_mirror_normalize(images, crop=(recipe.resolution, recipe.resolution),
-                                              mean=[255 * m for m in recipe.mean],
+            images = _centre_view(images, recipe.eval_resize, recipe.resolution)
+            images = fn.crop_mirror_normalize(images, mean=[255 * m for m in recipe.mean],
                                               std=[255 * s for s in recipe.std], dtype=types.FLOAT,
                                               output_layout="HWC")
             return images, records[LABEL_KEY]
