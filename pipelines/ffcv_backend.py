@@ -165,35 +165,37 @@ class FFCVTwoViewLoader:
 
 
 class FFCVEvalLoader:
-    """(images, labels) with the evaluation transform: the centre crop of side resolution/eval_resize of the
-    shorter side, resized to the resolution (FFCV's CenterCropRGBImageDecoder), normalized; float32 NCHW
-    channels-last on the CPU. Store order (or, with `shuffle_seed`, a new seeded order per pass); `indices`
-    reads only those samples. With `view` (a ViewRecipe: crop scale and ratio, flip) the crop is random
-    instead: the linear probe's augmented training images. Iterable more than once."""
+    """(images, labels) with the evaluation transform: torchvision's Resize(eval_resize) + CenterCrop(resolution)
+    with its antialiased filter and its fractional box (`ffcv_eval_crop.EvalCropDecoder`), normalized; float32
+    NCHW channels-last on the CPU. Store order (or, with `shuffle_seed`, a new seeded order per pass); `indices`
+    reads only those samples. With `view` (a ViewRecipe: crop scale and ratio, flip) the crop and flip are random
+    instead, seeded by (shuffle_seed, pass, sample): the linear probe's augmented training images. Iterable more
+    than once."""
 
     def __init__(self, path: str, recipe: TwoViewRecipe, *, batch_size: int, workers: int = 2, indices=None,
                  view: ViewRecipe | None = None, shuffle_seed: int | None = None):
         import_ffcv()
         from ffcv.fields.basics import IntDecoder
-        from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
         from ffcv.loader import Loader, OrderOption
-        from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
+        from ffcv.transforms import Squeeze, ToTensor, ToTorchImage
+
+        from pipelines.ffcv_eval_crop import EvalCropDecoder
 
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no such .beton file")
         threads = torch.get_num_threads()
         size = (recipe.resolution, recipe.resolution)
         if view is None:
-            image_ops = [CenterCropRGBImageDecoder(size, ratio=recipe.resolution / recipe.eval_resize)]
+            self.decoder = EvalCropDecoder(size, eval_resize=recipe.eval_resize)
         else:
-            image_ops = [RandomResizedCropRGBImageDecoder(size, scale=view.crop_scale, ratio=view.crop_ratio)]
-            if view.flip_p > 0:
-                image_ops.append(RandomHorizontalFlip(view.flip_p))
+            self.decoder = EvalCropDecoder(size, scale=view.crop_scale, ratio=view.crop_ratio, flip_p=view.flip_p,
+                                           seed=shuffle_seed or 0)
+        self.passes = 0
         order = OrderOption.SEQUENTIAL if shuffle_seed is None else OrderOption.RANDOM
         self.loader = Loader(path, batch_size=batch_size, num_workers=max(1, workers), order=order,
                              seed=shuffle_seed, drop_last=False,
                              indices=None if indices is None else np.sort(np.asarray(indices)),
-                             pipelines={"image": [*image_ops, ToTensor(), ToTorchImage(channels_last=True)],
+                             pipelines={"image": [self.decoder, ToTensor(), ToTorchImage(channels_last=True)],
                                         "label": [IntDecoder(), ToTensor(), Squeeze()]})
         torch.set_num_threads(threads)
         self.threads = threads
@@ -206,6 +208,8 @@ class FFCVEvalLoader:
         return len(self.loader)
 
     def __iter__(self):
+        self.decoder.set_epoch(self.passes)  # before iter(): FFCV starts decoding at once
+        self.passes += 1
         batches = iter(self.loader)
         torch.set_num_threads(self.threads)
         for images, labels in batches:

@@ -144,8 +144,8 @@ def test_eval_loader_reads_a_beton_like_the_folder_transform(coordinate_store, t
     assert images.is_contiguous(memory_format=torch.channels_last)
     source = str(coordinate_store)[:-len(".beton")]
     reference = torch.cat([batch[0] for batch in build_eval_loader(source, recipe, batch_size=32, workers=0)])
-    # FFCV centre-crops then resizes once; torchvision resizes then crops: same content up to interpolation
-    assert (images - reference).abs().mean() < 0.05
+    # the same transform (torchvision's fractional box and filter): within a level (0.018 here) on every pixel
+    assert (images - reference).abs().max() < 0.02
 
 
 def test_beton_subsets_and_the_probe_loader(coordinate_store):
