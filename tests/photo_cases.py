@@ -1,5 +1,6 @@
-"""Real photos for fidelity tests: the public-domain samples that scikit-learn and matplotlib ship (both are
-dependencies of msf-fast), and an ImageFolder of them in the forms ImageNet holds (JPEG, PNG, grayscale, CMYK)."""
+"""Images for fidelity tests: the public-domain photos that scikit-learn and matplotlib ship (both are
+dependencies of msf-fast), an ImageFolder of them in the forms ImageNet holds (JPEG, PNG, grayscale, CMYK), and
+images of awkward shapes in a raw .beton."""
 from __future__ import annotations
 
 import os
@@ -64,3 +65,22 @@ def load_rgb(path: str) -> np.ndarray:
     """A file as torchvision's ImageFolder reads it: PIL, converted to RGB."""
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))
+
+
+ODD_SHAPES = [(1, 1), (4000, 20), (20, 4000), (3, 2), (1, 300)]
+
+
+def odd_shape_images(seed: int = 3) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (*shape, 3), dtype=np.uint8) for shape in ODD_SHAPES]
+
+
+def write_raw_beton(path: str, images: list[np.ndarray]) -> str:
+    """A .beton of raw images (label k = image k) written by FFCV's own writer: ours refuses sides under 8
+    pixels, but older stores and other tools' may hold them."""
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    writer = DatasetWriter(path, {"image": RGBImageField(write_mode="raw"), "label": IntField()}, num_workers=1)
+    writer.from_indexed_dataset([(image, label) for label, image in enumerate(images)])
+    return path

@@ -12,7 +12,7 @@ from PIL import Image
 
 from pipelines import build_eval_loader, build_probe_loader
 from pipelines.recipe import PROBE_VIEW, two_view_recipe
-from tests.photo_cases import load_rgb, write_photo_folder
+from tests.photo_cases import load_rgb, odd_shape_images, write_photo_folder, write_raw_beton
 
 RECIPE = two_view_recipe("w/s", 224)
 BOUND = 0.01
@@ -121,3 +121,14 @@ def test_dali_centre_views_are_torchvisions(photos, tmp_path):
     assert labels == list(range(len(files)))
     for view, path in zip(views, files):  # JPEGs are stored byte for byte, the others re-encoded at quality 90
         assert difference(view, centre(load_rgb(path))) < BOUND, path
+
+
+
+def test_any_image_shape_in_a_store_gives_torchvisions_centre_view(tmp_path):
+    """1 x 1, 4000 x 20, 20 x 4000 ...: OpenCV aborted (SIGABRT) on such shapes in evaluation passes (issue 21)."""
+    images = odd_shape_images()
+    path = write_raw_beton(str(tmp_path / "odd.beton"), images)
+    views, labels = read_all(build_eval_loader(path, RECIPE, batch_size=2, workers=1))
+    assert labels == list(range(len(images)))
+    for view, image in zip(views, images):
+        assert np.abs(view - centre(image)).max() <= 1, image.shape

@@ -14,7 +14,7 @@ from pipelines import ffcv_two_crop as tc  # noqa: E402 (imports FFCV, keeping t
 from pipelines.antialias_resize import resize_crop  # noqa: E402
 from pipelines.recipe import PROBE_VIEW, WEAK, two_view_recipe  # noqa: E402
 from tests.image_cases import coordinate_images, smooth_image, write_image_folder  # noqa: E402
-from tests.photo_cases import load_rgb, write_photo_folder  # noqa: E402
+from tests.photo_cases import odd_shape_images, write_photo_folder, write_raw_beton  # noqa: E402
 from tests.loader_checks import RESOLUTION, crop_areas, torchvision_crop_areas  # noqa: E402
 
 VIEWS = (PROBE_VIEW, WEAK)  # online (scale 0.08-1), target (scale 0.2-1): each view keeps its own ranges
@@ -325,3 +325,12 @@ def test_views_of_real_photos_match_torchvision_resized_crop(real_photo_store):
         modes.add(mode == tc.JPG_MODE)
         scaled += tc.dct_scale_num(boxes[0][2], boxes[0][3], boxes[1][2], boxes[1][3], size, size) < 8
     assert modes == {True, False} and scaled > 0
+
+
+def test_any_image_shape_gives_the_oracles_views(tmp_path):
+    """1 x 1, 4000 x 20, 20 x 4000 ...: both views, as the oracle makes them, without a crash."""
+    images = odd_shape_images()
+    path = write_raw_beton(str(tmp_path / "odd.beton"), images)
+    pairs = epoch_crops(path, epoch=0, seed=0, size=32)
+    for index, image in enumerate(images):
+        assert np.array_equal(pairs[index], reference_views(image, index, 0, 0, 32)), image.shape
