@@ -89,6 +89,18 @@ def test_augment_benchmark_whole_recipe_only(capsys):
     assert recipe["recipe"] == "w/w" and recipe["dtype"] == "bfloat16" and recipe["images_per_s"] > 0
 
 
+# ---- bench resize ------------------------------------------------------------------------------------------
+
+def test_resize_benchmark_times_every_variant_against_ours(capsys):
+    bench.main(["resize", "--source", "64x48", "--size", "24", "--crops", "3", "--repeats", "1"])
+    lines = json_lines(capsys.readouterr().out)
+    runs, summary = lines[:-1], lines[-1]
+    names = [run["variant"] for run in runs]
+    assert names[:3] == ["ours", "opencv_area", "opencv_linear"] and "torch_antialias" in names
+    assert all(run["us_per_view"] > 0 for run in runs) and runs[0]["mad"] < 0.002  # ours: torchvision's filter
+    assert set(summary) == {"bench", "cpu", *(f"{name}_over_ours" for name in names[1:])}
+
+
 # ---- bench train and its synthetic loader ------------------------------------------------------------------
 
 def test_synthetic_loader_keeps_the_loader_contract():
@@ -168,7 +180,7 @@ def test_loader_benchmark_compares_the_installed_backends(tiny_imagefolder, tmp_
             if importlib.util.find_spec(module.split(".")[0]) and _importable(module)]
     if not fast:
         pytest.skip("no fast loader to compare with: install FFCV (pip install -e '.[ffcv]') or DALI ('.[dali]')")
-    backends = ["torch", *fast] + (["ffcv-twice"] if "ffcv" in fast else [])  # the two FFCV decoders too
+    backends = ["torch", *fast] + (["ffcv-twice", "ffcv-opencv"] if "ffcv" in fast else [])  # the other FFCV paths
     monkeypatch.chdir(tmp_path)  # the stores are written under ./data/bench/stores
     bench.main(["loader", "--data", str(tiny_imagefolder / "train"), "--backend", *backends, "--compare",
                 "--epochs", "2", "--max-batches", "2", "--batch-size", "8", "--resolution", "32", "--workers", "1"])
@@ -178,7 +190,8 @@ def test_loader_benchmark_compares_the_installed_backends(tiny_imagefolder, tmp_
     assert all(run["images_per_s"] > 0 and run["peak_rss_mb"] > 0 and run["compile_s"] >= 0 for run in runs)
     assert all(ratio[f"{name}_vs_torch"] > 0 for name in backends[1:])
     if "ffcv" in fast:
-        assert ratio["ffcv_vs_ffcv-twice"] == round(ratio["ffcv_images_per_s"] / ratio["ffcv-twice_images_per_s"], 2)
+        for other in ("ffcv-twice", "ffcv-opencv"):
+            assert ratio[f"ffcv_vs_{other}"] == round(ratio["ffcv_images_per_s"] / ratio[f"{other}_images_per_s"], 2)
 
 
 def test_ffcv_child_exits_cleanly_after_an_epoch_cut_short(tiny_imagefolder, tmp_path):

@@ -7,6 +7,7 @@
     python -m msf_fast.bench augment [--batch-size 256 --resolution 224 --recipe w/s]
     python -m msf_fast.bench train  (--synthetic | --data PATH [--backend auto]) [--arch resnet50 --steps 50 ...]
     python -m msf_fast.bench loader --data IMAGEFOLDER [--backend torch ffcv dali] [--compare] [--recipe w/s] ...
+    python -m msf_fast.bench resize [--source 500x375 --size 224 --crops 100]
     python -m msf_fast.bench plan   --images-per-s 4500 --gpus 8 [--epochs 200 --loader-images-per-s Y ...]
     python -m msf_fast.bench order  [--beton STORE --batch-size 16 --world-size 2 --imagenet-layout]
 
@@ -21,7 +22,7 @@ import argparse
 import sys
 
 from dataset_prep.argument_parser import OneLineParser
-from msf_fast.bench import augment, bank, cpu, ema, loader, order, plan, step, train
+from msf_fast.bench import augment, bank, cpu, ema, loader, order, plan, resize, step, train
 from msf_fast.errors import UserError
 
 COMMANDS = {
@@ -35,6 +36,8 @@ COMMANDS = {
     "train": (train, train.bench_train, "the real trainer for N steps: end-to-end, loader-alone and step-alone "
                                         "images/s and the data-wait share, in one run; which side bounds it"),
     "loader": (loader, loader.bench_loader, "two-view loader throughput: torchvision (the baseline) vs FFCV vs DALI"),
+    "resize": (resize, resize.bench_resize, "one view's crop + resize on one core: the loaders' antialiased resize vs "
+                                            "OpenCV, torch and Pillow, with each one's distance from torchvision"),
     "plan": (plan, plan.print_plan, "wall time of a whole run from a per-GPU step rate (nothing is measured)"),
     "order": (order, order.bench_order, "bytes read per epoch without the page cache: RANDOM vs the page-aware "
                                         "order (data.in_memory=0)"),

@@ -29,15 +29,18 @@ from pipelines import data_format
 from pipelines.recipe import RECIPE_NAMES
 
 DEFAULT_STORE_RESOLUTION = 256
-# name -> (backend, FFCV decoder)
-LOADERS = {"torch": ("torch", None), "ffcv": ("ffcv", "once"), "ffcv-twice": ("ffcv", "twice"), "dali": ("dali", None)}
+# name -> (backend, FFCV decoder, the decode-once decoder's resize)
+LOADERS = {"torch": ("torch", None, None), "ffcv": ("ffcv", "once", "antialias"),
+           "ffcv-opencv": ("ffcv", "once", "opencv"), "ffcv-twice": ("ffcv", "twice", None),
+           "dali": ("dali", None, None)}
 STORES = os.path.join("data", "bench", "stores")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", nargs="+", default=["torch", "ffcv"], choices=list(LOADERS),
                         help="loaders to run, each in its own process: torch (the baseline), ffcv (one decode per "
-                             "image), ffcv-twice (FFCV's stock two-output path), dali (default: torch ffcv)")
+                             "image), ffcv-opencv (the same with OpenCV INTER_AREA resizing, the former path), "
+                             "ffcv-twice (FFCV's stock two-output path), dali (default: torch ffcv)")
     parser.add_argument("--data", required=True,
                         help="ImageFolder of the source images (or a .beton, for --backend ffcv alone)")
     parser.add_argument("--beton", default="", help="the .beton of the same images (default: written once into "
@@ -125,13 +128,15 @@ def one_run(args) -> dict:
     from pipelines import build_train_loader, two_view_recipe
 
     name = args.backend[0]
-    backend, decoder = LOADERS[name]
+    backend, decoder, resize = LOADERS[name]
     threads = args.threads or max(1, (os.cpu_count() or 1) - args.workers)
     torch.set_num_threads(threads)
     recipe = two_view_recipe(args.recipe, args.resolution)
     source = {"ffcv": args.beton, "dali": args.tfrecord}.get(backend, args.data)
     loader = build_train_loader(backend, source, recipe, batch_size=args.batch_size, workers=args.workers, seed=0,
                                 ffcv_decoder=decoder or "once")
+    if resize is not None:  # read when FFCV compiles the pipeline, at the first epoch
+        loader.decoders[0].resize = resize
     if backend == "ffcv" and args.photometric == "off":
         loader.online_augment = loader.target_augment = lambda images, generator=None: images
     compile_s, epoch_times, epoch_images = None, [], []
@@ -162,7 +167,7 @@ def bench_loader(args) -> list[dict]:
         raise ValueError(f"--data {args.data}: {problem}")
     if "torch" in args.backend and data_format(args.data) != "torch":
         raise SystemExit("bench loader: the torch backend reads an ImageFolder: pass the source folder as --data")
-    if {"ffcv", "ffcv-twice"} & set(args.backend):
+    if {"ffcv", "ffcv-opencv", "ffcv-twice"} & set(args.backend):
         args.beton = store_for(args, "ffcv")
     if "dali" in args.backend:
         args.tfrecord = store_for(args, "dali")
@@ -190,8 +195,9 @@ def bench_loader(args) -> list[dict]:
     if args.compare and len(medians) > 1:
         ratios = {f"{b}_vs_torch": round(medians[b] / medians["torch"], 2) for b in medians
                   if b != "torch" and "torch" in medians}
-        if {"ffcv", "ffcv-twice"} <= medians.keys():  # what decoding once saves
-            ratios["ffcv_vs_ffcv-twice"] = round(medians["ffcv"] / medians["ffcv-twice"], 2)
+        for other in ("ffcv-twice", "ffcv-opencv"):  # what decoding once saves; what the antialiased resize saves
+            if {"ffcv", other} <= medians.keys():
+                ratios[f"ffcv_vs_{other}"] = round(medians["ffcv"] / medians[other], 2)
         print(json.dumps({**ratios, **{f"{b}_images_per_s": medians[b] for b in medians}}))
     if failures:
         raise SystemExit(1)
