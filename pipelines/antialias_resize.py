@@ -49,10 +49,11 @@ U = np.uint64  # array indices as unsigned: numba then skips its negative-index 
 
 
 @numba.njit(nogil=True, cache=True)
-def axis_taps(start, length, lo, hi, out_size, group):
+def axis_taps(start, length, lo, hi, out_size, grouped):
     """(first, count, weights) of one axis: output i reads source indices first[i] .. first[i] + count[i] - 1 with
-    weights[i, :count[i]] (float32, summing to 1; zeros after, up to a width that is a multiple of `group`). The
-    box [start, start + length) maps onto out_size outputs; taps stay within [lo, hi) (hi > lo)."""
+    weights[i, :count[i]] (float32, summing to 1; zeros after). With `grouped` the width is 2 or a multiple of 4
+    (_horizontal's tap groups). The box [start, start + length) maps onto out_size outputs; taps stay within
+    [lo, hi) (hi > lo)."""
     scale = length / out_size
     support = max(scale, 1.0)
     first = np.empty(out_size, np.int64)
@@ -68,7 +69,9 @@ def axis_taps(start, length, lo, hi, out_size, group):
         first[i] = a
         count[i] = b - a
         widest = max(widest, b - a)
-    weights = np.zeros((out_size, (widest + group - 1) // group * group), np.float32)
+    if grouped:
+        widest = 2 if widest <= 2 else (widest + 3) // 4 * 4
+    weights = np.zeros((out_size, widest), np.float32)
     inverse = 1.0 / support
     for i in range(out_size):
         offset = first[i] + 0.5 - (start + (i + 0.5) * scale)  # tap k sits at offset + k from the centre
@@ -215,10 +218,8 @@ def resize_box(src, top, left, height, width, clip_top, clip_left, clip_bottom, 
     r1 = min(max(clip_bottom, r0 + 1), src_h)
     c0 = min(max(clip_left, 0), src_w - 1)
     c1 = min(max(clip_right, c0 + 1), src_w)
-    ys, y_count, wy = axis_taps(top, max(height, 1e-6), r0, r1, out_h, 1)
-    xs, x_count, wx = axis_taps(left, max(width, 1e-6), c0, c1, out_w, 2)
-    if wx.shape[1] > 2:  # _horizontal sums 2 taps, or groups of 4
-        xs, x_count, wx = axis_taps(left, max(width, 1e-6), c0, c1, out_w, 4)
+    ys, y_count, wy = axis_taps(top, max(height, 1e-6), r0, r1, out_h, False)
+    xs, x_count, wx = axis_taps(left, max(width, 1e-6), c0, c1, out_w, True)
     first_col = xs[0]
     cols = xs[out_w - 1] + x_count[out_w - 1] - first_col  # source columns the output reads
     n = cols * CHANNELS

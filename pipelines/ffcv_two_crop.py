@@ -350,8 +350,8 @@ class TwoCropDecoder(_Base):  # a SimpleRGBImageDecoder, so it is also taken as 
     views: (online, target) as ViewRecipe-like objects (crop_scale, crop_ratio) or ((scale), (ratio)) pairs.
     seed: the crops' seed (any int). Call `set_epoch(epoch)` before each `iter(loader)`.
     dct_scaling / region_decode / region_max_fraction: the JPEG shortcuts (module docstring).
-    resize: "antialias" (torchvision's filter) or "opencv" (INTER_AREA, the former path); read when FFCV compiles
-    the pipeline (the first epoch).
+    resize: "antialias" (torchvision's filter) or "opencv" (INTER_AREA, the former path); read when FFCV generates
+    the pipeline's code (when the Loader is made, or at an epoch with `loader.recompile = True`).
     """
 
     def __init__(self, output_size, views, seed: int = 0, dct_scaling: bool = True, region_decode: bool = False,

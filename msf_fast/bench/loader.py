@@ -135,8 +135,9 @@ def one_run(args) -> dict:
     source = {"ffcv": args.beton, "dali": args.tfrecord}.get(backend, args.data)
     loader = build_train_loader(backend, source, recipe, batch_size=args.batch_size, workers=args.workers, seed=0,
                                 ffcv_decoder=decoder or "once")
-    if resize is not None:  # read when FFCV compiles the pipeline, at the first epoch
+    if resize is not None and loader.decoders[0].resize != resize:
         loader.decoders[0].resize = resize
+        loader.loader.recompile = True  # FFCV generated the pipeline's code when the Loader was made
     if backend == "ffcv" and args.photometric == "off":
         loader.online_augment = loader.target_augment = lambda images, generator=None: images
     compile_s, epoch_times, epoch_images = None, [], []
