@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -83,8 +84,10 @@ def test_ffcv_centre_views_are_torchvisions(photos, val_beton):
     views, labels = read_all(build_eval_loader(val_beton, RECIPE, batch_size=3, workers=2))
     assert labels == list(range(len(files)))
     for view, stored, path in zip(views, beton_images(val_beton), files):
-        assert difference(view, centre(stored)) < BOUND, path  # the loader alone (0.0053 at most, measured)
-        assert difference(view, centre(load_rgb(path))) < BOUND, path  # with the store's loss (0.0091 at most)
+        alone, in_all = difference(view, centre(stored)), difference(view, centre(load_rgb(path)))
+        print(f"FFCV centre view of {os.path.basename(path)}: {alone:.4f} from torchvision on the stored image, "
+              f"{in_all:.4f} on the original")  # the README's figures (pytest -s)
+        assert alone < BOUND and in_all < BOUND, path
 
 
 def test_ffcv_probe_views_are_seeded_random_resized_crops(val_beton):
@@ -120,7 +123,9 @@ def test_dali_centre_views_are_torchvisions(photos, tmp_path):
     views, labels = read_all(build_eval_loader(store, RECIPE, batch_size=3, workers=2))
     assert labels == list(range(len(files)))
     for view, path in zip(views, files):  # JPEGs are stored byte for byte, the others re-encoded at quality 90
-        assert difference(view, centre(load_rgb(path))) < BOUND, path
+        mad = difference(view, centre(load_rgb(path)))
+        print(f"DALI centre view of {os.path.basename(path)}: {mad:.4f} from torchvision on the original")
+        assert mad < BOUND, path
 
 
 
