@@ -38,8 +38,8 @@ def source_photo(width: int, height: int) -> np.ndarray:
 
 
 def variants(image: np.ndarray, size: int) -> dict:
-    """name -> f(i, j, h, w) writing or returning the (size, size, 3) uint8 view of that crop."""
-    import cv2
+    """name -> f(i, j, h, w) writing or returning the (size, size, 3) uint8 view of that crop. OpenCV and libffcv
+    come with FFCV (the `ffcv` extra); without them their variants are left out."""
     import torch
     import torch.nn.functional as F
     from PIL import Image
@@ -57,15 +57,12 @@ def variants(image: np.ndarray, size: int) -> dict:
     def opencv(interpolation):
         return lambda i, j, h, w: cv2.resize(image[i:i + h, j:j + w], (size, size), interpolation=interpolation)
 
-    def torch_antialias(i, j, h, w):
-        crop = tensor[:, :, i:i + h, j:j + w].contiguous(memory_format=torch.channels_last)
-        return F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True)[0].permute(1, 2, 0)
-
-    def pillow(i, j, h, w):
-        return pil.resize((size, size), Image.Resampling.BILINEAR, box=(j, i, j + w, i + h))
-
-    found = {"ours": ours, "opencv_area": opencv(cv2.INTER_AREA), "opencv_linear": opencv(cv2.INTER_LINEAR)}
+    found = {"ours": ours}
     try:
+        import cv2
+
+        cv2.setNumThreads(1)  # one core for every variant
+        found.update(opencv_area=opencv(cv2.INTER_AREA), opencv_linear=opencv(cv2.INTER_LINEAR))
         import ffcv.libffcv
 
         def libffcv(i, j, h, w):
@@ -75,11 +72,18 @@ def variants(image: np.ndarray, size: int) -> dict:
         found["libffcv_area"] = libffcv
     except ImportError:
         pass
+
+    def torch_antialias(i, j, h, w):
+        crop = tensor[:, :, i:i + h, j:j + w].contiguous(memory_format=torch.channels_last)
+        return F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True)[0].permute(1, 2, 0)
+
+    def pillow(i, j, h, w):
+        return pil.resize((size, size), Image.Resampling.BILINEAR, box=(j, i, j + w, i + h))
+
     return {**found, "torch_antialias": torch_antialias, "pillow_antialias": pillow}
 
 
 def bench_resize(args) -> list[dict]:
-    import cv2
     import torch
     import torchvision.transforms.v2.functional as TF
 
@@ -89,8 +93,7 @@ def bench_resize(args) -> list[dict]:
     if min(width, height, args.size, args.crops, args.repeats) < 1:
         raise ValueError("--source sides, --size, --crops and --repeats must be positive")
     threads = torch.get_num_threads()
-    cv2.setNumThreads(1)  # one core for every variant
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # one core for every variant
     image = source_photo(width, height)
     boxes = [crop_params(height, width, args.scale, (3 / 4, 4 / 3), 0, 0, k, 0) for k in range(args.crops)]
     runs = variants(image, args.size)
