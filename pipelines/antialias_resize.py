@@ -38,7 +38,7 @@ import math
 import numba
 import numpy as np
 from llvmlite import ir
-from numba.core import cgutils, types
+from numba.core import types
 from numba.extending import intrinsic
 
 ROWS = 8  # output rows per block: the horizontal pass runs over ROWS x 3 interleaved floats

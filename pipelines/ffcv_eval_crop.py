@@ -81,7 +81,8 @@ class EvalCropDecoder(_Base):
         lib = _lib()
         memcpy, imdecode = lib.memcpy, lib.imdecode
         resize = c_resize_box()
-        centre, sample, plan_scale, crop_box, draw = centre_box_nb, crop_params_nb, box_scale_num, scaled_box, uniform_nb
+        centre, sample, draw = centre_box_nb, crop_params_nb, uniform_nb
+        plan_scale, crop_box = box_scale_num, scaled_box
         state_address = int(self._state.ctypes.data)
         random = self.scale is not None
         (scale_a, scale_b), (ratio_a, ratio_b) = self.scale or (0.0, 0.0), self.ratio
