@@ -4,9 +4,10 @@
 (torchvision's antialiased bilinear):
 - centre (default): torchvision's Resize(eval_resize) + CenterCrop((H, W)). torchvision resizes the whole image
   and then crops, so the view is a fractional box of the stored image (`centre_box`), with filter taps allowed
-  anywhere in the image. FFCV's stock CenterCropRGBImageDecoder crops the integer box of side
-  int(H / eval_resize x shorter side) and resizes that with OpenCV INTER_AREA: 0.011 median, 0.035 max mean
-  absolute difference from torchvision on real photos, mostly geometry;
+  anywhere in the image. FFCV's stock CenterCropRGBImageDecoder crops the square of side
+  int(H / eval_resize x shorter side) and resizes that with OpenCV INTER_AREA: 0.0100-0.0423 (median 0.0204)
+  mean absolute difference from torchvision on tests/photo_cases.py's photos, mostly geometry; this one
+  0.0032-0.0053 from torchvision on the same stored images;
 - random (`scale`, `ratio` given): the linear probe's RandomResizedCrop and RandomHorizontalFlip (`flip_p`),
   torchvision's sampler over the seeded counter-based generator of `ffcv_two_crop` (seed, pass, sample; the flip
   is draw FLIP_DRAW): the probe's views repeat from run to run (FFCV's stock decoder and flip draw from numba's
