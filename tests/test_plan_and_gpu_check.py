@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from msf_fast import bench
-from msf_fast.bench.plan import (IMAGENET_TRAIN_IMAGES, loader_ceiling, plan_training,
-                           required_images_per_s_per_gpu)
+from msf_fast.bench.plan import (IMAGENET_TRAIN_IMAGES, MEASURED_PER_CORE, loader_ceiling, plan_training,
+                                 required_images_per_s_per_gpu)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,6 +73,27 @@ def test_plan_cli_prints_one_json_line_and_a_sentence(capsys):
     assert result["hours"] == pytest.approx(256_233_400 / 20_000 / 3600, abs=1e-3) and result["meets_target"] is False
     assert result["images_per_s_per_gpu_needed"] == pytest.approx(4942.8, abs=0.1)
     assert "loader-bound" in captured.err
+
+
+def test_the_store_resolution_sets_the_loader_cores_needed_and_the_ceiling(capsys):
+    """A 512-px store costs more CPU per image than a 256-px one: the plan says how many cores feed the GPUs."""
+    def plan(*options):
+        bench.main(["plan", "--images-per-s", "4500", "--gpus", "8", *options])
+        return json.loads(capsys.readouterr().out.strip())
+    small, large = plan("--store-resolution", "256"), plan("--store-resolution", "500")
+    assert small["loader_images_per_s_per_core"] == MEASURED_PER_CORE[256]
+    assert large["loader_images_per_s_per_core"] == MEASURED_PER_CORE[512] < MEASURED_PER_CORE[256]
+    assert large["loader_cores_needed"] == pytest.approx(32_400 / MEASURED_PER_CORE[512], abs=0.1)
+    assert large["loader_cores_needed"] > small["loader_cores_needed"]
+    assert small["binding_limit"] == "compute"  # no node cores given: no ceiling
+    bound = plan("--store-resolution", "512", "--node-cores", "8")
+    assert bound["binding_limit"] == "loader"
+    assert bound["effective_images_per_s"] == pytest.approx(8 * MEASURED_PER_CORE[512], abs=0.1)
+    mine = plan("--store-resolution", "512", "--node-cores", "64", "--loader-images-per-s-per-core", "1000")
+    assert mine["loader_images_per_s"] == 64_000 and mine["loader_rate_source"] == "given"
+    with pytest.raises(SystemExit):
+        bench.main(["plan", "--images-per-s", "4500", "--store-resolution", "1024"])
+    assert "measured figures exist for 256 and 512 px stores" in capsys.readouterr().err
 
 
 def test_plan_cli_rejects_bad_inputs_clearly(capsys):

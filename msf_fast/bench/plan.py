@@ -2,11 +2,14 @@
 
     python -m msf_fast.bench plan --images-per-s 4500 --gpus 8 [--epochs 200] [--loader-images-per-s Y]
                                   [--efficiency 0.9] [--dataset-size 1281167] [--target-hours 2]
+                                  [--store-resolution 512 [--node-cores 96]]
 
 The node trains at min(per-GPU rate x GPUs x scaling efficiency, data-loader ceiling); whichever is
 lower is the binding limit. The loader ceiling is images/s for the whole node: give it directly, or as
 `--loader-images-per-s-per-core` (`bench loader` images/s divided by the cores it ran on, e.g. /2 on the
-2-core machine) times `--node-cores`, which assumes decoding scales linearly with cores.
+2-core machine) times `--node-cores`, which assumes decoding scales linearly with cores. `--store-resolution`
+uses the per-core rate measured at that store size (a 512-px store decodes 4x the pixels of a 256-px one) and
+says how many cores the loader needs to keep up with the GPUs.
 
 Reference: the product goal is 200 epochs of ResNet-50 on ImageNet (1,281,167 images, i.e. 256.2M images)
 on 8 GPUs in under 2 hours, i.e. 35,588 images/s for the node: 4,449 images/s per GPU with perfect
@@ -83,6 +86,24 @@ def loader_ceiling(images_per_s_per_core: float, cores: int) -> float:
     return images_per_s_per_core * cores
 
 
+# The FFCV decode-once loader's CPU share per core (decode + both antialiased crops; photometric ops on the GPU), by
+# the store's longest side: `bench loader --backend ffcv --photometric off --workers 2` on 400 synthetic 500x375
+# photos, both stores in one session on a 2-core Intel Xeon shared with other jobs (README, "Converting a dataset"):
+# 1,452 and 554 images/s. A 512-px store decodes about 4x the pixels of a 256-px one.
+MEASURED_PER_CORE = {256: 726.0, 512: 277.0}
+
+
+def per_core_rate(store_resolution: int) -> tuple[int, float]:
+    """The measured (store size, images/s per core) nearest to `store_resolution` (ValueError for a store that is
+    neither near 256 nor near 512 px, where no figure stands for it)."""
+    nearest = min(MEASURED_PER_CORE, key=lambda size: abs(size - store_resolution))
+    if not 0.75 * nearest <= store_resolution <= 1.25 * nearest:
+        raise ValueError(f"--store-resolution {store_resolution}: measured figures exist for "
+                         f"{' and '.join(map(str, MEASURED_PER_CORE))} px stores; measure yours with bench loader "
+                         "and give --loader-images-per-s-per-core")
+    return nearest, MEASURED_PER_CORE[nearest]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images-per-s", type=float, required=True, help="measured training images/s of one GPU")
     parser.add_argument("--gpus", type=int, default=8, help="GPUs of the node")
@@ -98,17 +119,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node-cores", type=int, default=None,
                         help="the node's CPU cores, with --loader-images-per-s-per-core")
     parser.add_argument("--target-hours", type=float, default=2.0, help="report the per-GPU rate this needs")
+    parser.add_argument("--store-resolution", type=int, default=None,
+                        help="the .beton's longest side (write_beton --max-resolution, e.g. 256 or 512): the CPU "
+                             "cores the loader needs to feed the GPUs, from the measured per-core rate at that size "
+                             "(or --loader-images-per-s-per-core), and with --node-cores the loader's ceiling")
 
 
 def print_plan(args) -> dict:
     """One JSON line on stdout, one sentence on stderr; ValueError on bad inputs."""
     loader = args.loader_images_per_s
+    per_core, source = args.loader_images_per_s_per_core, "given"
+    if args.store_resolution is not None and per_core is None:
+        size, per_core = per_core_rate(args.store_resolution)
+        source = f"measured at a {size}-px store: README, Converting a dataset"
     if args.loader_images_per_s_per_core is not None or args.node_cores is not None:
         if loader is not None:
             raise ValueError("give --loader-images-per-s or --loader-images-per-s-per-core with --node-cores, not both")
-        if args.loader_images_per_s_per_core is None or args.node_cores is None:
-            raise ValueError("--loader-images-per-s-per-core and --node-cores go together")
-        loader = loader_ceiling(args.loader_images_per_s_per_core, args.node_cores)
+        if per_core is None or args.node_cores is None:
+            raise ValueError("--loader-images-per-s-per-core (or --store-resolution) and --node-cores go together")
+        loader = loader_ceiling(per_core, args.node_cores)
     plan = plan_training(args.images_per_s, args.gpus, args.epochs, args.dataset_size, loader, args.efficiency)
     needed = required_images_per_s_per_gpu(args.target_hours, args.gpus, args.epochs, args.dataset_size,
                                            plan.efficiency)
@@ -116,6 +145,9 @@ def print_plan(args) -> dict:
               "effective_images_per_s": round(plan.effective_images_per_s, 1), "hours": round(plan.hours, 3),
               "target_hours": args.target_hours, "images_per_s_per_gpu_needed": round(needed, 1),
               "meets_target": plan.hours <= args.target_hours}
+    if per_core is not None:  # the loader's CPU need at the compute rate: what a store's resolution costs
+        result.update(loader_images_per_s_per_core=per_core, loader_rate_source=source,
+                      loader_cores_needed=round(plan.compute_images_per_s / per_core, 1))
     print(json.dumps(result), flush=True)
     loader_text = (f"; the loader allows {plan.loader_images_per_s:,.0f}" if plan.loader_images_per_s is not None
                    else "; loader not limiting (no ceiling given)")
@@ -123,4 +155,7 @@ def print_plan(args) -> dict:
           f"{plan.images_per_s_per_gpu:,.0f} img/s each (scaling {plan.efficiency:g}): "
           f"{plan.effective_images_per_s:,.0f} img/s, {plan.hours:.2f} h, {plan.binding_limit}-bound{loader_text}. "
           f"{args.target_hours:g} h needs {needed:,.0f} img/s per GPU.", file=sys.stderr, flush=True)
+    if per_core is not None:
+        print(f"The loader needs {result['loader_cores_needed']:g} CPU cores to keep up ({per_core:,.0f} img/s per "
+              f"core, {source}).", file=sys.stderr, flush=True)
     return result
