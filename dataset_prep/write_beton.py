@@ -14,7 +14,7 @@ import ctypes
 import os
 import sys
 import time
-from multiprocessing import Process, Queue, SimpleQueue, Value
+from multiprocessing import Process, Queue, Value
 
 import numpy as np
 
@@ -61,15 +61,17 @@ class StoreDataset:
         return np.asarray(image), label
 
 
-def _worker(work_fn, failures, *args) -> None:
+WRITE_FAILED = 64  # a worker's exit code 64 + errno: a write that failed (a full disk), for the parent's one line
+
+
+def _worker(work_fn, *args) -> None:
     """FFCV's writer worker, killed at once by SIGTERM (see progress.default_sigterm); a write that fails (a full
-    disk) is reported to the parent through `failures` for its one line, not as this process's traceback."""
+    disk) ends it with exit code WRITE_FAILED + errno, not a traceback (a pipe to the parent could block)."""
     default_sigterm()
     try:
         work_fn(*args)
     except OSError as error:
-        failures.put(error.strerror or str(error))
-        sys.exit(1)
+        os._exit(WRITE_FAILED + error.errno if error.errno and error.errno < 64 else WRITE_FAILED)
 
 
 def page_size_for(sizes: list[tuple[int, int]]) -> int:
@@ -112,8 +114,7 @@ def make_writer(path: str, args, sizes: list[tuple[int, int]]):
             allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
             worker_args = (work_queue, self.metadata_sm, self.metadata_type, self.fields, allocator, done,
                            allocations_queue, *extra_worker_args)
-            failures = SimpleQueue()
-            workers = [Process(target=_worker, args=(work_fn, failures, *worker_args), daemon=True)
+            workers = [Process(target=_worker, args=(work_fn, *worker_args), daemon=True)
                        for _ in range(self.num_workers)]
             for worker in workers:
                 worker.start()
@@ -126,8 +127,9 @@ def make_writer(path: str, args, sizes: list[tuple[int, int]]):
                             bar.update(done.value - reported)
                             reported = done.value
                         failed = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
-                        if failed and not failures.empty():
-                            raise ConversionError(f"cannot write {args.out}: {failures.get()}; nothing written")
+                        if failed and WRITE_FAILED < failed[0] < 2 * WRITE_FAILED:
+                            raise ConversionError(f"cannot write {args.out}: {os.strerror(failed[0] - WRITE_FAILED)}; "
+                                                  "nothing written")
                         if failed:
                             raise ConversionError(f"an FFCV writer worker failed (exit code {failed[0]}); "
                                                   "its error is printed above; nothing written")

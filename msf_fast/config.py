@@ -152,7 +152,7 @@ def declare_schema(config: Config) -> None:
                                                      "twice (FFCV's stock decoders, unseeded crops)", default="once"),
         in_memory=Param(AutoOr(Flag()), "FFCV: 1 reads the store through the page cache in random order; 0 reads "
                                          "pages on demand, uncached, in a page-aware order (stores larger than "
-                                         "memory); auto: 1 when the store takes at most 80% of the memory "
+                                         "memory); auto: 1 when the store takes at most 80%% of the memory "
                                          "available", default="auto"),
         decoder_device=Param(OneOf(["auto", "cpu", "mixed"]),
                              "DALI JPEG decoding: mixed = GPU (nvJPEG), auto = mixed when training on CUDA",

@@ -49,11 +49,14 @@ class RunFolderLock:
             handle.close()
             raise FolderInUse(f"logging.folder={self.folder} is in use by another run ({holder}): wait for it to "
                               "end, or choose another --logging.folder") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
-        handle.flush()
+        try:  # who holds it, for a second run's message: best effort (a full disk fails later, in one line)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "started": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+            handle.flush()
+        except OSError:
+            pass
         self._file = handle
         _held[key] = self
         return self

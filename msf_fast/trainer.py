@@ -135,6 +135,8 @@ class Trainer:
             if self.is_main and not self.finished:
                 self.log = self.open_log()
         except BaseException:
+            if getattr(self, "resumed", True) is False and self.lock is not None:
+                clear_run(self.folder)  # a fresh run that fails to start (a full disk) leaves its folder free
             self.release_folder()
             raise
 
@@ -207,11 +209,14 @@ class Trainer:
         notes = self.resume_from(*found) if found else []
         if self.step < self.total_steps and self.is_main:
             self.lock = RunFolderLock(self.folder).acquire()
-            if not found and holds_run(self.folder):  # written since load_config looked
-                if not self.cfg.logging.overwrite:
+            if not found and holds_run(self.folder):
+                if self.cfg.train.resume == AUTO:  # a run that stopped before its first checkpoint: nothing to keep
+                    clear_run(self.folder)
+                elif not self.cfg.logging.overwrite:  # written since load_config looked
                     raise UserError(holds_run_message(self.folder))
-                clear_run(self.folder)
-                self.say(f"logging.overwrite: deleted the run in {self.folder}")
+                else:
+                    clear_run(self.folder)
+                    self.say(f"logging.overwrite: deleted the run in {self.folder}")
         if found:
             for line in notes:
                 self.say(line)
@@ -298,8 +303,9 @@ class Trainer:
     def nonfinite_stop(self, what: str) -> RunStopped:
         step, saved = self.stops.nonfinite[0], self.checkpoints.saved_step
         last_good = (f"the last good checkpoint is {self.checkpoints.latest} (step {saved}): continue from it with "
-                     "--train.resume=auto" if saved >= 0 else "no checkpoint was written before it")
-        return RunStopped(f"{what} at step {step}: the run stopped without saving; {last_good} and a lower "
+                     "--train.resume=auto" if saved >= 0 else
+                     "no checkpoint was written before it: start it again (--train.resume=auto)")
+        return RunStopped(f"{what} at step {step}: the run stopped without saving; {last_good} with a lower "
                           f"--optim.lr (now {self.cfg.optim.lr:g} per 256 images)", exit_code=1)
 
     def say(self, line: str) -> None:

@@ -254,3 +254,18 @@ def test_a_yaml_key_without_a_value_is_refused(tmp_path, text):
     recipe.write_text(text)
     with pytest.raises(ConfigError, match=rf"^{recipe}: train.epochs: no value$"):
         load_config([f"--config-file={recipe}"], check_data=False)
+
+
+def test_resume_auto_after_a_run_that_wrote_no_checkpoint_starts_it_again(tiny_imagefolder, tmp_path, capsys):
+    """A run killed before its first checkpoint leaves only its log: the same command with resume=auto restarts."""
+    train(tiny_imagefolder, tmp_path, "--train.max_steps=1", "--logging.checkpoint_every=0")
+    (tmp_path / "checkpoints" / "latest.pt").unlink()  # as if killed (-9) before the end's checkpoint
+    (tmp_path / "checkpoints").rmdir()
+    run = trainer(tiny_imagefolder, tmp_path, "--train.resume=auto", "--train.max_steps=1")
+    assert run.step == 0 and [r["event"] for r in records(tmp_path)] == ["setup"]  # the old log replaced
+
+
+def test_the_trainer_help_prints(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        load_config(["--help"])
+    assert exit_.value.code == 0 and "data.in_memory" in capsys.readouterr().out
