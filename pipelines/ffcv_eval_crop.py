@@ -19,13 +19,13 @@ there (`box_scale_num`); the box is scaled by n/8, exactly.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 
 import numba
 import numpy as np
 
 from pipelines.antialias_resize import c_resize_box, centre_box_nb
-from pipelines.ffcv_two_crop import COL_DRAW, DCT_NUMS, JPG_MODE, _Base, _lib, crop_params_nb, scaled_box, uniform_nb
+from pipelines.ffcv_two_crop import (COL_DRAW, DCT_NUMS, JPG_MODE, SeededDecoder, _lib, crop_params_nb, scaled_box,
+                                     uniform_nb)
 
 FLIP_DRAW = COL_DRAW + 1  # the draw after the crop's: whether a random view is mirrored
 
@@ -41,38 +41,21 @@ def box_scale_num(height, width, out_h, out_w):
     return 8
 
 
-class EvalCropDecoder(_Base):
+class EvalCropDecoder(SeededDecoder):
     """FFCV decoder: each image -> one (H, W, 3) uint8 view, the centre view of torchvision's evaluation transform
     or (with scale and ratio) a seeded random resized crop."""
 
     def __init__(self, output_size, eval_resize: int = 256, scale=None, ratio=(3 / 4, 4 / 3), flip_p: float = 0.0,
                  seed: int = 0):
-        if _Base is object:
-            raise ImportError("EvalCropDecoder needs FFCV")
-        super().__init__()
-        self.output_size = tuple(int(s) for s in output_size)
+        super().__init__(output_size, seed)  # the state's epoch is the pass
         self.eval_resize = int(eval_resize)
         self.scale = None if scale is None else (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
         self.flip_p = float(flip_p)
-        self._state = np.zeros(2, np.int64)  # [seed, pass]: read by the compiled code through its address
-        self._state[0] = np.int64(int(seed))
-
-    def set_epoch(self, epoch: int) -> None:
-        """The pass whose random crops the next `iter(loader)` decodes (call it before that)."""
-        self._state[1] = np.int64(int(epoch))
 
     def declare_state_and_memory(self, previous_state):
-        from ffcv.pipeline.allocation_query import AllocationQuery
-
         height, width = self.output_size
-        if height <= 0 or width <= 0:
-            raise ValueError(f"output_size must be positive, got {self.output_size}")
-        largest = np.uint64(self.metadata["width"].max()) * np.uint64(self.metadata["height"].max())
-        shape = (height, width, 3)
-        uint8 = np.dtype("<u1")
-        return (replace(previous_state, jit_mode=True, shape=shape, dtype=uint8),
-                (AllocationQuery(shape, uint8), AllocationQuery((largest * np.uint64(3),), uint8)))
+        return self.view_memory(previous_state, (height, width, 3))
 
     def generate_code(self) -> Callable:
         from ffcv.pipeline.compiler import Compiler

@@ -343,30 +343,15 @@ except ImportError:  # pragma: no cover - exercised only without ffcv
     _Base = object
 
 
-class TwoCropDecoder(_Base):  # a SimpleRGBImageDecoder, so it is also taken as the first op of a pipeline list
-    """FFCV decoder: each image decoded once, two seeded random-resized crops -> (B, 2, H, W, 3) uint8.
+class SeededDecoder(_Base):  # a SimpleRGBImageDecoder, so it is also taken as the first op of a pipeline list
+    """An FFCV image decoder of seeded views: its compiled code reads [seed, epoch] from a fixed address, so a new
+    epoch (or pass) needs no recompilation. Subclasses generate the code and say their output's shape."""
 
-    output_size: (H, W) of both views; may change between epochs (takes effect at the next `iter(loader)`).
-    views: (online, target) as ViewRecipe-like objects (crop_scale, crop_ratio) or ((scale), (ratio)) pairs.
-    seed: the crops' seed (any int). Call `set_epoch(epoch)` before each `iter(loader)`.
-    dct_scaling / region_decode / region_max_fraction: the JPEG shortcuts (module docstring).
-    resize: "antialias" (torchvision's filter) or "opencv" (INTER_AREA, the former path); read when FFCV generates
-    the pipeline's code (when the Loader is made, or at an epoch with `loader.recompile = True`).
-    """
-
-    def __init__(self, output_size, views, seed: int = 0, dct_scaling: bool = True, region_decode: bool = False,
-                 region_max_fraction: float = 0.3, resize: str = "antialias"):
+    def __init__(self, output_size, seed: int = 0):
         if _Base is object:
-            raise ImportError("TwoCropDecoder needs FFCV")
+            raise ImportError(f"{type(self).__name__} needs FFCV")
         super().__init__()
         self.output_size = tuple(int(s) for s in output_size)
-        self.views = view_ranges(views)
-        self.dct_scaling = bool(dct_scaling)
-        self.region_decode = bool(region_decode)
-        self.region_max_fraction = float(region_max_fraction)
-        if resize not in RESIZES:
-            raise ValueError(f"resize {resize!r}: expected one of {', '.join(RESIZES)}")
-        self.resize = resize
         self._state = np.zeros(2, np.int64)  # [seed, epoch]: read by the compiled code through its address
         self.seed = seed
 
@@ -383,22 +368,48 @@ class TwoCropDecoder(_Base):  # a SimpleRGBImageDecoder, so it is also taken as 
         return int(self._state[1])
 
     def set_epoch(self, epoch: int) -> None:
-        """The epoch of the crops that the next `iter(loader)` decodes (call it before that)."""
+        """The epoch (or pass) of the views that the next `iter(loader)` decodes (call it before that)."""
         self._state[1] = np.int64(int(epoch))
 
-    def declare_state_and_memory(self, previous_state):
+    def view_memory(self, previous_state, shape: tuple):
+        """FFCV's state and allocations for a uint8 output of `shape` per sample, and a scratch buffer that holds
+        the largest stored image decoded."""
         from ffcv.pipeline.allocation_query import AllocationQuery
 
         height, width = self.output_size
         if height <= 0 or width <= 0:
             raise ValueError(f"output_size must be positive, got {self.output_size}")
-        max_width = np.uint64(self.metadata["width"].max())
-        max_height = np.uint64(self.metadata["height"].max())
-        output_shape = (2, height, width, 3)
+        largest = np.uint64(self.metadata["width"].max()) * np.uint64(self.metadata["height"].max())
         uint8 = np.dtype("<u1")
-        return (replace(previous_state, jit_mode=True, shape=output_shape, dtype=uint8),
-                (AllocationQuery(output_shape, uint8),
-                 AllocationQuery((max_height * max_width * np.uint64(3),), uint8)))
+        return (replace(previous_state, jit_mode=True, shape=shape, dtype=uint8),
+                (AllocationQuery(shape, uint8), AllocationQuery((largest * np.uint64(3),), uint8)))
+
+
+class TwoCropDecoder(SeededDecoder):
+    """FFCV decoder: each image decoded once, two seeded random-resized crops -> (B, 2, H, W, 3) uint8.
+
+    output_size: (H, W) of both views; may change between epochs (takes effect at the next `iter(loader)`).
+    views: (online, target) as ViewRecipe-like objects (crop_scale, crop_ratio) or ((scale), (ratio)) pairs.
+    seed: the crops' seed (any int). Call `set_epoch(epoch)` before each `iter(loader)`.
+    dct_scaling / region_decode / region_max_fraction: the JPEG shortcuts (module docstring).
+    resize: "antialias" (torchvision's filter) or "opencv" (INTER_AREA, the former path); read when FFCV generates
+    the pipeline's code (when the Loader is made, or at an epoch with `loader.recompile = True`).
+    """
+
+    def __init__(self, output_size, views, seed: int = 0, dct_scaling: bool = True, region_decode: bool = False,
+                 region_max_fraction: float = 0.3, resize: str = "antialias"):
+        super().__init__(output_size, seed)
+        self.views = view_ranges(views)
+        self.dct_scaling = bool(dct_scaling)
+        self.region_decode = bool(region_decode)
+        self.region_max_fraction = float(region_max_fraction)
+        if resize not in RESIZES:
+            raise ValueError(f"resize {resize!r}: expected one of {', '.join(RESIZES)}")
+        self.resize = resize
+
+    def declare_state_and_memory(self, previous_state):
+        height, width = self.output_size
+        return self.view_memory(previous_state, (2, height, width, 3))
 
     def generate_code(self) -> Callable:
         from ffcv.pipeline.compiler import Compiler
