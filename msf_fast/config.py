@@ -19,7 +19,6 @@ from dataset_prep.argument_parser import OneLineParser
 from dataset_prep.staging import nearest_existing
 from dataset_prep.stores import (BETON, TFRECORD, beton_problem, describe_path, path_kind, read_manifest,
                                  tfrecord_problem)
-from msf_fast import knn_monitor
 from msf_fast.errors import UserError
 from msf_fast.model import RESNETS
 from msf_fast.precision import cpu_amp_choice
@@ -109,6 +108,7 @@ class OneOf(Checker):
 
 POSITIVE, NON_NEGATIVE = IntAtLeast(1), IntAtLeast(0)
 WORKERS = AutoOr(NON_NEGATIVE)
+KNN_K_DEFAULT = 20  # eval.knn_k; the k-NN monitor shrinks this default (only) to a smaller searched set
 AUTO = "auto"  # train.resume: the run folder's latest good checkpoint
 
 
@@ -204,7 +204,7 @@ def declare_schema(config: Config) -> None:
     section("eval", "k-NN monitor on held-out images").params(
         knn_every=Param(NON_NEGATIVE, "epochs between k-NN evaluations (0 = only at the end)", default=0),
         knn_k=Param(POSITIVE, "neighbours voting (the default shrinks to a smaller searched set)",
-                    default=knn_monitor.DEFAULT_K),
+                    default=KNN_K_DEFAULT),
         knn_final=Param(Flag(), "evaluate k-NN at the end of training", default=True),
         knn_memory_path=Param(str, "labelled images the k-NN monitor searches: folder, .beton or TFRecord store "
                                    "('' = data.train_path)", default=""),

@@ -10,12 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from msf_fast.config import KNN_K_DEFAULT as DEFAULT_K
 from msf_fast.eval.knn import knn_evaluation
 from pipelines import build_eval_loader
 from pipelines.contract import check_same_classes
 from pipelines.recipe import TwoViewRecipe
-
-DEFAULT_K = 20  # eval.knn_k's default (msf_fast.config)
 
 
 class KnnMonitor:
