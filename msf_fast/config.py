@@ -22,7 +22,7 @@ from dataset_prep.stores import (BETON, TFRECORD, beton_problem, describe_path, 
 from msf_fast.errors import UserError
 from msf_fast.model import RESNETS
 from msf_fast.precision import cpu_amp_choice
-from msf_fast.run_checkpoints import holds_run
+from msf_fast.run_checkpoints import holds_other_run, holds_run, other_run_message
 from msf_fast.runlog import TENSORBOARD_INSTALL
 from pipelines import MAX_DATALOADER_WORKERS, data_format, default_torch_threads, default_workers
 from pipelines.recipe import RECIPE_NAMES
@@ -319,6 +319,8 @@ def validate(cfg, world_size: int = 1) -> None:
         raise ConfigError(f"logging.overwrite=1 starts over and train.resume={cfg.train.resume} continues: choose one")
     if not cfg.train.resume and not cfg.logging.overwrite and holds_run(cfg.logging.folder):
         raise ConfigError(holds_run_message(cfg.logging.folder))
+    if cfg.train.resume not in ("", AUTO) and holds_other_run(cfg.logging.folder, cfg.train.resume):
+        raise ConfigError(other_run_message(cfg.logging.folder, cfg.train.resume))
     folder_problem = output_folder_problem(cfg.logging.folder)
     if folder_problem:
         raise ConfigError(f"logging.folder={cfg.logging.folder}: {folder_problem}")

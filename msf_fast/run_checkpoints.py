@@ -39,6 +39,7 @@ class RunCheckpoints:
         self.checkpoint_every, self.snapshot_every, self.writer = checkpoint_every, snapshot_every, writer
         self.seconds_between = 60 * checkpoint_minutes
         self.saved_step = -1  # the step latest.pt holds (-1: none written or resumed from)
+        self.latest_damaged = False  # resumed from previous.pt: the next save must not make latest.pt the previous
         self._saved_at = time.monotonic()
 
     def save(self, step: int, state: StateFn, snapshot_epoch: int | None = None) -> Path | None:
@@ -50,10 +51,10 @@ class RunCheckpoints:
         content = state() if self.saved_step != step else None
         try:
             if content is not None:
-                if self.latest.exists():
+                if self.latest.exists() and not self.latest_damaged:
                     self._link(self.latest, self.previous)
                 atomic_save(content, self.latest)
-                self.saved_step = step
+                self.saved_step, self.latest_damaged = step, False
             if snapshot_epoch is not None:
                 self._link(self.latest, self.snapshot_path(snapshot_epoch))
         except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
@@ -88,7 +89,9 @@ class RunCheckpoints:
                 problems.append(str(error))
                 continue
             if problems:
-                warn(f"warning: {problems[0]}; resuming from {path} instead")
+                warn(f"warning: {problems[0]}; resuming from {path} instead (kept until a new {self.latest.name} "
+                     "is written)")
+                self.latest_damaged = True
             return path, state
         if problems:
             raise ValueError("; ".join(problems))
@@ -133,6 +136,19 @@ def read_training_state(path: str | Path, map_location) -> dict:
 def holds_run(folder: str | Path) -> bool:
     """A run's log or checkpoints are there."""
     return (Path(folder) / "log.jsonl").exists() or (Path(folder) / "checkpoints").exists()
+
+
+def holds_other_run(folder: str | Path, checkpoint: str | Path) -> bool:
+    """`folder` holds a run that `checkpoint` is not a checkpoint of: resuming `checkpoint` there would replace that
+    run's checkpoints and extend its log."""
+    own = (Path(folder) / "checkpoints").resolve()
+    return holds_run(folder) and Path(checkpoint).resolve().parent != own
+
+
+def other_run_message(folder, checkpoint) -> str:
+    return (f"train.resume={checkpoint}: logging.folder={folder} holds another run, which resuming there would "
+            f"overwrite: resume into an empty --logging.folder, or continue {folder}'s own run with "
+            "--train.resume=auto")
 
 
 def run_outputs(folder: str | Path) -> list[Path]:

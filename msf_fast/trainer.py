@@ -23,7 +23,8 @@ from msf_fast.knn_monitor import KnnMonitor
 from msf_fast.model import MSF
 from msf_fast.config import AUTO
 from msf_fast.resume_rules import ResumeRefused, RunIdentity, check_resume, schedule_note
-from msf_fast.run_checkpoints import RunCheckpoints, clear_run, holds_run, read_training_state
+from msf_fast.run_checkpoints import (RunCheckpoints, clear_run, holds_other_run, holds_run, other_run_message,
+                                      read_training_state)
 from msf_fast.run_lock import RunFolderLock
 from msf_fast.stopping import RunStopped, StopRequests, weights_finite
 from msf_fast.runlog import DeferredScalars, JsonlLog, plot_run
@@ -209,6 +210,8 @@ class Trainer:
         notes = self.resume_from(*found) if found else []
         if self.step < self.total_steps and self.is_main:
             self.lock = RunFolderLock(self.folder).acquire()
+            if found and self.cfg.train.resume != AUTO and holds_other_run(self.folder, found[0]):
+                raise UserError(other_run_message(self.folder, found[0]))  # written since load_config looked
             if not found and holds_run(self.folder):
                 if self.cfg.train.resume == AUTO:  # a run that stopped before its first checkpoint: nothing to keep
                     clear_run(self.folder)

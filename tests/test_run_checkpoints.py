@@ -60,3 +60,21 @@ def test_only_a_training_checkpoint_can_be_resumed(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(ValueError, match=r"notes.txt: .*not"):
         read_training_state(tmp_path / "notes.txt", "cpu")
+
+
+def test_after_a_fallback_the_next_save_keeps_the_good_previous(tmp_path):
+    checkpoints, states = RunCheckpoints(tmp_path, checkpoint_every=1, snapshot_every=0), States()
+    for step in (10, 20):
+        states.step = step
+        checkpoints.save(step, states)
+    with open(checkpoints.latest, "r+b") as handle:
+        handle.truncate(100)
+    warnings = []
+    resumed = RunCheckpoints(tmp_path, checkpoint_every=1, snapshot_every=0)
+    path, state = resumed.resumable("cpu", warnings.append)
+    assert (path, state["step"]) == (resumed.previous, 10) and "kept until a new latest.pt" in warnings[0]
+    for step in (11, 12):  # the damaged latest.pt must never become previous.pt
+        states.step = step
+        resumed.save(step, states)
+        assert torch.load(resumed.previous)["step"] == {11: 10, 12: 11}[step]
+    assert torch.load(resumed.latest)["step"] == 12

@@ -175,6 +175,29 @@ def test_a_run_written_after_the_config_was_checked_is_refused_not_deleted(tiny_
     assert files_of(tmp_path) == before and saved_step(tmp_path / "checkpoints" / "latest.pt") == 1
 
 
+def test_a_checkpoint_resumed_into_a_folder_holding_another_run_is_refused(tiny_imagefolder, tmp_path):
+    """--train.resume=PATH into a folder with another run would replace that run's checkpoints and extend its log."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    train(tiny_imagefolder, first, "--train.max_steps=1")
+    train(tiny_imagefolder, second, "--train.max_steps=2")
+    before = files_of(second)
+    other = first / "checkpoints" / "latest.pt"
+    with pytest.raises(ConfigError, match=rf"^train.resume={other}: logging.folder={second} holds another run, "
+                                          "which resuming there would overwrite: resume into an empty"):
+        load_config(options(tiny_imagefolder, second, f"--train.resume={other}"))
+    late = load_config(options(tiny_imagefolder, tmp_path / "third", f"--train.resume={other}"))
+    train(tiny_imagefolder, tmp_path / "third", "--train.max_steps=1")  # written since the config was checked
+    with pytest.raises(UserError, match=r"holds another run, which resuming there would overwrite"):
+        Trainer(late)
+    assert files_of(second) == before
+    own = trainer(tiny_imagefolder, second, f"--train.resume={second / 'checkpoints' / 'latest.pt'}")
+    assert own.step == 2  # its own checkpoint, named by path, still resumes
+    own.release_folder()
+    branched = trainer(tiny_imagefolder, tmp_path / "branch", f"--train.resume={other}")
+    assert branched.step == 1  # and a checkpoint still starts a branch in an empty folder
+    branched.release_folder()
+
+
 # --- failures that must be one line --------------------------------------------------------------------------------
 
 def test_a_full_disk_at_the_checkpoint_is_one_line_and_keeps_the_previous_one(tiny_imagefolder, tmp_path,
