@@ -293,7 +293,7 @@ def test_every_option_has_help_and_a_default(command, capsys):
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["train", "--synthetic", "--steps", "0"], "train: --steps and --batch-size must be positive"),
+    (["train", "--synthetic", "--steps", "0"], "train: error: argument --steps: must be at least 1, got 0"),
     (["loader", "--data", "/nonexistent/photos", "--backend", "torch"],
      "loader: --data /nonexistent/photos: expected an ImageFolder, a .beton or a TFRecord store; found it does not "
      "exist"),
@@ -301,6 +301,11 @@ def test_every_option_has_help_and_a_default(command, capsys):
     (["cpu", "--batch-size", "0"], "--batch-size: must be at least 1, got 0"),
     (["cpu", "--threads", "-1"], "--threads: must be at least 0, got -1"),
     (["step", "--steps", "0"], "--steps: must be at least 1, got 0"),
+    (["ema", "--repeats", "0"], "ema: error: argument --repeats: must be at least 1, got 0"),
+    (["augment", "--batches", "-1"], "augment: error: argument --batches: must be at least 1, got -1"),
+    (["resize", "--repeats", "0"], "resize: error: argument --repeats: must be at least 1, got 0"),
+    (["loader", "--data", "x", "--epochs", "0"], "loader: error: argument --epochs: must be at least 1, got 0"),
+    (["plan", "--images-per-s", "4500", "--gpus", "0"], "plan: error: argument --gpus: must be at least 1, got 0"),
 ])
 def test_a_bench_mistake_is_one_line_before_any_work(argv, expected, capsys):
     with pytest.raises(SystemExit) as stopped:
@@ -308,6 +313,17 @@ def test_a_bench_mistake_is_one_line_before_any_work(argv, expected, capsys):
     assert stopped.value.code == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("python -m msf_fast.bench") and expected in line
+
+
+def test_every_count_is_checked_by_the_parser():
+    """A count typed as a bare int let 0 or -1 through to a median of nothing or a loop that never runs: every
+    integer option of every command is an int_at_least (refused in one line before any work)."""
+    from msf_fast.bench.cli import build_parser
+
+    subparsers = next(action for action in build_parser()._actions if action.dest == "command")
+    bare = [f"{name} {action.option_strings[0]}" for name, parser in subparsers.choices.items()
+            for action in parser._actions if action.type is int]
+    assert not bare
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

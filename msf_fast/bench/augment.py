@@ -17,6 +17,7 @@ import json
 
 import torch
 
+from dataset_prep.argument_parser import non_negative_int, positive_int
 from msf_fast.bench.timing import add_device_argument, interleaved_seconds
 from msf_fast.devices import device_option
 from pipelines.recipe import RECIPE_NAMES, ViewRecipe, two_view_recipe
@@ -25,18 +26,19 @@ OUTPUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
-    parser.add_argument("--resolution", type=int, default=224, help="crop size in pixels (default 224)")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (default 256)")
+    parser.add_argument("--resolution", type=positive_int, default=224, help="crop size in pixels (default 224)")
     parser.add_argument("--recipe", default="w/s", choices=RECIPE_NAMES,
                         help="target/online views, w = weak, s = strong (default w/s)")
     parser.add_argument("--dtype", default="auto", choices=["auto", *OUTPUT_DTYPES],
                         help="output dtype (default auto: bf16 on CUDA where supported, else fp16; float32 on "
                              "the CPU; as the trainer's loaders)")
-    parser.add_argument("--batches", type=int, default=10, help="batches per timed block (default 10)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed blocks per variant, median (default 3)")
+    parser.add_argument("--batches", type=positive_int, default=10, help="batches per timed block (default 10)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed blocks per variant, median (default 3)")
     parser.add_argument("--no-per-op", dest="per_op", action="store_false",
                         help="time the whole recipe only, not each op alone")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's default)")
+    parser.add_argument("--threads", type=non_negative_int, default=0,
+                        help="torch CPU threads (default 0: torch's default)")
     add_device_argument(parser)
 
 
@@ -79,8 +81,6 @@ def probability(view: ViewRecipe, op: str) -> float:
 def bench_augment(args) -> list[dict]:
     from pipelines.batched_augment import BatchedViewAugment
 
-    if args.batch_size < 1 or args.resolution < 1 or args.batches < 1 or args.repeats < 1:
-        raise ValueError("--batch-size, --resolution, --batches and --repeats must be positive")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = device_option(args.device)

@@ -7,13 +7,15 @@ import json
 
 import torch
 
+from dataset_prep.argument_parser import positive_int
 from msf_fast.bench.timing import add_device_argument, interleaved_seconds
 from msf_fast.devices import device_option
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", default="resnet50", help="torchvision ResNet (default resnet50)")
-    parser.add_argument("--repeats", type=int, default=20, help="timed updates per variant, median (default 20)")
+    parser.add_argument("--repeats", type=positive_int, default=20,
+                        help="timed updates per variant, median (default 20)")
     add_device_argument(parser)
 
 

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 
+from dataset_prep.argument_parser import non_negative_int, positive_int
 from msf_fast.bench.timing import peak_rss_mb
 from pipelines import data_format
 from pipelines.recipe import RECIPE_NAMES
@@ -47,23 +48,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                       f"{STORES}/ with --store-resolution)")
     parser.add_argument("--tfrecord", default="", help="the TFRecord store of the same images (default: written "
                                                          f"once into {STORES}/, full resolution)")
-    parser.add_argument("--store-resolution", type=int, default=DEFAULT_STORE_RESOLUTION,
+    parser.add_argument("--store-resolution", type=positive_int, default=DEFAULT_STORE_RESOLUTION,
                         help="--max-resolution of the .beton written when --beton is not given")
     parser.add_argument("--recipe", default="w/s", choices=RECIPE_NAMES, help="target/online views: w weak, s strong")
-    parser.add_argument("--resolution", type=int, default=224, help="crop size in pixels")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per batch")
-    parser.add_argument("--workers", type=int, default=2,
+    parser.add_argument("--resolution", type=positive_int, default=224, help="crop size in pixels")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per batch")
+    parser.add_argument("--workers", type=non_negative_int, default=2,
                         help="DataLoader worker processes (torch) or threads (FFCV, DALI)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = the cores not used by workers")
-    parser.add_argument("--epochs", type=int, default=3,
+    parser.add_argument("--threads", type=non_negative_int, default=0,
+                        help="torch threads; 0 = the cores not used by workers")
+    parser.add_argument("--epochs", type=positive_int, default=3,
                         help="epochs per run; images/s is over the epochs after the first")
-    parser.add_argument("--max-batches", type=int, default=0, help="stop each epoch after this many batches; 0 = "
-                                                                     "whole epochs")
+    parser.add_argument("--max-batches", type=non_negative_int, default=0,
+                        help="stop each epoch after this many batches; 0 = whole epochs")
     parser.add_argument("--photometric", choices=["on", "off"], default="on",
                         help="off: FFCV runs without its batched photometric ops, i.e. the CPU's share of the work "
                              "when those ops run on a GPU")
     parser.add_argument("--compare", action="store_true", help="run the backends interleaved; print the ratio")
-    parser.add_argument("--repeats", type=int, default=1, help="interleaved runs per backend with --compare")
+    parser.add_argument("--repeats", type=positive_int, default=1, help="interleaved runs per backend with --compare")
 
 
 def child_env() -> dict:

@@ -22,6 +22,8 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 
+from dataset_prep.argument_parser import positive_int
+
 IMAGENET_TRAIN_IMAGES = 1_281_167
 DEFAULT_EPOCHS = 200
 MULTI_GPU_EFFICIENCY = 0.9
@@ -106,9 +108,9 @@ def per_core_rate(store_resolution: int) -> tuple[int, float]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images-per-s", type=float, required=True, help="measured training images/s of one GPU")
-    parser.add_argument("--gpus", type=int, default=8, help="GPUs of the node")
+    parser.add_argument("--gpus", type=positive_int, default=8, help="GPUs of the node")
     parser.add_argument("--epochs", type=float, default=DEFAULT_EPOCHS, help="epochs of the run")
-    parser.add_argument("--dataset-size", type=int, default=IMAGENET_TRAIN_IMAGES,
+    parser.add_argument("--dataset-size", type=positive_int, default=IMAGENET_TRAIN_IMAGES,
                         help="images per epoch (ImageNet's training set)")
     parser.add_argument("--efficiency", type=float, default=None,
                         help=f"multi-GPU scaling efficiency (default {MULTI_GPU_EFFICIENCY} on several GPUs, 1 on one)")
@@ -116,10 +118,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the data loader's ceiling for the whole node, images/s")
     parser.add_argument("--loader-images-per-s-per-core", type=float, default=None,
                         help="the loader's images/s per CPU core (with --node-cores), instead of --loader-images-per-s")
-    parser.add_argument("--node-cores", type=int, default=None,
+    parser.add_argument("--node-cores", type=positive_int, default=None,
                         help="the node's CPU cores, with --loader-images-per-s-per-core")
     parser.add_argument("--target-hours", type=float, default=2.0, help="report the per-GPU rate this needs")
-    parser.add_argument("--store-resolution", type=int, default=None,
+    parser.add_argument("--store-resolution", type=positive_int, default=None,
                         help="the .beton's longest side (write_beton --max-resolution, e.g. 256 or 512): the CPU "
                              "cores the loader needs to feed the GPUs, from the measured per-core rate at that size "
                              "(or --loader-images-per-s-per-core), and with --node-cores the loader's ceiling")

@@ -19,13 +19,15 @@ import time
 
 import numpy as np
 
+from dataset_prep.argument_parser import positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", default="500x375", help="WIDTHxHEIGHT of the photo the crops come from "
                                                             "(default 500x375: a 512-px store's typical image)")
-    parser.add_argument("--size", type=int, default=224, help="view size in pixels (default 224)")
-    parser.add_argument("--crops", type=int, default=100, help="crops per pass (default 100)")
-    parser.add_argument("--repeats", type=int, default=7, help="timed passes per variant, median (default 7)")
+    parser.add_argument("--size", type=positive_int, default=224, help="view size in pixels (default 224)")
+    parser.add_argument("--crops", type=positive_int, default=100, help="crops per pass (default 100)")
+    parser.add_argument("--repeats", type=positive_int, default=7, help="timed passes per variant, median (default 7)")
     parser.add_argument("--scale", type=float, nargs=2, default=(0.2, 1.0), help="crop area range (default 0.2 1)")
 
 
@@ -90,8 +92,8 @@ def bench_resize(args) -> list[dict]:
     from pipelines.ffcv_two_crop import crop_params
 
     width, height = (int(side) for side in args.source.lower().split("x"))
-    if min(width, height, args.size, args.crops, args.repeats) < 1:
-        raise ValueError("--source sides, --size, --crops and --repeats must be positive")
+    if min(width, height) < 1:
+        raise ValueError(f"--source {args.source}: the sides must be positive")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one core for every variant
     image = source_photo(width, height)

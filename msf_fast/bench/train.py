@@ -29,6 +29,7 @@ import time
 
 import torch
 
+from dataset_prep.argument_parser import non_negative_int, positive_int
 from msf_fast.bench.timing import peak_rss_mb, synchronize
 from pipelines.recipe import RECIPE_NAMES
 
@@ -46,26 +47,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "for a folder)")
     parser.add_argument("--arch", default="resnet50", help="torchvision ResNet")
     parser.add_argument("--small-input", action="store_true", help="3x3 stride-1 stem, for 32-64 px crops")
-    parser.add_argument("--batch-size", type=int, default=256, help="images per step")
-    parser.add_argument("--resolution", type=int, default=224, help="crop size in pixels")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="images per step")
+    parser.add_argument("--resolution", type=positive_int, default=224, help="crop size in pixels")
     parser.add_argument("--recipe", default="w/s", choices=RECIPE_NAMES, help="target/online views: w weak, s strong")
-    parser.add_argument("--bank-size", type=int, default=PAPER_BANK_SIZE,
+    parser.add_argument("--bank-size", type=positive_int, default=PAPER_BANK_SIZE,
                         help="memory bank entries, a multiple of --batch-size; the paper's size")
-    parser.add_argument("--topk", type=int, default=5, help="neighbours")
-    parser.add_argument("--steps", type=int, default=50,
+    parser.add_argument("--topk", type=positive_int, default=5, help="neighbours")
+    parser.add_argument("--steps", type=positive_int, default=50,
                         help="timed steps end to end, and batches or steps of the loader-alone and step-alone parts")
-    parser.add_argument("--warmup", type=int, default=5,
+    parser.add_argument("--warmup", type=non_negative_int, default=5,
                         help="untimed batches and steps before the loader-alone and step-alone parts")
     parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
                         help="autocast dtype; auto = bf16 where supported")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"],
                         help="training device; auto = cuda when present")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+    parser.add_argument("--workers", type=non_negative_int, default=min(8, os.cpu_count() or 1),
                         help="loader workers (DataLoader processes, FFCV/DALI threads; default min(8, cores))")
-    parser.add_argument("--threads", type=int, default=0,
+    parser.add_argument("--threads", type=non_negative_int, default=0,
                         help="torch CPU threads; 0 = on the CPU, the cores the loader workers leave")
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoders (train.compile)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of weights, data order and augmentations")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="seed of weights, data order and augmentations")
     parser.add_argument("--out", default="", help="keep the run folder (log.jsonl, checkpoint) here (default: a "
                                                   "temporary folder, removed)")
 
@@ -155,8 +157,6 @@ def rate(*blocks: dict) -> float:
 
 
 def bench_train(args) -> dict:
-    if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
-        raise ValueError("--steps and --batch-size must be positive, --warmup not negative")
     try:
         from msf_fast.errors import UserError
         from msf_fast.trainer import Trainer
