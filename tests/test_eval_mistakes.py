@@ -340,6 +340,12 @@ def test_export_follows_the_writers_conventions(training_checkpoint, backbone, n
     assert run(export.main, [training_checkpoint, str(nested)], capsys) == (2, [
         f"export: error: cannot write '{nested}': folder '{nested.parent}' does not exist"])
     assert not nested.parent.exists()  # not created
+    afile = tmp_path / "notes.txt"
+    afile.write_text("notes\n")
+    for under in (afile / "backbone.pth", afile / "sub" / "backbone.pth"):  # not "a folder that does not exist"
+        assert run(export.main, [training_checkpoint, str(under)], capsys) == (2, [
+            f"export: error: cannot write '{under}': '{afile}' is a file, not a folder"])
+    assert afile.read_text() == "notes\n"
     assert run(export.main, [training_checkpoint, str(tmp_path)], capsys) == (2, [
         f"export: error: output '{tmp_path}' is a folder; give a file name, e.g. {tmp_path / 'backbone.pth'}"])
     assert run(export.main, [backbone, str(tmp_path / "again.pth")], capsys) == (2, [
