@@ -1,9 +1,11 @@
 """Ordered parallel map over images with a progress bar (images/s and ETA)."""
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import signal
+import sys
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
 
@@ -33,11 +35,19 @@ def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator
         bar.close()
 
 
-def default_sigterm() -> None:
-    """Run first in every worker process: SIGTERM (Pool.terminate, Process.terminate) kills it at once. The
-    converter's Python-level SIGTERM handler, inherited through fork, runs only between bytecodes, so a worker
-    that the signal reached just as it blocked on the task queue's lock slept on forever and its join hung."""
+def start_worker(parent: int) -> None:
+    """Run first in every worker process.
+    - SIGTERM (Pool.terminate, Process.terminate) kills it at once. The converter's Python-level SIGTERM handler,
+      inherited through fork, runs only between bytecodes, so a worker that the signal reached just as it blocked
+      on the task queue's lock slept on forever and its join hung.
+    - On Linux it dies with its parent (`parent`: its PID, taken before the fork): a converter killed
+      with SIGKILL left its workers running on, holding the disk and the cores."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the request was made
+            os._exit(1)
 
 
 def parallel_map(function: Callable, items: list, workers: int, description: str,
@@ -49,7 +59,7 @@ def parallel_map(function: Callable, items: list, workers: int, description: str
             results: Iterable = map(function, items)
             pool = None
         else:
-            pool = multiprocessing.Pool(workers, initializer=default_sigterm)
+            pool = multiprocessing.Pool(workers, initializer=start_worker, initargs=(os.getpid(),))
             chunksize = max(1, min(32, len(items) // (workers * 16)))
             results = pool.imap(function, items, chunksize=chunksize)
         try:

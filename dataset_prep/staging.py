@@ -1,13 +1,18 @@
 """Outputs that appear only when complete: write under a hidden temporary name, rename at the end.
 
-An interrupted conversion leaves at most a `.NAME.partial-PID` entry (removed on a clean failure or Ctrl-C),
-never something under the final name that looks finished. `--overwrite` keeps the old output until the new
-one is complete.
+An interrupted conversion leaves at most a `.NAME.partial-PID` entry (removed on a clean failure or Ctrl-C; after a
+SIGKILL or a power cut, by the next write of NAME), never something under the final name that looks finished.
+`--overwrite` keeps the old output until the new one is complete.
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import sys
+import time
+
+STALE_AFTER_S = 60  # a leftover untouched this long whose PID is gone here (not a writer on another host sharing it)
 
 
 class OutputError(OSError):
@@ -39,6 +44,38 @@ def _remove(path: str) -> None:
         os.remove(path)
 
 
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def remove_stale_leftovers(folder: str, name: str) -> None:
+    """Remove the `.NAME.partial-PID` / `.NAME.previous-PID` entries of writers that were killed (their PID is gone,
+    nothing touched them for a minute), with a note: a killed conversion left gigabytes there."""
+    pattern = re.compile(rf"\.{re.escape(name)}\.(partial|previous)-(\d+)")
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.fullmatch(entry)
+        if not match or int(match[2]) == os.getpid() or _process_exists(int(match[2])):
+            continue
+        path = os.path.join(folder, entry)
+        try:
+            if time.time() - os.lstat(path).st_mtime < STALE_AFTER_S:
+                continue
+            _remove(path)
+        except OSError:
+            continue
+        print(f"note: removed {path}, left by an interrupted write (PID {match[2]})", file=sys.stderr)
+
+
 class StagedPath:
     """A temporary sibling of `final` (a file, or a folder with `is_dir`) that becomes `final` on `commit()`.
     As a context manager: committed when the block completes, discarded when it raises (Ctrl-C included)."""
@@ -48,6 +85,7 @@ class StagedPath:
         folder, name = os.path.split(os.path.abspath(final))
         self.temporary = os.path.join(folder, f".{name}.partial-{os.getpid()}")
         self.is_dir = is_dir
+        remove_stale_leftovers(folder, name)
         try:  # create it now, so a destination we cannot write to fails before any work is done
             if is_dir:
                 os.mkdir(self.temporary)

@@ -23,7 +23,7 @@ from dataset_prep.conversion import (ConversionError, ConversionReport, run_cli,
 from dataset_prep.ffcv_import import FFCVUnavailable, import_ffcv
 from dataset_prep.image_folder import SourceError
 from dataset_prep.images import BadImage, check_image, fitted_size, load_rgb, unusable_size
-from dataset_prep.progress import default_sigterm, parallel_map, progress_bar
+from dataset_prep.progress import parallel_map, progress_bar, start_worker
 from dataset_prep.staging import OutputError, StagedPath
 from dataset_prep.stores import BETON_SUFFIX, beton_manifest_path
 
@@ -64,10 +64,10 @@ class StoreDataset:
 WRITE_FAILED = 64  # a worker's exit code 64 + errno: a write that failed (a full disk), for the parent's one line
 
 
-def _worker(work_fn, *args) -> None:
-    """FFCV's writer worker, killed at once by SIGTERM (see progress.default_sigterm); a write that fails (a full
+def _worker(parent: int, work_fn, *args) -> None:
+    """FFCV's writer worker, killed at once by SIGTERM (see progress.start_worker); a write that fails (a full
     disk) ends it with exit code WRITE_FAILED + errno, not a traceback (a pipe to the parent could block)."""
-    default_sigterm()
+    start_worker(parent)
     try:
         work_fn(*args)
     except OSError as error:
@@ -114,7 +114,7 @@ def make_writer(path: str, args, sizes: list[tuple[int, int]]):
             allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
             worker_args = (work_queue, self.metadata_sm, self.metadata_type, self.fields, allocator, done,
                            allocations_queue, *extra_worker_args)
-            workers = [Process(target=_worker, args=(work_fn, *worker_args), daemon=True)
+            workers = [Process(target=_worker, args=(os.getpid(), work_fn, *worker_args), daemon=True)
                        for _ in range(self.num_workers)]
             for worker in workers:
                 worker.start()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -245,3 +246,63 @@ def test_a_full_disk_is_one_line_exit_1_and_nothing_written(writer, out, source,
     assert code == 1 and lines[-1] == f"{writer}: error: {expected}"
     assert not [line for line in lines if "Traceback" in line or "error" in line and line != lines[-1]]
     assert entries(tmp_path) == {"clean"}
+
+
+def test_a_killed_writers_leftovers_are_removed_by_the_next_write(tmp_path, capsys):
+    from dataset_prep.staging import STALE_AFTER_S, StagedPath
+
+    def leftover(name: str, pid: int, age_s: float) -> Path:
+        path = tmp_path / name.replace("PID", str(pid))
+        path.write_bytes(b"x" * 100)
+        os.utime(path, (path.stat().st_mtime - age_s,) * 2)
+        return path
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    killed = leftover(".train.beton.partial-PID", int(dead), STALE_AFTER_S + 5)
+    recent = leftover(".train.beton.previous-PID", int(dead), 0)  # maybe a writer on another host sharing the disk
+    running = leftover(".train.beton.partial-PID", os.getppid(), STALE_AFTER_S + 5)
+    other_name = leftover(".val.beton.partial-PID", int(dead), STALE_AFTER_S + 5)
+    with StagedPath(str(tmp_path / "train.beton")) as staged:
+        Path(staged.temporary).write_bytes(b"store")
+    assert not killed.exists() and recent.exists() and running.exists() and other_name.exists()
+    assert capsys.readouterr().err.strip() == f"note: removed {killed}, left by an interrupted write (PID {dead})"
+    assert (tmp_path / "train.beton").read_bytes() == b"store"
+
+
+def test_a_writers_workers_die_with_it(tmp_path):
+    """A converter killed with SIGKILL (no cleanup runs) must not leave its worker processes running on."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "from multiprocessing import Process\n"
+        "from dataset_prep.progress import start_worker\n"
+        "def work(parent):\n"
+        "    start_worker(parent)\n"
+        "    time.sleep(120)\n"
+        "if __name__ == '__main__':\n"
+        "    workers = [Process(target=work, args=(os.getpid(),)) for _ in range(2)]\n"
+        "    [worker.start() for worker in workers]\n"
+        "    time.sleep(1)\n"
+        "    print(*[worker.pid for worker in workers], flush=True)\n"
+        "    time.sleep(120)\n")
+    root = str(Path(__file__).parents[1])
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=root,
+                              env={**os.environ, "PYTHONPATH": root})
+    workers = [int(pid) for pid in parent.stdout.readline().split()]
+    assert len(workers) == 2 and all(Path(f"/proc/{pid}").exists() for pid in workers)
+    parent.kill()
+    parent.wait()
+    for _ in range(100):
+        if not any(alive(pid) for pid in workers):
+            break
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in workers)
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its (new) parent to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
