@@ -386,6 +386,15 @@ def test_a_full_disk_is_one_line_exit_1_for_eval_and_export(backbone, sets, tmp_
     assert code == 1 and lines[-1] == (f"eval knn: error: cannot write into {out}: No space left on device; nothing "
                                        "half-written")
     assert not (out / "knn.json").exists() and not [p for p in out.rglob("*") if "partial" in p.name]
+    write_text = pathlib.Path.write_text
+
+    def full_at_the_result(path, *args, **kwargs):  # the disk fills up as the JSON result is written
+        return (full if ".knn.json." in path.name else write_text)(path, *args, **kwargs)
+    with monkeypatch.context() as patched:
+        patched.setattr(pathlib.Path, "write_text", full_at_the_result)
+        code, lines = run(evaluation.main, eval_command("knn", backbone, "--train", sets["train"], "--val", sets["val"],
+                                                 "--k", "3", "--out", str(out)), capsys)
+    assert code == 1 and not (out / "report.md").exists()  # no report of a result that was not saved
 
     def torch_full(obj, handle):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1472 vs 1366")

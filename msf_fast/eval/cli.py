@@ -20,16 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from dataset_prep.argument_parser import OneLineParser, positive_int
-from dataset_prep.staging import StagedPath
 from msf_fast.checkpoint import read_checkpoint
 from msf_fast.errors import UserError, disk_full
 from msf_fast.eval.common import (add_data_options, amp_dtype, check_output_folder, checked_device, open_eval_data,
-                                  checkpoint_position, note, output_folder, position_text, same_images, warn)
+                                  checkpoint_position, note, output_folder, position_text, publish, same_images,
+                                  warn)
 from msf_fast.eval.knn import SEARCHES, faiss_available, knn_evaluation
-from msf_fast.eval.report import markdown_table, write_section
+from msf_fast.eval.report import markdown_table
 
 DEFAULT_K = (1, 20)
 
@@ -69,11 +68,11 @@ def run_knn(args) -> dict:
     report = {"checkpoint": str(args.ckpt), **position,
               **knn_evaluation(backbone.to(device), train, val, device, args.k, amp_dtype(device), args.search)}
     rows = [[k, report[f"top1_k{k}_majority"], report[f"top1_k{k}_weighted"]] for k in args.k]
-    write_section(folder, "knn", f"## k-NN ({args.ckpt}{position_text(position)})\n\nTop-1 on {report['val_images']} held-out images, "
-                  f"{report['train_images']} labelled images searched; cosine similarity of L2-normalised "
-                  "features. The weighted vote weighs each neighbour by exp(similarity / 0.07).\n\n"
-                  + markdown_table(["k", "majority vote", "weighted vote"], rows))
-    return report
+    return publish(args, folder, report, "knn",
+                   f"## k-NN ({args.ckpt}{position_text(position)})\n\nTop-1 on {report['val_images']} held-out "
+                   f"images, {report['train_images']} labelled images searched; cosine similarity of L2-normalised "
+                   "features. The weighted vote weighs each neighbour by exp(similarity / 0.07).\n\n"
+                   + markdown_table(["k", "majority vote", "weighted vote"], rows))
 
 
 def add_knn_command(sub) -> None:
@@ -111,11 +110,6 @@ def main(argv: list[str] | None = None) -> int:
         commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         result = args.run(args)
-        if result is not None:
-            checkpoint = args.ckpt[0] if isinstance(args.ckpt, list) else args.ckpt
-            path = output_folder(args, checkpoint) / args.result_name
-            with StagedPath(str(path)) as staged:  # a full disk leaves the previous file, not a torn one
-                Path(staged.temporary).write_text(json.dumps(result, indent=1) + "\n")
     except (UserError, OSError, ValueError, RuntimeError) as error:
         if disk_full(error):
             checkpoint = args.ckpt[0] if isinstance(args.ckpt, list) else args.ckpt

@@ -3,6 +3,7 @@ work, progress bars, the run folder results are written to, and the autocast dty
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -11,8 +12,9 @@ import torch
 from tqdm import tqdm
 
 from dataset_prep.argument_parser import non_negative_int, positive_int
-from dataset_prep.staging import nearest_existing
+from dataset_prep.staging import StagedPath, nearest_existing
 from msf_fast.errors import UserError
+from msf_fast.eval.report import write_section
 from pipelines import MAX_DATALOADER_WORKERS, default_workers
 
 
@@ -61,6 +63,15 @@ def output_folder(args: argparse.Namespace, checkpoint: str | Path) -> Path:
     folder = Path(args.out) if args.out else run_folder(checkpoint)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def publish(args: argparse.Namespace, folder: Path, result: dict, section: str, markdown: str) -> dict:
+    """Write the command's JSON result (FOLDER/args.result_name), then its report section: a failure (a full disk)
+    leaves both as they were, or the new result beside the old section, never a report naming an unsaved result."""
+    with StagedPath(str(folder / args.result_name)) as staged:
+        Path(staged.temporary).write_text(json.dumps(result, indent=1) + "\n")
+    write_section(folder, section, markdown)
+    return result
 
 
 def check_output_folder(args: argparse.Namespace, checkpoint: str | Path) -> Path:

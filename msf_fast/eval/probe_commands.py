@@ -15,12 +15,12 @@ from dataset_prep.argument_parser import non_negative_int, positive_int
 from msf_fast.checkpoint import read_checkpoint
 from msf_fast.errors import UserError
 from msf_fast.eval.common import (add_data_options, amp_dtype, check_output_folder, checked_device,
-                                  checkpoint_position, open_eval_data, output_folder, position_text, same_images, warn,
-                                  workers)
+                                  checkpoint_position, open_eval_data, output_folder, position_text, publish,
+                                  same_images, warn, workers)
 from msf_fast.eval.knn import extract_features
 from msf_fast.eval.linear_probe import (ProbeSettings, augmented_batches, cached_batches, feature_standardizer,
                                         probe_with, train_probe)
-from msf_fast.eval.report import markdown_table, write_section
+from msf_fast.eval.report import markdown_table
 
 DEFAULT_FRACTIONS = (0.01, 0.1)
 
@@ -161,12 +161,11 @@ class ProbeRun:
 def run_linear(args) -> dict:
     run = ProbeRun(args).extract()
     result = {**run.header(), **run.train()}
-    write_section(output_folder(args, args.ckpt), "linear",
-                  f"## Linear probe ({args.ckpt}{position_text(checkpoint_position(run.checkpoint))})\n\n"
-                  f"{protocol_text(run)}\n\n"
-                  + markdown_table(["labelled images", "top-1", "top-5"],
-                                   [[result["labelled_images"], result["top1"], result["top5"]]]))
-    return result
+    return publish(args, output_folder(args, args.ckpt), result, "linear",
+                   f"## Linear probe ({args.ckpt}{position_text(checkpoint_position(run.checkpoint))})\n\n"
+                   f"{protocol_text(run)}\n\n"
+                   + markdown_table(["labelled images", "top-1", "top-5"],
+                                    [[result["labelled_images"], result["top1"], result["top5"]]]))
 
 
 def run_semi(args) -> dict:
@@ -200,11 +199,11 @@ def run_semi(args) -> dict:
         chosen = ("Subsets keep round(fraction x class size) images of every class (at least one), drawn with seed "
                   f"{args.seed}; their lists are saved beside this report.")
         source = {"subset_source": f"seeded fractions (seed {args.seed})"}
-    write_section(folder, "semi", f"## Semi-supervised: linear probe on label subsets ({args.ckpt}"
-                  f"{position_text(checkpoint_position(run.checkpoint))})\n\n"
-                  f"{protocol_text(run)} {chosen}\n\n"
-                  + markdown_table(["subset", "labelled images", "top-1", "top-5"], rows))
-    return {**run.header(), **source, "subsets": results}
+    return publish(args, folder, {**run.header(), **source, "subsets": results}, "semi",
+                   f"## Semi-supervised: linear probe on label subsets ({args.ckpt}"
+                   f"{position_text(checkpoint_position(run.checkpoint))})\n\n"
+                   f"{protocol_text(run)} {chosen}\n\n"
+                   + markdown_table(["subset", "labelled images", "top-1", "top-5"], rows))
 
 
 def listed_subset(args, run: ProbeRun):

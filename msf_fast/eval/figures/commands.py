@@ -23,14 +23,14 @@ from dataset_prep.argument_parser import positive_int
 from msf_fast.checkpoint import read_checkpoint
 from msf_fast.errors import UserError
 from msf_fast.eval.common import (add_data_options, check_output_folder, checked_device, note, open_eval_data,
-                                  output_folder, same_images, warn)
+                                  output_folder, publish, same_images, warn)
 from msf_fast.eval.figures.analyses import (cluster_purity, embedding_method, kmeans, purity_floor,
                                             sample_cluster_rows)
 from msf_fast.eval.figures.drawing import (clusters_figure, neighbours_figure, same_class_share, save_png,
                                            tsne_figure)
 from msf_fast.eval.figures.streaming import (ClassSampler, IndexSampler, RandomSampler, make_thumbnails,
                                              select_images, streamed_neighbours)
-from msf_fast.eval.report import markdown_table, report_dir, write_section
+from msf_fast.eval.report import markdown_table, report_dir
 
 DEFAULT_CLUSTERS, DEFAULT_ROWS, DEFAULT_CLASSES, DEFAULT_QUERIES, DEFAULT_NEIGHBOURS = 100, 8, 10, 6, 8
 ALL = "all"
@@ -142,14 +142,14 @@ def run_tsne(args) -> dict:
     name = "t-SNE" if args.method == "tsne" else "UMAP"
     chosen = (f"{shown_classes} random classes (seed {args.seed})" if classes is not None
               and shown_classes < len(loader.classes) else f"all {shown_classes} classes")
-    write_section(folder, "tsne", f"## Representation over training ({name})\n\n{name} of the L2-normalised "
-                  f"backbone features of {len(labels)} images of {args.data}: {chosen}, the first {args.per_class} "
-                  f"images of each; one panel per checkpoint ({', '.join(titles)}), the same images in each, coloured "
-                  f"by class.\n\n![{name}](./tsne.png)\n")
-    return {"checkpoints": list(args.ckpt), "labels": titles, "data": args.data, "method": args.method,
-            "classes": sorted(sampler.members), "class_names": [loader.classes[c] for c in sorted(sampler.members)],
-            "images": len(labels), "indices": selection.indices,
-            "png": str(png)}
+    result = {"checkpoints": list(args.ckpt), "labels": titles, "data": args.data, "method": args.method,
+              "classes": sorted(sampler.members), "class_names": [loader.classes[c] for c in sorted(sampler.members)],
+              "images": len(labels), "indices": selection.indices, "png": str(png)}
+    return publish(args, folder, result, "tsne",
+                   f"## Representation over training ({name})\n\n{name} of the L2-normalised backbone features of "
+                   f"{len(labels)} images of {args.data}: {chosen}, the first {args.per_class} images of each; one "
+                   f"panel per checkpoint ({', '.join(titles)}), the same images in each, coloured by class.\n\n"
+                   f"![{name}](./tsne.png)\n")
 
 
 def run_neighbours(args) -> dict:
@@ -197,18 +197,19 @@ def run_neighbours(args) -> dict:
     save_png(neighbours_figure(queries, found, titles), png)
     shares = [round(same_class_share(queries, neighbours), 4) for neighbours in found]
     excluded = " (a query is never its own neighbour)" if from_gallery else ""
-    write_section(folder, "neighbours", f"## Nearest neighbours over training\n\n{args.queries} random queries "
-                  f"(seed {args.seed}) of {query_source}, each followed by its {args.k} most cosine-similar images "
-                  f"of {args.data} ({gallery_size} images){excluded}; one block per checkpoint, the same queries in "
-                  f"each. A blue frame marks each query (the first column), a red frame a neighbour of another "
-                  "class than its query.\n\n"
-                  + markdown_table(["checkpoint", "neighbours of the query's class"],
-                                   [[title, share] for title, share in zip(titles, shares)])
-                  + "\n![nearest neighbours](./neighbours.png)\n")
-    return {"checkpoints": list(args.ckpt), "labels": titles, "data": args.data, "queries_from": query_source,
-            "gallery_images": gallery_size, "queries": queries.indices, "query_labels": queries.labels.tolist(),
-            "k": args.k, "neighbours": [neighbours.indices.tolist() for neighbours in found],
-            "same_class_share": shares, "png": str(png)}
+    result = {"checkpoints": list(args.ckpt), "labels": titles, "data": args.data, "queries_from": query_source,
+              "gallery_images": gallery_size, "queries": queries.indices, "query_labels": queries.labels.tolist(),
+              "k": args.k, "neighbours": [neighbours.indices.tolist() for neighbours in found],
+              "same_class_share": shares, "png": str(png)}
+    return publish(args, folder, result, "neighbours",
+                   f"## Nearest neighbours over training\n\n{args.queries} random queries (seed {args.seed}) of "
+                   f"{query_source}, each followed by its {args.k} most cosine-similar images of {args.data} "
+                   f"({gallery_size} images){excluded}; one block per checkpoint, the same queries in each. A blue "
+                   "frame marks each query (the first column), a red frame a neighbour of another class than its "
+                   "query.\n\n"
+                   + markdown_table(["checkpoint", "neighbours of the query's class"],
+                                    [[title, share] for title, share in zip(titles, shares)])
+                   + "\n![nearest neighbours](./neighbours.png)\n")
 
 
 def run_clusters(args) -> dict:
@@ -238,18 +239,20 @@ def run_clusters(args) -> dict:
     table = [[title, purity, floor] for title, purity, floor in zip(titles, purities, floors)]
     shrunk = (f" ({clusters_chosen(clusters, *counted)})" if args.clusters is None and clusters < DEFAULT_CLUSTERS
               else "")
-    write_section(folder, "clusters", f"## Clusters\n\nk-means ({backend[0]}, {clusters} clusters{shrunk}, seed "
-                  f"{args.seed}) of the L2-normalised backbone features of {len(labels)} images of {args.data} (the "
-                  f"first {args.per_class} of each class); per checkpoint {rows} random clusters, each a row of up to "
-                  f"{args.per_row} random members. Purity: the fraction of images whose label is their cluster's "
-                  "majority label. Any clustering of these images scores at least the floor: the larger of the "
-                  "largest class's share and clusters / images (each cluster's majority holds one image at least).\n\n"
-                  + markdown_table(["checkpoint", "purity", "floor"], table)
-                  + "\n![clusters](./clusters.png)\n")
-    return {"checkpoints": list(args.ckpt), "labels": titles, "data": args.data, "images": len(labels),
-            "classes": len(set(labels.tolist())), "clusters": clusters, "backend": backend[0], "purity": purities,
-            "purity_floor": floors, "shown_clusters": [[row.cluster for row in block] for block in blocks],
-            "png": str(png)}
+    result = {"checkpoints": list(args.ckpt), "labels": titles, "data": args.data, "images": len(labels),
+              "classes": len(set(labels.tolist())), "clusters": clusters, "backend": backend[0], "purity": purities,
+              "purity_floor": floors, "shown_clusters": [[row.cluster for row in block] for block in blocks],
+              "png": str(png)}
+    return publish(args, folder, result, "clusters",
+                   f"## Clusters\n\nk-means ({backend[0]}, {clusters} clusters{shrunk}, seed {args.seed}) of the "
+                   f"L2-normalised backbone features of {len(labels)} images of {args.data} (the first "
+                   f"{args.per_class} of each class); per checkpoint {rows} random clusters, each a row of up to "
+                   f"{args.per_row} random members. Purity: the fraction of images whose label is their cluster's "
+                   "majority label. Any clustering of these images scores at least the floor: the larger of the "
+                   "largest class's share and clusters / images (each cluster's majority holds one image at "
+                   "least).\n\n"
+                   + markdown_table(["checkpoint", "purity", "floor"], table)
+                   + "\n![clusters](./clusters.png)\n")
 
 
 def images_clustered(data: str, per_class: int) -> tuple[int, int]:
