@@ -1,5 +1,6 @@
-"""The command-line parser every command uses: no abbreviations (`--epoch` is not `--epochs`), and a mistake
-is one line on stderr with the closest valid option, exit code 2, instead of the whole usage."""
+"""The command line every command shares: a parser without abbreviations (`--epoch` is not `--epochs`) whose
+mistakes are one line on stderr with the closest valid option, exit code 2, instead of the whole usage; and Ctrl-C
+before a command's own handling is in place as one line too."""
 from __future__ import annotations
 
 import argparse
@@ -60,3 +61,17 @@ def option_strings(parser: argparse.ArgumentParser) -> list[str]:
             for subparser in action.choices.values():
                 found += [option for option in option_strings(subparser) if option not in found]
     return found
+
+
+def one_line_on_ctrl_c(program: str) -> None:
+    """Ctrl-C that no handler of the command catches (while torch, numpy or FFCV load: seconds) prints
+    `PROGRAM: interrupted` instead of the import's traceback; the interpreter then ends by SIGINT as usual (130 in
+    a shell). Commands call it before their heavy imports."""
+    previous = sys.excepthook
+
+    def hook(kind, value, traceback):
+        if issubclass(kind, KeyboardInterrupt):
+            print(f"{program}: interrupted", file=sys.stderr)
+        else:
+            previous(kind, value, traceback)
+    sys.excepthook = hook

@@ -8,12 +8,17 @@ are reported, one JSON line per (writer, data, workers), then one line per (writ
 """
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # before the imports below, which take seconds: Ctrl-C then is one line
+    from dataset_prep.argument_parser import one_line_on_ctrl_c
+    one_line_on_ctrl_c("dataset_prep.bench")
+
 import argparse
 import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 
 from dataset_prep.demo_data import generate_demo_dataset

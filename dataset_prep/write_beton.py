@@ -9,10 +9,15 @@ ImageFolder order. A manifest is written beside the store as OUT.beton.manifest.
 """
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # before the imports below, which take seconds: Ctrl-C then is one line
+    from dataset_prep.argument_parser import one_line_on_ctrl_c
+    one_line_on_ctrl_c("write_beton")
+
 import argparse
 import ctypes
 import os
-import sys
 import time
 from multiprocessing import Process, Queue, Value
 

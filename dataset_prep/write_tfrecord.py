@@ -9,11 +9,16 @@ in store order) and manifest.json.
 """
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # before the imports below, which take seconds: Ctrl-C then is one line
+    from dataset_prep.argument_parser import one_line_on_ctrl_c
+    one_line_on_ctrl_c("write_tfrecord")
+
 import argparse
 import math
 import os
 import random
-import sys
 from contextlib import closing
 from functools import partial
 

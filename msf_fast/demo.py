@@ -12,11 +12,16 @@ clusters), all linked from runs/demo/report.md. Any trainer parameter can be ove
 """
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # before the imports below, which take seconds: Ctrl-C then is one line
+    from dataset_prep.argument_parser import one_line_on_ctrl_c
+    one_line_on_ctrl_c("demo")
+
 import argparse
 import contextlib
 import io
 import json
-import sys
 import time
 from pathlib import Path
 

@@ -14,9 +14,14 @@ its path should be), checked before any work.
 """
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # before the imports below, which take seconds: Ctrl-C then is one line
+    from dataset_prep.argument_parser import one_line_on_ctrl_c
+    one_line_on_ctrl_c("export")
+
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import torch

@@ -2,6 +2,8 @@
 the run folder). Each test runs the entry point as a user would."""
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +119,23 @@ def test_ctrl_c_before_training_or_during_an_eval_is_one_line(data, monkeypatch,
     monkeypatch.setattr(cli, "run_knn", interrupted)
     assert cli.main(["knn", "--ckpt", "x.pt", "--train", "a", "--val", "b"]) == 130
     assert capsys.readouterr().err.strip().splitlines() == ["eval knn: interrupted"]
+
+
+COMMANDS = {"train_imagenet.py": [str(ROOT / "train_imagenet.py")], "demo": ["-m", "msf_fast.demo"],
+            "eval": ["-m", "msf_fast.eval", "knn"], "bench": ["-m", "msf_fast.bench", "ema"],
+            "export": ["-m", "msf_fast.export"], "write_beton": ["-m", "dataset_prep.write_beton"],
+            "write_tfrecord": ["-m", "dataset_prep.write_tfrecord"], "dataset_prep.bench": ["-m", "dataset_prep.bench"],
+            "synthetic_photos": ["-m", "dataset_prep.synthetic_photos"], "bench bank": ["-m", "msf_fast.bench.bank"],
+            "bench loader": ["-m", "msf_fast.bench.loader"]}
+
+
+@pytest.mark.parametrize("program", COMMANDS)
+def test_ctrl_c_while_the_imports_load_is_one_line(program, tmp_path):
+    """Ctrl-C in the seconds torch or numpy take to import: a fake torch and numpy that raise KeyboardInterrupt
+    when imported stand for it, whichever the command loads first."""
+    for name in ("torch", "numpy"):
+        (tmp_path / f"{name}.py").write_text("raise KeyboardInterrupt\n")
+    done = subprocess.run([sys.executable, *COMMANDS[program]], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"})
+    assert done.stderr.strip().splitlines() == [f"{program}: interrupted"]
+    assert done.returncode == -signal.SIGINT  # ended by the signal, as an interrupted program does (130 in a shell)

@@ -5,11 +5,16 @@ memory above the bank itself is its own.
 """
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # before the imports below, which take seconds: Ctrl-C then is one line
+    from dataset_prep.argument_parser import one_line_on_ctrl_c
+    one_line_on_ctrl_c("bench bank")
+
 import argparse
 import json
 import statistics
 import subprocess
-import sys
 import time
 
 import torch

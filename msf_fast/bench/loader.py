@@ -14,6 +14,12 @@ real path, and rewritten when the folder or a class folder changed since (files 
 """
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # before the imports below, which take seconds: Ctrl-C then is one line
+    from dataset_prep.argument_parser import one_line_on_ctrl_c
+    one_line_on_ctrl_c("bench loader")
+
 import argparse
 import hashlib
 import json
@@ -21,7 +27,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import time
 
 from dataset_prep.argument_parser import non_negative_int, positive_int
