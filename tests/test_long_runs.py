@@ -134,12 +134,15 @@ def test_sigterm_ends_train_imagenet_soon_with_a_checkpoint(tiny_imagefolder, tm
     while not (log.exists() and '"event": "step"' in log.read_text()) and time.monotonic() < deadline:
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
-    sent = time.monotonic()
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 128 + signal.SIGTERM and time.monotonic() - sent < 20
+    written = log.read_text()
+    written = written[:written.rfind("\n")].splitlines()  # without a line being written
+    logged = max(json.loads(line)["step"] for line in written if '"event": "step"' in line)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM
     [line] = stderr.strip().splitlines()
     step = saved_step(folder / "checkpoints" / "latest.pt")
-    assert line.startswith(f"stopped by SIGTERM at step {step}: the checkpoint") and step < 50 * 12
+    assert line.startswith(f"stopped by SIGTERM at step {step}: the checkpoint")
+    assert logged <= step <= logged + 2  # soon: the step under way and the one whose record was not yet written
     assert records(folder)[-1]["event"] == "stopped"
 
 
