@@ -57,6 +57,14 @@ def manifest_classes(store: str) -> list[str] | None:
     return [name for name, _ in sorted(classes.items(), key=lambda item: item[1])]
 
 
+def class_names(path: str) -> list[str] | None:
+    """The class names in label order as the loaders see them: an ImageFolder's class folders (sorted, as
+    torchvision's ImageFolder lists them), a store's manifest (None without one)."""
+    if path_kind(path) != IMAGE_FOLDER:
+        return manifest_classes(path)
+    return sorted(entry.name for entry in os.scandir(path) if entry.is_dir())
+
+
 def images_source(path: str) -> str | None:
     """The folder whose images `path` holds, resolved: an ImageFolder itself, a store the source folder its
     manifest names (None for a store without one)."""
@@ -79,6 +87,13 @@ def same_images(first: str, second: str) -> str | None:
         store = second if path_kind(first) == IMAGE_FOLDER else first
         return f"the same images ({store} was written from {source})"
     return f"the same images (both stores were written from {source})"
+
+
+def within(path: str, folder: str) -> bool:
+    """`path` is `folder` or lies under it, links resolved (`path` need not exist yet): an output written there would
+    be listed as part of the data in `folder`."""
+    inner, outer = os.path.realpath(path), os.path.realpath(folder)
+    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
 
 
 def store_split(path: str) -> str | None:

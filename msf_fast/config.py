@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import os
+import tempfile
 from types import SimpleNamespace
 
 import yaml
@@ -18,7 +19,7 @@ from fastargs.validation import Checker
 from dataset_prep.argument_parser import OneLineParser
 from dataset_prep.staging import nearest_existing
 from dataset_prep.stores import (BETON, TFRECORD, beton_problem, describe_path, path_kind, read_manifest,
-                                 tfrecord_problem)
+                                 tfrecord_problem, within)
 from msf_fast.errors import UserError
 from msf_fast.model import RESNETS
 from msf_fast.precision import cpu_amp_choice
@@ -253,13 +254,17 @@ def read_recipe(fname: str, known) -> dict:
     """A YAML recipe as {section: {param: value}}: sections of parameters, or flat `section.param: value` keys, or
     both. Anything else (not a file, not text, not YAML, not a mapping, a key the schema does not know, where a typo
     would be ignored) is a ConfigError naming the file."""
-    if not os.path.isfile(fname):
+    if os.path.isdir(fname):
+        raise ConfigError(f"--config-file={fname}: a folder, not a YAML recipe (e.g. configs/rn50_200_epochs.yaml)")
+    if not os.path.exists(fname):  # a pipe (--config-file <(...)) or /dev/null reads as a file does
         raise ConfigError(f"--config-file={fname}: no such file")
     try:
         with open(fname, encoding="utf-8") as handle:
             content = yaml.safe_load(handle)
     except UnicodeDecodeError:
         raise ConfigError(f"--config-file={fname}: not a text file (a YAML recipe is text)") from None
+    except OSError as error:
+        raise ConfigError(f"--config-file={fname}: cannot be read ({error.strerror or error})") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -277,8 +282,7 @@ def read_recipe(fname: str, known) -> dict:
         elif "." in str(key):  # a flat `section.param: value`
             entries = {tuple(str(key).split(".", 1)): values}
         else:
-            raise ConfigError(f"--config-file={fname}: {key}: expected a section of parameters or a "
-                              f"section.param key, found {values!r}")
+            raise ConfigError(top_level_problem(fname, str(key), values, known))
         for (section, name), value in entries.items():
             if (section, name) not in known:
                 raise ConfigError(f"{fname}: unknown parameter {section}.{name}{closest_name(section, name, known)}")
@@ -286,6 +290,23 @@ def read_recipe(fname: str, known) -> dict:
                 raise ConfigError(f"{fname}: {section}.{name}: no value")
             recipe.setdefault(section, {})[name] = value
     return recipe
+
+
+def top_level_problem(fname: str, key: str, value, known) -> str:
+    """Why a top-level `key: value` is neither a section nor a flat section.param key: with no value, in the words
+    of the nested case (`r.yaml: train.epochs: no value`); naming the section.param keys a parameter may stand for."""
+    is_section = key in {name for name, _ in known}
+    if value is None and is_section:  # `train:` with its parameters not indented under it
+        return f"{fname}: {key}: no value (a section: indent its parameters under it, e.g. '  epochs: 100')"
+    owners = [f"{section}.{name}" for section, name in known if name == key]
+    if not owners and not is_section:
+        close = difflib.get_close_matches(key, {name for _, name in known}, n=1, cutoff=0.6)
+        owners = [f"{section}.{name}" for section, name in known if name in close]
+    hint = f" (did you mean {' or '.join(owners)}?)" if owners else ""
+    if value is None:
+        return f"{fname}: {key}: no value, and no section{hint}"
+    return f"--config-file={fname}: {key}: expected a section of parameters or a section.param key, found " \
+           f"{value!r}{hint}"
 
 
 def closest_name(section: str, name: str, known) -> str:
@@ -344,6 +365,17 @@ def output_folder_problem(folder: str) -> str | None:
         return f"a file{where}, not a folder"
     if not os.access(path, os.W_OK | os.X_OK):
         return f"{path} is not writable"
+    refused = creation_refused(path)
+    return f"cannot be created or written ({refused})" if refused else None
+
+
+def creation_refused(folder: str) -> str | None:
+    """The OS's reason why nothing can be made in the existing `folder` (None when it can), where os.access cannot
+    tell (root, /proc, some mounts): an entry is made there and removed at once."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".msf-write-check-", dir=folder))
+    except OSError as error:
+        return error.strerror or str(error)
     return None
 
 
@@ -358,6 +390,10 @@ def validate_data(cfg) -> None:
             problem = data_problem(path)
             if problem:
                 raise ConfigError(f"{name}={path}: {problem}")
+            if within(cfg.logging.folder, path):  # its checkpoints and plots would be listed as images of the data
+                raise ConfigError(f"logging.folder={cfg.logging.folder} is inside {name}={path}: the run would write "
+                                  "its checkpoints and log among the images it reads; choose a folder outside the "
+                                  "data")
     check_held_out(cfg)
     path = cfg.data.train_path
     backend, stored_as = resolve_backend(cfg.data.backend, path), data_format(path)
@@ -377,16 +413,24 @@ def check_held_out(cfg) -> None:
     should not be the training images; a store written with --val should not be trained on (one-line warnings)."""
     import sys
 
-    from dataset_prep.stores import same_images, store_split
+    from dataset_prep.stores import class_names, same_images, store_split
+    from pipelines.contract import classes_problem
     warnings = []
     data, memory = cfg.data, cfg.eval.knn_memory_path or cfg.data.train_path
     if data.val_path and (cfg.eval.knn_every or cfg.eval.knn_final):
+        searched = "eval.knn_memory_path" if cfg.eval.knn_memory_path else "data.train_path"
         how = same_images(data.val_path, memory)
         if how:
-            searched = "eval.knn_memory_path" if cfg.eval.knn_memory_path else "data.train_path"
             raise ConfigError(f"data.val_path={data.val_path} and {searched}={memory} hold {how}: each held-out image "
                               "of the k-NN monitor would find itself among the images it searches (top-1 1.0 at k = "
                               "1); give held-out images, or data.val_path='' for no monitor")
+        searched_classes, held_out_classes = class_names(memory), class_names(data.val_path)
+        if searched_classes is not None and held_out_classes is not None:  # before the run takes its folder
+            problem = classes_problem(searched_classes, f"{searched}={memory}", held_out_classes,
+                                      f"data.val_path={data.val_path}")
+            if problem:
+                raise ConfigError(f"the k-NN monitor: {problem} (give both the same class folders, or "
+                                  "data.val_path='' for no monitor)")
         how = same_images(data.val_path, data.train_path)
         if how:
             warnings.append(f"data.val_path={data.val_path} and data.train_path={data.train_path} hold {how}: the "

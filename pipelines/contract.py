@@ -61,19 +61,25 @@ def check_same_classes(first: ImageLoader, first_name: str, second: ImageLoader,
     """Two sets whose labels are compared (k-NN memory vs held-out images, probe train vs val, neighbour queries vs
     gallery) must index the same classes: ValueError naming the classes missing on each side, or the first two
     classes that trade places."""
-    if first.classes == second.classes:
-        return
-    only_first = sorted(set(first.classes) - set(second.classes))
-    only_second = sorted(set(second.classes) - set(first.classes))
+    problem = classes_problem(first.classes, first_name, second.classes, second_name)
+    if problem:
+        raise ValueError(problem)
+
+
+def classes_problem(first: list[str], first_name: str, second: list[str], second_name: str) -> str | None:
+    """Why two lists of class names in label order give labels that do not match (None when they match)."""
+    if first == second:
+        return None
+    only_first = sorted(set(first) - set(second))
+    only_second = sorted(set(second) - set(first))
     if not only_first and not only_second:
-        swapped = next(index for index, (a, b) in enumerate(zip(first.classes, second.classes)) if a != b)
-        raise ValueError(f"{first_name} and {second_name} order their classes differently (class {swapped} is "
-                         f"{first.classes[swapped]!r} in one and {second.classes[swapped]!r} in the other): their "
-                         "labels do not match")
+        swapped = next(index for index, (a, b) in enumerate(zip(first, second)) if a != b)
+        return (f"{first_name} and {second_name} order their classes differently (class {swapped} is "
+                f"{first[swapped]!r} in one and {second[swapped]!r} in the other): their labels do not match")
     differences = [f"{_listed(names)} only in {name}" for names, name in ((only_first, first_name),
                                                                          (only_second, second_name)) if names]
-    raise ValueError(f"{first_name} and {second_name} have different classes: {', '.join(differences)}; their labels "
-                     "would not match")
+    return (f"{first_name} and {second_name} have different classes: {', '.join(differences)}; their labels would "
+            "not match")
 
 
 def _listed(names: list[str], shown: int = 5) -> str:

@@ -71,25 +71,38 @@ def test_monitor_lists_each_folder_once_and_scores_separable_classes(tiny_imagef
     assert set(report) == {"knn_top1", "knn_weighted_top1"} and report["knn_top1"] >= 0.5
 
 
-def test_a_held_out_set_with_other_classes_is_refused_at_start(tiny_imagefolder, tmp_path):
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_held_out_set_with_other_classes_is_refused_at_start(tiny_imagefolder, tmp_path, existed):
+    """Refused at config time, before the run takes its folder: the monitor's refusal in the trainer came after the
+    run had made the folder and its .lock."""
     import shutil
 
-    from msf_fast.errors import UserError
+    from msf_fast.config import ConfigError
+    from pipelines.recipe import two_view_recipe
 
     val = tmp_path / "val"
     shutil.copytree(tiny_imagefolder / "val", val)
     shutil.rmtree(val / "class_3")  # a val folder that lacks a class: every label after it would shift
     (val / "class_9").mkdir()
     shutil.copy(next((tiny_imagefolder / "val" / "class_3").iterdir()), val / "class_9" / "0.jpg")
-    cfg = load_config([f"--data.train_path={tiny_imagefolder / 'train'}", f"--data.val_path={val}",
-                       "--model.arch=resnet18", "--data.resolution=32", "--train.batch_size=8", "--msf.bank_size=32",
-                       "--data.workers=0", f"--logging.folder={tmp_path / 'run'}", "--train.threads=2"])
-    with pytest.raises(UserError) as refused:
-        Trainer(cfg)
+    train, run = tiny_imagefolder / "train", tmp_path / "run"
+    if existed:
+        run.mkdir()
+    with pytest.raises(ConfigError) as refused:
+        load_config([f"--data.train_path={train}", f"--data.val_path={val}", "--model.arch=resnet18",
+                     "--data.resolution=32", "--train.batch_size=8", "--msf.bank_size=32", "--data.workers=0",
+                     f"--logging.folder={run}", "--train.threads=2"])
     assert str(refused.value) == (
-        f"the k-NN monitor (data.val_path, eval.knn_memory_path): the searched images {tiny_imagefolder / 'train'} "
-        f"and the held-out images {val} have different classes: class_3 only in the searched images "
-        f"{tiny_imagefolder / 'train'}, class_9 only in the held-out images {val}; their labels would not match")
+        f"the k-NN monitor: data.train_path={train} and data.val_path={val} have different classes: class_3 only in "
+        f"data.train_path={train}, class_9 only in data.val_path={val}; their labels would not match (give both the "
+        "same class folders, or data.val_path='' for no monitor)")
+    assert (sorted(run.iterdir()) == []) if existed else not run.exists()
+    # the monitor checks again what a config cannot see (a store without a manifest), in the same words
+    with pytest.raises(ValueError) as refused:
+        KnnMonitor(str(train), str(val), two_view_recipe("w/s", 32), k=1, batch_size=8, workers=0)
+    assert str(refused.value) == (
+        f"the searched images {train} and the held-out images {val} have different classes: class_3 only in the "
+        f"searched images {train}, class_9 only in the held-out images {val}; their labels would not match")
 
 
 def test_the_default_k_shrinks_to_a_small_searched_set_and_a_typed_one_is_refused(tiny_imagefolder, capsys):

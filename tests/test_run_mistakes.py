@@ -82,6 +82,61 @@ def test_bad_logging_folders_name_the_parameter(data, tmp_path):
         f"config error: logging.folder={afile}/run: a file on its path ({afile}), not a folder"
 
 
+def config_error(argv) -> str:
+    from msf_fast.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as refused:
+        load_config(argv)
+    return str(refused.value)
+
+
+def test_a_config_file_that_is_a_folder(data, tmp_path):
+    assert config_error(["--config-file", str(tmp_path), *data]) == (
+        f"--config-file={tmp_path}: a folder, not a YAML recipe (e.g. configs/rn50_200_epochs.yaml)")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("train:\n  epochs:\n", "train.epochs: no value"),  # the nested case, as it was
+    ("epochs:\n", "epochs: no value, and no section (did you mean train.epochs?)"),
+    ("momentum:\n", "momentum: no value, and no section (did you mean msf.momentum or optim.momentum?)"),
+    ("train:\nepochs: 3\n", "train: no value (a section: indent its parameters under it, e.g. '  epochs: 100')"),
+])
+def test_a_top_level_key_without_a_value_reads_like_the_nested_case(data, tmp_path, text, expected):
+    """A top-level key with nothing after it said "found None"."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    assert config_error(["--config-file", str(recipe), *data]) == f"{recipe}: {expected}"
+
+
+def test_a_run_folder_inside_the_data_is_refused(tiny_imagefolder, tmp_path):
+    """Its checkpoints, plots and reports would be listed as a class of images by this run's next epoch's loader,
+    a resume or the k-NN monitor."""
+    train, val = tiny_imagefolder / "train", tiny_imagefolder / "val"
+    options = [f"--data.train_path={train}", f"--data.val_path={val}", "--train.batch_size=8", "--msf.bank_size=32"]
+    for folder, name, path in ((train, "data.train_path", train), (train / "runs" / "msf", "data.train_path", train),
+                               (val / "class_0" / "run", "data.val_path", val)):
+        assert config_error([*options, f"--logging.folder={folder}"]) == (
+            f"logging.folder={folder} is inside {name}={path}: the run would write its checkpoints and log among the "
+            "images it reads; choose a folder outside the data")
+    assert sorted(os.listdir(train)) == [f"class_{c}" for c in range(4)]
+    assert not (val / "class_0" / "run").exists()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
+def test_a_folder_that_cannot_be_made_is_told_before_anything_else(tiny_imagefolder, capsys):
+    """As root, os.access said /proc was writable: the precision and loader lines came first, then the lock's error."""
+    import train_imagenet
+
+    options = [f"--data.train_path={tiny_imagefolder / 'train'}", "--train.batch_size=8", "--msf.bank_size=32",
+               "--model.arch=resnet18", "--data.resolution=32", "--data.workers=0", "--train.device=cpu",
+               "--logging.folder=/proc/x"]
+    assert train_imagenet.main(options) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    [line] = err.strip().splitlines()
+    assert line.startswith("config error: logging.folder=/proc/x: ")
+
+
 def test_resume_and_overwrite_exclude_each_other(data):
     assert one_line(*train(*data, "--train.resume=auto", "--logging.overwrite=1")) == (
         "config error: logging.overwrite=1 starts over and train.resume=auto continues: choose one")
