@@ -22,6 +22,7 @@ from dataset_prep.argument_parser import OneLineParser
 from dataset_prep.image_folder import ImageFolderListing, SourceError, list_image_folder, random_subset
 from dataset_prep.progress import available_cores
 from dataset_prep.staging import OutputError, check_destination
+from dataset_prep.stores import within
 
 SHOWN_SKIPS = 20
 
@@ -197,6 +198,9 @@ def run_cli(prog: str, parser: argparse.ArgumentParser, convert, argv=None,
     previous = signal.signal(signal.SIGTERM, _terminate_like_ctrl_c(os.getpid()))
     try:
         check_common_arguments(args)
+        if within(args.out, args.src):  # a later listing of the source (a run, a conversion) would read it as data
+            raise OutputError(f"output {args.out!r} is inside the source folder {args.src!r}: the trainer and the "
+                              f"writers would list it among its images; write it outside {args.src!r}")
         if check_output_name is not None:
             check_output_name(args.out)
         check_destination(args.out, args.overwrite)

@@ -126,6 +126,29 @@ def test_an_unwritable_out_is_refused_before_any_work(backbone, sets, no_work, t
     assert not (a_file / "sub").exists()
 
 
+def test_an_out_inside_the_data_or_where_nothing_can_be_made_is_refused_before_any_work(backbone, sets, no_work,
+                                                                                         tmp_path, capsys):
+    """A report folder inside an ImageFolder would be listed as a class folder by the next run or evaluation; a
+    folder the OS refuses (/proc, where os.access says yes to root) was found only when the result was written."""
+    train = Path(sets["train"])
+    for out, option, data in ((train / "report", "--train", train), (train / "class_0", "--train", train),
+                              (Path(sets["val"]) / "x", "--val", sets["val"])):
+        argv = eval_command("knn", backbone, "--train", sets["train"], "--val", sets["val"], "--out", str(out))
+        assert run(evaluation.main, argv, capsys) == (2, [
+            f"eval knn: error: --out {out} is inside {option} {data}: the next listing of the data would read its "
+            "report and figures as images; choose a folder outside the data"])
+    out = Path(sets["val"]) / "figures"
+    argv = [*eval_command("tsne", backbone, "--data", sets["val"]), "--out", str(out)]
+    assert run(evaluation.main, argv, capsys) == (2, [
+        f"eval tsne: error: --out {out} is inside --data {sets['val']}: the next listing of the data would read its "
+        "report and figures as images; choose a folder outside the data"])
+    assert sorted(os.listdir(train)) == [f"class_{c}" for c in range(4)] and not out.exists()
+    if os.path.isdir("/proc") and os.access("/proc", os.W_OK | os.X_OK):  # root: os.access cannot tell
+        argv = eval_command("knn", backbone, "--train", sets["train"], "--val", sets["val"], "--out", "/proc/x")
+        assert run(evaluation.main, argv, capsys) == (2, [
+            "eval knn: error: --out /proc/x: cannot be created or written (No such file or directory)"])
+
+
 def test_a_device_that_is_not_there(backbone, sets, no_work, capsys):
     argv = eval_command("knn", backbone, "--train", sets["train"], "--val", sets["val"])
     argv[argv.index("cpu")] = "gpu"
@@ -309,13 +332,14 @@ def test_read_checkpoint_names_the_file_and_what_it_seems_to_be(not_checkpoints)
         assert isinstance(error.value, ValueError)
 
 
-def test_eval_with_a_file_that_is_no_checkpoint(not_checkpoints, sets, capsys):
+def test_eval_with_a_file_that_is_no_checkpoint(not_checkpoints, sets, tmp_path, capsys):
+    out = str(tmp_path / "out")  # never made
     for path, seems in not_checkpoints.items():
-        argv = eval_command("knn", path, "--train", sets["train"], "--val", sets["val"], "--out", str(sets["train"]))
+        argv = eval_command("knn", path, "--train", sets["train"], "--val", sets["val"], "--out", out)
         assert run(evaluation.main, argv, capsys) == (2, [f"eval knn: error: {path}: {seems}"])
     # found before the data are listed: a wrong --train is not reached
     path, seems = next(iter(not_checkpoints.items()))
-    argv = eval_command("tsne", path, "--data", "no/such/folder", "--out", str(sets["train"]))
+    argv = eval_command("tsne", path, "--data", "no/such/folder", "--out", out)
     assert run(evaluation.main, argv, capsys) == (2, [f"eval tsne: error: {path}: {seems}"])
 
 

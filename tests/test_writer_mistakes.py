@@ -306,3 +306,17 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
     except (FileNotFoundError, IndexError):
         return False
+
+
+@pytest.mark.parametrize("writer, out", [("write_beton", "train.beton"), ("write_tfrecord", "store")])
+def test_an_output_inside_the_source_is_refused(writer, out, source, capsys):
+    """A store written into the folder it reads would be listed among its images by the next run or conversion (a
+    TFRecord store became a class folder); with --overwrite and the source itself, it would replace the images."""
+    a_class = os.path.join(source, sorted(os.listdir(source))[0])
+    before = {folder: entries(folder) for folder in (source, a_class)}
+    for path, options in ((os.path.join(source, out), []), (os.path.join(a_class, out), []),
+                          (source, ["--overwrite"])):
+        assert run(WRITERS[writer].main, [source, path, *options], capsys) == (2, [
+            f"{writer}: error: output {path!r} is inside the source folder {source!r}: the trainer and the writers "
+            f"would list it among its images; write it outside {source!r}"])
+    assert {folder: entries(folder) for folder in before} == before

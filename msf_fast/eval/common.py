@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from dataset_prep.argument_parser import non_negative_int, positive_int
 from dataset_prep.staging import StagedPath, nearest_existing
+from dataset_prep.stores import within
 from msf_fast.errors import UserError
 from msf_fast.eval.report import write_section
 from pipelines import MAX_DATALOADER_WORKERS, default_workers
@@ -76,7 +77,8 @@ def publish(args: argparse.Namespace, folder: Path, result: dict, section: str, 
 
 def check_output_folder(args: argparse.Namespace, checkpoint: str | Path) -> Path:
     """The output folder (`--out`, else the checkpoint's run folder), checked before any work: it is a folder, or
-    can be made as one, and is writable. UserError naming the option otherwise. Nothing is created."""
+    can be made as one, is writable and lies outside the data read. UserError naming the option otherwise. Nothing
+    is created."""
     folder = Path(args.out) if args.out else run_folder(checkpoint)
     option = f"--out {args.out}" if args.out else f"--out (default: the checkpoint's folder {folder})"
     existing = Path(nearest_existing(str(folder)))
@@ -86,6 +88,15 @@ def check_output_folder(args: argparse.Namespace, checkpoint: str | Path) -> Pat
         raise UserError(f"{option}: a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{option}: {existing} is not writable" + ("" if args.out else "; give --out FOLDER"))
+    from msf_fast.config import creation_refused
+    refused = creation_refused(str(existing))
+    if refused:
+        raise UserError(f"{option}: cannot be created or written ({refused})")
+    for data_option in ("train", "val", "data", "queries_from"):
+        data = getattr(args, data_option, None)
+        if data and within(str(folder), data):  # its report and figures would be listed among the images
+            raise UserError(f"{option} is inside --{data_option.replace('_', '-')} {data}: the next listing of the "
+                            "data would read its report and figures as images; choose a folder outside the data")
     for name in ("report", "report.md"):  # an earlier run's outputs we replace
         inside = folder / name
         if inside.exists() and not os.access(inside, os.W_OK):
