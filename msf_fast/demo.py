@@ -25,7 +25,7 @@ import json
 import time
 from pathlib import Path
 
-from dataset_prep.argument_parser import OneLineParser
+from dataset_prep.argument_parser import OneLineParser, non_negative_int, positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
@@ -77,20 +77,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m msf_fast.demo", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT / "data" / "demo"), help="where the demo dataset lives")
-    parser.add_argument("--train-per-class", type=int, default=200)
-    parser.add_argument("--val-per-class", type=int, default=50)
-    parser.add_argument("--data-seed", type=int, default=0)
-    parser.add_argument("--store-resolution", type=int, default=0,
+    parser.add_argument("--train-per-class", type=positive_int, default=200)
+    parser.add_argument("--val-per-class", type=positive_int, default=50)
+    parser.add_argument("--data-seed", type=non_negative_int, default=0)
+    parser.add_argument("--store-resolution", type=non_negative_int, default=0,
                         help="longest side of the images in the demo's .beton (default 0: as generated, 40-96 px)")
     parser.add_argument("--no-report", action="store_true", help="skip the linear probe and figures after training")
     args, overrides = parser.parse_known_args(argv)
 
-    from msf_fast.config import load_config
+    from msf_fast.config import load_config, output_folder_problem
     from msf_fast.errors import UserError
     data = Path(args.data)
-    ensure_demo_data(data, args.train_per_class, args.val_per_class, args.data_seed)
+    problem = output_folder_problem(args.data)  # the demo writes its images and store there
+    if problem:
+        parser.error(f"--data {args.data}: {problem}")
     # The demo's folder is its own: a new demo replaces the last one, unless told to continue it.
     replace = [] if any(option.startswith("--train.resume") for option in overrides) else ["--logging.overwrite=1"]
+    try:  # a mistake in the options is told before the dataset is generated (the data paths are checked below)
+        load_config(["--config-file", str(DEMO_CONFIG), *replace, *overrides], check_data=False)
+    except UserError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        return 2
+    ensure_demo_data(data, args.train_per_class, args.val_per_class, args.data_seed)
     try:
         cfg = load_config(["--config-file", str(DEMO_CONFIG), *demo_store(data, overrides, args.store_resolution),
                            *replace, *overrides])

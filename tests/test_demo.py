@@ -55,3 +55,27 @@ def test_shortened_demo_beats_random_init(tmp_path, capsys):
         assert (tmp_path / "run" / "report" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("epoch_*.pt")) == [
         "epoch_0000.pt", "epoch_0010.pt"]
+
+
+def test_a_demo_mistake_is_one_line_before_the_dataset_is_generated(tmp_path, capsys):
+    """--data a file was a traceback, --train-per-class 0 a dataset of empty folders and two lines, and a mistake in
+    the trainer's options came after the dataset was generated."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("x")
+    data = tmp_path / "data"
+    for argv, expected in (
+            (["--data", str(notes)],
+             f"python -m msf_fast.demo: error: --data {notes}: a file, not a folder (see --help)"),
+            (["--data", str(data), "--train-per-class", "0"],
+             "python -m msf_fast.demo: error: argument --train-per-class: must be at least 1, got 0 (see --help)"),
+            (["--data", str(data), f"--config-file={tmp_path}"],
+             f"config error: --config-file={tmp_path}: a folder, not a YAML recipe (e.g. "
+             "configs/rn50_200_epochs.yaml)"),
+            (["--data", str(data), "--train.epochs=0"], "config error: train.epochs='0': expected an integer >= 1")):
+        try:
+            code = demo.main(argv)
+        except SystemExit as exit_:
+            code = exit_.code
+        captured = capsys.readouterr()
+        assert (code, captured.out, captured.err.strip().splitlines()) == (2, "", [expected])
+    assert not data.exists()
