@@ -2,7 +2,8 @@
 
 The lock is flock(2) on an open file, so a process that dies in any way (SIGKILL, a crash, a lost node) releases it
 at once; the file keeps the holder's PID, host and start time for the message a second run gets. The same process
-may take the lock of a folder again (a script that resumes a run it trained): its earlier hold is closed first.
+may take the lock of a folder again (a script that resumes a run it trained): its earlier hold is closed first. A run
+refused at start discards the lock: the .lock file and the folders it made go, so it leaves no trace.
 """
 from __future__ import annotations
 
@@ -28,27 +29,28 @@ class RunFolderLock:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_NAME
         self._file = None
+        self.made: Path | None = None  # the outermost folder acquire created
+        self.made_file = False  # whether acquire created .lock
 
     def acquire(self) -> "RunFolderLock":
         """Create the folder if needed and lock it; UserError (one line) when it cannot be created, FolderInUse
         naming the holder when another process runs there."""
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            key = os.path.realpath(self.folder)
-            if key in _held:
-                _held.pop(key).release()
-            handle = open(self.path, "a+")
-        except OSError as error:
-            raise UserError(f"logging.folder={self.folder}: cannot be created or written "
-                            f"({error.strerror or error})") from None
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = describe_holder(handle.read())
-            handle.close()
-            raise FolderInUse(f"logging.folder={self.folder} is in use by another run ({holder}): wait for it to "
-                              "end, or choose another --logging.folder") from None
+        key = os.path.realpath(self.folder)
+        if key in _held:
+            _held.pop(key).release()
+        while True:
+            handle = self._open()
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = describe_holder(handle.read())
+                handle.close()
+                raise FolderInUse(f"logging.folder={self.folder} is in use by another run ({holder}): wait for it "
+                                  "to end, or choose another --logging.folder") from None
+            if self._still_linked(handle):
+                break
+            handle.close()  # its holder discarded it between our open and our lock: lock the one there now
         try:  # who holds it, for a second run's message: best effort (a full disk fails later, in one line)
             handle.seek(0)
             handle.truncate()
@@ -60,6 +62,44 @@ class RunFolderLock:
         self._file = handle
         _held[key] = self
         return self
+
+    def _open(self):
+        missing = [path for path in (self.folder, *self.folder.parents) if not path.exists()]
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.made = self.made or (missing[-1] if missing else None)
+            self.made_file = self.made_file or not self.path.exists()
+            return open(self.path, "a+")
+        except OSError as error:
+            raise UserError(f"logging.folder={self.folder}: cannot be created or written "
+                            f"({error.strerror or error})") from None
+
+    def _still_linked(self, handle) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            return False
+
+    def discard(self) -> None:
+        """Release, and remove what acquire created: the .lock file (while still holding it) and the folders,
+        when empty. For a run refused at start."""
+        if self._file is not None and self.made_file:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+        self.release()
+        if self.made is None:
+            return
+        folder = self.folder
+        while True:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (the user's files, or another run's), or gone
+                return
+            if folder == self.made:
+                return
+            folder = folder.parent
 
     def release(self) -> None:
         if self._file is None:

@@ -137,7 +137,8 @@ class Trainer:
                 self.log = self.open_log()
         except BaseException:
             if getattr(self, "resumed", True) is False and self.lock is not None:
-                clear_run(self.folder)  # a fresh run that fails to start (a full disk) leaves its folder free
+                clear_run(self.folder)  # a fresh run that fails to start (a full disk) leaves no trace
+                self.lock.discard()
             self.release_folder()
             raise
 
@@ -380,6 +381,8 @@ class Trainer:
                 if not completed and self.never_stepped():
                     if self.is_main:
                         clear_run(self.folder)
+                        if self.lock is not None:
+                            self.lock.discard()
                 else:
                     try:
                         plot_run(self.folder / "log.jsonl", self.folder / "training.png")

@@ -6,6 +6,7 @@ Runs here are ResNet-18 at 32 px on the tiny ImageFolder (96 training images), a
 from __future__ import annotations
 
 import builtins
+import fcntl
 import os
 import signal
 import subprocess
@@ -252,9 +253,38 @@ def test_a_run_that_fails_before_its_first_step_leaves_the_folder_free(tiny_imag
     monkeypatch.setattr(trainer_module, "train_step", broken_step)
     with pytest.raises(RuntimeError, match="a failure inside the first step"):
         train(tiny_imagefolder, tmp_path, "--logging.snapshot_every=1")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]
+    assert list(tmp_path.iterdir()) == []
     monkeypatch.undo()
     load_config(options(tiny_imagefolder, tmp_path))  # the same command is accepted again
+
+
+def test_a_run_refused_after_taking_its_folder_leaves_no_trace(tiny_imagefolder, tmp_path, monkeypatch):
+    from msf_fast import trainer as trainer_module
+
+    def refused(*args, **kwargs):
+        raise ValueError("refused late")
+    monkeypatch.setattr(trainer_module.KnnMonitor, "from_config", refused)
+    with pytest.raises(UserError, match="refused late"):
+        trainer(tiny_imagefolder, tmp_path / "new" / "run")
+    assert list(tmp_path.iterdir()) == []  # the folders it made are gone, .lock included
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's")
+    with pytest.raises(UserError, match="refused late"):
+        trainer(tiny_imagefolder, tmp_path / "mine")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
+def test_a_lock_discarded_while_another_run_opened_it_is_not_shared(tmp_path):
+    from msf_fast.run_lock import RunFolderLock
+    first, second = RunFolderLock(tmp_path / "run").acquire(), RunFolderLock(tmp_path / "run")
+    opened = second._open()  # the second run opened .lock, and waits for the first
+    first.discard()
+    fcntl.flock(opened.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # it gets the lock of a file no longer there...
+    assert not second._still_linked(opened)  # ...which acquire sees, and it locks the new one instead
+    opened.close()
+    second.acquire()
+    assert second._still_linked(second._file)
+    second.release()
 
 
 def test_an_output_folder_that_cannot_be_created_is_one_line(tiny_imagefolder, capsys):
