@@ -31,6 +31,9 @@ def check_destination(path: str, overwrite: bool) -> None:
     if os.path.lexists(path) and not overwrite:
         raise OutputError(f"output {path!r} already exists (pass --overwrite to replace it)")
     parent = os.path.dirname(os.path.abspath(path))
+    on_path = nearest_existing(parent)
+    if not os.path.isdir(on_path):
+        raise OutputError(f"cannot write {path!r}: {on_path!r} is a file, not a folder")
     if not os.path.isdir(parent):
         raise OutputError(f"cannot write {path!r}: folder {parent!r} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):

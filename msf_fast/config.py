@@ -10,6 +10,7 @@ import difflib
 import importlib.util
 import os
 import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import yaml
@@ -20,6 +21,7 @@ from dataset_prep.argument_parser import OneLineParser
 from dataset_prep.staging import nearest_existing
 from dataset_prep.stores import (BETON, TFRECORD, beton_problem, describe_path, path_kind, read_manifest,
                                  tfrecord_problem, within)
+from msf_fast.checkpoint import not_a_checkpoint_file
 from msf_fast.errors import UserError
 from msf_fast.model import RESNETS
 from msf_fast.precision import cpu_amp_choice
@@ -334,8 +336,8 @@ def validate(cfg, world_size: int = 1) -> None:
             raise ConfigError(f"data.start_ramp={cfg.data.start_ramp}, data.end_ramp={cfg.data.end_ramp}: "
                               "progressive resizing needs 0 <= start_ramp < end_ramp")
     if cfg.train.resume not in ("", AUTO) and not os.path.isfile(cfg.train.resume):
-        raise ConfigError(f"train.resume={cfg.train.resume}: no such checkpoint file (or 'auto': the run folder's "
-                          "latest checkpoint)")
+        what = not_a_checkpoint_file(Path(cfg.train.resume))
+        raise ConfigError(f"train.resume={cfg.train.resume}: {what} (or 'auto': the run folder's latest checkpoint)")
     if cfg.logging.overwrite and cfg.train.resume:
         raise ConfigError(f"logging.overwrite=1 starts over and train.resume={cfg.train.resume} continues: choose one")
     if not cfg.train.resume and not cfg.logging.overwrite and holds_run(cfg.logging.folder):

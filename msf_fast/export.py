@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from dataset_prep.argument_parser import OneLineParser, non_negative_int
-from dataset_prep.staging import OutputError, check_destination, nearest_existing
+from dataset_prep.staging import OutputError, check_destination
 from msf_fast.checkpoint import BACKBONE, atomic_save, model_args, read_checkpoint
 from msf_fast.errors import UserError, disk_full
 
@@ -57,9 +57,6 @@ def export(args) -> str:
     if os.path.isdir(args.out):
         raise OutputError(f"output {args.out!r} is a folder; give a file name, e.g. "
                           f"{os.path.join(args.out, 'backbone.pth')}")
-    on_path = nearest_existing(os.path.dirname(os.path.abspath(args.out)))
-    if not os.path.isdir(on_path):  # check_destination would call it a folder that does not exist
-        raise OutputError(f"cannot write {args.out!r}: {on_path!r} is a file, not a folder")
     check_destination(args.out, args.overwrite)
     if Path(args.out).resolve() == Path(args.checkpoint).resolve():
         raise OutputError(f"output {args.out!r} is the checkpoint itself; give another file name")

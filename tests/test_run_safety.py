@@ -176,6 +176,13 @@ def test_a_run_written_after_the_config_was_checked_is_refused_not_deleted(tiny_
     assert files_of(tmp_path) == before and saved_step(tmp_path / "checkpoints" / "latest.pt") == 1
 
 
+def test_a_resume_from_a_run_folder_names_its_checkpoint(tiny_imagefolder, tmp_path):
+    train(tiny_imagefolder, tmp_path / "run", "--train.max_steps=1")
+    with pytest.raises(ConfigError, match=rf"^train.resume={tmp_path / 'run'}: a folder, not a checkpoint file \(a run "
+                                          rf"folder: give {tmp_path / 'run' / 'checkpoints' / 'latest.pt'}\)"):
+        load_config(options(tiny_imagefolder, tmp_path / "branch", f"--train.resume={tmp_path / 'run'}"))
+
+
 def test_a_checkpoint_resumed_into_a_folder_holding_another_run_is_refused(tiny_imagefolder, tmp_path):
     """--train.resume=PATH into a folder with another run would replace that run's checkpoints and extend its log."""
     first, second = tmp_path / "first", tmp_path / "second"

@@ -320,3 +320,13 @@ def test_an_output_inside_the_source_is_refused(writer, out, source, capsys):
             f"{writer}: error: output {path!r} is inside the source folder {source!r}: the trainer and the writers "
             f"would list it among its images; write it outside {source!r}"])
     assert {folder: entries(folder) for folder in before} == before
+
+
+@pytest.mark.parametrize("writer, out", [("write_tfrecord", "store"), ("write_beton", "s.beton")])
+def test_an_output_under_a_file_is_named_as_such(writer, out, source, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("the user's")
+    target = str(notes / out)
+    assert run(WRITERS[writer].main, [source, target], capsys) == (2, [
+        f"{writer}: error: cannot write {target!r}: {str(notes)!r} is a file, not a folder"])
+    assert notes.read_text() == "the user's"
