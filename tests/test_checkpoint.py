@@ -33,7 +33,7 @@ def run_config(root, folder, max_steps, resume=""):
     args = [f"--data.train_path={root / 'train'}", "--model.arch=resnet18", "--data.resolution=32",
             "--train.batch_size=8", "--msf.bank_size=32", "--train.epochs=2", "--data.workers=0",
             f"--train.max_steps={max_steps}", f"--logging.folder={folder}", "--logging.progress=0",
-            "--eval.knn_final=0", "--train.threads=2"]
+            "--eval.knn_final=0", "--train.threads=1"]
     if resume:
         args.append(f"--train.resume={resume}")
     return load_config(args)

@@ -17,7 +17,7 @@ def test_monitor_subsets_log_and_snapshots(tiny_imagefolder, tmp_path):
     cfg = load_config([f"--data.train_path={tiny_imagefolder / 'train'}", f"--data.val_path={tiny_imagefolder / 'val'}",
                        "--model.arch=resnet18", "--model.small_input=1", "--data.resolution=32",
                        "--train.batch_size=8", "--msf.bank_size=32", "--train.epochs=2", "--data.workers=0",
-                       f"--logging.folder={folder}", "--logging.progress=0", "--train.threads=2",
+                       f"--logging.folder={folder}", "--logging.progress=0", "--train.threads=1",
                        "--eval.knn_every=1", "--eval.knn_k=3", "--eval.knn_memory_per_class=5",
                        "--eval.knn_val_per_class=2", "--logging.snapshot_every=1"])
     trainer = Trainer(cfg)
@@ -91,7 +91,7 @@ def test_a_held_out_set_with_other_classes_is_refused_at_start(tiny_imagefolder,
     with pytest.raises(ConfigError) as refused:
         load_config([f"--data.train_path={train}", f"--data.val_path={val}", "--model.arch=resnet18",
                      "--data.resolution=32", "--train.batch_size=8", "--msf.bank_size=32", "--data.workers=0",
-                     f"--logging.folder={run}", "--train.threads=2"])
+                     f"--logging.folder={run}", "--train.threads=1"])
     assert str(refused.value) == (
         f"the k-NN monitor: data.train_path={train} and data.val_path={val} have different classes: class_3 only in "
         f"data.train_path={train}, class_9 only in data.val_path={val}; their labels would not match (give both the "

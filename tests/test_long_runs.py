@@ -30,7 +30,7 @@ STEPS = 24  # 96 images / batch 8 = 12 steps per epoch, 2 epochs
 def options(data, folder, *extra) -> list[str]:
     return [f"--data.train_path={data / 'train'}", "--data.backend=torch", "--model.arch=resnet18",
             "--model.hidden_dim=64", "--model.proj_dim=32", "--data.resolution=32", "--train.batch_size=8",
-            "--msf.bank_size=32", "--train.epochs=2", "--data.workers=0", "--train.threads=2",
+            "--msf.bank_size=32", "--train.epochs=2", "--data.workers=0", "--train.threads=1",
             f"--logging.folder={folder}", "--logging.progress=0", "--logging.log_every=1", "--eval.knn_final=0",
             *extra]
 

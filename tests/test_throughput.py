@@ -48,7 +48,7 @@ def test_training_logs_the_split_and_says_which_side_bounds(tiny_imagefolder, tm
         result = Trainer(load_config([
             f"--data.train_path={tiny_imagefolder / 'train'}", "--data.backend=torch", "--model.arch=resnet18",
             "--data.resolution=32", "--train.batch_size=16", "--msf.bank_size=64", "--train.epochs=2",
-            "--data.workers=0", "--train.threads=2", f"--logging.folder={tmp_path}", "--logging.log_every=2",
+            "--data.workers=0", "--train.threads=1", f"--logging.folder={tmp_path}", "--logging.log_every=2",
             "--eval.knn_final=0"])).train()
     finally:
         torch.set_num_threads(threads)
