@@ -18,6 +18,7 @@ if __name__ == "__main__":  # before the imports below, which take seconds: Ctrl
 import argparse
 import ctypes
 import os
+import queue
 import time
 from multiprocessing import Process, Queue, Value
 
@@ -131,16 +132,16 @@ def make_writer(path: str, args, sizes: list[tuple[int, int]]):
                         if done.value > reported:  # tqdm redraws on every update, even of 0
                             bar.update(done.value - reported)
                             reported = done.value
-                        failed = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
-                        if failed and WRITE_FAILED < failed[0] < 2 * WRITE_FAILED:
-                            raise ConversionError(f"cannot write {args.out}: {os.strerror(failed[0] - WRITE_FAILED)}; "
-                                                  "nothing written")
-                        if failed:
-                            raise ConversionError(f"an FFCV writer worker failed (exit code {failed[0]}); "
-                                                  "its error is printed above; nothing written")
-                allocations = []
-                for _ in workers:
-                    allocations.extend(allocations_queue.get())
+                        stop_if_one_failed(workers)
+                # Each worker sends its allocations after writing its last page, in page order: one that failed
+                # there (a full disk) leaves the others waiting for their turn, and this loop must not wait on.
+                allocations, received = [], 0
+                while received < len(workers):
+                    try:
+                        allocations.extend(allocations_queue.get(timeout=0.05))
+                        received += 1
+                    except queue.Empty:
+                        stop_if_one_failed(workers)
                 self.finalize(allocations)
             finally:
                 for worker in workers:
@@ -149,6 +150,14 @@ def make_writer(path: str, args, sizes: list[tuple[int, int]]):
                     worker.join()
                 self.metadata_sm.close()
                 self.metadata_sm.unlink()
+
+    def stop_if_one_failed(workers) -> None:
+        failed = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+        if failed and WRITE_FAILED < failed[0] < 2 * WRITE_FAILED:
+            raise ConversionError(f"cannot write {args.out}: {os.strerror(failed[0] - WRITE_FAILED)}; nothing written")
+        if failed:
+            raise ConversionError(f"an FFCV writer worker failed (exit code {failed[0]}); its error is printed above; "
+                                  "nothing written")
 
     image_field = RGBImageField(write_mode=args.write_mode, max_resolution=args.max_resolution or None,
                                 smart_threshold=args.smart_threshold, jpeg_quality=args.jpeg_quality,

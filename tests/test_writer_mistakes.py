@@ -248,6 +248,25 @@ def test_a_full_disk_is_one_line_exit_1_and_nothing_written(writer, out, source,
     assert entries(tmp_path) == {"clean"}
 
 
+def full_disk_at_the_last_page(allocator):
+    if allocator.my_page < 0:  # nothing to write (the parent's allocator)
+        return
+    time.sleep(0.5)  # every sample is counted as done before a worker writes its last page
+    full_disk()
+
+
+@pytest.mark.timeout(120)  # the old writer waited forever for the failed worker's allocations
+def test_a_full_disk_at_the_last_page_is_one_line_not_a_hang(source, tmp_path, capsys, monkeypatch,
+                                                            keep_torch_threads):
+    pytest.importorskip("ffcv")
+    from ffcv.memory_allocator import MemoryAllocator
+    monkeypatch.setattr(MemoryAllocator, "flush_page", full_disk_at_the_last_page)
+    code, lines = run(write_beton.main, [source, str(tmp_path / "s.beton")], capsys)
+    assert code == 1 and lines[-1] == (f"write_beton: error: cannot write {tmp_path / 's.beton'}: No space left on "
+                                       "device; nothing written")
+    assert entries(tmp_path) == {"clean"}
+
+
 def test_a_killed_writers_leftovers_are_removed_by_the_next_write(tmp_path, capsys):
     from dataset_prep.staging import STALE_AFTER_S, StagedPath
 
