@@ -515,7 +515,8 @@ class Trainer:
             self.stops.check_loss(pending["step"], pending["loss"])
             self.log.write(**pending)
         last = stats.epoch == self.cfg.train.epochs or self.step >= self.total_steps
-        due = self.monitor is not None and self.monitor.due(stats.epoch, last)
+        # a stop signal ends the epoch early: its k-NN would be of a partial epoch, and delay the checkpoint
+        due = self.monitor is not None and self.monitor.due(stats.epoch, last) and not self.stops.signal
         knn = self.evaluate_knn() if due else {"knn_top1": None}
         result.loss_by_epoch[stats.epoch] = stats.loss
         if knn["knn_top1"] is not None:

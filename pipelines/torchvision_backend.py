@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,6 +28,13 @@ from pipelines.contract import FirstBatchClock
 from pipelines.recipe import TwoViewRecipe, ViewRecipe
 from pipelines.sampling import epoch_order, per_sample_seed, rank_batches
 
+
+
+def leave_stopping_to_the_parent(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM: a scheduler signals the whole process group (SLURM on preemption), and a
+    worker killed by it made the trainer fail with a traceback instead of finishing its step and saving. The
+    parent stops them; a worker whose parent is gone ends by itself (torch's watchdog)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 class RandomGaussianBlur:
     """PIL Gaussian blur with sigma ~ U(sigma_min, sigma_max), as in the original code."""
@@ -208,7 +216,8 @@ class TorchvisionTwoViewLoader:
         batches = rank_batches(len(self.dataset), self.batch_size, epoch, self.seed,
                                self.rank, self.world_size)[skip_batches:]
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers,
-                            pin_memory=self.pin_memory, prefetch_factor=4 if self.workers else None)
+                            pin_memory=self.pin_memory, prefetch_factor=4 if self.workers else None,
+                            worker_init_fn=leave_stopping_to_the_parent)
         for online, target, labels, skipped, reasons in loader:
             clock.batch_arrived()
             for path, reason in zip(skipped, reasons):
@@ -268,7 +277,7 @@ class TorchvisionImageLoader:
             order = order[epoch_order(self.num_samples, self.passes, self.shuffle_seed)]
         self.passes += 1
         loader = DataLoader(ReadableSamples(self.dataset, order.tolist(), self.blank), batch_size=self.batch_size,
-                            num_workers=self.workers)
+                            num_workers=self.workers, worker_init_fn=leave_stopping_to_the_parent)
         for images, labels, indices, skipped, reasons in loader:
             failed = [row for row, path in enumerate(skipped) if path]
             if failed:

@@ -119,21 +119,40 @@ def test_ctrl_c_stops_at_the_step_with_a_checkpoint(tiny_imagefolder, tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the trainer's handlers are gone
 
 
+def test_a_stop_does_not_evaluate_the_partial_epoch(tiny_imagefolder, tmp_path):
+    """The k-NN monitor of a partial epoch is a misleading point, and delays the checkpoint past a scheduler's
+    grace period (minutes on ImageNet)."""
+    with pytest.raises(RunStopped):
+        train(tiny_imagefolder, tmp_path, f"--data.val_path={tiny_imagefolder / 'val'}", "--eval.knn_every=1",
+              signal_at=15)
+    epochs = [r for r in records(tmp_path) if r["event"] == "epoch"]
+    assert [(r["epoch"], r["knn_top1"] is not None) for r in epochs] == [(0, True), (1, True), (2, False)]
+    assert epochs[-1]["complete"] is False
+
+
 def test_resume_auto_in_an_empty_folder_starts_a_new_run(tiny_imagefolder, tmp_path, capsys):
     run = trainer(tiny_imagefolder, tmp_path / "new", "--train.resume=auto", "--train.max_steps=2")
     assert run.step == 0
     assert "train.resume=auto: no checkpoint in" in capsys.readouterr().out
 
 
-def test_sigterm_ends_train_imagenet_soon_with_a_checkpoint(tiny_imagefolder, tmp_path):
+@pytest.mark.parametrize("workers, group", [(0, False), (1, True)], ids=["process", "process-group"])
+def test_sigterm_ends_train_imagenet_soon_with_a_checkpoint(tiny_imagefolder, tmp_path, workers, group):
+    """A scheduler signals the whole process group on preemption (SLURM): the loader's workers must leave the stop
+    to the trainer (a worker killed by it was a traceback, exit 1, no checkpoint)."""
     folder = tmp_path / "run"
-    command = [sys.executable, "train_imagenet.py", *options(tiny_imagefolder, folder, "--train.epochs=50")]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "train_imagenet.py",
+               *options(tiny_imagefolder, folder, "--train.epochs=50", f"--data.workers={workers}")]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=group)
     log = folder / "log.jsonl"
     deadline = time.monotonic() + 120
     while not (log.exists() and '"event": "step"' in log.read_text()) and time.monotonic() < deadline:
         time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
+    if group:
+        os.killpg(process.pid, signal.SIGTERM)
+    else:
+        process.send_signal(signal.SIGTERM)
     written = log.read_text()
     written = written[:written.rfind("\n")].splitlines()  # without a line being written
     logged = max(json.loads(line)["step"] for line in written if '"event": "step"' in line)
