@@ -12,7 +12,9 @@ file appears atomically (temporary name, fsync, rename); a save that fails leave
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -133,9 +135,19 @@ def read_training_state(path: str | Path, map_location) -> dict:
     return checkpoint.content
 
 
+def our_checkpoints(folder: str | Path) -> list[Path]:
+    """The files a run writes into FOLDER/checkpoints (latest.pt, previous.pt, the epoch snapshots, the temporary
+    names of an interrupted save): what counts as a run there, and all that an overwrite deletes there."""
+    checkpoints = Path(folder) / "checkpoints"
+    if not checkpoints.is_dir():
+        return []
+    return [path for path in checkpoints.iterdir() if re.fullmatch(r"(latest|previous|epoch_\d{4,})\.pt", path.name)
+            or re.fullmatch(r"\.(latest|previous|epoch_\d{4,})\.pt\.(partial|previous)-\d+", path.name)]
+
+
 def holds_run(folder: str | Path) -> bool:
     """A run's log or checkpoints are there."""
-    return (Path(folder) / "log.jsonl").exists() or (Path(folder) / "checkpoints").exists()
+    return (Path(folder) / "log.jsonl").exists() or bool(our_checkpoints(folder))
 
 
 def holds_other_run(folder: str | Path, checkpoint: str | Path) -> bool:
@@ -157,8 +169,14 @@ def run_outputs(folder: str | Path) -> list[Path]:
 
 
 def clear_run(folder: str | Path) -> None:
+    """Delete the run's outputs; in checkpoints/, only the run's own files (a model the user keeps there stays)."""
     for path in run_outputs(folder):
-        if path.is_dir() and not path.is_symlink():
+        if path.name == "checkpoints" and path.is_dir() and not path.is_symlink():
+            for checkpoint in our_checkpoints(folder):
+                checkpoint.unlink()
+            with contextlib.suppress(OSError):
+                path.rmdir()  # when nothing else is left in it
+        elif path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
             path.unlink()

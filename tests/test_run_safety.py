@@ -176,6 +176,22 @@ def test_a_run_written_after_the_config_was_checked_is_refused_not_deleted(tiny_
     assert files_of(tmp_path) == before and saved_step(tmp_path / "checkpoints" / "latest.pt") == 1
 
 
+def test_overwrite_deletes_only_what_a_run_writes(tiny_imagefolder, tmp_path):
+    """A model the user keeps in RUN/checkpoints is no run, and logging.overwrite leaves it."""
+    kept = tmp_path / "checkpoints" / "my_other_model.pth"
+    kept.parent.mkdir()
+    kept.write_bytes(b"the user's model")
+    load_config(options(tiny_imagefolder, tmp_path))  # no run there: no refusal
+    train(tiny_imagefolder, tmp_path, "--train.max_steps=1", "--logging.snapshot_every=1")
+    assert {p.name for p in kept.parent.iterdir()} >= {"my_other_model.pth", "epoch_0000.pt", "latest.pt"}
+    with pytest.raises(ConfigError, match="holds a run"):
+        load_config(options(tiny_imagefolder, tmp_path))
+    trainer(tiny_imagefolder, tmp_path, "--logging.overwrite=1", "--train.max_steps=1").release_folder()
+    assert [p.name for p in kept.parent.iterdir()] == ["my_other_model.pth"]
+    assert kept.read_bytes() == b"the user's model"
+    assert [r["event"] for r in records(tmp_path)] == ["setup"]  # the old run's log went too
+
+
 def test_a_resume_from_a_run_folder_names_its_checkpoint(tiny_imagefolder, tmp_path):
     train(tiny_imagefolder, tmp_path / "run", "--train.max_steps=1")
     with pytest.raises(ConfigError, match=rf"^train.resume={tmp_path / 'run'}: a folder, not a checkpoint file \(a run "
