@@ -2,8 +2,11 @@
 loss and k-NN accuracy per epoch (training.png)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -30,6 +33,8 @@ class JsonlLog:
         """`tensorboard`: also write the step and epoch records' numbers as TensorBoard scalars, beside the log."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if append:
+            drop_torn_record(self.path)
         self._file = open(self.path, "a" if append else "w")
         self.failed = False
         self._events = None
@@ -68,9 +73,38 @@ class JsonlLog:
             self._events.close()
 
 
+def drop_torn_record(path: Path) -> None:
+    """A log whose last record was cut short (the node lost, the disk full mid-line) continues after its last whole
+    record, with a note: appending to the torn line made both records unreadable."""
+    try:
+        with open(path, "rb+") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            handle.seek(max(0, size - 65536))
+            tail = handle.read()
+            if tail.endswith(b"\n"):
+                return
+            if b"\n" not in tail and len(tail) < size:  # a line longer than any record: end it instead
+                handle.write(b"\n")
+                cut = size
+            else:
+                cut = size - len(tail) + tail.rfind(b"\n") + 1
+                handle.truncate(cut)
+    except FileNotFoundError:
+        return
+    print(f"note: {path} ended in a record cut short ({size - cut} bytes, a write interrupted): dropped it",
+          file=sys.stderr, flush=True)
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a log; a line that is no JSON (a record cut short) is left out."""
+    records = []
     with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        for line in handle:
+            with contextlib.suppress(ValueError):
+                records.append(json.loads(line))
+    return records
 
 
 def plot_run(log_path: str | Path, out_path: str | Path) -> Path:

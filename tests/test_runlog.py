@@ -1,4 +1,6 @@
 """Step records read device scalars without stalling: at once on the CPU, one log interval later on CUDA."""
+import json
+
 import pytest
 import torch
 
@@ -72,3 +74,20 @@ def test_tensorboard_without_the_package_is_a_config_error(tmp_path, monkeypatch
     with pytest.raises(ConfigError, match=r"logging.tensorboard=1 needs the tensorboard package: pip install"):
         load_config([f"--data.train_path={tmp_path / 'train'}", "--logging.tensorboard=1",
                      f"--logging.folder={tmp_path / 'run'}"])
+
+
+def test_a_record_cut_short_is_dropped_before_the_log_continues(tmp_path, capsys):
+    from msf_fast.runlog import JsonlLog, plot_run, read_jsonl
+    path = tmp_path / "log.jsonl"
+    log = JsonlLog(path)
+    log.write(event="epoch", epoch=1, step=2, loss=0.5)
+    log.close()
+    with open(path, "a") as handle:
+        handle.write('{"event": "step", "epo')  # the node was lost mid-write
+    assert [r["epoch"] for r in read_jsonl(path)] == [1]  # readers skip it
+    plot_run(path, tmp_path / "training.png")
+    log = JsonlLog(path, append=True)
+    log.write(event="epoch", epoch=2, step=4, loss=0.4)
+    log.close()
+    assert [json.loads(line)["epoch"] for line in path.read_text().splitlines()] == [1, 2]
+    assert "ended in a record cut short (22 bytes, a write interrupted): dropped it" in capsys.readouterr().err
