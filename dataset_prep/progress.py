@@ -37,12 +37,15 @@ def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator
 
 def start_worker(parent: int) -> None:
     """Run first in every worker process.
+    - Ctrl-C is left to the parent, which stops the workers (their KeyboardInterrupt tracebacks were printed beside
+      its one line).
     - SIGTERM (Pool.terminate, Process.terminate) kills it at once. The converter's Python-level SIGTERM handler,
       inherited through fork, runs only between bytecodes, so a worker that the signal reached just as it blocked
       on the task queue's lock slept on forever and its join hung.
     - On Linux it dies with its parent (`parent`: its PID, taken before the fork): a converter killed
       with SIGKILL left its workers running on, holding the disk and the cores."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops the workers
     if sys.platform.startswith("linux"):
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -349,3 +349,14 @@ def test_an_output_under_a_file_is_named_as_such(writer, out, source, tmp_path, 
     assert run(WRITERS[writer].main, [source, target], capsys) == (2, [
         f"{writer}: error: cannot write {target!r}: {str(notes)!r} is a file, not a folder"])
     assert notes.read_text() == "the user's"
+
+
+def test_a_writers_workers_leave_ctrl_c_to_it():
+    """A terminal's Ctrl-C reaches every process of the group: the workers' own KeyboardInterrupt tracebacks were
+    printed beside the writer's one line."""
+    import multiprocessing
+    import signal
+
+    from dataset_prep.progress import start_worker
+    with multiprocessing.Pool(1, initializer=start_worker, initargs=(os.getpid(),)) as pool:
+        assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN
