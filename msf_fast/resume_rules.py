@@ -114,13 +114,19 @@ def schedule_note(saved: dict | None, config: dict, step: int, steps_per_epoch: 
     if not saved or saved["train"]["epochs"] == config["train"]["epochs"]:
         return None
     old, new = saved["train"]["epochs"], config["train"]["epochs"]
+    if step >= new * steps_per_epoch:  # past the new end: the run is finished, and says so
+        return None
     schedule = config["optim"]["schedule"]
 
     def lr_at(settings: dict, epochs: int) -> float:
         return learning_rate(scaled_lr(settings["optim"]["lr"], global_batch), schedule, step, steps_per_epoch,
                              epochs)
-    return (f"note: train.epochs {old} -> {new}: the {schedule} schedule now spans {new} epochs; the lr at step "
-            f"{step} is {lr_at(config, new):.4g} ({lr_at(saved, old):.4g} under {old} epoch{'s' if old != 1 else ''})")
+    return (f"note: train.epochs {old} -> {new}: the {schedule} schedule now spans {epochs(new)}; the lr at step "
+            f"{step} is {lr_at(config, new):.4g} ({lr_at(saved, old):.4g} under {epochs(old)})")
+
+
+def epochs(count: int) -> str:
+    return f"{count} epoch{'s' if count != 1 else ''}"
 
 
 def setting(config: dict, name: str):

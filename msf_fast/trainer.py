@@ -328,7 +328,11 @@ class Trainer:
         a non-finite loss or weights (nothing saved), a checkpoint that could not be written."""
         result = TrainResult(steps=self.step, folder=self.folder)
         if self.finished:
-            self.say(f"the run in {self.folder} is finished (step {self.step} of {self.total_steps}): nothing to do")
+            past = (f"; it is past the end of this schedule (train.epochs={self.cfg.train.epochs}"
+                    + (f", train.max_steps={self.cfg.train.max_steps}" if self.cfg.train.max_steps else "") + ")"
+                    if self.step > self.total_steps else "")
+            self.say(f"the run in {self.folder} is finished (step {self.step} of {self.total_steps}{past}): nothing "
+                     "to do")
             return result
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.cfg.logging.progress and self.is_main),
                    unit="step", dynamic_ncols=True, desc="MSF")

@@ -142,6 +142,16 @@ def test_more_epochs_on_resume_continue_the_schedule_of_the_new_total_with_a_not
     assert logged[2] == pytest.approx(new) and logged[3] == pytest.approx(learning_rate(base, "cosine", 2, 12, 2))
 
 
+def test_fewer_epochs_than_trained_say_the_run_is_past_their_end(tiny_imagefolder, tmp_path, capsys):
+    train(tiny_imagefolder, tmp_path, "--train.epochs=2", "--train.max_steps=14")  # 12 steps per epoch
+    capsys.readouterr()
+    train(tiny_imagefolder, tmp_path, "--train.epochs=1", "--train.resume=auto")
+    out = capsys.readouterr().out
+    assert "note: train.epochs" not in out  # no lr of a step past the schedule's end
+    assert (f"the run in {tmp_path} is finished (step 14 of 12; it is past the end of this schedule "
+            "(train.epochs=1)): nothing to do") in out
+
+
 # --- one run per folder --------------------------------------------------------------------------------------------
 
 HOLD_LOCK = ("import sys, time; from msf_fast.run_lock import RunFolderLock; RunFolderLock(sys.argv[1]).acquire(); "
