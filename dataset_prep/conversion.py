@@ -21,7 +21,7 @@ from typing import Callable
 from dataset_prep.argument_parser import OneLineParser
 from dataset_prep.image_folder import ImageFolderListing, SourceError, list_image_folder, random_subset
 from dataset_prep.progress import available_cores
-from dataset_prep.staging import OutputError, check_destination
+from dataset_prep.staging import OutputError, check_destination, only_writer
 from dataset_prep.stores import within
 
 SHOWN_SKIPS = 20
@@ -204,7 +204,8 @@ def run_cli(prog: str, parser: argparse.ArgumentParser, convert, argv=None,
         if check_output_name is not None:
             check_output_name(args.out)
         check_destination(args.out, args.overwrite)
-        convert(args)
+        with only_writer(args.out, args.overwrite):
+            convert(args)
     except (SourceError, OutputError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2

@@ -6,11 +6,13 @@ SIGKILL or a power cut, by the next write of NAME), never something under the fi
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 
 STALE_AFTER_S = 60  # a leftover untouched this long whose PID is gone here (not a writer on another host sharing it)
 
@@ -117,3 +119,46 @@ class StagedPath:
             self.commit()
         else:
             self.discard()
+
+
+@contextmanager
+def only_writer(path: str, overwrite: bool):
+    """Hold an OS lock on `.NAME.lock` beside `path` while it is written: a second writer of the same output is
+    refused (two at once both ended 'wrote', the later one silently replacing the other's output). Under the lock
+    the destination is checked again: one finished while this one started is refused without --overwrite. The
+    lock file goes at the end, while held; a writer that opened it before then locks the new one instead."""
+    lock_path = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.lock")
+    while True:
+        try:
+            handle = open(lock_path, "a+")
+        except OSError as error:
+            raise OutputError(f"cannot write {path!r}: {error.strerror or error}") from None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise OutputError(f"output {path!r} is being written by another process (PID {holder}): wait for it "
+                              "to end, or write another output") from None
+        try:
+            if os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()
+    try:
+        try:  # the holder's PID, for a second writer's message: best effort (a full disk fails later, in one line)
+            handle.truncate(0)
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+        except OSError:
+            pass
+        check_destination(path, overwrite)
+        yield
+    finally:
+        try:
+            os.unlink(lock_path)
+        except OSError:
+            pass
+        handle.close()

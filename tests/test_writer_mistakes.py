@@ -360,3 +360,32 @@ def test_a_writers_workers_leave_ctrl_c_to_it():
     from dataset_prep.progress import start_worker
     with multiprocessing.Pool(1, initializer=start_worker, initargs=(os.getpid(),)) as pool:
         assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN
+
+
+@pytest.mark.parametrize("writer, out", [("write_tfrecord", "store"), ("write_beton", "s.beton")])
+def test_a_second_writer_of_the_same_output_is_refused(writer, out, source, tmp_path, capsys, keep_torch_threads):
+    """Two writers at once both ended 'wrote', the later one silently replacing the other's output."""
+    from dataset_prep.staging import only_writer
+    if writer == "write_beton":
+        pytest.importorskip("ffcv")
+    target = str(tmp_path / out)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from dataset_prep.staging import only_writer\n"
+                               "with only_writer(sys.argv[1], False):\n    print('writing', flush=True); time.sleep(60)",
+                               target], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "writing"
+        assert run(WRITERS[writer].main, [source, target], capsys) == (2, [
+            f"{writer}: error: output {target!r} is being written by another process (PID {holder.pid}): wait for "
+            "it to end, or write another output"])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert entries(tmp_path) == {"clean", f".{out}.lock"}  # the killed holder's lock file: it marks nothing
+    assert run(WRITERS[writer].main, [source, target], capsys)[0] == 0
+    assert entries(tmp_path) == {"clean", out} | ({f"{out}.manifest.json"} if writer == "write_beton" else set())
+    with only_writer(target, overwrite=True):
+        pass  # a writer that finished left the lock free
+    with pytest.raises(OSError, match="already exists"):
+        with only_writer(target, overwrite=False):
+            pass
