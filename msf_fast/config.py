@@ -252,6 +252,28 @@ def load_config(argv: list[str] | None = None, check_data: bool = True) -> Simpl
     return cfg
 
 
+class KeyGivenTwice(Exception):
+    pass
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """yaml.safe_load, but a key given twice in one mapping is an error (PyYAML keeps the last one silently)."""
+
+
+def _mapping_without_repeats(loader: RecipeLoader, node, deep: bool = False) -> dict:
+    lines: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if key in lines:
+            raise KeyGivenTwice(f"{key} is given twice (lines {lines[key]} and {line})")
+        lines[key] = line
+    return loader.construct_mapping(node, deep)
+
+
+RecipeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_repeats)
+
+
 def read_recipe(fname: str, known) -> dict:
     """A YAML recipe as {section: {param: value}}: sections of parameters, or flat `section.param: value` keys, or
     both. Anything else (not a file, not text, not YAML, not a mapping, a key the schema does not know, where a typo
@@ -262,7 +284,9 @@ def read_recipe(fname: str, known) -> dict:
         raise ConfigError(f"--config-file={fname}: no such file")
     try:
         with open(fname, encoding="utf-8") as handle:
-            content = yaml.safe_load(handle)
+            content = yaml.load(handle, Loader=RecipeLoader)
+    except KeyGivenTwice as error:
+        raise ConfigError(f"{fname}: {error}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"--config-file={fname}: not a text file (a YAML recipe is text)") from None
     except OSError as error:
@@ -290,6 +314,9 @@ def read_recipe(fname: str, known) -> dict:
                 raise ConfigError(f"{fname}: unknown parameter {section}.{name}{closest_name(section, name, known)}")
             if value is None:  # `epochs:` with nothing after it: YAML's null, which fastargs would skip
                 raise ConfigError(f"{fname}: {section}.{name}: no value")
+            if name in recipe.get(section, {}):  # as a flat section.param key and under its section
+                raise ConfigError(f"{fname}: {section}.{name} is given twice (as '{section}.{name}:' and under "
+                                  f"'{section}:')")
             recipe.setdefault(section, {})[name] = value
     return recipe
 

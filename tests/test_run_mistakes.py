@@ -96,6 +96,18 @@ def test_a_config_file_that_is_a_folder(data, tmp_path):
 
 
 @pytest.mark.parametrize("text, expected", [
+    ("train:\n  epochs: 1\n  epochs: 3\n", "epochs is given twice (lines 2 and 3)"),
+    ("train.epochs: 1\ntrain.epochs: 3\n", "train.epochs is given twice (lines 1 and 2)"),
+    ("train.epochs: 1\ntrain:\n  epochs: 3\n", "train.epochs is given twice (as 'train.epochs:' and under 'train:')"),
+])
+def test_a_parameter_given_twice_in_a_recipe_is_refused(data, tmp_path, text, expected):
+    """PyYAML keeps the last of two equal keys: the run silently used one of the two values."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    assert config_error(["--config-file", str(recipe), *data]) == f"{recipe}: {expected}"
+
+
+@pytest.mark.parametrize("text, expected", [
     ("train:\n  epochs:\n", "train.epochs: no value"),  # the nested case, as it was
     ("epochs:\n", "epochs: no value, and no section (did you mean train.epochs?)"),
     ("momentum:\n", "momentum: no value, and no section (did you mean msf.momentum or optim.momentum?)"),
