@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     from msf_fast.trainer import Trainer
     process = init_from_environment(cfg.train.device)  # torchrun: one process per GPU
     rank = f"rank {process.rank}: " if process.world_size > 1 else ""
+    trainer = None
     try:
         try:
             trainer = Trainer(cfg, rank=process.rank, world_size=process.world_size)
@@ -30,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{rank}{stop}", file=sys.stderr)
             return stop.exit_code
     except KeyboardInterrupt:  # before training started, or a second Ctrl-C (the first one saves and stops)
-        print(f"{rank}interrupted; the last checkpoint is where it was", file=sys.stderr)
+        if trainer is None:  # a fresh run left no trace, a resumed one did not write yet
+            print(f"{rank}interrupted while the run started; {cfg.logging.folder} is as it was", file=sys.stderr)
+        else:
+            print(f"{rank}interrupted; the last checkpoint is where it was", file=sys.stderr)
         return 130
     finally:
         shut_down()

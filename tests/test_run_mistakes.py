@@ -182,7 +182,8 @@ def test_ctrl_c_before_training_or_during_an_eval_is_one_line(data, monkeypatch,
 
     monkeypatch.setattr(trainer.Trainer, "__init__", interrupted)  # e.g. while ImageNet is being listed
     assert train_imagenet.main(data) == 130
-    assert capsys.readouterr().err.strip().splitlines() == ["interrupted; the last checkpoint is where it was"]
+    folder = data[-1].split("=", 1)[1]
+    assert capsys.readouterr().err.strip().splitlines() == [f"interrupted while the run started; {folder} is as it was"]
     monkeypatch.setattr(cli, "run_knn", interrupted)
     assert cli.main(["knn", "--ckpt", "x.pt", "--train", "a", "--val", "b"]) == 130
     assert capsys.readouterr().err.strip().splitlines() == ["eval knn: interrupted"]
