@@ -14,6 +14,7 @@ the GPU): a signal that reached any rank stops every rank at the same step. A si
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 
@@ -57,6 +58,10 @@ class StopRequests:
     def _received(self, number, frame) -> None:
         if number == signal.SIGINT and self.signal == signal.SIGINT:
             raise KeyboardInterrupt  # Ctrl-C twice: now, without the checkpoint
+        if number == signal.SIGINT and self.signal is None and (self._group is None or dist.get_rank() == 0):
+            # os.write: a print could land inside the progress bar's own write to stderr (a reentrant call)
+            os.write(2, b"\nCtrl-C: stopping after this step, with a checkpoint; Ctrl-C again stops at once, "
+                        b"without it\n")
         self.signal = self.signal or number
 
     def check_loss(self, step: int, loss: float | None) -> None:
