@@ -13,6 +13,7 @@ import shutil
 import sys
 import time
 from contextlib import contextmanager
+from typing import IO, Callable
 
 STALE_AFTER_S = 60  # a leftover untouched this long whose PID is gone here (not a writer on another host sharing it)
 
@@ -121,39 +122,59 @@ class StagedPath:
             self.discard()
 
 
-@contextmanager
-def only_writer(path: str, overwrite: bool):
-    """Hold an OS lock on `.NAME.lock` beside `path` while it is written: a second writer of the same output is
-    refused (two at once both ended 'wrote', the later one silently replacing the other's output). Under the lock
-    the destination is checked again: one finished while this one started is refused without --overwrite. The
-    lock file goes at the end, while held; a writer that opened it before then locks the new one instead."""
-    lock_path = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.lock")
+class LockHeld(Exception):
+    """Another process holds the lock file; the exception's text is what the holder wrote there."""
+
+
+def hold_lock_file(path: str, open_file: Callable[[], IO], holder: str) -> IO:
+    """flock(2) `path` (opened by `open_file`) without waiting, and write `holder` into it (best effort: a full disk
+    fails later, in one line). LockHeld with the holder's text when another process has it. A holder that removed
+    the file (while holding it) between our open and our lock leaves us an unlinked one: we lock the new one."""
     while True:
-        try:
-            handle = open(lock_path, "a+")
-        except OSError as error:
-            raise OutputError(f"cannot write {path!r}: {error.strerror or error}") from None
+        handle = open_file()
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "unknown"
+            text = handle.read()
             handle.close()
-            raise OutputError(f"output {path!r} is being written by another process (PID {holder}): wait for it "
-                              "to end, or write another output") from None
+            raise LockHeld(text) from None
         try:
-            if os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino:
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
                 break
         except FileNotFoundError:
             pass
         handle.close()
     try:
-        try:  # the holder's PID, for a second writer's message: best effort (a full disk fails later, in one line)
-            handle.truncate(0)
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
-        except OSError:
-            pass
+        handle.seek(0)
+        handle.truncate()
+        handle.write(holder + "\n")
+        handle.flush()
+    except OSError:
+        pass
+    return handle
+
+
+@contextmanager
+def only_writer(path: str, overwrite: bool):
+    """Hold an OS lock on `.NAME.lock` beside `path` while it is written: a second writer of the same output is
+    refused (two at once both ended 'wrote', the later one silently replacing the other's output). Under the lock
+    the destination is checked again: one finished while this one started is refused without --overwrite. The
+    lock file goes at the end, while held."""
+    lock_path = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.lock")
+
+    def open_lock() -> IO:
+        try:
+            return open(lock_path, "a+")
+        except OSError as error:
+            raise OutputError(f"cannot write {path!r}: {error.strerror or error}") from None
+    try:
+        handle = hold_lock_file(lock_path, open_lock, str(os.getpid()))
+    except LockHeld as held:
+        pid = str(held).strip() or "unknown"
+        raise OutputError(f"output {path!r} is being written by another process (PID {pid}): wait for it to end, "
+                          "or write another output") from None
+    try:
         check_destination(path, overwrite)
         yield
     finally:

@@ -7,13 +7,13 @@ refused at start discards the lock: the .lock file and the folders it made go, s
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import socket
 import time
 from pathlib import Path
 
+from dataset_prep.staging import LockHeld, hold_lock_file
 from msf_fast.errors import UserError
 
 LOCK_NAME = ".lock"
@@ -38,27 +38,13 @@ class RunFolderLock:
         key = os.path.realpath(self.folder)
         if key in _held:
             _held.pop(key).release()
-        while True:
-            handle = self._open()
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                holder = describe_holder(handle.read())
-                handle.close()
-                raise FolderInUse(f"logging.folder={self.folder} is in use by another run ({holder}): wait for it "
-                                  "to end, or choose another --logging.folder") from None
-            if self._still_linked(handle):
-                break
-            handle.close()  # its holder discarded it between our open and our lock: lock the one there now
-        try:  # who holds it, for a second run's message: best effort (a full disk fails later, in one line)
-            handle.seek(0)
-            handle.truncate()
-            handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                     "started": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
-            handle.flush()
-        except OSError:
-            pass
+        holder = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                             "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+        try:
+            handle = hold_lock_file(str(self.path), self._open, holder)
+        except LockHeld as held:
+            raise FolderInUse(f"logging.folder={self.folder} is in use by another run ({describe_holder(str(held))}): "
+                              "wait for it to end, or choose another --logging.folder") from None
         self._file = handle
         _held[key] = self
         return self
@@ -73,12 +59,6 @@ class RunFolderLock:
         except OSError as error:
             raise UserError(f"logging.folder={self.folder}: cannot be created or written "
                             f"({error.strerror or error})") from None
-
-    def _still_linked(self, handle) -> bool:
-        try:
-            return os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino
-        except FileNotFoundError:
-            return False
 
     def discard(self) -> None:
         """Release, and remove what acquire created: the .lock file (while still holding it) and the folders,

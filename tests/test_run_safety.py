@@ -308,15 +308,20 @@ def test_a_run_refused_after_taking_its_folder_leaves_no_trace(tiny_imagefolder,
 
 
 def test_a_lock_discarded_while_another_run_opened_it_is_not_shared(tmp_path):
+    from dataset_prep.staging import hold_lock_file
     from msf_fast.run_lock import RunFolderLock
     first, second = RunFolderLock(tmp_path / "run").acquire(), RunFolderLock(tmp_path / "run")
     opened = second._open()  # the second run opened .lock, and waits for the first
     first.discard()
     fcntl.flock(opened.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # it gets the lock of a file no longer there...
-    assert not second._still_linked(opened)  # ...which acquire sees, and it locks the new one instead
-    opened.close()
+    fcntl.flock(opened.fileno(), fcntl.LOCK_UN)
+    opens = [opened]
+    handle = hold_lock_file(str(second.path), lambda: opens.pop() if opens else second._open(), "second")
+    assert not opens and opened.closed  # ...which acquire sees, and it locks the new one instead
+    assert os.stat(second.path).st_ino == os.fstat(handle.fileno()).st_ino
+    handle.close()
     second.acquire()
-    assert second._still_linked(second._file)
+    assert os.stat(second.path).st_ino == os.fstat(second._file.fileno()).st_ino
     second.release()
 
 
