@@ -136,9 +136,8 @@ class Trainer:
             if self.is_main and not self.finished:
                 self.log = self.open_log()
         except BaseException:
-            if getattr(self, "resumed", True) is False and self.lock is not None:
-                clear_run(self.folder)  # a fresh run that fails to start (a full disk) leaves no trace
-                self.lock.discard()
+            if getattr(self, "resumed", True) is False:
+                self.leave_no_trace()  # a fresh run that fails to start (a full disk)
             self.release_folder()
             raise
 
@@ -376,6 +375,12 @@ class Trainer:
         return RunStopped(f"stopped by {self.stops.signal_name} before the first step: nothing was kept in "
                           f"{self.folder}; start again with the same command", exit_code=stop.exit_code)
 
+    def leave_no_trace(self) -> None:
+        """A fresh run that stops before its first step deletes what it wrote, its .lock and the folders it made."""
+        if self.lock is not None:  # rank 0 holds it, while the run can write
+            clear_run(self.folder)
+            self.lock.discard()
+
     def close_outputs(self, completed: bool) -> None:
         """Close the log and plot it; a fresh run that failed before its first step deletes what it wrote; the
         folder's lock goes last."""
@@ -383,10 +388,7 @@ class Trainer:
             if self.log is not None:
                 self.log.close()
                 if not completed and self.never_stepped():
-                    if self.is_main:
-                        clear_run(self.folder)
-                        if self.lock is not None:
-                            self.lock.discard()
+                    self.leave_no_trace()
                 else:
                     try:
                         plot_run(self.folder / "log.jsonl", self.folder / "training.png")
