@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import dataset_prep  # noqa: F401  (first: numba's threading layer on one core, before FFCV loads numba)
 from pipelines.contract import ImageLoader, TwoViewLoader
 from pipelines.recipe import TwoViewRecipe, two_view_recipe
 

@@ -37,6 +37,19 @@ from pipelines.recipe import TwoViewRecipe, ViewRecipe
 from pipelines.sampling import per_sample_seed
 
 
+def ffcv_workers(workers: int) -> int:
+    """FFCV runs its workers as numba threads, and numba allows at most NUMBA_NUM_THREADS of them (by default the
+    cores this process may use): more was numba's traceback from inside FFCV."""
+    import numba
+
+    workers, limit = max(1, workers), numba.config.NUMBA_NUM_THREADS
+    if workers > limit:
+        raise ValueError(f"{workers} loader workers: FFCV's workers are numba threads, and numba allows {limit} here "
+                         f"(the cores this process may use); ask for at most {limit}, or start with "
+                         f"NUMBA_NUM_THREADS={workers} to run more threads than cores")
+    return workers
+
+
 DECODERS = ("once", "twice")
 
 
@@ -104,7 +117,7 @@ class FFCVTwoViewLoader:
             views = {"online": _view_pipeline(recipe.online, recipe.resolution, self.device, self.decoders),
                      "target": _view_pipeline(recipe.target, recipe.resolution, self.device, self.decoders)}
         self.loader = Loader(
-            path, batch_size=batch_size, num_workers=max(1, workers), order=order,
+            path, batch_size=batch_size, num_workers=ffcv_workers(workers), order=order,
             distributed=world_size > 1, seed=seed, drop_last=True, os_cache=self.in_memory, batches_ahead=2,
             pipelines={"image": None, "label": [IntDecoder(), ToTensor(), Squeeze(), *_to_device(self.device)],
                        **views})
@@ -192,7 +205,7 @@ class FFCVEvalLoader:
                                            seed=shuffle_seed or 0)
         self.passes = 0
         order = OrderOption.SEQUENTIAL if shuffle_seed is None else OrderOption.RANDOM
-        self.loader = Loader(path, batch_size=batch_size, num_workers=max(1, workers), order=order,
+        self.loader = Loader(path, batch_size=batch_size, num_workers=ffcv_workers(workers), order=order,
                              seed=shuffle_seed, drop_last=False,
                              indices=None if indices is None else np.sort(np.asarray(indices)),
                              pipelines={"image": [self.decoder, ToTensor(), ToTorchImage(channels_last=True)],
