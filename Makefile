@@ -41,8 +41,9 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(PY) -m msf_fast.demo
 
+# one pytest-xdist worker per core (at most 4), each confined to its share of the cores (tests/conftest.py)
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses=4
 
 bench: setup
 	$(PY) -m msf_fast.bench bank
