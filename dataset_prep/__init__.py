@@ -14,12 +14,9 @@ def cpu_quota_cores() -> float | None:
 
 
 def confined_to_one_core() -> bool:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
+    from dataset_prep.progress import available_cores
     quota = cpu_quota_cores()
-    return cores == 1 or (quota is not None and quota < 2)
+    return available_cores() == 1 or (quota is not None and quota < 2)
 
 
 def avoid_tbb_on_one_core() -> None:
