@@ -53,3 +53,18 @@ def test_more_ffcv_workers_than_numba_allows_is_one_clear_error(monkeypatch):
     with pytest.raises(ValueError, match=r"^2 loader workers: FFCV's workers are numba threads, and numba allows 1 "
                                          r"here .* or start with NUMBA_NUM_THREADS=2 to run more threads than cores$"):
         ffcv_workers(2)
+
+
+def test_bench_loader_asks_for_one_worker_on_one_core(monkeypatch):
+    """Its fixed default of 2 workers failed on one core: FFCV's numba threads are at most one per core there."""
+    import argparse
+
+    from msf_fast.bench import loader
+
+    def default_workers(cores):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: cores)
+        parser = argparse.ArgumentParser()
+        loader.add_arguments(parser)
+        return parser.get_default("workers")
+
+    assert (default_workers({0}), default_workers({0, 1}), default_workers({0, 1, 2, 3})) == (1, 2, 2)

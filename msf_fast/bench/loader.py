@@ -30,6 +30,7 @@ import subprocess
 import time
 
 from dataset_prep.argument_parser import non_negative_int, positive_int
+from dataset_prep.progress import available_cores
 from msf_fast.bench.timing import peak_rss_mb
 from pipelines import data_format
 from pipelines.recipe import RECIPE_NAMES
@@ -58,8 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", default="w/s", choices=RECIPE_NAMES, help="target/online views: w weak, s strong")
     parser.add_argument("--resolution", type=positive_int, default=224, help="crop size in pixels")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per batch")
-    parser.add_argument("--workers", type=non_negative_int, default=2,
-                        help="DataLoader worker processes (torch) or threads (FFCV, DALI)")
+    parser.add_argument("--workers", type=non_negative_int, default=min(2, available_cores()),
+                        help="DataLoader worker processes (torch) or threads (FFCV, DALI); default 2, or 1 on one "
+                             "core (FFCV's numba threads are at most one per core)")
     parser.add_argument("--threads", type=non_negative_int, default=0,
                         help="torch threads; 0 = the cores not used by workers")
     parser.add_argument("--epochs", type=positive_int, default=3,
