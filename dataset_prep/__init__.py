@@ -8,9 +8,9 @@ def cpu_quota_cores() -> float | None:
     try:
         with open("/sys/fs/cgroup/cpu.max") as file:
             quota, period = file.read().split()[:2]
-    except (OSError, ValueError):
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
         return None
-    return None if quota == "max" else int(quota) / int(period)
 
 
 def confined_to_one_core() -> bool:

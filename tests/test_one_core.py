@@ -55,16 +55,18 @@ def test_more_ffcv_workers_than_numba_allows_is_one_clear_error(monkeypatch):
         ffcv_workers(2)
 
 
-def test_bench_loader_asks_for_one_worker_on_one_core(monkeypatch):
-    """Its fixed default of 2 workers failed on one core: FFCV's numba threads are at most one per core there."""
+@pytest.mark.parametrize("command", ["loader", "order"])
+def test_the_ffcv_benches_ask_for_one_worker_on_one_core(monkeypatch, command):
+    """Their fixed default of 2 workers failed on one core: FFCV's numba threads are at most one per core there."""
     import argparse
+    import importlib
 
-    from msf_fast.bench import loader
+    bench = importlib.import_module(f"msf_fast.bench.{command}")
 
     def default_workers(cores):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: cores)
         parser = argparse.ArgumentParser()
-        loader.add_arguments(parser)
+        bench.add_arguments(parser)
         return parser.get_default("workers")
 
     assert (default_workers({0}), default_workers({0, 1}), default_workers({0, 1, 2, 3})) == (1, 2, 2)

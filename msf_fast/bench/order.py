@@ -27,6 +27,7 @@ from collections import OrderedDict
 import numpy as np
 
 from dataset_prep.argument_parser import int_at_least
+from dataset_prep.progress import available_cores
 from msf_fast.bench.loader import STORES
 from pipelines.page_order import page_order, sample_pages, samples_per_rank
 
@@ -44,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ranks the page order is also measured with (each one in turn)")
     parser.add_argument("--pages-at-a-time", type=int_at_least(0), default=0,
                         help="pages the page order keeps open (0: 2 x batch size, the loader's default)")
-    parser.add_argument("--workers", type=int_at_least(1), default=2, help="FFCV threads")
+    parser.add_argument("--workers", type=int_at_least(1), default=min(2, available_cores()),
+                        help="FFCV threads; default 2, or 1 on one core (numba's threads are at most one per core)")
     parser.add_argument("--seed", type=int_at_least(0), default=0, help="order seed")
     parser.add_argument("--imagenet-layout", action="store_true",
                         help="also compute (no reading) classes per batch and pages held for ImageNet's layout")
@@ -88,11 +90,12 @@ def read_epoch(store: str, order: str, args, rank: int, world_size: int, width: 
     from ffcv.loader import Loader, OrderOption
     from ffcv.transforms import Squeeze, ToTensor
 
+    from pipelines.ffcv_backend import ffcv_workers
     from pipelines.ffcv_page_order import PageOrder
 
     traversal = (OrderOption.RANDOM if order == "random"
                  else PageOrder(args.batch_size, rank, world_size, pages_at_a_time=width))
-    loader = Loader(store, batch_size=args.batch_size, num_workers=args.workers, order=traversal, os_cache=False,
+    loader = Loader(store, batch_size=args.batch_size, num_workers=ffcv_workers(args.workers), order=traversal, os_cache=False,
                     seed=args.seed, drop_last=True, batches_ahead=2,
                     pipelines={"image": [RandomResizedCropRGBImageDecoder((32, 32)), ToTensor()],
                                "label": [IntDecoder(), ToTensor(), Squeeze()]})
