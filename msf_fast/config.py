@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import os
+import sys
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,12 +22,9 @@ from dataset_prep.argument_parser import OneLineParser
 from dataset_prep.staging import nearest_existing
 from dataset_prep.stores import (BETON, TFRECORD, beton_problem, describe_path, path_kind, read_manifest,
                                  tfrecord_problem, within)
-from msf_fast.checkpoint import not_a_checkpoint_file
+from msf_fast.architectures import RESNETS
 from msf_fast.errors import UserError
-from msf_fast.model import RESNETS
-from msf_fast.precision import cpu_amp_choice
-from msf_fast.run_checkpoints import holds_other_run, holds_run, other_run_message
-from msf_fast.runlog import TENSORBOARD_INSTALL
+from msf_fast.run_folder import holds_other_run, holds_run, other_run_message
 from pipelines import MAX_DATALOADER_WORKERS, data_format, default_torch_threads, default_workers
 from pipelines.recipe import RECIPE_NAMES
 
@@ -115,7 +113,14 @@ KNN_K_DEFAULT = 20  # eval.knn_k; the k-NN monitor shrinks this default (only) t
 AUTO = "auto"  # train.resume: the run folder's latest good checkpoint
 
 
-def declare_schema(config: Config) -> None:
+def declare_schema(config: Config, for_help: bool = False) -> None:
+    """`for_help`: the descriptions also say what `auto` picks on this machine (amp's answer loads torch, which a
+    run's checks do without)."""
+    amp_here = ""
+    if for_help:
+        from msf_fast.precision import cpu_amp_choice
+        amp_here = f"; here {cpu_amp_choice()} on the CPU"
+
     def section(name, desc):
         return Section(name, desc, config_descriptor=config)
 
@@ -175,8 +180,8 @@ def declare_schema(config: Config) -> None:
         seed=Param(NON_NEGATIVE, "seed of weights, bank, data order and augmentations", default=0),
         device=Param(OneOf(["auto", "cpu", "cuda"]), "compute device", default="auto"),
         amp=Param(OneOf(["auto", "bf16", "fp16", "off"]), "autocast dtype (auto: bf16 on CUDA, fp16 on GPUs "
-                  "without bf16; on the CPU bf16 only where native (AMX or AVX512-BF16), else fp32; here "
-                  f"{cpu_amp_choice()} on the CPU)", default="auto"),
+                  "without bf16; on the CPU bf16 only where native (AMX or AVX512-BF16), else fp32"
+                  f"{amp_here})", default="auto"),
         channels_last=Param(Flag(), "channels-last memory format (also faster for fp32 on the CPU from 64 px on: "
                                     "python -m msf_fast.bench cpu)", default=True),
         compile=Param(Flag(), "torch.compile the encoders and predictor (2-core CPU, ResNet-18 at 32 px: 1.25x "
@@ -225,8 +230,9 @@ class ConfigError(UserError):
 def load_config(argv: list[str] | None = None, check_data: bool = True) -> SimpleNamespace:
     """The run's config from YAML recipes and --section.param=value options; ConfigError names the first bad
     parameter. `check_data=False` skips the data paths (a run fed by another loader, e.g. a benchmark's)."""
+    argv = sys.argv[1:] if argv is None else argv
     config = Config()
-    declare_schema(config)
+    declare_schema(config, for_help=asks_for_help(argv))
     parser = OneLineParser(prog="train_imagenet.py", description="Train MSF (see README for the recipes).")
     parser.add_argument("--config-file", "-C", action="append", default=[],
                         help="YAML recipe (repeatable; later files and CLI values override earlier ones)")
@@ -250,6 +256,10 @@ def load_config(argv: list[str] | None = None, check_data: bool = True) -> Simpl
         cfg.data.workers = default_workers(resolve_backend(cfg.data.backend, cfg.data.train_path)
                                            if cfg.data.train_path else "ffcv")
     return cfg
+
+
+def asks_for_help(argv: list[str]) -> bool:
+    return "-h" in argv or "--help" in argv  # OneLineParser takes no abbreviations
 
 
 class KeyGivenTwice(Exception):
@@ -363,6 +373,7 @@ def validate(cfg, world_size: int = 1) -> None:
             raise ConfigError(f"data.start_ramp={cfg.data.start_ramp}, data.end_ramp={cfg.data.end_ramp}: "
                               "progressive resizing needs 0 <= start_ramp < end_ramp")
     if cfg.train.resume not in ("", AUTO) and not os.path.isfile(cfg.train.resume):
+        from msf_fast.checkpoint import not_a_checkpoint_file
         what = not_a_checkpoint_file(Path(cfg.train.resume))
         raise ConfigError(f"train.resume={cfg.train.resume}: {what} (or 'auto': the run folder's latest checkpoint)")
     if cfg.logging.overwrite and cfg.train.resume:
@@ -375,6 +386,7 @@ def validate(cfg, world_size: int = 1) -> None:
     if folder_problem:
         raise ConfigError(f"logging.folder={cfg.logging.folder}: {folder_problem}")
     if cfg.logging.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        from msf_fast.runlog import TENSORBOARD_INSTALL
         raise ConfigError(f"logging.tensorboard=1 needs the tensorboard package: {TENSORBOARD_INSTALL}")
 
 

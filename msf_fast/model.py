@@ -12,11 +12,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from msf_fast.architectures import RESNETS
 from msf_fast.bank import MemoryBank
 from msf_fast.distributed import all_gather_rows
-
-RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-           "resnext50_32x4d", "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2")
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:

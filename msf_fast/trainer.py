@@ -23,8 +23,8 @@ from msf_fast.knn_monitor import KnnMonitor
 from msf_fast.model import MSF
 from msf_fast.config import AUTO
 from msf_fast.resume_rules import ResumeRefused, RunIdentity, check_resume, schedule_note
-from msf_fast.run_checkpoints import (RunCheckpoints, clear_run, holds_other_run, holds_run, other_run_message,
-                                      read_training_state)
+from msf_fast.run_checkpoints import RunCheckpoints, read_training_state
+from msf_fast.run_folder import clear_run, holds_other_run, holds_run, other_run_message
 from msf_fast.run_lock import RunFolderLock
 from msf_fast.stopping import RunStopped, StopRequests, weights_finite
 from msf_fast.runlog import DeferredScalars, JsonlLog, plot_run

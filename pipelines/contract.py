@@ -7,11 +7,12 @@ channels-last memory, one global batch split evenly over the ranks, the same bat
 from __future__ import annotations
 
 import time
-from typing import Iterator, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Iterator, Protocol, runtime_checkable
 
-import torch
+if TYPE_CHECKING:  # torch loads with a backend, not with the config's checks
+    import torch
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+Batch = tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]
 
 
 @runtime_checkable

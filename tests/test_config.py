@@ -1,4 +1,5 @@
 """Invalid configurations fail at start with one line naming the parameter."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,27 @@ def test_entry_point_reports_a_folder_without_images(tmp_path):
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and str(tmp_path / "train") in result.stderr
 
+
+def test_the_checks_answer_before_torch_loads(tmp_path):
+    """A mistake answers at once: the config's checks (the data, the run folder) load neither torch nor torchvision,
+    4-6 s of a start on a slow CPU. Stand-ins for both on the path fail the test if anything imports them."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    for name in ("torch", "torchvision"):
+        (fake / f"{name}.py").write_text(f"raise ImportError('{name} was imported by the config checks')\n")
+    env = {**os.environ, "PYTHONPATH": f"{fake}:{ROOT}"}
+    run = [*base(tmp_path), f"--logging.folder={tmp_path / 'run'}"]
+    done = subprocess.run([sys.executable, "-c", "import sys; from msf_fast.config import load_config; "
+                           "print(load_config(sys.argv[1:]).data.workers)", *run],
+                          capture_output=True, text=True, cwd=ROOT, env=env)
+    assert done.returncode == 0 and int(done.stdout) >= 1, done.stderr
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "log.jsonl").write_text("{}\n")
+    done = subprocess.run([sys.executable, str(ROOT / "train_imagenet.py"), *run], capture_output=True, text=True,
+                          cwd=ROOT, env=env)
+    assert done.returncode == 2 and done.stderr.startswith(f"config error: logging.folder={tmp_path / 'run'} holds "
+                                                           "a run"), done.stderr
 
 
 def test_workers_default_to_the_cores_available(tmp_path):

@@ -1,0 +1,5 @@
+"""The backbones a run may name: torchvision's ResNet family. Torch-free, so that the config checks `model.arch`
+before torch loads."""
+
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+           "resnext50_32x4d", "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2")
