@@ -19,29 +19,35 @@ into wall time for a whole run. Run `python -m msf_fast.bench COMMAND --help` fo
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from dataset_prep.argument_parser import OneLineParser
-from msf_fast.bench import augment, bank, cpu, ema, loader, order, plan, resize, step, train
 from msf_fast.errors import UserError
 
+# name: (function in msf_fast.bench.NAME, summary). A command's module (torch, numba, ...) is imported only when
+# that command runs or its options are shown: `bench plan` and every mistake answer without torch loading.
 COMMANDS = {
-    "bank": (bank, bank.bench_bank, "memory-bank search: chunked (ours) vs the original's dense distances"),
-    "ema": (ema, ema.bench_ema, "target EMA update: foreach (and CUDA graph) vs per-parameter loop"),
-    "step": (step, step.bench_step, "one whole training step on synthetic data (optionally vs the original's way)"),
-    "cpu": (cpu, cpu.bench_cpu, "the CPU's defaults measured: our step in fp32 and bf16, NCHW and channels-last, "
-                                "and what amp auto picks here"),
-    "augment": (augment, augment.bench_augment,
+    "bank": ("bench_bank", "memory-bank search: chunked (ours) vs the original's dense distances"),
+    "ema": ("bench_ema", "target EMA update: foreach (and CUDA graph) vs per-parameter loop"),
+    "step": ("bench_step", "one whole training step on synthetic data (optionally vs the original's way)"),
+    "cpu": ("bench_cpu", "the CPU's defaults measured: our step in fp32 and bf16, NCHW and channels-last, "
+                         "and what amp auto picks here"),
+    "augment": ("bench_augment",
                 "the recipe's batched photometric ops (both views) on the device, as the FFCV path runs them"),
-    "train": (train, train.bench_train, "the real trainer for N steps: end-to-end, loader-alone and step-alone "
-                                        "images/s and the data-wait share, in one run; which side bounds it"),
-    "loader": (loader, loader.bench_loader, "two-view loader throughput: torchvision (the baseline) vs FFCV vs DALI"),
-    "resize": (resize, resize.bench_resize, "one view's crop + resize on one core: the loaders' antialiased resize vs "
-                                            "OpenCV, torch and Pillow, with each one's distance from torchvision"),
-    "plan": (plan, plan.print_plan, "wall time of a whole run from a per-GPU step rate (nothing is measured)"),
-    "order": (order, order.bench_order, "bytes read per epoch without the page cache: RANDOM vs the page-aware "
-                                        "order (data.in_memory=0)"),
+    "train": ("bench_train", "the real trainer for N steps: end-to-end, loader-alone and step-alone "
+                             "images/s and the data-wait share, in one run; which side bounds it"),
+    "loader": ("bench_loader", "two-view loader throughput: torchvision (the baseline) vs FFCV vs DALI"),
+    "resize": ("bench_resize", "one view's crop + resize on one core: the loaders' antialiased resize vs "
+                               "OpenCV, torch and Pillow, with each one's distance from torchvision"),
+    "plan": ("print_plan", "wall time of a whole run from a per-GPU step rate (nothing is measured)"),
+    "order": ("bench_order", "bytes read per epoch without the page cache: RANDOM vs the page-aware "
+                             "order (data.in_memory=0)"),
 }
+
+
+def command_module(name: str):
+    return importlib.import_module(f"msf_fast.bench.{name}")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -55,21 +61,26 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)".lstrip()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="python -m msf_fast.bench", description=__doc__,
-                                     formatter_class=HelpFormatter)
+def build_parser(commands=tuple(COMMANDS)) -> argparse.ArgumentParser:
+    """The parser, with the options of `commands` (the others are listed by name and summary only)."""
+    parser = OneLineParser(prog="python -m msf_fast.bench", description=__doc__, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module, _, summary) in COMMANDS.items():
-        module.add_arguments(sub.add_parser(name, help=summary, description=module.__doc__ or summary,
-                                            formatter_class=HelpFormatter))
+    for name, (_, summary) in COMMANDS.items():
+        command = sub.add_parser(name, help=summary, description=summary, formatter_class=HelpFormatter)
+        if name in commands:
+            module = command_module(name)
+            command.description = module.__doc__ or summary
+            module.add_arguments(command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((arg for arg in argv if not arg.startswith("-")), None)  # the top level has no valued options
+    parser = build_parser(commands=[chosen] if chosen in COMMANDS else [])
     args = parser.parse_args(argv)
     try:
-        COMMANDS[args.command][1](args)
+        getattr(command_module(args.command), COMMANDS[args.command][0])(args)
     except UserError as error:  # e.g. the default device auto on a GPU torch cannot use (msf_fast.devices)
         print(f"bench {args.command}: error: {error}", file=sys.stderr)
         return 2
