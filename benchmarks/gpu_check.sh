@@ -41,9 +41,14 @@ rm -f "$out"/{augment.jsonl,train.jsonl,plan_train.jsonl,summary.txt}
 
 # First, before any check: the driver's CUDA and the wheels' (torch, DALI where installed), shown and recorded.
 "$PYTHON" - "$out/env.jsonl" << 'ENV'
-import json, re, sys, torch
+import importlib.util, json, re, sys, torch
 from importlib import metadata
 from msf_fast import devices
+try:  # the train check's packages (asked here: a process of its own would load torch once more)
+    import msf_fast.trainer  # noqa: F401
+    trainer_missing = "matplotlib" if importlib.util.find_spec("matplotlib") is None else None
+except ImportError as error:
+    trainer_missing = error.name or str(error).splitlines()[0]
 cuda = torch.cuda.is_available()
 gpus = devices.nvidia_gpus()
 dali = sorted((d.metadata["Name"], d.version) for d in metadata.distributions()
@@ -54,7 +59,8 @@ env = {"bench": "env", "python": sys.version.split()[0], "torch": torch.__versio
        "nvidia_gpus": list(gpus.names) if gpus else [], "driver": gpus.driver if gpus else None,
        "driver_cuda": gpus.driver_cuda if gpus else None, "dali": dali[0][1] if dali else None,
        "dali_package": dali[0][0] if dali else None, "dali_cuda": ".".join(dali_cuda.groups()) if dali_cuda else None,
-       "why_no_cuda": devices.unusable_gpu_message(gpus) if gpus and not cuda else None}
+       "why_no_cuda": devices.unusable_gpu_message(gpus) if gpus and not cuda else None,
+       "trainer_missing": trainer_missing}
 with open(sys.argv[1], "w") as file:
     print(json.dumps(env), file=file)
 if gpus is None:
@@ -131,14 +137,8 @@ run_check "bank bfloat16" "$out/bank_bf16.jsonl" 180 \
 run_check "augment" "$out/augment.jsonl" 120 "$PYTHON" -m msf_fast.bench augment "${augment_args[@]}" --device "$device"
 
 # 3. the real trainer, fed by synthetic uint8 crops on the device: the FFCV path's augmentation + the MSF step
-trainer_missing=$("$PYTHON" -c '
-import importlib.util
-try:
-    import msf_fast.trainer  # noqa: F401
-except ModuleNotFoundError as error:
-    print(error.name)
-else:
-    print("matplotlib" if importlib.util.find_spec("matplotlib") is None else "")' 2> /dev/null || true)
+trainer_missing=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["trainer_missing"] or "")' \
+  "$out/env.jsonl")
 if [[ -z $trainer_missing ]]; then
   run_check "train" "$out/train.jsonl" 300 \
     "$PYTHON" -m msf_fast.bench train --synthetic "${train_args[@]}" --device "$device"
