@@ -55,9 +55,13 @@ def workers_of(agent: subprocess.Popen) -> dict[int, int]:
     return found
 
 
-def wait_for(condition, seconds: float = 900) -> None:  # a hang guard, as the timeouts below
+def wait_for(condition, agent: subprocess.Popen, seconds: float = 900) -> None:  # a hang guard, as the timeouts below
+    """Until `condition`; fails at once when torchrun ended first (a rank that cannot start, e.g. an import error)."""
     deadline = time.monotonic() + seconds
     while not condition():
+        if agent.poll() is not None:
+            _, stderr = agent.communicate()
+            raise AssertionError(f"torchrun ended with exit code {agent.returncode} first: {stderr[-3000:]}")
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.2)
 
@@ -78,7 +82,7 @@ def final_model(folder: Path) -> dict:
 def test_sigterm_stops_every_rank_at_the_same_step(tiny_imagefolder, tmp_path):
     folder = tmp_path / "run"
     agent = torchrun(tiny_imagefolder, folder)
-    wait_for(lambda: len(logged_steps(folder)) >= 2)
+    wait_for(lambda: len(logged_steps(folder)) >= 2, agent)
     agent.send_signal(signal.SIGTERM)  # torchrun passes it on to every worker
     _, stderr = agent.communicate(timeout=120)
     assert agent.returncode != 0
@@ -99,7 +103,7 @@ def test_a_killed_worker_is_restarted_and_the_run_ends_as_an_uninterrupted_one(t
     reference = torchrun(tiny_imagefolder, tmp_path / "reference")  # mostly start-up: it overlaps the other
     folder = tmp_path / "killed"
     agent = torchrun(tiny_imagefolder, folder, restarts=1)
-    wait_for(lambda: (folder / "checkpoints" / "latest.pt").exists() and len(logged_steps(folder)) >= 8)
+    wait_for(lambda: (folder / "checkpoints" / "latest.pt").exists() and len(logged_steps(folder)) >= 8, agent)
     os.kill(workers_of(agent)[1], signal.SIGKILL)  # mid-run, after the first epoch's checkpoint
     _, stderr = agent.communicate(timeout=900)
     assert agent.returncode == 0, stderr[-3000:]
