@@ -23,6 +23,7 @@ from dataset_prep.staging import nearest_existing
 from dataset_prep.stores import (BETON, TFRECORD, beton_problem, describe_path, path_kind, read_manifest,
                                  tfrecord_problem, within)
 from msf_fast.architectures import RESNETS
+from msf_fast.checkpoint_files import not_a_checkpoint_file
 from msf_fast.errors import UserError
 from msf_fast.run_folder import holds_other_run, holds_run, other_run_message
 from pipelines import MAX_DATALOADER_WORKERS, data_format, default_torch_threads, default_workers
@@ -373,7 +374,6 @@ def validate(cfg, world_size: int = 1) -> None:
             raise ConfigError(f"data.start_ramp={cfg.data.start_ramp}, data.end_ramp={cfg.data.end_ramp}: "
                               "progressive resizing needs 0 <= start_ramp < end_ramp")
     if cfg.train.resume not in ("", AUTO) and not os.path.isfile(cfg.train.resume):
-        from msf_fast.checkpoint import not_a_checkpoint_file
         what = not_a_checkpoint_file(Path(cfg.train.resume))
         raise ConfigError(f"train.resume={cfg.train.resume}: {what} (or 'auto': the run folder's latest checkpoint)")
     if cfg.logging.overwrite and cfg.train.resume:

@@ -76,8 +76,9 @@ def test_entry_point_reports_a_folder_without_images(tmp_path):
 
 
 def test_the_checks_answer_before_torch_loads(tmp_path):
-    """A mistake answers at once: the config's checks (the data, the run folder) load neither torch nor torchvision,
-    4-6 s of a start on a slow CPU. Stand-ins for both on the path fail the test if anything imports them."""
+    """A mistake answers at once: the config's checks (the data, the run folder, the checkpoint to resume) load
+    neither torch nor torchvision, 4-6 s of a start on a slow CPU. Stand-ins for both on the path fail the test if
+    anything imports them."""
     fake = tmp_path / "fake"
     fake.mkdir()
     for name in ("torch", "torchvision"):
@@ -95,6 +96,11 @@ def test_the_checks_answer_before_torch_loads(tmp_path):
                           cwd=ROOT, env=env)
     assert done.returncode == 2 and done.stderr.startswith(f"config error: logging.folder={tmp_path / 'run'} holds "
                                                            "a run"), done.stderr
+
+    done = subprocess.run([sys.executable, str(ROOT / "train_imagenet.py"), *run, f"--train.resume={fake}"],
+                          capture_output=True, text=True, cwd=ROOT, env=env)
+    assert done.returncode == 2 and done.stderr.startswith(f"config error: train.resume={fake}: a folder, not a "
+                                                           "checkpoint file"), done.stderr
 
 
 def test_workers_default_to_the_cores_available(tmp_path):
