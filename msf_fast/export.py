@@ -24,17 +24,16 @@ import argparse
 import os
 from pathlib import Path
 
-import torch
-
 from dataset_prep.argument_parser import OneLineParser, non_negative_int
 from dataset_prep.staging import OutputError, check_destination
-from msf_fast.checkpoint import BACKBONE, atomic_save, model_args, read_checkpoint
+from msf_fast.checkpoint_files import not_a_checkpoint_file
 from msf_fast.errors import UserError, disk_full
 
 PROG = "export"
 
 
 def backbone_state_dict(model, num_classes: int = 0) -> dict:
+    import torch
     state = {k: v.detach().cpu().clone() for k, v in model.online.state_dict().items() if not k.startswith("fc.")}
     if num_classes:
         state["fc.weight"] = torch.zeros(num_classes, model.feat_dim)
@@ -60,6 +59,10 @@ def export(args) -> str:
     check_destination(args.out, args.overwrite)
     if Path(args.out).resolve() == Path(args.checkpoint).resolve():
         raise OutputError(f"output {args.out!r} is the checkpoint itself; give another file name")
+    problem = not_a_checkpoint_file(Path(args.checkpoint))
+    if problem:
+        raise UserError(f"{args.checkpoint}: {problem}")
+    from msf_fast.checkpoint import BACKBONE, atomic_save, model_args, read_checkpoint  # torch: after the checks
     checkpoint = read_checkpoint(args.checkpoint)
     if checkpoint.kind == BACKBONE:
         raise UserError(f"{args.checkpoint}: already a torchvision backbone (as this command writes), not a training "

@@ -383,10 +383,13 @@ def test_export_follows_the_writers_conventions(training_checkpoint, backbone, n
 
 
 def test_export_exit_code_from_the_command_line(tmp_path):
+    """A file that is plainly no checkpoint is told before torch loads (a stand-in torch fails the test)."""
     text = tmp_path / "notes.txt"
     text.write_text("not a checkpoint\n")
+    (tmp_path / "torch.py").write_text("raise ImportError('torch was imported before the checks')\n")
     done = subprocess.run([sys.executable, "-m", "msf_fast.export", str(text), str(tmp_path / "out.pth")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"})
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"export: error: {text}: a text file (starting 'not a checkpoint'), not a checkpoint"]

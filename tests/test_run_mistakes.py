@@ -191,7 +191,9 @@ def test_ctrl_c_before_training_or_during_an_eval_is_one_line(data, monkeypatch,
 
 COMMANDS = {"train_imagenet.py": [str(ROOT / "train_imagenet.py")], "demo": ["-m", "msf_fast.demo"],
             "eval": ["-m", "msf_fast.eval", "knn"], "bench": ["-m", "msf_fast.bench", "ema"],
-            "export": ["-m", "msf_fast.export"], "write_beton": ["-m", "dataset_prep.write_beton"],
+            # export loads torch after its checks: given a file that may be a checkpoint (TMP: the test's folder)
+            "export": ["-m", "msf_fast.export", "TMP/checkpoint.pt", "TMP/backbone.pth"],
+            "write_beton": ["-m", "dataset_prep.write_beton"],
             "write_tfrecord": ["-m", "dataset_prep.write_tfrecord"], "dataset_prep.bench": ["-m", "dataset_prep.bench"],
             "synthetic_photos": ["-m", "dataset_prep.synthetic_photos"], "bench bank": ["-m", "msf_fast.bench.bank"],
             "bench loader": ["-m", "msf_fast.bench.loader"]}
@@ -203,7 +205,9 @@ def test_ctrl_c_while_the_imports_load_is_one_line(program, tmp_path):
     when imported stand for it, whichever the command loads first."""
     for name in ("torch", "numpy"):
         (tmp_path / f"{name}.py").write_text("raise KeyboardInterrupt\n")
-    done = subprocess.run([sys.executable, *COMMANDS[program]], cwd=ROOT, capture_output=True, text=True, timeout=60,
+    (tmp_path / "checkpoint.pt").write_bytes(b"PK\x03\x04")  # a torch file's first bytes
+    command = [part.replace("TMP", str(tmp_path)) for part in COMMANDS[program]]
+    done = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"})
     assert done.stderr.strip().splitlines() == [f"{program}: interrupted"]
     assert done.returncode == -signal.SIGINT  # ended by the signal, as an interrupted program does (130 in a shell)
