@@ -373,9 +373,11 @@ def validate(cfg, world_size: int = 1) -> None:
         if not 0 <= cfg.data.start_ramp < cfg.data.end_ramp:
             raise ConfigError(f"data.start_ramp={cfg.data.start_ramp}, data.end_ramp={cfg.data.end_ramp}: "
                               "progressive resizing needs 0 <= start_ramp < end_ramp")
-    if cfg.train.resume not in ("", AUTO) and not os.path.isfile(cfg.train.resume):
+    if cfg.train.resume not in ("", AUTO):  # a file that may be a torch file is read by the trainer
         what = not_a_checkpoint_file(Path(cfg.train.resume))
-        raise ConfigError(f"train.resume={cfg.train.resume}: {what} (or 'auto': the run folder's latest checkpoint)")
+        if what:
+            raise ConfigError(f"train.resume={cfg.train.resume}: {what} (or 'auto': the run folder's latest "
+                              "checkpoint)")
     if cfg.logging.overwrite and cfg.train.resume:
         raise ConfigError(f"logging.overwrite=1 starts over and train.resume={cfg.train.resume} continues: choose one")
     if not cfg.train.resume and not cfg.logging.overwrite and holds_run(cfg.logging.folder):

@@ -97,10 +97,11 @@ def test_the_checks_answer_before_torch_loads(tmp_path):
     assert done.returncode == 2 and done.stderr.startswith(f"config error: logging.folder={tmp_path / 'run'} holds "
                                                            "a run"), done.stderr
 
-    done = subprocess.run([sys.executable, str(ROOT / "train_imagenet.py"), *run, f"--train.resume={fake}"],
-                          capture_output=True, text=True, cwd=ROOT, env=env)
-    assert done.returncode == 2 and done.stderr.startswith(f"config error: train.resume={fake}: a folder, not a "
-                                                           "checkpoint file"), done.stderr
+    for resume, what in ((fake, "a folder, not a checkpoint file"), (fake / "torch.py", "a text file")):
+        done = subprocess.run([sys.executable, str(ROOT / "train_imagenet.py"), *run, f"--train.resume={resume}"],
+                              capture_output=True, text=True, cwd=ROOT, env=env)
+        assert done.returncode == 2 and done.stderr.startswith(f"config error: train.resume={resume}: {what}"), \
+            done.stderr
 
 
 def test_workers_default_to_the_cores_available(tmp_path):

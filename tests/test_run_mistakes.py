@@ -168,7 +168,8 @@ def test_a_file_given_to_resume_that_is_no_checkpoint(data, tmp_path, tiny_image
     options = [f"--data.train_path={tiny_imagefolder / 'train'}", *data[1:], "--model.arch=resnet18",
                "--data.resolution=32", "--data.workers=0"]
     assert one_line(*train(*options, f"--train.resume={notes}")) == (
-        f"error: train.resume: {notes}: a text file (starting 'lr 0.05 diverged'), not a checkpoint")
+        f"config error: train.resume={notes}: a text file (starting 'lr 0.05 diverged'), not a checkpoint (or "
+        "'auto': the run folder's latest checkpoint)")
 
 
 def interrupted(*args, **kwargs):
