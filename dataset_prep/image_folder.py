@@ -69,12 +69,31 @@ def list_image_folder(root: str) -> ImageFolderListing:
         raise SourceError(f"source folder {root!r} has {len(classes)} class folders but no image files "
                           f"({', '.join(IMAGE_EXTENSIONS)})")
     if empty:
-        listed = ", ".join(f"{name} ({what})" for name, what in list(empty.items())[:5])
-        more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
-        raise SourceError(f"source folder {root!r}: {len(empty)} class folder{'s' if len(empty) > 1 else ''} "
-                          f"without image files: {listed}{more}; torchvision's ImageFolder (the trainer's loader) "
-                          "refuses them too: remove them or add images")
+        raise SourceError(f"source folder {root!r}: {without_images_message(empty)}")
     return ImageFolderListing(root, classes, samples, ignored)
+
+
+def without_images_message(empty: dict[str, str]) -> str:
+    listed = ", ".join(f"{name} ({what})" for name, what in list(empty.items())[:5])
+    more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
+    return (f"{len(empty)} class folder{'s' if len(empty) > 1 else ''} without image files: {listed}{more}; "
+            "torchvision's ImageFolder (the trainer's loader) refuses them too: remove them or add images")
+
+
+def classes_without_images(root: str) -> dict[str, str]:
+    """The class folders of `root` holding no image file, with what they hold instead ("empty", "3 other files").
+    Cheap on a good folder: each class folder is read only up to its first image (a start-up check, before the
+    loader lists every file)."""
+    empty = {}
+    for name in sorted(entry.name for entry in os.scandir(root) if entry.is_dir()):
+        others = 0
+        for _, _, file_names in os.walk(os.path.join(root, name), followlinks=True):
+            if any(file_name.lower().endswith(IMAGE_EXTENSIONS) for file_name in file_names):
+                break
+            others += len(file_names)
+        else:
+            empty[name] = f"{others} other file{'s' if others != 1 else ''}" if others else "empty"
+    return empty
 
 
 def _source_found(root: str, found: str) -> str:

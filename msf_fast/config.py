@@ -19,6 +19,7 @@ from fastargs import Config, Param, Section
 from fastargs.validation import Checker
 
 from dataset_prep.argument_parser import OneLineParser
+from dataset_prep.image_folder import classes_without_images, without_images_message
 from dataset_prep.staging import nearest_existing
 from dataset_prep.stores import (BETON, TFRECORD, beton_problem, describe_path, path_kind, read_manifest,
                                  tfrecord_problem, within)
@@ -499,7 +500,8 @@ def data_problem(path: str) -> str | None:
     found = describe_path(path)
     if found != "an ImageFolder":
         return f"expected an ImageFolder, a .beton or a TFRecord store; found {found}"
-    return None
+    empty = classes_without_images(path)
+    return without_images_message(empty) if empty else None
 
 
 def resolve_backend(backend: str, train_path: str) -> str:

@@ -166,6 +166,7 @@ def one_line(done: subprocess.CompletedProcess, code: int = 2) -> str:
 
 def test_training_with_device_auto_stops_with_one_line(tmp_path):
     (tmp_path / "train" / "a_class").mkdir(parents=True)
+    (tmp_path / "train" / "a_class" / "0.jpg").touch()
     done = subprocess.run([sys.executable, str(ROOT / "train_imagenet.py"), f"--data.train_path={tmp_path / 'train'}",
                            "--train.device=auto", f"--logging.folder={tmp_path / 'run'}"],
                           cwd=ROOT, env=unusable_gpu_env(tmp_path), capture_output=True, text=True, timeout=120)

@@ -158,6 +158,7 @@ def test_data_in_memory_is_parsed_and_reaches_the_loader(tmp_path, monkeypatch):
     from msf_fast.config import ConfigError, load_config
 
     (tmp_path / "train" / "a").mkdir(parents=True)
+    (tmp_path / "train" / "a" / "0.jpg").touch()
     argv = [f"--data.train_path={tmp_path / 'train'}", "--train.batch_size=64", "--msf.bank_size=1024",
             f"--logging.folder={tmp_path / 'run'}"]
     assert load_config(argv).data.in_memory == "auto"

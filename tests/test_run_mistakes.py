@@ -29,6 +29,7 @@ def one_line(code: int, stderr: str) -> str:
 @pytest.fixture
 def data(tmp_path):
     (tmp_path / "train" / "a_class").mkdir(parents=True)
+    (tmp_path / "train" / "a_class" / "0.jpg").touch()  # the config checks for an image file, not its pixels
     return [f"--data.train_path={tmp_path / 'train'}", "--train.batch_size=8", "--msf.bank_size=32",
             f"--logging.folder={tmp_path / 'run'}"]
 

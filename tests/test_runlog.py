@@ -69,6 +69,7 @@ def test_tensorboard_without_the_package_is_a_config_error(tmp_path, monkeypatch
     from msf_fast.config import ConfigError, load_config
 
     (tmp_path / "train" / "a").mkdir(parents=True)
+    (tmp_path / "train" / "a" / "0.jpg").touch()
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
     with pytest.raises(ConfigError, match=r"logging.tensorboard=1 needs the tensorboard package: pip install"):
