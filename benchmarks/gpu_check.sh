@@ -20,6 +20,10 @@ steps=10
 train_steps=40
 while (($#)); do
   case "$1" in
+    --device|--out|--steps|--train-steps)
+      (($# >= 2)) || { echo "gpu_check: $1 needs a value (see --help)" >&2; exit 2; } ;;
+  esac
+  case "$1" in
     --device) device="$2"; shift 2 ;;
     --tiny) tiny=1; shift ;;
     --out) out="$2"; shift 2 ;;
@@ -30,8 +34,10 @@ while (($#)); do
   esac
 done
 case "$device" in cuda|cpu) ;; *) echo "gpu_check: --device must be cuda or cpu, got '$device'" >&2; exit 2 ;; esac
-
-mkdir -p "$out"
+for count in "--steps=$steps" "--train-steps=$train_steps"; do
+  [[ ${count#*=} =~ ^[1-9][0-9]*$ ]] || { echo "gpu_check: ${count%%=*} must be an integer >= 1, got '${count#*=}'" >&2; exit 2; }
+done
+mkdir -p "$out" 2> /dev/null && [[ -w $out ]] || { echo "gpu_check: --out $out: cannot create or write that folder" >&2; exit 2; }
 out="$(cd "$out" && pwd)"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"

@@ -103,6 +103,20 @@ def test_plan_cli_rejects_bad_inputs_clearly(capsys):
     assert "images per second per GPU must be positive" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("arguments, expected", [
+    (["--bogus"], "gpu_check: unknown argument '--bogus' (see --help)"),
+    (["--device"], "gpu_check: --device needs a value (see --help)"),
+    (["--device", "tpu"], "gpu_check: --device must be cuda or cpu, got 'tpu'"),
+    (["--steps", "abc"], "gpu_check: --steps must be an integer >= 1, got 'abc'"),
+    (["--train-steps", "0"], "gpu_check: --train-steps must be an integer >= 1, got '0'"),
+    (["--out", "/proc/gpu_check"], "gpu_check: --out /proc/gpu_check: cannot create or write that folder"),
+])
+def test_gpu_check_argument_mistakes_are_one_line_before_any_check(arguments, expected):
+    done = subprocess.run(["bash", "benchmarks/gpu_check.sh", *arguments], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert (done.returncode, done.stderr.strip().splitlines(), done.stdout) == (2, [expected], "")
+
+
 @pytest.mark.slow
 def test_gpu_check_dry_run_on_cpu(tmp_path):
     """The whole device script with tiny settings, from the repository root, without an install. Slow (about 1 min:
