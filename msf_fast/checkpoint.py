@@ -20,8 +20,7 @@ import torch
 from torch import nn
 
 from dataset_prep.staging import StagedPath
-from msf_fast.checkpoint_files import not_a_checkpoint_file
-from msf_fast.errors import UserError
+from msf_fast.checkpoint_files import NotACheckpoint, refuse_non_checkpoint
 from msf_fast.model import MSF, resnet_backbone
 
 FORMAT = "msf-fast"
@@ -139,18 +138,11 @@ class Checkpoint:
         return model
 
 
-class NotACheckpoint(UserError, ValueError):
-    """A file given as a checkpoint that is none (or that cannot be read): the message names it and what it seems
-    to be. A ValueError too, for callers that catch that."""
-
-
 def read_checkpoint(path: str | Path, map_location="cpu") -> Checkpoint:
     """Load a checkpoint of any of the three kinds; NotACheckpoint (one line naming the file and what it seems to
     be: a .beton, a text file, a truncated torch file, a folder, ...) for anything else."""
     path = Path(path)
-    problem = not_a_checkpoint_file(path)
-    if problem:
-        raise NotACheckpoint(f"{path}: {problem}")
+    refuse_non_checkpoint(path)
     # Original checkpoints pickle their argparse options beside the tensors.
     torch.serialization.add_safe_globals([argparse.Namespace])
     try:

@@ -6,9 +6,23 @@ from __future__ import annotations
 import codecs
 from pathlib import Path
 
+from msf_fast.errors import UserError
+
 _TORCH_ZIP, _TORCH_LEGACY = b"PK\x03\x04", b"\x80"
 _IMAGE_MAGIC = {b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image", b"GIF8": "a GIF image",
                 b"BM": "a BMP image", b"RIFF": "a RIFF file (WebP image?)"}
+
+
+class NotACheckpoint(UserError, ValueError):
+    """A file given as a checkpoint that is none (or that cannot be read): the message names it and what it seems
+    to be. A ValueError too, for callers that catch that."""
+
+
+def refuse_non_checkpoint(path: str | Path) -> None:
+    """NotACheckpoint naming `path` when it is plainly no torch file."""
+    problem = not_a_checkpoint_file(Path(path))
+    if problem:
+        raise NotACheckpoint(f"{Path(path)}: {problem}")
 
 
 def not_a_checkpoint_file(path: Path) -> str | None:

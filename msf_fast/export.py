@@ -26,7 +26,7 @@ from pathlib import Path
 
 from dataset_prep.argument_parser import OneLineParser, non_negative_int
 from dataset_prep.staging import OutputError, check_destination
-from msf_fast.checkpoint_files import not_a_checkpoint_file
+from msf_fast.checkpoint_files import refuse_non_checkpoint
 from msf_fast.errors import UserError, disk_full
 
 PROG = "export"
@@ -59,9 +59,7 @@ def export(args) -> str:
     check_destination(args.out, args.overwrite)
     if Path(args.out).resolve() == Path(args.checkpoint).resolve():
         raise OutputError(f"output {args.out!r} is the checkpoint itself; give another file name")
-    problem = not_a_checkpoint_file(Path(args.checkpoint))
-    if problem:
-        raise UserError(f"{args.checkpoint}: {problem}")
+    refuse_non_checkpoint(args.checkpoint)
     from msf_fast.checkpoint import BACKBONE, atomic_save, model_args, read_checkpoint  # torch: after the checks
     checkpoint = read_checkpoint(args.checkpoint)
     if checkpoint.kind == BACKBONE:
