@@ -64,7 +64,7 @@ def list_image_folder(root: str) -> ImageFolderListing:
                     ignored.append(path)
                     others += 1
         if len(samples) == found:
-            empty[name] = f"{others} other file{'s' if others != 1 else ''}" if others else "empty"
+            empty[name] = held_instead(others)
     if not samples:
         raise SourceError(f"source folder {root!r} has {len(classes)} class folders but no image files "
                           f"({', '.join(IMAGE_EXTENSIONS)})")
@@ -92,8 +92,13 @@ def classes_without_images(root: str) -> dict[str, str]:
                 break
             others += len(file_names)
         else:
-            empty[name] = f"{others} other file{'s' if others != 1 else ''}" if others else "empty"
+            empty[name] = held_instead(others)
     return empty
+
+
+def held_instead(other_files: int) -> str:
+    """What a class folder without images holds: "empty", "1 other file", "3 other files"."""
+    return f"{other_files} other file{'s' if other_files != 1 else ''}" if other_files else "empty"
 
 
 def _source_found(root: str, found: str) -> str:

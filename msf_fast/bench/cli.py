@@ -26,7 +26,7 @@ from dataset_prep.argument_parser import OneLineParser
 from msf_fast.errors import UserError
 
 # name: (function in msf_fast.bench.NAME, summary). A command's module (torch, numba, ...) is imported only when
-# that command runs or its options are shown: `bench plan` and every mistake answer without torch loading.
+# that command runs or its options are parsed: `bench plan`, --help and a wrong command name answer without torch.
 COMMANDS = {
     "bank": ("bench_bank", "memory-bank search: chunked (ours) vs the original's dense distances"),
     "ema": ("bench_ema", "target EMA update: foreach (and CUDA graph) vs per-parameter loop"),
@@ -66,10 +66,10 @@ def build_parser(commands=tuple(COMMANDS)) -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m msf_fast.bench", description=__doc__, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, summary) in COMMANDS.items():
-        command = sub.add_parser(name, help=summary, description=summary, formatter_class=HelpFormatter)
-        if name in commands:
-            module = command_module(name)
-            command.description = module.__doc__ or summary
+        module = command_module(name) if name in commands else None
+        command = sub.add_parser(name, help=summary, description=(module and module.__doc__) or summary,
+                                 formatter_class=HelpFormatter)
+        if module:
             module.add_arguments(command)
     return parser
 
