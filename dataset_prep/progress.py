@@ -45,6 +45,7 @@ def start_worker(parent: int) -> None:
     - On Linux it dies with its parent (`parent`: its PID, taken before the fork): a converter killed
       with SIGKILL left its workers running on, holding the disk and the cores."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # blocked by parallel_map across the fork
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops the workers
     if sys.platform.startswith("linux"):
         PR_SET_PDEATHSIG = 1
@@ -62,7 +63,13 @@ def parallel_map(function: Callable, items: list, workers: int, description: str
             results: Iterable = map(function, items)
             pool = None
         else:
-            pool = multiprocessing.Pool(workers, initializer=start_worker, initargs=(os.getpid(),))
+            # SIGTERM stays blocked from the fork until start_worker restores its default: a Pool.terminate that
+            # reached a worker before that ran the parent's handler and was lost (the join hung, seen under load)
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+            try:
+                pool = multiprocessing.Pool(workers, initializer=start_worker, initargs=(os.getpid(),))
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
             chunksize = max(1, min(32, len(items) // (workers * 16)))
             results = pool.imap(function, items, chunksize=chunksize)
         try:

@@ -455,6 +455,7 @@ def _sigterm_is_default(_) -> bool:
     return signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+@pytest.mark.timeout(120)  # the hang this guards against waited forever in Pool.join
 def test_pool_workers_die_at_once_on_sigterm():
     # The converter's Python-level SIGTERM handler, inherited through fork, let a worker blocked on the task
     # queue's lock sleep through Pool.terminate, and the join hung (seen once in CI).
