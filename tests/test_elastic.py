@@ -1,6 +1,7 @@
-"""Long runs under torchrun on the CPU (two gloo processes): a preemption signal stops every rank at the same step
-with one checkpoint written by rank 0, and a worker killed mid-run is restarted by torchrun and resumes, ending
-with the weights of an uninterrupted run."""
+"""Training under torchrun on the CPU (two gloo processes): an uninterrupted run reports and logs once, from rank 0,
+with the bank filled by the global batch; a preemption signal stops every rank at the same step with one checkpoint
+written by rank 0; and a worker killed mid-run is restarted by torchrun and resumes, ending with the weights of the
+uninterrupted run."""
 from __future__ import annotations
 
 import json
@@ -17,6 +18,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 18  # 96 images / (8 per rank x 2 ranks) = 6 steps per epoch, 3 epochs
+BANK = 80  # not a multiple of STEPS x 16: the final bank pointer tells the global batch (48) from a local one (64)
 
 
 def free_port() -> int:
@@ -29,7 +31,7 @@ def torchrun(data, folder, *extra, restarts: int = 0) -> subprocess.Popen:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--rdzv_backend=c10d",
                f"--rdzv_endpoint=127.0.0.1:{free_port()}", f"--max-restarts={restarts}", "train_imagenet.py", f"--data.train_path={data / 'train'}",
                "--data.backend=torch", "--model.arch=resnet18", "--model.hidden_dim=64", "--model.proj_dim=32",
-               "--data.resolution=32", "--data.workers=0", "--train.batch_size=8", "--msf.bank_size=64",
+               "--data.resolution=32", "--data.workers=0", "--train.batch_size=8", f"--msf.bank_size={BANK}",
                "--train.epochs=3", "--train.device=cpu", "--train.threads=1", "--train.amp=off",
                f"--logging.folder={folder}", "--logging.progress=0", "--logging.log_every=1", "--eval.knn_final=0",
                "--train.resume=auto", *extra]
@@ -79,6 +81,16 @@ def final_model(folder: Path) -> dict:
     return checkpoint["model"]
 
 
+def check_uninterrupted_run(folder: Path, stdout: str) -> None:
+    summaries = [line for line in stdout.splitlines() if line.startswith("{")]
+    assert len(summaries) == 1 and json.loads(summaries[0])["steps"] == STEPS  # rank 0 alone reports
+    steps = [record for record in map(json.loads, (folder / "log.jsonl").read_text().splitlines())
+             if record["event"] == "step"]
+    assert [record["step"] for record in steps] == list(range(1, STEPS + 1))  # one log, written by rank 0
+    assert steps[0]["images_per_s"] > 0
+    assert int(final_model(folder)["bank.pointer"]) == (STEPS * 16) % BANK  # each step enqueues both ranks' keys
+
+
 def test_sigterm_stops_every_rank_at_the_same_step(tiny_imagefolder, tmp_path):
     folder = tmp_path / "run"
     agent = torchrun(tiny_imagefolder, folder)
@@ -97,8 +109,8 @@ def test_sigterm_stops_every_rank_at_the_same_step(tiny_imagefolder, tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_worker_is_restarted_and_the_run_ends_as_an_uninterrupted_one(tiny_imagefolder, tmp_path):
-    """Slow (two torchrun jobs side by side, about 35 s on two cores, 121 s on the one core of a make test worker):
-    the only check that torchrun's restart resumes step for step. Its timeouts are hang guards, 900 s so that a CPU
+    """Slow (two torchrun jobs side by side, about 35 s on two cores, 86-176 s on the one core of a make test worker):
+    the only check that torchrun's restart resumes step for step, and the suite's one uninterrupted torchrun run. Its timeouts are hang guards, 900 s so that a CPU
     5x slower than that passes."""
     reference = torchrun(tiny_imagefolder, tmp_path / "reference")  # mostly start-up: it overlaps the other
     folder = tmp_path / "killed"
@@ -107,8 +119,9 @@ def test_a_killed_worker_is_restarted_and_the_run_ends_as_an_uninterrupted_one(t
     os.kill(workers_of(agent)[1], signal.SIGKILL)  # mid-run, after the first epoch's checkpoint
     _, stderr = agent.communicate(timeout=900)
     assert agent.returncode == 0, stderr[-3000:]
-    _, stderr = reference.communicate(timeout=900)
+    stdout, stderr = reference.communicate(timeout=900)
     assert reference.returncode == 0, stderr[-3000:]
+    check_uninterrupted_run(tmp_path / "reference", stdout)
     steps = logged_steps(folder)
     assert steps[-1] == STEPS and len(steps) > STEPS  # some steps ran twice: after the restart, from the checkpoint
     for name, value in final_model(tmp_path / "reference").items():
