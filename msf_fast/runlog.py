@@ -107,6 +107,19 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return records
 
 
+def logged_epochs(path: str | Path) -> tuple[dict[int, float], dict[int, float]]:
+    """(loss by epoch, k-NN top-1 by epoch) from a log's epoch records; of an epoch logged twice (a run resumed
+    mid-epoch repeats it), the later record."""
+    losses, knn = {}, {}
+    for record in read_jsonl(path):
+        if record.get("event") == "epoch":
+            if record.get("loss") is not None:
+                losses[record["epoch"]] = record["loss"]
+            if record.get("knn_top1") is not None:
+                knn[record["epoch"]] = record["knn_top1"]
+    return losses, knn
+
+
 def plot_run(log_path: str | Path, out_path: str | Path) -> Path:
     """training.png of a run's log."""
     figure = training_figure([r for r in read_jsonl(log_path) if r.get("event") == "epoch"])

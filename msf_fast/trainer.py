@@ -27,7 +27,7 @@ from msf_fast.run_checkpoints import RunCheckpoints, read_training_state
 from msf_fast.run_folder import clear_run, holds_other_run, holds_run, other_run_message
 from msf_fast.run_lock import RunFolderLock
 from msf_fast.stopping import RunStopped, StopRequests, weights_finite
-from msf_fast.runlog import DeferredScalars, JsonlLog, plot_run
+from msf_fast.runlog import DeferredScalars, JsonlLog, logged_epochs, plot_run
 from msf_fast.schedule import learning_rate, progressive_resolution, scaled_lr
 from msf_fast.precision import resolve_precision
 from msf_fast.step import bank_dtype, make_sgd, resolve_device, train_step
@@ -332,6 +332,9 @@ class Trainer:
                     if self.step > self.total_steps else "")
             self.say(f"the run in {self.folder} is finished (step {self.step} of {self.total_steps}{past}): nothing "
                      "to do")
+            log = self.folder / "log.jsonl"
+            if log.exists():  # its summary is the run's (a final_loss of null said nothing had been trained)
+                result.loss_by_epoch, result.knn_by_epoch = logged_epochs(log)
             return result
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.cfg.logging.progress and self.is_main),
                    unit="step", dynamic_ncols=True, desc="MSF")

@@ -271,13 +271,15 @@ def test_a_new_run_never_writes_over_a_run(tiny_imagefolder, tmp_path):
 
 
 def test_resuming_a_finished_run_changes_nothing(tiny_imagefolder, tmp_path, capsys):
-    train(tiny_imagefolder, tmp_path / "a", "--train.max_steps=2")
+    first = trainer(tiny_imagefolder, tmp_path / "a", "--train.max_steps=2").train()
     latest = tmp_path / "a" / "checkpoints" / "latest.pt"
     before = {path: path.stat().st_mtime_ns for path in (tmp_path / "a").rglob("*")}
     capsys.readouterr()
     again = trainer(tiny_imagefolder, tmp_path / "a", "--train.resume=auto", "--train.max_steps=2")
-    again.train()
+    summary = again.train().summary()
     assert "is finished (step 2 of 2): nothing to do" in capsys.readouterr().out
+    # the summary printed is the run's, read from its log: it said final_loss null, as if nothing had been trained
+    assert first.final_loss is not None and (summary["steps"], summary["final_loss"]) == (2, first.final_loss)
     elsewhere = trainer(tiny_imagefolder, tmp_path / "b", f"--train.resume={latest}", "--train.max_steps=2")
     elsewhere.train()
     assert {path: path.stat().st_mtime_ns for path in (tmp_path / "a").rglob("*")} == before
