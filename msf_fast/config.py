@@ -229,13 +229,15 @@ class ConfigError(UserError):
     """A configuration that cannot run; the message names the parameter."""
 
 
-def load_config(argv: list[str] | None = None, check_data: bool = True) -> SimpleNamespace:
+def load_config(argv: list[str] | None = None, check_data: bool = True,
+                prog: str = "train_imagenet.py") -> SimpleNamespace:
     """The run's config from YAML recipes and --section.param=value options; ConfigError names the first bad
-    parameter. `check_data=False` skips the data paths (a run fed by another loader, e.g. a benchmark's)."""
+    parameter. `check_data=False` skips the data paths (a run fed by another loader, e.g. a benchmark's); `prog`
+    names the command in the parser's errors."""
     argv = sys.argv[1:] if argv is None else argv
     config = Config()
     declare_schema(config, for_help=asks_for_help(argv))
-    parser = OneLineParser(prog="train_imagenet.py", description="Train MSF (see README for the recipes).")
+    parser = OneLineParser(prog=prog, description="Train MSF (see README for the recipes).")
     parser.add_argument("--config-file", "-C", action="append", default=[],
                         help="YAML recipe (repeatable; later files and CLI values override earlier ones)")
     for path, param in config.entries.items():

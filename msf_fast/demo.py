@@ -84,6 +84,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="longest side of the images in the demo's .beton (default 0: as generated, 40-96 px)")
     parser.add_argument("--no-report", action="store_true", help="skip the linear probe and figures after training")
     args, overrides = parser.parse_known_args(argv)
+    own_mistakes = [option for option in overrides  # the trainer's options all name a section: --train.epochs
+                    if option.startswith("-") and "." not in option.split("=", 1)[0]
+                    and option.split("=", 1)[0] not in ("--config-file", "-C")]
+    if own_mistakes:
+        parser.error(f"unrecognized arguments: {' '.join(own_mistakes)}")
 
     from msf_fast.config import load_config, output_folder_problem
     from msf_fast.errors import UserError
@@ -94,14 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     # The demo's folder is its own: a new demo replaces the last one, unless told to continue it.
     replace = [] if any(option.startswith("--train.resume") for option in overrides) else ["--logging.overwrite=1"]
     try:  # a mistake in the options is told before the dataset is generated (the data paths are checked below)
-        load_config(["--config-file", str(DEMO_CONFIG), *replace, *overrides], check_data=False)
+        load_config(["--config-file", str(DEMO_CONFIG), *replace, *overrides], check_data=False, prog=parser.prog)
     except UserError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
     ensure_demo_data(data, args.train_per_class, args.val_per_class, args.data_seed)
     try:
         cfg = load_config(["--config-file", str(DEMO_CONFIG), *demo_store(data, overrides, args.store_resolution),
-                           *replace, *overrides])
+                           *replace, *overrides], prog=parser.prog)
     except UserError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
@@ -111,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         trainer = Trainer(cfg)
+        already_finished = trainer.finished
         result = trainer.train()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -118,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     except RunStopped as stop:
         print(f"demo: {stop}", file=sys.stderr)
         return stop.exit_code
+    written = trainer.folder / "summary.json"
+    if already_finished and written.exists():  # a finished demo resumed: its summary stands, time and report included
+        summary = json.loads(written.read_text())
+        if args.no_report or "linear_probe" in summary:
+            print_summary(summary, cfg.eval.knn_k)
+            return 0
     minutes = (time.perf_counter() - start) / 60
     knn = result.knn_by_epoch
     random_init = knn.get(0)

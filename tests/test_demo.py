@@ -39,8 +39,9 @@ def test_shortened_demo_beats_random_init(tmp_path, capsys):
     The weakest margin, 0.13 (k-NN, capped Zen 5), is close to the 0.1 asserted: at 10 epochs the demo is not yet
     past the runs' spread (seeds 3 and 4 on the capped Zen 5: +0.158 and -0.114), while the full 20 epochs gained
     0.29-0.50 everywhere (README). A CPU where this seed lands low fails here first."""
-    code = demo.main(["--data", str(tmp_path / "data"), "--train.epochs=10", "--eval.knn_every=10", "--train.seed=2",
-                      "--train.threads=0", f"--logging.folder={tmp_path / 'run'}", "--logging.progress=0"])
+    arguments = ["--data", str(tmp_path / "data"), "--train.epochs=10", "--eval.knn_every=10", "--train.seed=2",
+                 "--train.threads=0", f"--logging.folder={tmp_path / 'run'}", "--logging.progress=0"]
+    code = demo.main(arguments)
     assert code == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     random_init, trained = summary["random_init_knn_top1"], summary["trained_knn_top1"]
@@ -63,6 +64,13 @@ def test_shortened_demo_beats_random_init(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("epoch_*.pt")) == [
         "epoch_0000.pt", "epoch_0010.pt"]
 
+    # Resumed once finished, it prints the run's summary and leaves it as it was (it re-evaluated everything and
+    # wrote 0.0 min of training into summary.json)
+    before = {path: path.read_bytes() for path in (tmp_path / "run").rglob("*") if path.is_file()}
+    assert demo.main([*arguments, "--train.resume=auto"]) == 0
+    assert f"random init {random_init:.3f} -> trained {trained:.3f}" in capsys.readouterr().out
+    assert {path: path.read_bytes() for path in (tmp_path / "run").rglob("*") if path.is_file()} == before
+
 
 def test_a_demo_mistake_is_one_line_before_the_dataset_is_generated(tmp_path, capsys):
     """--data a file was a traceback, --train-per-class 0 a dataset of empty folders and two lines, and a mistake in
@@ -78,7 +86,12 @@ def test_a_demo_mistake_is_one_line_before_the_dataset_is_generated(tmp_path, ca
             (["--data", str(data), f"--config-file={tmp_path}"],
              f"config error: --config-file={tmp_path}: a folder, not a YAML recipe (e.g. "
              "configs/rn50_200_epochs.yaml)"),
-            (["--data", str(data), "--train.epochs=0"], "config error: train.epochs='0': expected an integer >= 1")):
+            (["--data", str(data), "--train.epochs=0"], "config error: train.epochs='0': expected an integer >= 1"),
+            # the demo's own options and the trainer's are told apart, and either is named as the demo's
+            (["--data", str(data), "--no-reports"],
+             "python -m msf_fast.demo: error: unknown option --no-reports (did you mean --no-report?) (see --help)"),
+            (["--data", str(data), "--train.resum=auto"], "python -m msf_fast.demo: error: unknown option "
+             "--train.resum (did you mean --train.resume?) (see --help)")):
         try:
             code = demo.main(argv)
         except SystemExit as exit_:
