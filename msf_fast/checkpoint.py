@@ -155,8 +155,8 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> Checkpoint:
         return Checkpoint(path, content, OURS)
     if any(key.startswith("encoder_q.") for key in content.get("state_dict", {})):
         return Checkpoint(path, content, ORIGINAL)
-    if content and all(isinstance(value, torch.Tensor) for value in content.values()):
-        return Checkpoint(path, content, BACKBONE)
+    if "conv1.weight" in content and all(isinstance(value, torch.Tensor) for value in content.values()):
+        return Checkpoint(path, content, BACKBONE)  # every torchvision ResNet has conv1 (any dict of tensors did)
     keys = ", ".join(map(str, list(content)[:4])) + (", ..." if len(content) > 4 else "")
     raise NotACheckpoint(f"{path}: a torch file holding a dict ({keys or 'empty'}), neither an msf-fast nor an "
                          "original MSF checkpoint nor a torchvision backbone")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from dataset_prep.staging import StagedPath
-from msf_fast.checkpoint import OURS, atomic_save, read_checkpoint
+from msf_fast.checkpoint import ORIGINAL, OURS, atomic_save, read_checkpoint
 from msf_fast.stopping import RunStopped
 
 StateFn = Callable[[], dict]
@@ -122,7 +122,10 @@ def write_failure(error: Exception, folder: Path) -> str:
 def read_training_state(path: str | Path, map_location) -> dict:
     """The training state in one of our checkpoints (ValueError naming the file for anything else)."""
     checkpoint = read_checkpoint(path, map_location)
+    if checkpoint.kind == ORIGINAL:
+        raise ValueError(f"{path}: a checkpoint of the original MSF code, not an msf-fast training checkpoint "
+                         "(import it with msf_fast.checkpoint.read_checkpoint(path).model())")
     if checkpoint.kind != OURS:
-        raise ValueError(f"{path}: a {checkpoint.kind} checkpoint, not an msf-fast training checkpoint (import "
-                         "original ones with msf_fast.checkpoint.read_checkpoint(path).model())")
+        raise ValueError(f"{path}: a torchvision backbone (as msf_fast.export writes), not an msf-fast training "
+                         "checkpoint: it holds no heads, bank or optimizer to resume")
     return checkpoint.content

@@ -55,8 +55,17 @@ def test_a_rank_that_does_not_write_writes_nothing(tmp_path):
 
 def test_only_a_training_checkpoint_can_be_resumed(tmp_path):
     atomic_save({"conv1.weight": torch.zeros(1)}, tmp_path / "backbone.pth")
-    with pytest.raises(ValueError, match="backbone.pth: a backbone checkpoint, not an msf-fast training checkpoint"):
+    with pytest.raises(ValueError, match="backbone.pth: a torchvision backbone .as msf_fast.export writes., not an "
+                                         "msf-fast training checkpoint: it holds no heads, bank or optimizer"):
         read_training_state(tmp_path / "backbone.pth", "cpu")
+    # any dict of tensors was taken for a backbone
+    atomic_save({"a": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"other.pt: a torch file holding a dict \(a\), neither an msf-fast nor an "
+                                         "original MSF checkpoint nor a torchvision backbone"):
+        read_training_state(tmp_path / "other.pt", "cpu")
+    atomic_save({"state_dict": {"encoder_q.conv1.weight": torch.zeros(1)}}, tmp_path / "original.pth")
+    with pytest.raises(ValueError, match="original.pth: a checkpoint of the original MSF code, not an msf-fast"):
+        read_training_state(tmp_path / "original.pth", "cpu")
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(ValueError, match=r"notes.txt: .*not"):
         read_training_state(tmp_path / "notes.txt", "cpu")
