@@ -13,8 +13,20 @@ class OneLineParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        self._arguments: list[str] = []
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._arguments = list(sys.argv[1:] if args is None else args)  # for error(), which argparse calls without
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str):
+        if message.startswith("the following arguments are required"):
+            # argparse tells a missing option before an unknown one, which is often the misspelt missing one
+            # (`--images-per-second` for `--images-per-s`): both are told
+            known = set(option_strings(self))
+            typos = [self.unknown_option(argument) for argument in self._arguments
+                     if argument.startswith("--") and argument.split("=", 1)[0] not in known]
+            message = "; ".join([*typos, message])
         unknown = re.match(r"unrecognized arguments: (.*)", message)
         if unknown:
             problems, value_expected = [], False

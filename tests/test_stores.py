@@ -109,6 +109,14 @@ def test_an_unknown_option_is_one_line_with_the_closest_name(capsys):
         error = capsys.readouterr().err
         assert len(error.strip().splitlines()) == 1 and error.startswith(f"tool: error: {expected}")
 
+    # a required option missing: the misspelt option given beside it is told too (it was left out)
+    parser.add_argument("--images-per-s", required=True)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--images-per-second", "5", "--epochs", "3"])
+    assert capsys.readouterr().err.strip() == ("tool: error: unknown option --images-per-second (did you mean "
+                                               "--images-per-s?); the following arguments are required: "
+                                               "--images-per-s (see --help)")
+
 
 def test_sets_whose_labels_meet_must_share_their_classes():
     from types import SimpleNamespace
