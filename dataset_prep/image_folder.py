@@ -36,6 +36,16 @@ class ImageFolderListing:
         return counts
 
 
+def class_folders(root: str) -> list[str]:
+    """The class names of an ImageFolder: its sub-folders, sorted (torchvision's order, so its labels)."""
+    return sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+
+
+def is_image_file(file_name: str) -> bool:
+    """Whether a file counts as an image, for the writers' listing and the trainer's start-up check alike."""
+    return file_name.lower().endswith(IMAGE_EXTENSIONS)
+
+
 def list_image_folder(root: str) -> ImageFolderListing:
     """The listing, or a SourceError naming what `root` is instead of an ImageFolder. A class folder without an
     image file (empty, or holding only other files) is refused, as torchvision's ImageFolder (and so the trainer)
@@ -44,7 +54,7 @@ def list_image_folder(root: str) -> ImageFolderListing:
     if not os.path.isdir(root):
         raise SourceError(f"source {root!r} is not an ImageFolder (SRC_DIR/class_name/image.jpg): "
                           f"{_source_found(root, describe_path(root))}")
-    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    classes = class_folders(root)
     if not classes:
         found = _source_found(root, describe_path(root))
         if "store" in found:
@@ -58,7 +68,7 @@ def list_image_folder(root: str) -> ImageFolderListing:
         for folder, _, file_names in sorted(os.walk(os.path.join(root, name), followlinks=True)):
             for file_name in sorted(file_names):
                 path = os.path.join(folder, file_name)
-                if file_name.lower().endswith(IMAGE_EXTENSIONS):
+                if is_image_file(file_name):
                     samples.append((path, label))
                 else:
                     ignored.append(path)
@@ -85,10 +95,10 @@ def classes_without_images(root: str) -> dict[str, str]:
     Cheap on a good folder: each class folder is read only up to its first image (a start-up check, before the
     loader lists every file)."""
     empty = {}
-    for name in sorted(entry.name for entry in os.scandir(root) if entry.is_dir()):
+    for name in class_folders(root):
         others = 0
         for _, _, file_names in os.walk(os.path.join(root, name), followlinks=True):
-            if any(file_name.lower().endswith(IMAGE_EXTENSIONS) for file_name in file_names):
+            if any(map(is_image_file, file_names)):
                 break
             others += len(file_names)
         else:

@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from dataset_prep.image_folder import class_folders
+
 IMAGE_FOLDER, BETON, TFRECORD = "imagefolder", "beton", "tfrecord"
 BETON_SUFFIX = ".beton"
 TFRECORD_MANIFEST = "manifest.json"
@@ -62,7 +64,7 @@ def class_names(path: str) -> list[str] | None:
     torchvision's ImageFolder lists them), a store's manifest (None without one)."""
     if path_kind(path) != IMAGE_FOLDER:
         return manifest_classes(path)
-    return sorted(entry.name for entry in os.scandir(path) if entry.is_dir())
+    return class_folders(path)
 
 
 def images_source(path: str) -> str | None:

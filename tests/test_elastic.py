@@ -110,8 +110,8 @@ def test_sigterm_stops_every_rank_at_the_same_step(tiny_imagefolder, tmp_path):
 @pytest.mark.slow
 def test_a_killed_worker_is_restarted_and_the_run_ends_as_an_uninterrupted_one(tiny_imagefolder, tmp_path):
     """Slow (two torchrun jobs side by side, about 35 s on two cores, 86-176 s on the one core of a make test worker):
-    the only check that torchrun's restart resumes step for step, and the suite's one uninterrupted torchrun run. Its timeouts are hang guards, 900 s so that a CPU
-    5x slower than that passes."""
+    the only check that torchrun's restart resumes step for step, and the suite's one uninterrupted torchrun run.
+    Its timeouts are hang guards, 900 s so that a CPU 5x slower than that passes."""
     reference = torchrun(tiny_imagefolder, tmp_path / "reference")  # mostly start-up: it overlaps the other
     folder = tmp_path / "killed"
     agent = torchrun(tiny_imagefolder, folder, restarts=1)
