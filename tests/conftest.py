@@ -44,6 +44,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def away_from_the_checkout(tmp_path, monkeypatch):
+    """Every test runs in its own empty folder, so the relative defaults (logging.folder=runs/msf, the demo's
+    runs/demo, the benches' data/bench/stores) never meet what a user made in the checkout: after `make demo`, or a
+    run with the default folder, `make test` failed on "runs/... holds a run"."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def tiny_imagefolder(tmp_path_factory):
     """4 classes x (24 train + 6 val) small random JPEGs of varied sizes."""

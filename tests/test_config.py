@@ -62,7 +62,7 @@ def test_shipped_recipes_parse(tmp_path, recipe):
 
 def test_entry_point_exits_2_with_one_line(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "train_imagenet.py"), *base(tmp_path), "--msf.bank_size=1000"],
-                            capture_output=True, text=True, cwd=ROOT)
+                            capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "msf.bank_size=1000" in result.stderr
@@ -71,7 +71,7 @@ def test_entry_point_exits_2_with_one_line(tmp_path):
 def test_entry_point_reports_a_folder_without_images(tmp_path):
     (tmp_path / "train" / "empty_class").mkdir(parents=True)
     result = subprocess.run([sys.executable, str(ROOT / "train_imagenet.py"), *base(tmp_path)],
-                            capture_output=True, text=True, cwd=ROOT)
+                            capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"config error: data.train_path={tmp_path / 'train'}: 1 class folder without image files: empty_class (empty); "
