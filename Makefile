@@ -34,6 +34,8 @@ $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory ffcv-system-packages || echo "note: FFCV's system libraries are missing"
 	$(PY) -m pip install -q -e '.[ffcv]' || echo "note: FFCV did not install; its loader and tests are skipped"
 	$(PY) -m pip install -q -e '.[$(DALI)]' || echo "note: DALI did not install; its loader and tests are skipped"
+	@$(PY) -c 'from pipelines.antialias_resize import compile_ahead; compile_ahead()' \
+		|| echo "note: the resize was not compiled ahead; each process that resizes compiles it (5-8 s)"
 	@rm -f $(VENV)/.installed-*
 	@if [ -n "$(CUDA)" ]; then echo "$(CUDA)" > $(VENV)/.cuda; else rm -f $(VENV)/.cuda; fi
 	@touch $@

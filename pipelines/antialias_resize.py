@@ -301,3 +301,12 @@ def centre_box_nb(height, width, resize, out_h, out_w):
     crop_top = int(round((new_h - out_h) / 2.0))
     crop_left = int(round((new_w - out_w) / 2.0))
     return crop_top * scale_y, crop_left * scale_x, out_h * scale_y, out_w * scale_x
+
+
+def compile_ahead() -> None:
+    """Compile every function numba caches here once, so that later processes load them (0.5 s) instead of
+    compiling them (8 s) each: `make setup` calls it, before a test run or the demo starts several at once."""
+    source, view = np.zeros((4, 4, CHANNELS), np.uint8), np.empty((2, 2, CHANNELS), np.uint8)
+    resize_crop(source, 0, 0, 4, 4, view)
+    centre_box(4, 4, 4, 2, 2)
+    c_resize_box()
