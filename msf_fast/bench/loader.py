@@ -229,16 +229,22 @@ def stderr_tail(text: str, lines: int = 3, chars: int = 600) -> str:
     return (tail[-chars:] if len(tail) > chars else tail) or "no output on stderr"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """One run of one backend, for bench_loader's child processes."""
+def child_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m msf_fast.bench.loader", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
-    print(json.dumps(one_run(parser.parse_args(argv))), flush=True)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One run of one backend, for bench_loader's child processes."""
+    print(json.dumps(one_run(child_arguments(argv))), flush=True)
     return 0
 
 
 if __name__ == "__main__":
     main()
+    if LOADERS[child_arguments().backend[0]][0] != "ffcv":
+        sys.exit(0)  # the interpreter's teardown: DALI's atexit hook removes the modules it wrote to /tmp (5 a run)
     # Leave without the interpreter's teardown: FFCV's epoch thread may still be decoding the batches ahead of an
     # epoch cut short (--max-batches), and tearing numba's thread pool down under it aborted the process (SIGABRT)
     # after its result was printed.
