@@ -326,15 +326,17 @@ class Trainer:
         """The remaining steps. RunStopped when the run stops early: preempted (after a step-exact checkpoint),
         a non-finite loss or weights (nothing saved), a checkpoint that could not be written."""
         result = TrainResult(steps=self.step, folder=self.folder)
+        log = self.folder / "log.jsonl"
+        if (self.resumed or self.finished) and log.exists():
+            # the result is the run's, not this session's: the epochs before a resume, the random init's k-NN among
+            # them (a finished run's final_loss was null; a demo resumed after Ctrl-C had no random init to report)
+            result.loss_by_epoch, result.knn_by_epoch = logged_epochs(log)
         if self.finished:
             past = (f"; it is past the end of this schedule (train.epochs={self.cfg.train.epochs}"
                     + (f", train.max_steps={self.cfg.train.max_steps}" if self.cfg.train.max_steps else "") + ")"
                     if self.step > self.total_steps else "")
             self.say(f"the run in {self.folder} is finished (step {self.step} of {self.total_steps}{past}): nothing "
                      "to do")
-            log = self.folder / "log.jsonl"
-            if log.exists():  # its summary is the run's (a final_loss of null said nothing had been trained)
-                result.loss_by_epoch, result.knn_by_epoch = logged_epochs(log)
             return result
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.cfg.logging.progress and self.is_main),
                    unit="step", dynamic_ncols=True, desc="MSF")

@@ -133,6 +133,20 @@ def test_a_stop_does_not_evaluate_the_partial_epoch(tiny_imagefolder, tmp_path):
     assert epochs[-1]["complete"] is False
 
 
+def test_a_resumed_run_reports_the_whole_run(tiny_imagefolder, tmp_path):
+    """A run resumed mid-way returns every epoch's loss and k-NN, the random init's included, as its log has them:
+    the demo resumed after Ctrl-C said 'k-NN was not evaluated' and wrote no report (its history began at the
+    resume)."""
+    knn = (f"--data.val_path={tiny_imagefolder / 'val'}", "--eval.knn_every=1")
+    with pytest.raises(RunStopped):
+        train(tiny_imagefolder, tmp_path, *knn, signal_at=15)  # in epoch 2 of 2
+    result = trainer(tiny_imagefolder, tmp_path, *knn, "--train.resume=auto").train()
+    assert sorted(result.knn_by_epoch) == [0, 1, 2] and sorted(result.loss_by_epoch) == [1, 2]
+    logged = [r for r in records(tmp_path) if r["event"] == "epoch"]
+    assert result.knn_by_epoch == {r["epoch"]: r["knn_top1"] for r in logged if r["knn_top1"] is not None}
+    assert result.final_loss == logged[-1]["loss"]  # epoch 2 as the resumed session logged it
+
+
 def test_resume_auto_in_an_empty_folder_starts_a_new_run(tiny_imagefolder, tmp_path, capsys):
     run = trainer(tiny_imagefolder, tmp_path / "new", "--train.resume=auto", "--train.max_steps=2")
     assert run.step == 0
