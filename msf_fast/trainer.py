@@ -537,4 +537,4 @@ class Trainer:
                        **stats.time.record())
         tqdm.write(f"epoch {stats.epoch}: loss {stats.loss:.4f} purity {stats.purity:.3f}"
                    + (f" k-NN top-1 {knn['knn_top1']:.3f}" if knn["knn_top1"] is not None else "")
-                   + f" ({stats.seconds:.0f} s)")
+                   + f" ({stats.seconds:.0f} s" + ("" if stats.complete else f"; partial, stopped at step {self.step}") + ")")

@@ -122,15 +122,17 @@ def test_ctrl_c_stops_at_the_step_with_a_checkpoint(tiny_imagefolder, tmp_path, 
     assert signal.getsignal(signal.SIGINT) is before  # the trainer's handlers are gone
 
 
-def test_a_stop_does_not_evaluate_the_partial_epoch(tiny_imagefolder, tmp_path):
+def test_a_stop_does_not_evaluate_the_partial_epoch(tiny_imagefolder, tmp_path, capsys):
     """The k-NN monitor of a partial epoch is a misleading point, and delays the checkpoint past a scheduler's
-    grace period (minutes on ImageNet)."""
+    grace period (minutes on ImageNet). Its console line says it is partial (it read as a finished epoch)."""
     with pytest.raises(RunStopped):
         train(tiny_imagefolder, tmp_path, f"--data.val_path={tiny_imagefolder / 'val'}", "--eval.knn_every=1",
               signal_at=15)
     epochs = [r for r in records(tmp_path) if r["event"] == "epoch"]
     assert [(r["epoch"], r["knn_top1"] is not None) for r in epochs] == [(0, True), (1, True), (2, False)]
     assert epochs[-1]["complete"] is False
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert ["partial" in line for line in lines] == [False, True] and lines[-1].endswith("partial, stopped at step 15)")
 
 
 def test_a_resumed_run_reports_the_whole_run(tiny_imagefolder, tmp_path):
