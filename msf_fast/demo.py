@@ -7,8 +7,11 @@ configs/demo.yaml, evaluates k-NN top-1 (k=20, cosine, held-out images) at epoch
 initialisation of the same network) and during training, and writes runs/demo/{log.jsonl,
 training.png, summary.json}. Then it evaluates like a paper (python -m msf_fast.eval): the linear probe of the
 random-init and the trained backbone, and the figures over the kept epoch snapshots (t-SNE, nearest neighbours,
-clusters), all linked from runs/demo/report.md. Any trainer parameter can be overridden, e.g. --train.epochs=2;
---no-report skips the evaluation after training.
+clusters), all linked from runs/demo/report.md. Any trainer parameter can be overridden, e.g. --train.epochs=2
+(python train_imagenet.py --help lists them); --no-report skips the evaluation after training.
+
+A new demo replaces the last one in its folder (--logging.folder, default runs/demo); --train.resume=auto
+continues an interrupted demo instead, and on a finished one prints its summary again.
 """
 from __future__ import annotations
 
@@ -77,9 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m msf_fast.demo", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT / "data" / "demo"), help="where the demo dataset lives")
-    parser.add_argument("--train-per-class", type=positive_int, default=200)
-    parser.add_argument("--val-per-class", type=positive_int, default=50)
-    parser.add_argument("--data-seed", type=non_negative_int, default=0)
+    parser.add_argument("--train-per-class", type=positive_int, default=200,
+                        help="training images per class, when the dataset is generated (default 200)")
+    parser.add_argument("--val-per-class", type=positive_int, default=50,
+                        help="held-out images per class, when the dataset is generated (default 50)")
+    parser.add_argument("--data-seed", type=non_negative_int, default=0,
+                        help="seed of the generated images (default 0; --train.seed seeds the training)")
     parser.add_argument("--store-resolution", type=non_negative_int, default=0,
                         help="longest side of the images in the demo's .beton (default 0: as generated, 40-96 px)")
     parser.add_argument("--no-report", action="store_true", help="skip the linear probe and figures after training")
