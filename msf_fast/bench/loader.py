@@ -229,24 +229,20 @@ def stderr_tail(text: str, lines: int = 3, chars: int = 600) -> str:
     return (tail[-chars:] if len(tail) > chars else tail) or "no output on stderr"
 
 
-def child_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+def main(argv: list[str] | None = None) -> int:
+    """One run of one backend, for bench_loader's child processes (`python -m msf_fast.bench.loader`)."""
     parser = argparse.ArgumentParser(prog="python -m msf_fast.bench.loader", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """One run of one backend, for bench_loader's child processes."""
-    print(json.dumps(one_run(child_arguments(argv))), flush=True)
-    return 0
+    args = parser.parse_args(argv)
+    print(json.dumps(one_run(args)), flush=True)
+    if LOADERS[args.backend[0]][0] == "ffcv":
+        # Leave without the interpreter's teardown: FFCV's epoch thread may still be decoding the batches ahead of
+        # an epoch cut short (--max-batches), and tearing numba's thread pool down under it aborted the process
+        # (SIGABRT) after its result was printed.
+        sys.stderr.flush()
+        os._exit(0)
+    return 0  # the interpreter's teardown: DALI's atexit hook removes the modules it wrote to /tmp (5 a run)
 
 
 if __name__ == "__main__":
-    main()
-    if LOADERS[child_arguments().backend[0]][0] != "ffcv":
-        sys.exit(0)  # the interpreter's teardown: DALI's atexit hook removes the modules it wrote to /tmp (5 a run)
-    # Leave without the interpreter's teardown: FFCV's epoch thread may still be decoding the batches ahead of an
-    # epoch cut short (--max-batches), and tearing numba's thread pool down under it aborted the process (SIGABRT)
-    # after its result was printed.
-    sys.stderr.flush()
-    os._exit(0)
+    sys.exit(main())
