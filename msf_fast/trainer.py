@@ -327,7 +327,7 @@ class Trainer:
         a non-finite loss or weights (nothing saved), a checkpoint that could not be written."""
         result = TrainResult(steps=self.step, folder=self.folder)
         log = self.folder / "log.jsonl"
-        if (self.resumed or self.finished) and log.exists():
+        if self.resumed and log.exists():  # a finished run is a resumed one too
             # the result is the run's, not this session's: the epochs before a resume, the random init's k-NN among
             # them (a finished run's final_loss was null; a demo resumed after Ctrl-C had no random init to report)
             result.loss_by_epoch, result.knn_by_epoch = logged_epochs(log)
@@ -537,4 +537,5 @@ class Trainer:
                        **stats.time.record())
         tqdm.write(f"epoch {stats.epoch}: loss {stats.loss:.4f} purity {stats.purity:.3f}"
                    + (f" k-NN top-1 {knn['knn_top1']:.3f}" if knn["knn_top1"] is not None else "")
-                   + f" ({stats.seconds:.0f} s" + ("" if stats.complete else f"; partial, stopped at step {self.step}") + ")")
+                   + f" ({stats.seconds:.0f} s"
+                   + ("" if stats.complete else f"; partial, stopped at step {self.step}") + ")")

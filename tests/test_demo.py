@@ -36,8 +36,8 @@ def test_the_demo_beats_random_init(tmp_path, capsys):
       +0.198 (seed 2, probe +0.208), +0.496, +0.320, +0.290, +0.374 (seeds 3-6);
     - bf16 (native): +0.222 (seed 0, probe +0.182), +0.418 (seed 2, probe +0.440), +0.346 (seed 3, probe +0.358),
       +0.366 (seed 4, probe +0.376).
-    The demo's earlier recipe, batch 64 for 10 epochs (310 steps, 0.8x the time of these 620), gained +0.13, +0.16, -0.11,
-    +0.03 and +0.20 with seeds 2-6 capped: learning here is counted in steps, not images."""
+    The demo's earlier recipe, batch 64 for 10 epochs (310 steps, 0.8x the time of these 620), gained +0.13,
+    +0.16, -0.11, +0.03 and +0.20 with seeds 2-6 capped: learning here is counted in steps, not images."""
     arguments = ["--data", str(tmp_path / "data"), "--eval.knn_every=10", "--train.threads=0",
                  f"--logging.folder={tmp_path / 'run'}", "--logging.progress=0"]
     code = demo.main(arguments)
