@@ -84,7 +84,7 @@ def test_knn_val_with_other_classes_is_refused(backbone, sets, no_work, capsys, 
 
 
 def test_knn_search_faiss_without_faiss(backbone, sets, no_work, capsys, monkeypatch):
-    monkeypatch.setattr("msf_fast.eval.cli.faiss_available", lambda: False)
+    monkeypatch.setattr("msf_fast.eval.knn_command.faiss_available", lambda: False)
     argv = eval_command("knn", backbone, "--train", sets["train"], "--val", sets["val"], "--search", "faiss")
     assert run(evaluation.main, argv, capsys) == (2, [
         "eval knn: error: --search faiss: faiss is not installed (pip install -e '.[faiss]', or --search torch)"])
@@ -97,6 +97,18 @@ def test_knn_k_zero_exits_2_from_the_command_line(backbone, sets):
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().splitlines() == [
         "python -m msf_fast.eval knn: error: argument --k: must be at least 1, got 0 (see --help)"]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["tsne", "--help"], ["semi", "--ckpt", "a", "--train", "b", "--val",
+                                                                      "c", "--fractions", "10"],
+                                  ["clusters", "--ckpt", "a", "--data", "b", "--rows", "0"]])
+def test_help_and_option_mistakes_answer_before_torch_loads(argv):
+    """--help and a mistyped value answer at once: torch and torchvision take 3-5 s to load (they loaded first)."""
+    probe = ("import sys\nfrom msf_fast.eval.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+             "    print(e.code, sorted({'torch', 'torchvision'} & set(sys.modules)), file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", probe, *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.stderr.strip().splitlines()[-1] == ("0 []" if "--help" in argv else "2 []"), done.stderr
 
 
 # --- options: unknown, abbreviated, --out, --device ------------------------------------------------------------

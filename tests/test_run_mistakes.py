@@ -180,20 +180,22 @@ def interrupted(*args, **kwargs):
 def test_ctrl_c_before_training_or_during_an_eval_is_one_line(data, monkeypatch, capsys):
     import train_imagenet
     from msf_fast import trainer
-    from msf_fast.eval import cli
+    from msf_fast.eval import cli, knn_command
 
     monkeypatch.setattr(trainer.Trainer, "__init__", interrupted)  # e.g. while ImageNet is being listed
     assert train_imagenet.main(data) == 130
     folder = data[-1].split("=", 1)[1]
     assert capsys.readouterr().err.strip().splitlines() == [f"interrupted while the run started; {folder} is as it was"]
-    monkeypatch.setattr(cli, "run_knn", interrupted)
+    monkeypatch.setattr(knn_command, "run_knn", interrupted)
     assert cli.main(["knn", "--ckpt", "x.pt", "--train", "a", "--val", "b"]) == 130
     assert capsys.readouterr().err.strip().splitlines() == ["eval knn: interrupted"]
 
 
 COMMANDS = {"train_imagenet.py": [str(ROOT / "train_imagenet.py")], "demo": ["-m", "msf_fast.demo"],
-            "eval": ["-m", "msf_fast.eval", "knn"], "bench": ["-m", "msf_fast.bench", "ema"],
-            # export loads torch after its checks: given a file that may be a checkpoint (TMP: the test's folder)
+            "bench": ["-m", "msf_fast.bench", "ema"],
+            # eval and export load torch after their checks of the options: given a file that may be a checkpoint
+            # (TMP: the test's folder)
+            "eval": ["-m", "msf_fast.eval", "knn", "--ckpt", "TMP/checkpoint.pt", "--train", "TMP", "--val", "TMP"],
             "export": ["-m", "msf_fast.export", "TMP/checkpoint.pt", "TMP/backbone.pth"],
             "write_beton": ["-m", "dataset_prep.write_beton"],
             "write_tfrecord": ["-m", "dataset_prep.write_tfrecord"], "dataset_prep.bench": ["-m", "dataset_prep.bench"],

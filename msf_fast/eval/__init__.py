@@ -1,7 +1,8 @@
 """Evaluation of a pretrained backbone: the `python -m msf_fast.eval ...` commands (see cli.py).
 
-knn.py (k-NN search and votes), linear_probe.py (the probe's protocol), probe_commands.py (`linear`, `semi`),
-figures/ (`tsne`, `neighbours`, `clusters`), report.py (report.md from sections), common.py (what they share).
+arguments.py (every command's options, torch-free), knn.py (k-NN search and votes), knn_command.py (`knn`),
+linear_probe.py (the probe's protocol), probe_commands.py (`linear`, `semi`), figures/ (`tsne`, `neighbours`,
+`clusters`), report.py (report.md from sections), common.py (what they share).
 """
 
 

@@ -11,31 +11,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from dataset_prep.argument_parser import non_negative_int, positive_int
 from dataset_prep.staging import StagedPath, nearest_existing
 from dataset_prep.stores import within
 from msf_fast.errors import UserError
 from msf_fast.eval.report import write_section
-from pipelines import MAX_DATALOADER_WORKERS, default_workers
 
 
 def run_folder(checkpoint: str | Path) -> Path:
     """Where a checkpoint's results go by default: the run folder for runs/X/checkpoints/*.pt, else its folder."""
     parent = Path(checkpoint).resolve().parent
     return parent.parent if parent.name == "checkpoints" else parent
-
-
-def add_data_options(parser: argparse.ArgumentParser, resolution: int = 224) -> None:
-    parser.add_argument("--resolution", type=positive_int, default=resolution,
-                        help="centre-crop size; the shorter side is first resized to resolution x 256/224")
-    parser.add_argument("--batch-size", type=positive_int, default=256)
-    parser.add_argument("--workers", type=non_negative_int, default=None,
-                        help=f"loader workers (default: one per core available, here {default_workers('ffcv')}, at "
-                             f"most {MAX_DATALOADER_WORKERS} DataLoader processes for an ImageFolder)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    parser.add_argument("--out", default="",
-                        help="folder for the JSON, figures and report.md (default: the first checkpoint's run folder)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 class WithProgress:

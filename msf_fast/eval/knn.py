@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from msf_fast.eval.arguments import SEARCHES
 from msf_fast.model import pooled_features
 
-SEARCHES = ("auto", "torch", "faiss")
 WEIGHTED_VOTE_TEMPERATURE = 0.07
 
 

@@ -8,24 +8,12 @@ on features cached once from centre crops (fast) or on features of freshly augme
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from msf_fast.eval.arguments import ProbeSettings
 from msf_fast.eval.knn import batch_features
-
-
-@dataclass(frozen=True)
-class ProbeSettings:
-    epochs: int = 40
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    batch_size: int = 256
-    milestones: tuple[int, ...] = (15, 30)
-    seed: int = 0
 
 
 class NormalizeThenStandardize(nn.Module):

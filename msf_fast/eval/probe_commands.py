@@ -2,76 +2,23 @@
 1% / 10% label subsets (per-class balanced and seeded, or a user's list file)."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import math
 import os
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataset_prep.argument_parser import non_negative_int, positive_int
 from msf_fast.checkpoint import read_checkpoint
 from msf_fast.errors import UserError
-from msf_fast.eval.common import (add_data_options, amp_dtype, check_output_folder, checked_device,
+from msf_fast.eval.arguments import DEFAULT_FRACTIONS, ProbeSettings
+from msf_fast.eval.common import (amp_dtype, check_output_folder, checked_device,
                                   checkpoint_position, open_eval_data, output_folder, position_text, publish,
                                   same_images, warn, workers)
 from msf_fast.eval.knn import extract_features
-from msf_fast.eval.linear_probe import (ProbeSettings, augmented_batches, cached_batches, feature_standardizer,
+from msf_fast.eval.linear_probe import (augmented_batches, cached_batches, feature_standardizer,
                                         probe_with, train_probe)
 from msf_fast.eval.report import markdown_table
-
-DEFAULT_FRACTIONS = (0.01, 0.1)
-
-
-def fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:  # NaN too
-        hint = f" (a fraction: {value / 100:g} for {value:g} %)" if 1 < value <= 100 else ""
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}{hint}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
-
-
-def add_probe_commands(sub) -> None:
-    linear = sub.add_parser("linear", help="linear probe on frozen features (the paper's protocol)")
-    semi = sub.add_parser("semi", help="the linear probe trained on 1%% / 10%% label subsets")
-    for parser in (linear, semi):
-        parser.add_argument("--ckpt", required=True)
-        parser.add_argument("--train", required=True, help="labelled training images (folder, .beton or TFRecord)")
-        parser.add_argument("--val", required=True, help="held-out images scored (the same classes as --train)")
-        parser.add_argument("--mode", choices=["cached", "augmented"], default="cached",
-                            help="cached: features of centre crops, extracted once (fast); augmented: features of "
-                                 "random-resized-crop + flip images every epoch (paper-faithful)")
-        add_probe_options(parser)
-        add_data_options(parser)
-    linear.set_defaults(run=run_linear, result_name="linear.json")
-    semi.add_argument("--fractions", type=fraction, nargs="+", default=None,
-                      help="labelled fraction per class, each in (0, 1] (each class keeps round(fraction x size), at "
-                           f"least 1; default {' '.join(map(str, DEFAULT_FRACTIONS))})")
-    semi.add_argument("--subset-file", default="",
-                      help="train only on the images listed (one per line: index, or file name for an "
-                           "ImageFolder); instead of --fractions")
-    semi.set_defaults(run=run_semi, result_name="semi.json")
-
-
-def add_probe_options(parser: argparse.ArgumentParser) -> None:
-    defaults = ProbeSettings()
-    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs)
-    parser.add_argument("--lr", type=non_negative_float, default=defaults.lr)
-    parser.add_argument("--momentum", type=non_negative_float, default=defaults.momentum)
-    parser.add_argument("--weight-decay", type=non_negative_float, default=defaults.weight_decay)
-    parser.add_argument("--probe-batch-size", type=positive_int, default=defaults.batch_size)
-    parser.add_argument("--milestones", type=non_negative_int, nargs="*", default=list(defaults.milestones),
-                        help="epochs after which the lr drops x0.1")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="probe initialisation, order and subsets")
 
 
 def probe_settings(args) -> ProbeSettings:

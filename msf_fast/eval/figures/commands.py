@@ -10,8 +10,6 @@ queries, neighbours, clusters, rows) are checked against the data before any ima
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -19,10 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from dataset_prep.argument_parser import positive_int
 from msf_fast.checkpoint import read_checkpoint
 from msf_fast.errors import UserError
-from msf_fast.eval.common import (add_data_options, check_output_folder, checked_device, note, open_eval_data,
+from msf_fast.eval.arguments import (ALL, DEFAULT_CLASSES, DEFAULT_CLUSTERS, DEFAULT_NEIGHBOURS, DEFAULT_QUERIES,
+                                     DEFAULT_ROWS)
+from msf_fast.eval.common import (check_output_folder, checked_device, note, open_eval_data,
                                   output_folder, publish, same_images, warn)
 from msf_fast.eval.figures.analyses import (cluster_purity, embedding_method, kmeans, purity_floor,
                                             sample_cluster_rows)
@@ -31,64 +30,6 @@ from msf_fast.eval.figures.drawing import (clusters_figure, neighbours_figure, s
 from msf_fast.eval.figures.streaming import (ClassSampler, IndexSampler, RandomSampler, make_thumbnails,
                                              select_images, streamed_neighbours)
 from msf_fast.eval.report import markdown_table, report_dir
-
-DEFAULT_CLUSTERS, DEFAULT_ROWS, DEFAULT_CLASSES, DEFAULT_QUERIES, DEFAULT_NEIGHBOURS = 100, 8, 10, 6, 8
-ALL = "all"
-
-
-def class_count(text: str) -> int | str:
-    """A positive number of classes, or "all"."""
-    if text == ALL:
-        return ALL
-    try:
-        return positive_int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of classes or 'all', got {text!r}") from None
-
-
-def add_figure_commands(subparsers) -> None:
-    tsne = subparsers.add_parser("tsne", help="2-D embedding of a few classes' features, one panel per checkpoint")
-    add_common_options(tsne, "images embedded (folder, .beton or TFRecord store), e.g. ImageNet val")
-    tsne.add_argument("--classes", type=class_count, default=None,
-                      help=f"random classes shown (at most the data's classes), or 'all' (default {DEFAULT_CLASSES}, or "
-                           "all when the data has fewer, as stated on stderr)")
-    tsne.add_argument("--per-class", type=positive_int, default=50, help="first images of each class shown")
-    tsne.add_argument("--method", choices=("tsne", "umap"), default="tsne", help="umap needs umap-learn")
-    tsne.set_defaults(run=run_tsne, result_name="tsne.json")
-
-    neighbours = subparsers.add_parser("neighbours", help="nearest neighbours of random queries per checkpoint")
-    add_common_options(neighbours, "gallery searched (folder, .beton or TFRecord store), e.g. ImageNet train")
-    neighbours.add_argument("--queries-from", default=None,
-                            help="labelled images the queries are drawn from (default: --data, and then a query "
-                                 "is never its own neighbour); labels must index the same classes as --data")
-    neighbours.add_argument("--queries", type=positive_int, default=None,
-                            help=f"random query images (default {DEFAULT_QUERIES}, or every image when fewer)")
-    neighbours.add_argument("--k", type=positive_int, default=None,
-                            help=f"neighbours shown per query (default {DEFAULT_NEIGHBOURS}, or every gallery image "
-                                 "when fewer)")
-    neighbours.set_defaults(run=run_neighbours, result_name="neighbours.json")
-
-    clusters = subparsers.add_parser("clusters", help="k-means clusters of the features, a block per checkpoint")
-    add_common_options(clusters, "images clustered (folder, .beton or TFRecord store), e.g. ImageNet val")
-    clusters.add_argument("--clusters", type=positive_int, default=None,
-                          help=f"k-means clusters, fewer than the images clustered (default {DEFAULT_CLUSTERS}, or, when "
-                               "that is more, as many as the classes clustered and at most half the images, as "
-                               "stated on stderr)")
-    clusters.add_argument("--per-class", type=positive_int, default=50,
-                          help="first images of each class clustered (bounds memory)")
-    clusters.add_argument("--rows", type=positive_int, default=None,
-                          help=f"random clusters shown, at most --clusters (default {DEFAULT_ROWS}, or every cluster "
-                               "when there are fewer)")
-    clusters.add_argument("--per-row", type=positive_int, default=8, help="random members shown per cluster")
-    clusters.set_defaults(run=run_clusters, result_name="clusters.json")
-
-
-def add_common_options(parser: argparse.ArgumentParser, data_help: str) -> None:
-    parser.add_argument("--ckpt", nargs="+", required=True, help="checkpoints, one panel each, in this order")
-    parser.add_argument("--data", required=True, help=data_help)
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
-    parser.add_argument("--thumb", type=positive_int, default=64, help="thumbnail side in pixels")
-    add_data_options(parser)
 
 
 def open_images(args, option: str, root: str):
