@@ -5,7 +5,6 @@ files of about 100 KB like ImageNet's training JPEGs, so decode, resize and enco
 """
 from __future__ import annotations
 
-import sys
 
 if __name__ == "__main__":  # before the imports below, which take seconds: Ctrl-C then is one line
     from dataset_prep.argument_parser import one_line_on_ctrl_c

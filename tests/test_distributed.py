@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 
 import torch
 import torch.multiprocessing as mp

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
 from dataset_prep.argument_parser import positive_int
 from msf_fast.bench.timing import add_device_argument, interleaved_seconds
 from msf_fast.devices import device_option
