@@ -223,7 +223,8 @@ class Trainer:
         if found:
             for line in notes:
                 self.say(line)
-            self.say(f"resuming from {found[0]} at step {self.step} of {self.total_steps}")
+            if self.step < self.total_steps:  # a finished run says so in train(), once
+                self.say(f"resuming from {found[0]} at step {self.step} of {self.total_steps}")
         elif self.cfg.train.resume == AUTO:
             self.say(f"train.resume=auto: no checkpoint in {self.checkpoints.folder}: starting a new run")
         return found is not None

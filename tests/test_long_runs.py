@@ -293,7 +293,8 @@ def test_resuming_a_finished_run_changes_nothing(tiny_imagefolder, tmp_path, cap
     capsys.readouterr()
     again = trainer(tiny_imagefolder, tmp_path / "a", "--train.resume=auto", "--train.max_steps=2")
     summary = again.train().summary()
-    assert "is finished (step 2 of 2): nothing to do" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "is finished (step 2 of 2): nothing to do" in out and "resuming from" not in out  # it said both
     # the summary printed is the run's, read from its log: it said final_loss null, as if nothing had been trained
     assert first.final_loss is not None and (summary["steps"], summary["final_loss"]) == (2, first.final_loss)
     elsewhere = trainer(tiny_imagefolder, tmp_path / "b", f"--train.resume={latest}", "--train.max_steps=2")
