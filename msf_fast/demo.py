@@ -105,11 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     # The demo's folder is its own: a new demo replaces the last one, unless told to continue it.
     replace = [] if any(option.startswith("--train.resume") for option in overrides) else ["--logging.overwrite=1"]
     try:  # a mistake in the options is told before the dataset is generated (the data paths are checked below)
-        load_config(["--config-file", str(DEMO_CONFIG), *replace, *overrides], check_data=False, prog=parser.prog)
+        chosen = load_config(["--config-file", str(DEMO_CONFIG), *replace, *overrides], check_data=False,
+                             prog=parser.prog)
     except UserError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
-    ensure_demo_data(data, args.train_per_class, args.val_per_class, args.data_seed)
+    dataset = ensure_demo_data(data, args.train_per_class, args.val_per_class, args.data_seed)
+    fewer_steps = fewer_steps_note(chosen, dataset["train_images"])
+    if fewer_steps:
+        print(f"note: {fewer_steps}", flush=True)
     try:
         cfg = load_config(["--config-file", str(DEMO_CONFIG), *demo_store(data, overrides, args.store_resolution),
                            *replace, *overrides], prog=parser.prog)
@@ -123,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trainer = Trainer(cfg)
         already_finished = trainer.finished
+        resumed_at = trainer.step if trainer.resumed else None
         result = trainer.train()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -142,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     trained = knn[max(knn)] if knn and max(knn) > 0 else None
     summary = {"random_init_knn_top1": random_init, "trained_knn_top1": trained,
                "knn_by_epoch": knn, "loss_by_epoch": result.loss_by_epoch, "steps": result.steps,
-               "minutes": round(minutes, 2), "log": str(trainer.folder / "log.jsonl"),
+               "minutes": round(minutes, 2), "resumed_at_step": resumed_at, "log": str(trainer.folder / "log.jsonl"),
                "plot": str(trainer.folder / "training.png")}
     if not args.no_report and random_init is not None and trained is not None:
         summary.update(paper_report(trainer, data, random_init, trained))
@@ -151,14 +156,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def fewer_steps_note(cfg, images: int) -> str | None:
+    """What a batch larger than the recipe's costs: the demo learns per step, and the same epochs are fewer steps."""
+    import yaml
+    recipe = yaml.safe_load(DEMO_CONFIG.read_text())["train"]
+    if cfg.train.batch_size <= recipe["batch_size"] or cfg.train.max_steps:
+        return None
+    steps = cfg.train.epochs * (images // cfg.train.batch_size)
+    wanted = recipe["epochs"] * (images // recipe["batch_size"])
+    if steps >= wanted:
+        return None
+    epochs = -(-wanted // (images // cfg.train.batch_size))
+    span = f"{cfg.train.epochs} epochs are" if cfg.train.epochs != 1 else "1 epoch is"
+    return (f"train.batch_size={cfg.train.batch_size}: {span} {steps} steps, against the "
+            f"recipe's {wanted} steps of {recipe['batch_size']}; the demo learns per step, not per image (README "
+            f"\"Why batch 32\"): --train.epochs={epochs} gives {wanted} or more")
+
+
 def print_summary(summary: dict, k: int) -> None:
-    random_init, trained, minutes = summary["random_init_knn_top1"], summary["trained_knn_top1"], summary["minutes"]
+    random_init, trained = summary["random_init_knn_top1"], summary["trained_knn_top1"]
+    minutes = f"{summary['minutes']:.1f} min"
+    if summary.get("resumed_at_step") is not None:  # the earlier sessions' time is not known
+        minutes += f" in this session, which resumed at step {summary['resumed_at_step']}"
     print()
     if random_init is None or trained is None:
-        print(f"trained {summary['steps']} steps ({minutes:.1f} min); k-NN was not evaluated (eval.* settings)")
+        print(f"trained {summary['steps']} steps ({minutes}); k-NN was not evaluated (eval.* settings)")
     else:
         print(f"k-NN top-1 (k={k}, held-out images): random init {random_init:.3f} -> "
-              f"trained {trained:.3f} after {summary['steps']} steps ({minutes:.1f} min)")
+              f"trained {trained:.3f} after {summary['steps']} steps ({minutes})")
     if "linear_probe" in summary:
         probe = summary["linear_probe"]
         print(f"linear probe top-1: random init {probe['random_init']['top1']:.3f} -> trained "
