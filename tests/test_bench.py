@@ -337,6 +337,21 @@ def test_every_count_is_checked_by_the_parser():
     assert not bare
 
 
+def test_option_mistakes_and_help_answer_before_torch_loads():
+    """Each command's module is imported to read its options: those that imported torch at the top answered a
+    mistyped count after the 2-3 s torch takes to load. In one fresh interpreter, command by command."""
+    probe = ("import sys\nfrom msf_fast.bench.cli import COMMANDS, main\nfor name in COMMANDS:\n"
+             "    for argv in ([name, '--batch-size', '0'], [name, '--help']):\n"
+             "        try:\n            main(argv)\n        except SystemExit as exit_:\n"
+             "            print('@', name, argv[-1], exit_.code, 'torch' in sys.modules)\n")  # after the help text
+    done = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=120)
+    from msf_fast.bench.cli import COMMANDS
+    answers = [line for line in done.stdout.splitlines() if line.startswith("@ ")]
+    assert answers == [f"@ {name} {last} {code} False" for name in COMMANDS
+                       for last, code in (("0", 2), ("--help", 0))], done.stderr[-2000:]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 @pytest.mark.parametrize("command", [["step"], ["ema"], ["augment"]])
 @pytest.mark.parametrize("device, expected", [("cuda", "--device cuda: no CUDA device is available"),

@@ -14,15 +14,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-
-import torch
+from typing import TYPE_CHECKING
 
 from dataset_prep.argument_parser import non_negative_int, positive_int
 from msf_fast.bench.timing import add_device_argument, interleaved_seconds
-from msf_fast.devices import device_option
 from pipelines.recipe import RECIPE_NAMES, ViewRecipe, two_view_recipe
 
-OUTPUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+if TYPE_CHECKING:  # torch loads when the benchmark runs, not when its options are read
+    import torch
+
+OUTPUT_DTYPES = ("float32", "bfloat16", "float16")  # torch dtypes by name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,8 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def output_dtype(name: str, device: torch.device) -> torch.dtype:
+    import torch
     if name != "auto":
-        return OUTPUT_DTYPES[name]
+        return getattr(torch, name)
     if device.type != "cuda":
         return torch.float32
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -79,6 +81,8 @@ def probability(view: ViewRecipe, op: str) -> float:
 
 
 def bench_augment(args) -> list[dict]:
+    import torch
+    from msf_fast.devices import device_option
     from pipelines.batched_augment import BatchedViewAugment
 
     if args.threads:

@@ -17,13 +17,10 @@ import statistics
 import subprocess
 import time
 
-import torch
-
 from dataset_prep.argument_parser import positive_int
 from msf_fast.bench.timing import add_device_argument, peak_rss_mb, synchronize
-from msf_fast.devices import device_option
 
-BANK_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+BANK_DTYPES = ("float32", "bfloat16", "float16")  # torch dtypes by name
 SHARED_OPTIONS = ("batch_size", "bank_size", "dim", "topk", "chunk", "repeats", "device", "dtype")
 
 
@@ -42,9 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def measure_variant(args) -> dict:
     """One variant in this process: its median time and its peak extra memory."""
+    import torch
+    from msf_fast.devices import device_option
     from msf_fast.bank import MemoryBank
     device = device_option(args.device)
-    dtype = BANK_DTYPES[args.dtype]
+    dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
     bank = MemoryBank(args.bank_size, args.dim, chunk_size=args.chunk, dtype=dtype).to(device)
     targets = torch.nn.functional.normalize(torch.randn(args.batch_size, args.dim, device=device), dim=1)
@@ -81,6 +80,7 @@ def measure_variant(args) -> dict:
 
 
 def bench_bank(args) -> list[dict]:
+    from msf_fast.devices import device_option
     if args.topk > args.bank_size:  # checked here: a child's traceback would be all the user saw
         raise ValueError(f"--topk {args.topk} exceeds --bank-size {args.bank_size}")
     results = []

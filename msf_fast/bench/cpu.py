@@ -7,8 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
 from dataset_prep.argument_parser import non_negative_int
 from msf_fast.bench.step import add_step_arguments, check_step_shape, our_step, synthetic_batch
 from msf_fast.bench.timing import interleaved_seconds
@@ -22,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=non_negative_int, default=0, help="torch threads (0: torch's default here)")
 
 def bench_cpu(args) -> list[dict]:
+    import torch
     from msf_fast.precision import cpu_bf16_support, resolve_precision
 
     check_step_shape(args)

@@ -7,7 +7,6 @@ import json
 
 from dataset_prep.argument_parser import positive_int
 from msf_fast.bench.timing import add_device_argument, interleaved_seconds
-from msf_fast.devices import device_option
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def bench_ema(args) -> list[dict]:
+    from msf_fast.devices import device_option
     from msf_fast.ema import ForeachEMA, GraphedEMA, reference_ema_update
     from msf_fast.model import MSF
     device = device_option(args.device)

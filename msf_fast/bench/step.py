@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-
-import torch
+from typing import TYPE_CHECKING
 
 from dataset_prep.argument_parser import positive_int
 from msf_fast.bench.timing import add_device_argument, interleaved_seconds, peak_rss_mb
-from msf_fast.devices import device_option
+
+if TYPE_CHECKING:  # torch loads when the benchmark runs, not when its options are read
+    import torch
 
 
 def add_step_arguments(parser: argparse.ArgumentParser, arch: str, batch_size: int, resolution: int,
@@ -47,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def synthetic_batch(args, device: torch.device):
     """Two random views and labels, the same for every variant."""
+    import torch
     generator = torch.Generator().manual_seed(0)
     shape = (args.batch_size, 3, args.resolution, args.resolution)
     views = [torch.randn(shape, generator=generator).to(device) for _ in range(2)]
@@ -55,6 +57,7 @@ def synthetic_batch(args, device: torch.device):
 
 def our_step(args, device: torch.device, amp: str, channels_last, online_view, target_view, labels):
     """A callable running one of our training steps (amp resolved as the trainer resolves it)."""
+    import torch
     from msf_fast.ema import make_ema
     from msf_fast.model import MSF
     from msf_fast.precision import resolve_precision
@@ -75,6 +78,7 @@ def our_step(args, device: torch.device, amp: str, channels_last, online_view, t
 
 def step_runners(args, device: torch.device) -> dict:
     """name -> a callable running one training step of that variant."""
+    import torch
     from msf_fast.reference import OriginalMeanShift
 
     online_view, target_view, labels = synthetic_batch(args, device)
@@ -95,6 +99,8 @@ def step_runners(args, device: torch.device) -> dict:
 
 
 def bench_step(args) -> list[dict]:
+    import torch
+    from msf_fast.devices import device_option
     check_step_shape(args)
     device = device_option(args.device)
     runners = step_runners(args, device)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import resource
 import statistics
 import time
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads when a benchmark runs, not when its options are read
+    import torch
 
 
 def peak_rss_mb() -> float:
@@ -16,6 +18,7 @@ def peak_rss_mb() -> float:
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
+        import torch
         torch.cuda.synchronize(device)
 
 
