@@ -1,0 +1,65 @@
+"""The benchmark photos' command (README "Data loaders"): a folder appears complete or not at all, a folder of
+other settings is replaced whole, and a folder that is not its own is refused untouched."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from dataset_prep import synthetic_photos
+
+
+def listing(root) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(folder, name), root)
+                  for folder, _, names in os.walk(root) for name in names)
+
+
+def test_other_settings_replace_the_folder_whole_and_the_same_reuse_it(tmp_path, capsys):
+    root = tmp_path / "photos"
+    assert synthetic_photos.main([str(root), "--classes", "3", "--per-class", "2", "--no-progress"]) == 0
+    assert synthetic_photos.main([str(root), "--classes", "2", "--per-class", "1", "--no-progress"]) == 0
+    # class_02 of the first run stayed beside the marker saying 2 classes
+    assert listing(root) == ["class_00/00000.jpg", "class_01/00000.jpg", "photos.json"]
+    before = {name: os.stat(root / name).st_mtime_ns for name in listing(root)}
+    assert synthetic_photos.main([str(root), "--classes", "2", "--per-class", "1", "--no-progress"]) == 0
+    assert {name: os.stat(root / name).st_mtime_ns for name in listing(root)} == before
+    assert os.listdir(tmp_path) == ["photos"]
+    assert capsys.readouterr().out.splitlines()[-1] == f"synthetic_photos: 2 photos of 2 classes in {root}"
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda root: (root / "n01440764").mkdir(parents=True),
+     "'{root}' exists and is no folder of synthetic photos (it has no photos.json): give a new folder"),
+    (lambda root: root.write_text("x"),
+     "'{root}' exists and is no folder of synthetic photos (it has no photos.json): give a new folder"),
+    (lambda root: None, None)])
+def test_a_folder_not_its_own_is_refused_untouched(tmp_path, capsys, make, expected):
+    root = tmp_path / "imagenet"
+    make(root)
+    before = listing(tmp_path)
+    code = synthetic_photos.main([str(root), "--classes", "1", "--per-class", "1", "--no-progress"])
+    if expected is None:  # an empty or missing folder is the command's to fill
+        assert code == 0
+        return
+    assert (code, capsys.readouterr().err.splitlines()) == (2, ["synthetic_photos: error: "
+                                                                + expected.format(root=root)])
+    assert listing(tmp_path) == before
+
+
+def test_a_path_under_a_file_and_an_interrupted_run_leave_nothing(tmp_path, monkeypatch, capsys):
+    (tmp_path / "file").write_text("x")
+    assert synthetic_photos.main([str(tmp_path / "file" / "photos"), "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == (f"synthetic_photos: error: cannot write '{tmp_path}/file/photos': "
+                                               f"'{tmp_path}/file' is a file, not a folder")
+    made, photo = [], synthetic_photos.photo
+
+    def interrupted(rng, width, height):  # Ctrl-C at the second photo
+        if made:
+            raise KeyboardInterrupt
+        made.append(1)
+        return photo(rng, width, height)
+
+    monkeypatch.setattr(synthetic_photos, "photo", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        synthetic_photos.main([str(tmp_path / "photos"), "--classes", "1", "--per-class", "3", "--no-progress"])
+    assert os.listdir(tmp_path) == ["file"]  # no photos/, no .photos.partial-PID
