@@ -306,7 +306,7 @@ def test_every_option_has_help_and_a_default(command, capsys):
 @pytest.mark.parametrize("argv, expected", [
     (["train", "--synthetic", "--steps", "0"], "train: error: argument --steps: must be at least 1, got 0"),
     (["loader", "--data", "/nonexistent/photos", "--backend", "torch"],
-     "loader: --data /nonexistent/photos: expected an ImageFolder, a .beton or a TFRecord store; found it does not "
+     "loader: error: --data /nonexistent/photos: expected an ImageFolder, a .beton or a TFRecord store; found it does not "
      "exist"),
     (["plan", "--images-per-s", "4500", "--gpu", "8"], "unknown option --gpu (did you mean --gpus?)"),
     (["cpu", "--batch-size", "0"], "--batch-size: must be at least 1, got 0"),

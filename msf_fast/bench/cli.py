@@ -71,6 +71,7 @@ def build_parser(commands=tuple(COMMANDS)) -> argparse.ArgumentParser:
                                  formatter_class=HelpFormatter)
         if module:
             module.add_arguments(command)
+    parser.commands = sub.choices  # each command's parser: its errors name it
     return parser
 
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench {args.command}: error: {error}", file=sys.stderr)
         return 2
     except ValueError as error:
-        parser.error(f"{args.command}: {error}")
+        parser.commands[args.command].error(str(error))
     except KeyboardInterrupt:
         print(f"bench {args.command}: interrupted", file=sys.stderr)
         return 130
