@@ -14,14 +14,15 @@ if __name__ == "__main__":  # before the imports below, which take seconds: Ctrl
     from dataset_prep.argument_parser import one_line_on_ctrl_c
     one_line_on_ctrl_c("dataset_prep.bench")
 
-import argparse
 import json
 import os
 import statistics
 import subprocess
 import tempfile
 
+from dataset_prep.argument_parser import OneLineParser, positive_int
 from dataset_prep.demo_data import generate_demo_dataset
+from dataset_prep.staging import OutputError, nearest_existing
 from dataset_prep.stores import read_manifest
 from dataset_prep.synthetic_photos import generate_photo_folder
 
@@ -42,19 +43,29 @@ def convert_seconds(writer: str, source: str, workers: int, scratch: str) -> tup
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dataset_prep.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", default="data/bench", help="where the benchmark images are generated")
-    parser.add_argument("--photos", type=int, default=600, help="number of 500x375 synthetic photos")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = OneLineParser(prog="python -m dataset_prep.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", default="data/bench",
+                        help="where the benchmark images are generated (default data/bench)")
+    parser.add_argument("--photos", type=positive_int, default=600,
+                        help="500x375 synthetic photos, in 10 classes (default 600)")
+    parser.add_argument("--workers", type=positive_int, nargs="+", default=[1, 2],
+                        help="writer workers compared (default 1 2)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="runs per setting, median kept (default 3)")
     parser.add_argument("--writers", nargs="+", default=list(WRITERS), choices=list(WRITERS))
     args = parser.parse_args(argv)
 
     demo = os.path.join(args.data_root, "demo")
-    generate_demo_dataset(demo, train_per_class=100, val_per_class=1, seed=0)
-    sources = {"demo": os.path.join(demo, "train"),
-               "photos-500x375": generate_photo_folder(os.path.join(args.data_root, "photos"),
-                                                       classes=10, per_class=max(1, args.photos // 10))}
+    try:
+        if not os.path.isdir(nearest_existing(args.data_root)):
+            raise OutputError(f"{nearest_existing(args.data_root)} is a file, not a folder")
+        os.makedirs(args.data_root, exist_ok=True)
+        generate_demo_dataset(demo, train_per_class=100, val_per_class=1, seed=0)
+        sources = {"demo": os.path.join(demo, "train"),
+                   "photos-500x375": generate_photo_folder(os.path.join(args.data_root, "photos"),
+                                                           classes=10, per_class=max(1, args.photos // 10))}
+    except OSError as error:  # the data root: a file, not writable, or a photos folder that is not ours
+        print(f"dataset_prep.bench: error: --data-root {args.data_root}: {error.strerror or error}", file=sys.stderr)
+        return 2
     seconds: dict = {}
     with tempfile.TemporaryDirectory(dir=args.data_root) as scratch:
         for _ in range(args.repeats):

@@ -1,5 +1,6 @@
 """The benchmark photos' command (README "Data loaders"): a folder appears complete or not at all, a folder of
-other settings is replaced whole, and a folder that is not its own is refused untouched."""
+other settings is replaced whole, and a folder that is not its own is refused untouched; the writers' benchmark,
+which generates such photos, tells its mistakes in one line."""
 from __future__ import annotations
 
 import os
@@ -63,3 +64,23 @@ def test_a_path_under_a_file_and_an_interrupted_run_leave_nothing(tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         synthetic_photos.main([str(tmp_path / "photos"), "--classes", "1", "--per-class", "3", "--no-progress"])
     assert os.listdir(tmp_path) == ["file"]  # no photos/, no .photos.partial-PID
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--repeats", "0"], "python -m dataset_prep.bench: error: argument --repeats: must be at least 1, got 0 (see "
+                         "--help)"),
+    (["--workers", "0", "2"], "python -m dataset_prep.bench: error: argument --workers: must be at least 1, got 0 "
+                              "(see --help)"),
+    (["--data-root", "{file}/bench"], "dataset_prep.bench: error: --data-root {file}/bench: {file} is a file, not a "
+                                      "folder")])
+def test_the_writers_benchmark_tells_a_mistake_in_one_line(tmp_path, capsys, argv, expected):
+    """Its counts were bare ints (--repeats 0 ended in a traceback of statistics.median) and a data root under a
+    file was a traceback."""
+    from dataset_prep import bench
+    (tmp_path / "file").write_text("x")
+    argv = [part.replace("{file}", str(tmp_path / "file")) for part in argv]
+    try:
+        code = bench.main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    assert (code, capsys.readouterr().err.strip()) == (2, expected.replace("{file}", str(tmp_path / "file")))
