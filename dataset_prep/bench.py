@@ -19,12 +19,13 @@ import os
 import statistics
 import subprocess
 import tempfile
+from pathlib import Path
 
 from dataset_prep.argument_parser import OneLineParser, positive_int
-from dataset_prep.demo_data import generate_demo_dataset
+from dataset_prep.demo_data import check_replaceable, generate_demo_dataset
 from dataset_prep.staging import OutputError, nearest_existing
 from dataset_prep.stores import read_manifest
-from dataset_prep.synthetic_photos import generate_photo_folder
+from dataset_prep.synthetic_photos import generate_photo_folder, written_settings
 
 WRITERS = {
     "beton": ("write_beton", "store.beton", ["--max-resolution", "256"]),  # default: proportion, JPEG q90
@@ -58,6 +59,8 @@ def main(argv=None) -> int:
     try:
         if not os.path.isdir(nearest_existing(args.data_root)):
             raise OutputError(f"{nearest_existing(args.data_root)} is a file, not a folder")
+        check_replaceable(Path(demo))  # both folders checked before either is written
+        written_settings(os.path.join(args.data_root, "photos"))
         os.makedirs(args.data_root, exist_ok=True)
         generate_demo_dataset(demo, train_per_class=100, val_per_class=1, seed=0)
         sources = {"demo": os.path.join(demo, "train"),

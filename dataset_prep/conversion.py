@@ -11,7 +11,6 @@ import argparse
 import datetime
 import json
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from typing import Callable
 from dataset_prep.argument_parser import OneLineParser
 from dataset_prep.image_folder import ImageFolderListing, SourceError, list_image_folder, random_subset
 from dataset_prep.progress import available_cores
-from dataset_prep.staging import OutputError, check_destination, only_writer
+from dataset_prep.staging import OutputError, Terminated, check_destination, only_writer, sigterm_as_ctrl_c
 from dataset_prep.stores import within
 
 SHOWN_SKIPS = 20
@@ -176,26 +175,12 @@ def stored_bytes(path: str) -> int:
     return os.path.getsize(path)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (kill, a job scheduler, docker stop): cleaned up like Ctrl-C."""
-
-
-def _terminate_like_ctrl_c(main_pid: int):
-    def handler(signum, frame):
-        if os.getpid() != main_pid:  # a forked worker: die as usual, the main process cleans up
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-        raise Terminated()
-    return handler
-
-
 def run_cli(prog: str, parser: argparse.ArgumentParser, convert, argv=None,
             check_output_name: Callable[[str], None] | None = None) -> int:
     """Parse, check the options, the output's name (`check_output_name`: an OutputError when it contradicts the
     format), the destination and the source, convert; map failures to one line and an exit code.
     Ctrl-C and SIGTERM remove the partial output and exit 130 / 143."""
     args = parser.parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _terminate_like_ctrl_c(os.getpid()))
     try:
         check_common_arguments(args)
         if within(args.out, args.src):  # a later listing of the source (a run, a conversion) would read it as data
@@ -204,7 +189,7 @@ def run_cli(prog: str, parser: argparse.ArgumentParser, convert, argv=None,
         if check_output_name is not None:
             check_output_name(args.out)
         check_destination(args.out, args.overwrite)
-        with only_writer(args.out, args.overwrite):
+        with sigterm_as_ctrl_c(), only_writer(args.out, args.overwrite):
             convert(args)
     except (SourceError, OutputError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
@@ -219,6 +204,4 @@ def run_cli(prog: str, parser: argparse.ArgumentParser, convert, argv=None,
     except KeyboardInterrupt as interruption:
         print(f"{prog}: interrupted; nothing written", file=sys.stderr)
         return 143 if isinstance(interruption, Terminated) else 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     return 0

@@ -36,11 +36,14 @@ both runs contain.
 """
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from dataset_prep.staging import OutputError
 
 # --------------------------------------------------------------------------
 # Glyphs: signed-distance functions on tile coordinates (u, v) in [-1, 1]^2,
@@ -134,6 +137,36 @@ def render_image(rng, cls, *, size_range=(40, 96), grid=(2, 4), saturation=1.0,
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
 
 
+MARKER = "summary.json"  # written by msf_fast.demo when the images are complete
+DEMO_IMAGE = re.compile(r"\d{5}\.jpg")
+
+
+class NotDemoData(OutputError):
+    """A folder the demo data would replace holds something else (a user's dataset given as the demo's folder)."""
+
+
+def not_demo_images(split: Path) -> str | None:
+    """What in `split` the demo did not write (None when it holds only class folders of demo images)."""
+    if not split.is_dir():
+        return "a file"
+    for folder in split.iterdir():
+        if not folder.is_dir() or folder.name not in CLASS_NAMES:
+            return repr(folder.name)
+        for image in folder.iterdir():
+            if not DEMO_IMAGE.fullmatch(image.name):
+                return repr(f"{folder.name}/{image.name}")
+    return None
+
+
+def check_replaceable(root: Path) -> None:
+    """NotDemoData when `root`'s train/ or val/ hold anything the demo did not write."""
+    for split in ("train", "val"):
+        foreign = not_demo_images(root / split) if (root / split).exists() else None
+        if foreign:
+            raise NotDemoData(f"{root / split} holds {foreign}, not the demo's images: the demo data would replace "
+                              "it; give another folder")
+
+
 def generate_demo_dataset(root, train_per_class, val_per_class, seed=0, *,
                           n_classes=10, jpeg_quality=90, overwrite=True, **render_kw):
     """Write the demo dataset under ``root`` (ImageFolder layout) and return a summary.
@@ -148,9 +181,12 @@ def generate_demo_dataset(root, train_per_class, val_per_class, seed=0, *,
     names = CLASS_NAMES[:n_classes]
     splits = (("train", train_per_class), ("val", val_per_class))
     for split, _ in splits:
+        if (root / split).exists() and not overwrite:
+            raise FileExistsError(root / split)
+    check_replaceable(root)  # before anything is deleted
+    (root / MARKER).unlink(missing_ok=True)  # it describes the images about to be replaced
+    for split, _ in splits:
         if (root / split).exists():
-            if not overwrite:
-                raise FileExistsError(root / split)
             shutil.rmtree(root / split)
 
     for split_id, (split, n) in enumerate(splits):

@@ -10,12 +10,36 @@ import fcntl
 import os
 import re
 import shutil
+import signal
 import sys
 import time
 from contextlib import contextmanager
 from typing import IO, Callable
 
 STALE_AFTER_S = 60  # a leftover untouched this long whose PID is gone here (not a writer on another host sharing it)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, a job scheduler, docker stop): cleaned up like Ctrl-C."""
+
+
+@contextmanager
+def sigterm_as_ctrl_c():
+    """Within the block, SIGTERM raises Terminated in the main process, so that staged outputs are discarded as on
+    Ctrl-C; a forked worker dies of it as usual (its main process cleans up)."""
+    main_pid = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != main_pid:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class OutputError(OSError):
@@ -116,10 +140,14 @@ class StagedPath:
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
+        if exc_type is not None:
             self.discard()
+            return
+        try:
+            self.commit()
+        except BaseException:  # a rename refused: the staged output must not stay behind
+            self.discard()
+            raise
 
 
 class LockHeld(Exception):

@@ -19,7 +19,7 @@ from PIL import Image
 
 from dataset_prep.argument_parser import OneLineParser, non_negative_int, positive_int
 from dataset_prep.progress import progress_bar
-from dataset_prep.staging import OutputError, StagedPath, nearest_existing
+from dataset_prep.staging import OutputError, StagedPath, Terminated, nearest_existing, sigterm_as_ctrl_c
 
 MARKER = "photos.json"
 
@@ -39,24 +39,36 @@ def photo(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     return np.clip(128 + 45 * mixed, 0, 255).astype(np.uint8)
 
 
+def written_settings(root: str) -> dict | None:
+    """The settings of the photos in `root` (None for a new or empty folder). OutputError for a folder that is not
+    one of ours, or a path that cannot be one: checked before any work."""
+    if not root:
+        raise OutputError("the folder is empty: give a folder for the photos")
+    marker = os.path.join(root, MARKER)
+    if os.path.isfile(marker):
+        try:
+            with open(marker) as file:
+                return json.load(file)
+        except ValueError:  # cut short by a full disk: the photos beside it are ours, to be written again
+            return {}
+    if os.path.isdir(root) and os.listdir(root) or os.path.lexists(root) and not os.path.isdir(root):
+        raise OutputError(f"{root!r} exists and is no folder of synthetic photos (it has no {MARKER}): give a new "
+                          "folder")
+    existing = nearest_existing(os.path.dirname(os.path.abspath(root)))
+    if not os.path.isdir(existing):
+        raise OutputError(f"cannot write {root!r}: {existing!r} is a file, not a folder")
+    return None
+
+
 def generate_photo_folder(root: str, classes: int = 10, per_class: int = 50, seed: int = 0,
                           progress: bool = True) -> str:
     """`root/class_XX/NNNNN.jpg`, deterministic; reuses a complete earlier folder with the same settings. Written
     beside `root` and renamed when complete: an interrupted run leaves no partial folder, and a folder of other
     settings is replaced whole (another run's extra classes stayed in it). A folder that is not ours is refused."""
     settings = {"classes": classes, "per_class": per_class, "seed": seed}
-    marker = os.path.join(root, MARKER)
-    if os.path.exists(marker):
-        with open(marker) as file:
-            if json.load(file) == settings:
-                return root
-    elif os.path.isdir(root) and os.listdir(root) or os.path.lexists(root) and not os.path.isdir(root):
-        raise OutputError(f"{root!r} exists and is no folder of synthetic photos (it has no {MARKER}): give a new "
-                          "folder")
-    parent = os.path.dirname(os.path.abspath(root))
-    if not os.path.isdir(nearest_existing(parent)):
-        raise OutputError(f"cannot write {root!r}: {nearest_existing(parent)!r} is a file, not a folder")
-    os.makedirs(parent, exist_ok=True)
+    if written_settings(root) == settings:
+        return root
+    os.makedirs(os.path.dirname(os.path.abspath(root)), exist_ok=True)
     rng = np.random.default_rng(seed)
     with StagedPath(root, is_dir=True) as staged, progress_bar(classes * per_class, "synthetic photos",
                                                                progress) as bar:
@@ -81,13 +93,22 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=non_negative_int, default=0, help="the photos' seed (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    settings = {"classes": args.classes, "per_class": args.per_class, "seed": args.seed}
     try:
-        generate_photo_folder(args.root, args.classes, args.per_class, args.seed, progress=not args.no_progress)
+        reused = written_settings(args.root) == settings
+        with sigterm_as_ctrl_c():
+            generate_photo_folder(args.root, args.classes, args.per_class, args.seed, progress=not args.no_progress)
     except OSError as error:  # OutputError included; a full disk keeps the folder that was there
         message = str(error) if isinstance(error, OutputError) else f"cannot write {args.root!r}: {error.strerror}"
         print(f"synthetic_photos: error: {message}", file=sys.stderr)
         return 2
-    print(f"synthetic_photos: {args.classes * args.per_class:,} photos of {args.classes} classes in {args.root}")
+    except KeyboardInterrupt as interruption:  # Ctrl-C or SIGTERM: the staged folder is gone
+        print(f"synthetic_photos: interrupted; {args.root} is as it was", file=sys.stderr)
+        return 143 if isinstance(interruption, Terminated) else 130
+    photos = f"{args.classes * args.per_class:,} photo{'s' * (args.classes * args.per_class != 1)} of " \
+             f"{args.classes} class{'es' * (args.classes != 1)}"
+    print(f"synthetic_photos: {args.root} already holds {photos} (seed {args.seed})" if reused
+          else f"synthetic_photos: {photos} in {args.root}")
     return 0
 
 

@@ -35,17 +35,20 @@ DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
 
 
 def ensure_demo_data(root: Path, train_per_class: int, val_per_class: int, seed: int) -> dict:
-    from dataset_prep.demo_data import generate_demo_dataset
-    summary_path = root / "summary.json"
+    from dataset_prep.demo_data import MARKER, check_replaceable, generate_demo_dataset
+    summary_path = root / MARKER
     wanted = {"train_per_class": train_per_class, "val_per_class": val_per_class, "seed": seed}
-    if summary_path.exists():
+    ours = summary_path.exists()
+    if ours:
         summary = json.loads(summary_path.read_text())
         if all(summary.get(k) == v for k, v in wanted.items()):
             return summary
+    check_replaceable(root)  # a user's dataset given as --data is refused before anything is deleted
     print(f"generating the demo dataset in {root} ...", flush=True)
-    summary_path.unlink(missing_ok=True)
-    for stale in root.glob("*.beton*"):
-        stale.unlink()
+    if ours:  # the stores of the images replaced (another folder's .beton files are not the demo's to delete)
+        summary_path.unlink()
+        for stale in root.glob("*.beton*"):
+            stale.unlink()
     summary = generate_demo_dataset(root, train_per_class=train_per_class, val_per_class=val_per_class, seed=seed)
     summary.update(wanted)
     summary_path.write_text(json.dumps(summary, indent=2))  # written last: marks the dataset complete
@@ -110,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
-    dataset = ensure_demo_data(data, args.train_per_class, args.val_per_class, args.data_seed)
+    from dataset_prep.demo_data import NotDemoData
+    try:
+        dataset = ensure_demo_data(data, args.train_per_class, args.val_per_class, args.data_seed)
+    except NotDemoData as error:  # a user's dataset given as --data: it would be deleted
+        parser.error(f"--data {args.data}: {error}")
     fewer_steps = fewer_steps_note(chosen, dataset["train_images"])
     if fewer_steps:
         print(f"note: {fewer_steps}", flush=True)

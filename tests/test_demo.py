@@ -122,3 +122,18 @@ def test_a_larger_batch_says_it_halves_the_steps(options, note):
     from msf_fast.config import load_config
     cfg = load_config(["--config-file", str(demo.DEMO_CONFIG), "--logging.folder=run", *options], check_data=False)
     assert demo.fewer_steps_note(cfg, 2000) == note
+
+
+def test_a_users_dataset_given_as_the_demos_folder_is_refused_untouched(tmp_path, capsys):
+    """`--data ~/imagenet` deleted its train/ and val/ to write the demo's images there (and any .beton beside)."""
+    (tmp_path / "train" / "n01440764").mkdir(parents=True)
+    (tmp_path / "train" / "n01440764" / "a.JPEG").write_bytes(b"\xff\xd8")
+    (tmp_path / "imagenet.beton").write_bytes(b"x")
+    before = sorted(str(path) for path in tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as stopped:
+        demo.main(["--data", str(tmp_path)])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"python -m msf_fast.demo: error: --data {tmp_path}: {tmp_path}/train holds 'n01440764', not the demo's "
+        "images: the demo data would replace it; give another folder (see --help)")
+    assert sorted(str(path) for path in tmp_path.rglob("*")) == before

@@ -4,6 +4,7 @@ which generates such photos, tells its mistakes in one line."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -25,7 +26,10 @@ def test_other_settings_replace_the_folder_whole_and_the_same_reuse_it(tmp_path,
     assert synthetic_photos.main([str(root), "--classes", "2", "--per-class", "1", "--no-progress"]) == 0
     assert {name: os.stat(root / name).st_mtime_ns for name in listing(root)} == before
     assert os.listdir(tmp_path) == ["photos"]
-    assert capsys.readouterr().out.splitlines()[-1] == f"synthetic_photos: 2 photos of 2 classes in {root}"
+    assert capsys.readouterr().out.splitlines() == [f"synthetic_photos: 6 photos of 3 classes in {root}",
+                                                    f"synthetic_photos: 2 photos of 2 classes in {root}",
+                                                    f"synthetic_photos: {root} already holds 2 photos of 2 classes "
+                                                    "(seed 0)"]
 
 
 @pytest.mark.parametrize("make, expected", [
@@ -61,9 +65,34 @@ def test_a_path_under_a_file_and_an_interrupted_run_leave_nothing(tmp_path, monk
         return photo(rng, width, height)
 
     monkeypatch.setattr(synthetic_photos, "photo", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        synthetic_photos.main([str(tmp_path / "photos"), "--classes", "1", "--per-class", "3", "--no-progress"])
+    assert synthetic_photos.main([str(tmp_path / "photos"), "--classes", "1", "--per-class", "3",
+                                  "--no-progress"]) == 130
+    assert capsys.readouterr().err.strip() == f"synthetic_photos: interrupted; {tmp_path / 'photos'} is as it was"
     assert os.listdir(tmp_path) == ["file"]  # no photos/, no .photos.partial-PID
+    assert synthetic_photos.main(["", "--no-progress"]) == 2  # an unset $ROOT wrote 500 photos beside the cwd
+    assert capsys.readouterr().err.strip() == ("synthetic_photos: error: the folder is empty: give a folder for the "
+                                               "photos")
+
+
+def test_sigterm_leaves_the_folder_as_it_was(tmp_path):
+    """A job scheduler's SIGTERM left the staged .photos.partial-PID behind (a rerun with the same settings never
+    removed it)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    root = tmp_path / "photos"
+    process = subprocess.Popen([sys.executable, "-m", "dataset_prep.synthetic_photos", str(root), "--per-class",
+                                "1000", "--no-progress"], cwd=Path(__file__).resolve().parents[1],
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".photos.partial-*/class_00/00001.jpg")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert (process.returncode, stderr.strip().splitlines()[-1]) == (143, f"synthetic_photos: interrupted; {root} is "
+                                                                           "as it was")
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -84,3 +113,17 @@ def test_the_writers_benchmark_tells_a_mistake_in_one_line(tmp_path, capsys, arg
     except SystemExit as exit_:
         code = exit_.code
     assert (code, capsys.readouterr().err.strip()) == (2, expected.replace("{file}", str(tmp_path / "file")))
+
+
+def test_the_writers_benchmark_refuses_a_data_root_holding_a_users_images_before_writing(tmp_path, capsys):
+    """--data-root DIR deleted DIR/demo/train (a user's images) and then refused DIR/photos: now both are checked
+    first, and nothing is written or deleted."""
+    from dataset_prep import bench
+    (tmp_path / "demo" / "train" / "cats").mkdir(parents=True)
+    (tmp_path / "demo" / "train" / "cats" / "precious.jpg").write_bytes(b"\xff\xd8")
+    before = listing(tmp_path)
+    assert bench.main(["--data-root", str(tmp_path), "--repeats", "1"]) == 2
+    assert capsys.readouterr().err.strip() == (f"dataset_prep.bench: error: --data-root {tmp_path}: {tmp_path}/demo/"
+                                               "train holds 'cats', not the demo's images: the demo data would "
+                                               "replace it; give another folder")
+    assert listing(tmp_path) == before
