@@ -185,11 +185,17 @@ def test_bench_order_counts_page_loads_of_a_bounded_reader():
     assert lru_page_loads(np.array([0, 0, 1, 0, 2, 1, 0]), capacity=3) == 3
 
 
-def test_bench_order_refuses_a_missing_store_in_one_line(capsys):
+@pytest.mark.parametrize("name, expected", [
+    ("/nonexistent/store.beton", "no such file"),
+    ("notes.txt", "not an FFCV .beton (no version-2 FFCV header); write it again with python -m "
+                  "dataset_prep.write_beton SRC_DIR OUT.beton")])  # was FFCV's IndexError traceback
+def test_bench_order_refuses_a_missing_or_foreign_store_in_one_line(name, expected, tmp_path, capsys):
     from msf_fast.bench.cli import main
 
+    (tmp_path / "notes.txt").write_text("hello\n")
+    path = name if name.startswith("/") else str(tmp_path / name)
     with pytest.raises(SystemExit) as stopped:
-        main(["order", "--beton", "/nonexistent/store.beton"])
+        main(["order", "--beton", path])
     assert stopped.value.code == 2
-    [line] = capsys.readouterr().err.strip().splitlines()
-    assert "--beton /nonexistent/store.beton: no such file" in line
+    assert capsys.readouterr().err.strip() == (f"python -m msf_fast.bench order: error: --beton {path}: {expected} "
+                                               "(see --help)")

@@ -54,8 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def bench_order(args) -> None:
     from dataset_prep.ffcv_import import import_ffcv
+    from dataset_prep.stores import beton_problem
     if args.beton and not os.path.isfile(args.beton):
         raise ValueError(f"--beton {args.beton}: no such file")
+    problem = beton_problem(args.beton) if args.beton else None
+    if problem:  # a foreign file was an FFCV IndexError traceback
+        raise ValueError(f"--beton {args.beton}: {problem}")
     import_ffcv()
     store = args.beton or synthetic_store(args.classes, args.per_class)
     width = args.pages_at_a_time or 2 * args.batch_size
