@@ -50,6 +50,17 @@ class OneLineParser(argparse.ArgumentParser):
         return f"unknown option {name}" + (f" (did you mean {closest[0]}?)" if closest else "")
 
 
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's help ends with its default, unless the help already states one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or action.required or action.default in (None, argparse.SUPPRESS)
+                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
 def int_at_least(low: int):
     """An argparse type: an integer >= `low`."""
     def parse(text: str) -> int:

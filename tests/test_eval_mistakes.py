@@ -444,3 +444,19 @@ def test_a_full_disk_is_one_line_exit_1_for_eval_and_export(backbone, sets, tmp_
     assert code == 1 and lines == [f"export: error: cannot write {tmp_path / 'b.pth'}: No space left on device; "
                                    "nothing written"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("command", ["knn", "linear", "semi", "tsne", "neighbours", "clusters"])
+def test_every_option_with_a_default_shows_it_in_help(command, capsys):
+    """eval's --help named no default (--epochs, --lr, --batch-size ...), where bench's name every one."""
+    with pytest.raises(SystemExit):
+        evaluation.main([command, "--help"])
+    text = capsys.readouterr().out
+    from msf_fast.eval.cli import build_parser
+    _, commands = build_parser()
+    for action in commands[command]._actions:
+        if action.default not in (None, False, "") and action.option_strings != ["-h", "--help"]:
+            assert action.help, f"{command} {action.option_strings[0]}: no help"
+    if command in ("linear", "semi"):
+        assert "probe training epochs (default: 40)" in text
+    assert "(default: 256)" in text and "(default: auto)" in text  # --batch-size, --device

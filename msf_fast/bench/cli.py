@@ -22,6 +22,7 @@ import argparse
 import importlib
 import sys
 
+from dataset_prep.argument_parser import DefaultsHelpFormatter as HelpFormatter
 from dataset_prep.argument_parser import OneLineParser
 from msf_fast.errors import UserError
 
@@ -48,17 +49,6 @@ COMMANDS = {
 
 def command_module(name: str):
     return importlib.import_module(f"msf_fast.bench.{name}")
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Each option's help ends with its default, unless the help already states one."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if ("default" in text or action.required or action.default in (None, argparse.SUPPRESS)
-                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))):
-            return text
-        return f"{text} (default: %(default)s)".lstrip()
 
 
 def build_parser(commands=tuple(COMMANDS)) -> argparse.ArgumentParser:

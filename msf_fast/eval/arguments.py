@@ -15,6 +15,7 @@ SEARCHES = ("auto", "torch", "faiss")
 DEFAULT_FRACTIONS = (0.01, 0.1)
 DEFAULT_CLUSTERS, DEFAULT_ROWS, DEFAULT_CLASSES, DEFAULT_QUERIES, DEFAULT_NEIGHBOURS = 100, 8, 10, 6, 8
 ALL = "all"
+CHECKPOINT_HELP = "a training checkpoint, a backbone written by msf_fast.export, or the original MSF code's checkpoint"
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def class_count(text: str) -> int | str:
 def add_data_options(parser: argparse.ArgumentParser, resolution: int = 224) -> None:
     parser.add_argument("--resolution", type=positive_int, default=resolution,
                         help="centre-crop size; the shorter side is first resized to resolution x 256/224")
-    parser.add_argument("--batch-size", type=positive_int, default=256)
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="images per feature-extraction batch")
     parser.add_argument("--workers", type=non_negative_int, default=None,
                         help=f"loader workers (default: one per core available, here {default_workers('ffcv')}, at "
                              f"most {MAX_DATALOADER_WORKERS} DataLoader processes for an ImageFolder)")
@@ -73,7 +74,7 @@ def runs(parser: argparse.ArgumentParser, function: str, result_name: str) -> No
 
 def add_knn_command(sub) -> None:
     knn = sub.add_parser("knn", help="k-NN top-1 of frozen backbone features")
-    knn.add_argument("--ckpt", required=True)
+    knn.add_argument("--ckpt", required=True, help=CHECKPOINT_HELP)
     knn.add_argument("--train", required=True, help="labelled images searched (folder, .beton or TFRecord store)")
     knn.add_argument("--val", required=True, help="held-out images classified")
     knn.add_argument("--k", type=positive_int, nargs="+", default=None,
@@ -89,7 +90,7 @@ def add_probe_commands(sub) -> None:
     linear = sub.add_parser("linear", help="linear probe on frozen features (the paper's protocol)")
     semi = sub.add_parser("semi", help="the linear probe trained on 1%% / 10%% label subsets")
     for parser in (linear, semi):
-        parser.add_argument("--ckpt", required=True)
+        parser.add_argument("--ckpt", required=True, help=CHECKPOINT_HELP)
         parser.add_argument("--train", required=True, help="labelled training images (folder, .beton or TFRecord)")
         parser.add_argument("--val", required=True, help="held-out images scored (the same classes as --train)")
         parser.add_argument("--mode", choices=["cached", "augmented"], default="cached",
@@ -109,11 +110,13 @@ def add_probe_commands(sub) -> None:
 
 def add_probe_options(parser: argparse.ArgumentParser) -> None:
     defaults = ProbeSettings()
-    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs)
-    parser.add_argument("--lr", type=non_negative_float, default=defaults.lr)
-    parser.add_argument("--momentum", type=non_negative_float, default=defaults.momentum)
-    parser.add_argument("--weight-decay", type=non_negative_float, default=defaults.weight_decay)
-    parser.add_argument("--probe-batch-size", type=positive_int, default=defaults.batch_size)
+    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs, help="probe training epochs")
+    parser.add_argument("--lr", type=non_negative_float, default=defaults.lr, help="probe SGD learning rate")
+    parser.add_argument("--momentum", type=non_negative_float, default=defaults.momentum, help="probe SGD momentum")
+    parser.add_argument("--weight-decay", type=non_negative_float, default=defaults.weight_decay,
+                        help="probe SGD weight decay")
+    parser.add_argument("--probe-batch-size", type=positive_int, default=defaults.batch_size,
+                        help="probe training batch")
     parser.add_argument("--milestones", type=non_negative_int, nargs="*", default=list(defaults.milestones),
                         help="epochs after which the lr drops x0.1")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="probe initialisation, order and subsets")

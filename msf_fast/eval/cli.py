@@ -22,7 +22,7 @@ import importlib
 import json
 import sys
 
-from dataset_prep.argument_parser import OneLineParser
+from dataset_prep.argument_parser import DefaultsHelpFormatter, OneLineParser
 from msf_fast.errors import UserError, disk_full
 from msf_fast.eval.arguments import add_figure_commands, add_knn_command, add_probe_commands
 
@@ -35,6 +35,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     add_knn_command(sub)
     add_probe_commands(sub)
     add_figure_commands(sub)
+    for command in sub.choices.values():
+        command.formatter_class = DefaultsHelpFormatter  # each option's help shows its default, as bench's do
     return parser, sub.choices
 
 
