@@ -124,6 +124,7 @@ class Trainer:
         self.checkpoints = RunCheckpoints(self.folder, cfg.logging.checkpoint_every, cfg.logging.snapshot_every,
                                           cfg.logging.checkpoint_minutes, writer=self.is_main)
         self.epoch, self.step = 0, 0
+        self.epoch_progress: dict | None = None  # loss and purity sums of the steps done in an unfinished epoch
         self.lock = None  # held by rank 0 while the run can write into its folder
         self.log = None
         try:
@@ -259,6 +260,8 @@ class Trainer:
         ckpt.set_rng_state(state["rng"])
         self.step = state["step"]
         self.epoch = self.step // self.steps_per_epoch
+        if self.step % self.steps_per_epoch:  # resumed mid-epoch: the epoch's mean covers the steps before too
+            self.epoch_progress = state.get("epoch_progress")
         if path == self.checkpoints.latest:
             self.checkpoints.saved_step = self.step
         stretched = schedule_note(state.get("config"), identity.config, self.step, self.steps_per_epoch,
@@ -288,7 +291,8 @@ class Trainer:
     def training_state(self) -> dict:
         return {**ckpt.training_state(self.model, self.optimizer, self.scaler, self.epoch, self.step,
                                       self.steps_per_epoch, to_dict(self.cfg), self.data_identity()),
-                "world_size": self.world_size, "precision": self.precision.name}
+                "world_size": self.world_size, "precision": self.precision.name,
+                "epoch_progress": self.epoch_progress if self.step % self.steps_per_epoch else None}
 
     def save_point(self, snapshot_epoch: int | None = None) -> None:
         """A checkpoint, reached by every rank at the same step: weights that are not finite are never saved (the
@@ -429,9 +433,13 @@ class Trainer:
         self._set_epoch_resolution()
         started = time.perf_counter()
         epoch = self.epoch + 1
-        loss_sum = torch.zeros((), device=self.device)
-        purity_sum = torch.zeros((), device=self.device)
-        steps = 0
+        carried = self.epoch_progress or {"loss_sum": 0.0, "purity_sum": 0.0, "steps": 0}
+        loss_sum = torch.tensor(carried["loss_sum"], device=self.device)
+        purity_sum = torch.tensor(carried["purity_sum"], device=self.device)
+        steps = 0  # this session's
+
+        def progress() -> dict:
+            return {"loss_sum": loss_sum.item(), "purity_sum": purity_sum.item(), "steps": carried["steps"] + steps}
         clock, split = StepClock(self.device, self.cfg.train.batch_size * self.world_size), TimeSplit()
         skip = self.step - self.epoch * self.steps_per_epoch
         for online, target, labels in clock.batches(self.loader.iterate(self.epoch, skip_batches=skip)):
@@ -455,6 +463,7 @@ class Trainer:
             if stop:
                 break
             if save:
+                self.epoch_progress = progress()
                 self.save_point()
         if steps == 0:
             raise RuntimeError(f"the {self.loader.backend} loader yielded no batch for epoch {epoch}")
@@ -462,7 +471,9 @@ class Trainer:
         complete = self.step % self.steps_per_epoch == 0
         if complete:
             self.epoch += 1
-        return EpochStats(epoch, steps, (loss_sum / steps).item(), (purity_sum / steps).item(),
+        self.epoch_progress = None if complete else progress()
+        counted = carried["steps"] + steps
+        return EpochStats(epoch, steps, (loss_sum / counted).item(), (purity_sum / counted).item(),
                           time.perf_counter() - started, complete, split)
 
     def _train_step(self, online, target, labels):

@@ -56,9 +56,13 @@ def train(data, folder, *extra, signal_at: int | None = None, signal_number=sign
 
 
 def state_of(run: Trainer) -> dict:
+    """Weights, momenta, and each completed epoch's logged loss and purity: a run resumed mid-epoch logged the mean
+    of the steps after the resume only."""
     state = {f"model.{k}": v.clone() for k, v in run.model.state_dict().items()}
     for index, buffers in run.optimizer.state_dict()["state"].items():
         state[f"momentum.{index}"] = buffers["momentum_buffer"].clone()
+    epochs = [r for r in records(run.folder) if r["event"] == "epoch" and r.get("complete")]
+    state["epoch_means"] = torch.tensor([[r["epoch"], r["loss"], r["purity"]] for r in epochs], dtype=torch.float64)
     return state
 
 
