@@ -118,9 +118,14 @@ class Checkpoint:
 
     @property
     def label(self) -> str:
-        """"epoch 12" for ours and the original's (they record the epoch), else the file name."""
+        """"epoch 12" for ours and the original's (they record the epoch), "epoch 12, step 7,431" for ours saved
+        mid-epoch (two such panels both read "epoch 12"), else the file name."""
         epoch = self.content.get("epoch")
-        return f"epoch {epoch}" if self.kind != BACKBONE and isinstance(epoch, int) else self.path.stem
+        if self.kind == BACKBONE or not isinstance(epoch, int):
+            return self.path.stem
+        step, per_epoch = self.content.get("step"), self.content.get("steps_per_epoch")
+        mid_epoch = isinstance(step, int) and isinstance(per_epoch, int) and per_epoch > 0 and step % per_epoch
+        return f"epoch {epoch}, step {step:,}" if mid_epoch else f"epoch {epoch}"
 
     def _original_model(self, topk: int | None, momentum: float | None) -> MSF:
         state = strip_data_parallel(self.content["state_dict"])

@@ -143,10 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: {stop}", file=sys.stderr)
         return stop.exit_code
     written = trainer.folder / "summary.json"
-    if already_finished and written.exists():  # a finished demo resumed: its summary stands, time and report included
-        summary = json.loads(written.read_text())
-        if args.no_report or "linear_probe" in summary:
-            print_summary(summary, cfg.eval.knn_k)
+    finished_summary = json.loads(written.read_text()) if already_finished and written.exists() else None
+    if finished_summary is not None:  # a finished demo resumed: its summary stands, time and report included
+        if args.no_report or "linear_probe" in finished_summary:
+            print_summary(finished_summary, cfg.eval.knn_k)
             return 0
     minutes = (time.perf_counter() - start) / 60
     knn = result.knn_by_epoch
@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                "knn_by_epoch": knn, "loss_by_epoch": result.loss_by_epoch, "steps": result.steps,
                "minutes": round(minutes, 2), "resumed_at_step": resumed_at, "log": str(trainer.folder / "log.jsonl"),
                "plot": str(trainer.folder / "training.png")}
+    if finished_summary is not None:  # only the report is added: the training's time is the one it recorded
+        summary.update(minutes=finished_summary["minutes"], resumed_at_step=finished_summary.get("resumed_at_step"))
     if not args.no_report and random_init is not None and trained is not None:
         summary.update(paper_report(trainer, data, random_init, trained))
     (trainer.folder / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -1,5 +1,6 @@
 """Atomic checkpoints, exact resume, import of original MSF checkpoints, backbone export."""
 import argparse
+from pathlib import Path
 
 import pytest
 import torch
@@ -154,3 +155,13 @@ def test_compiling_keeps_parameter_names_and_checkpoints():
     compile_encoders(model)
     assert list(model.state_dict()) == names  # in-place compile: checkpoints and the EMA's lists still match
     assert all(module._compiled_call_impl is not None for module in (model.online, model.predictor, model.target))
+
+
+@pytest.mark.parametrize("content, kind, label", [
+    ({"epoch": 3, "step": 36, "steps_per_epoch": 12}, ckpt.OURS, "epoch 3"),
+    ({"epoch": 0, "step": 5, "steps_per_epoch": 12}, ckpt.OURS, "epoch 0, step 5"),  # was "epoch 0", as epoch_0000
+    ({"epoch": 0, "step": 12_345, "steps_per_epoch": 20_000}, ckpt.OURS, "epoch 0, step 12,345"),
+    ({"epoch": 199}, ckpt.ORIGINAL, "epoch 199"),
+    ({}, ckpt.BACKBONE, "backbone")])
+def test_a_figure_panel_names_a_checkpoint_saved_mid_epoch_by_its_step(content, kind, label):
+    assert ckpt.Checkpoint(Path("runs/x/backbone.pth"), content, kind).label == label

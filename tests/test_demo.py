@@ -137,3 +137,16 @@ def test_a_users_dataset_given_as_the_demos_folder_is_refused_untouched(tmp_path
         f"python -m msf_fast.demo: error: --data {tmp_path}: {tmp_path}/train holds 'n01440764', not the demo's "
         "images: the demo data would replace it; give another folder (see --help)")
     assert sorted(str(path) for path in tmp_path.rglob("*")) == before
+
+
+def test_a_finished_demo_given_its_report_keeps_its_training_time(tmp_path, capsys):
+    """Finished with --no-report, then resumed for the report: summary.json said 0.01 min, the report's session."""
+    arguments = ["--data", str(tmp_path / "data"), "--train-per-class", "32", "--val-per-class", "4",
+                 "--train.epochs=1", "--train.threads=1", "--data.backend=torch", "--eval.knn_k=5",
+                 f"--logging.folder={tmp_path / 'run'}", "--logging.progress=0"]
+    assert demo.main([*arguments, "--no-report"]) == 0
+    trained = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert demo.main([*arguments, "--train.resume=auto"]) == 0
+    reported = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (reported["minutes"], reported["resumed_at_step"]) == (trained["minutes"], None)
+    assert "linear_probe" in reported
