@@ -308,7 +308,8 @@ def test_every_option_has_help_and_a_default(command, capsys):
     (["loader", "--data", "/nonexistent/photos", "--backend", "torch"],
      "loader: error: --data /nonexistent/photos: expected an ImageFolder, a .beton or a TFRecord store; found it does not "
      "exist"),
-    (["plan", "--images-per-s", "4500", "--gpu", "8"], "unknown option --gpu (did you mean --gpus?)"),
+    (["plan", "--images-per-s", "4500", "--gpu", "8"], "plan: error: unknown option --gpu (did you mean --gpus?)"),
+    (["step", "--bach-size", "3"], "step: error: unknown option --bach-size (did you mean --batch-size?)"),
     (["cpu", "--batch-size", "0"], "--batch-size: must be at least 1, got 0"),
     (["cpu", "--threads", "-1"], "--threads: must be at least 0, got -1"),
     (["step", "--steps", "0"], "--steps: must be at least 1, got 0"),

@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     chosen = next((arg for arg in argv if not arg.startswith("-")), None)  # the top level has no valued options
     parser = build_parser(commands=[chosen] if chosen in COMMANDS else [])
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # told by the command's parser, which knows the closest of its options (as eval does)
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         getattr(command_module(args.command), COMMANDS[args.command][0])(args)
     except UserError as error:  # e.g. the default device auto on a GPU torch cannot use (msf_fast.devices)
