@@ -3,8 +3,10 @@ import importlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from argparse import Namespace
 from pathlib import Path
 
@@ -174,7 +176,7 @@ def test_loader_benchmark_runs_the_torchvision_baseline(tiny_imagefolder, capsys
 
 
 @pytest.mark.slow
-def test_loader_benchmark_compares_the_installed_backends(tiny_imagefolder, tmp_path, monkeypatch, capsys):
+def test_loader_benchmark_compares_the_installed_backends(tiny_imagefolder, tmp_path, monkeypatch, capsys, request):
     """Slow (a child process per backend, FFCV's compilation, about 30 s): the README's loader ratios come from it."""
     fast = [name for name, module in (("ffcv", "ffcv"), ("dali", "nvidia.dali"))
             if importlib.util.find_spec(module.split(".")[0]) and _importable(module)]
@@ -182,9 +184,13 @@ def test_loader_benchmark_compares_the_installed_backends(tiny_imagefolder, tmp_
         pytest.skip("no fast loader to compare with: install FFCV (pip install -e '.[ffcv]') or DALI ('.[dali]')")
     backends = ["torch", *fast] + (["ffcv-twice", "ffcv-opencv"] if "ffcv" in fast else [])  # the other FFCV paths
     monkeypatch.chdir(tmp_path)  # the stores are written under ./data/bench/stores
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
-    monkeypatch.setenv("TMPDIR", str(scratch))  # the children's temporary files
+    # The children's temporary files, in a folder of a short path: multiprocessing makes its AF_UNIX sockets there
+    # (torch's DataLoader passes batches as file descriptors through them), and under make test's workers a
+    # tmp_path folder made the socket path longer than the 108 bytes Linux allows; the torchvision child then waited
+    # forever for its first batch of the second epoch.
+    scratch = Path(tempfile.mkdtemp(prefix="bench"))
+    request.addfinalizer(lambda: shutil.rmtree(scratch, ignore_errors=True))
+    monkeypatch.setenv("TMPDIR", str(scratch))
     bench.main(["loader", "--data", str(tiny_imagefolder / "train"), "--backend", *backends, "--compare",
                 "--epochs", "2", "--max-batches", "2", "--batch-size", "8", "--resolution", "32", "--workers", "1"])
     lines = json_lines(capsys.readouterr().out)
@@ -306,7 +312,8 @@ def test_every_option_has_help_and_a_default(command, capsys):
 @pytest.mark.parametrize("argv, expected", [
     (["train", "--synthetic", "--steps", "0"], "train: error: argument --steps: must be at least 1, got 0"),
     (["loader", "--data", "/nonexistent/photos", "--backend", "torch"],
-     "loader: error: --data /nonexistent/photos: expected an ImageFolder, a .beton or a TFRecord store; found it does not "
+     "loader: error: --data /nonexistent/photos: expected an ImageFolder, a .beton or a TFRecord store; found it "
+     "does not "
      "exist"),
     (["plan", "--images-per-s", "4500", "--gpu", "8"], "plan: error: unknown option --gpu (did you mean --gpus?)"),
     (["step", "--bach-size", "3"], "step: error: unknown option --bach-size (did you mean --batch-size?)"),
