@@ -96,8 +96,10 @@ def main(argv=None) -> int:
     settings = {"classes": args.classes, "per_class": args.per_class, "seed": args.seed}
     try:
         reused = written_settings(args.root) == settings
-        with sigterm_as_ctrl_c():
-            generate_photo_folder(args.root, args.classes, args.per_class, args.seed, progress=not args.no_progress)
+        if not reused:
+            with sigterm_as_ctrl_c():
+                generate_photo_folder(args.root, args.classes, args.per_class, args.seed,
+                                      progress=not args.no_progress)
     except OSError as error:  # OutputError included; a full disk keeps the folder that was there
         message = str(error) if isinstance(error, OutputError) else f"cannot write {args.root!r}: {error.strerror}"
         print(f"synthetic_photos: error: {message}", file=sys.stderr)
