@@ -24,9 +24,15 @@ class SinglePixelConv2d(nn.Conv2d):
         (pad_h, pad_w), (height, width) = self.padding, x.shape[-2:]
         rows = min(self.kernel_size[0] - pad_h, height)  # kernel rows pad_h.. meet input rows 0..rows
         cols = min(self.kernel_size[1] - pad_w, width)
-        taps = weight[:, :, pad_h:pad_h + rows, pad_w:pad_w + cols].reshape(weight.shape[0], -1)
-        patch = x[:, :, :rows, :cols].reshape(x.shape[0], -1)
-        return F.linear(patch, taps, bias)[:, :, None, None]
+        if weight.is_contiguous(memory_format=torch.channels_last):
+            # taps and patch in (row, column, channel) order: the gradient of the weight then comes back
+            # channels-last, as the weight is, where in (channel, row, column) order autograd copied it into that
+            # layout, a strided copy as large as the weight
+            taps = weight.permute(0, 2, 3, 1)[:, pad_h:pad_h + rows, pad_w:pad_w + cols, :]
+            patch = x[:, :, :rows, :cols].permute(0, 2, 3, 1)
+        else:
+            taps, patch = weight[:, :, pad_h:pad_h + rows, pad_w:pad_w + cols], x[:, :, :rows, :cols]
+        return F.linear(patch.reshape(x.shape[0], -1), taps.reshape(weight.shape[0], -1), bias)[:, :, None, None]
 
     def _single_pixel(self, x: torch.Tensor) -> bool:
         if (x.dim() != 4 or self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros"

@@ -40,8 +40,9 @@ def test_values_and_gradients_equal_nn_conv2d(monkeypatch, kernel, stride, paddi
     assert type(ours) is SinglePixelConv2d
     size = (size, size) if isinstance(size, int) else size
     x = torch.randn(4, 6, *size)
-    if channels_last:
+    if channels_last:  # the weights too, as the trainer lays them out: the taps are then taken in another order
         x = x.to(memory_format=torch.channels_last)
+        reference, ours = (conv.to(memory_format=torch.channels_last) for conv in (reference, ours))
     x_ours, x_reference = x.clone().requires_grad_(), x.clone().requires_grad_()
     calls = counting_conv2d(monkeypatch)
     y_ours = ours(x_ours)
@@ -50,10 +51,15 @@ def test_values_and_gradients_equal_nn_conv2d(monkeypatch, kernel, stride, paddi
     assert y_ours.shape == y_reference.shape
     torch.testing.assert_close(y_ours, y_reference, rtol=1e-5, atol=1e-5)
     upstream = torch.randn_like(y_reference)
+    incoming = []
+    ours.weight.register_hook(lambda grad: incoming.append(grad.stride()))
     (y_ours * upstream).sum().backward()
     (y_reference * upstream).sum().backward()
     torch.testing.assert_close(x_ours.grad, x_reference.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ours.weight.grad, reference.weight.grad, rtol=1e-5, atol=1e-5)
+    # the gradient comes in the weight's layout (strides of size-1 dimensions aside): autograd need not copy it
+    assert [s for s, n in zip(incoming[0], ours.weight.shape) if n > 1] == [
+        s for s, n in zip(ours.weight.stride(), ours.weight.shape) if n > 1]
     if bias:
         torch.testing.assert_close(ours.bias.grad, reference.bias.grad, rtol=1e-5, atol=1e-5)
 
