@@ -85,3 +85,17 @@ def test_the_backbone_takes_the_rule_on_its_last_stage_only_and_keeps_torchvisio
     with torch.no_grad():
         backbone(torch.randn(2, 3, 64, 64))
     assert len(calls) == 20
+
+
+def test_an_exported_backbone_computes_the_same_features_in_plain_torchvision():
+    """What a user loads into torchvision (python -m msf_fast.export) sees the demo's images as our backbone does."""
+    import torchvision
+    torch.manual_seed(0)
+    ours = resnet_backbone("resnet18").to(memory_format=torch.channels_last)
+    plain = torchvision.models.resnet18()
+    plain.load_state_dict(ours.state_dict())
+    images = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        ours.train(), plain.train()  # batch statistics, as in training
+        torch.testing.assert_close(ours(images.to(memory_format=torch.channels_last)), plain(images),
+                                   rtol=1e-4, atol=1e-4)
