@@ -33,6 +33,7 @@ from msf_fast.precision import resolve_precision
 from msf_fast.step import bank_dtype, make_sgd, resolve_device, train_step
 from msf_fast.throughput import StepClock, TimeSplit
 from pipelines import TwoViewLoader, build_train_loader, default_torch_threads, two_view_recipe
+from pipelines.worker_sockets import TempFolderTooLong
 
 
 @dataclass
@@ -179,6 +180,8 @@ class Trainer:
                                       dtype=self.precision.dtype if self.device.type == "cuda" else None,
                                       decoder_device=data.decoder_device, ffcv_decoder=data.ffcv_decoder,
                                       in_memory=data.in_memory)
+        except TempFolderTooLong as error:
+            raise UserError(f"data.workers={data.workers}: {error}") from None
         except (OSError, ValueError) as error:  # a missing or empty folder, an unreadable store, too few images
             raise UserError(f"data.train_path: {error}") from None
 
@@ -199,6 +202,8 @@ class Trainer:
     def create_monitor(self) -> KnnMonitor | None:
         try:
             return KnnMonitor.from_config(self.cfg, self.recipe)
+        except TempFolderTooLong as error:
+            raise UserError(f"data.workers={self.cfg.data.workers} (the k-NN monitor's loaders): {error}") from None
         except (OSError, ValueError) as error:
             raise UserError(f"the k-NN monitor (data.val_path, eval.knn_memory_path): {error}") from None
 

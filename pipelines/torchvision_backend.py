@@ -27,6 +27,7 @@ from dataset_prep.images import decode_failure, file_problem
 from pipelines.contract import FirstBatchClock
 from pipelines.recipe import TwoViewRecipe, ViewRecipe
 from pipelines.sampling import epoch_order, per_sample_seed, rank_batches
+from pipelines.worker_sockets import check_worker_sockets
 
 
 
@@ -194,6 +195,7 @@ class TorchvisionTwoViewLoader:
 
     def __init__(self, root: str, recipe: TwoViewRecipe, *, batch_size: int, workers: int = 2, seed: int = 0,
                  rank: int = 0, world_size: int = 1, pin_memory: bool = False):
+        check_worker_sockets(workers)
         self.dataset = TwoViewImageFolder(root, recipe, seed)
         self.batch_size, self.workers, self.seed = batch_size, workers, seed
         self.rank, self.world_size, self.pin_memory = rank, world_size, pin_memory
@@ -254,6 +256,7 @@ class TorchvisionImageLoader:
 
     def __init__(self, root: str, recipe: TwoViewRecipe, *, batch_size: int, workers: int = 2, indices=None,
                  view: ViewRecipe | None = None, shuffle_seed: int | None = None, per_class: int = 0, seed: int = 0):
+        check_worker_sockets(workers)
         transform = eval_transform(recipe) if view is None else view_transform(view, recipe)
         self.dataset = image_folder(root, transform)
         self.classes = list(self.dataset.classes)

@@ -177,6 +177,13 @@ def bench_loader(args) -> list[dict]:
         raise ValueError(f"--data {args.data}: {problem}")
     if "torch" in args.backend and data_format(args.data) != "torch":
         raise SystemExit("bench loader: the torch backend reads an ImageFolder: pass the source folder as --data")
+    if "torch" in args.backend:
+        from msf_fast.errors import UserError
+        from pipelines.worker_sockets import TempFolderTooLong, check_worker_sockets
+        try:
+            check_worker_sockets(args.workers)
+        except TempFolderTooLong as error:
+            raise UserError(f"--workers {args.workers}: {error}") from None
     if {"ffcv", "ffcv-opencv", "ffcv-twice"} & set(args.backend):
         args.beton = store_for(args, "ffcv")
     if "dali" in args.backend:
