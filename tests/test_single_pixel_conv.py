@@ -99,3 +99,16 @@ def test_an_exported_backbone_computes_the_same_features_in_plain_torchvision():
         ours.train(), plain.train()  # batch statistics, as in training
         torch.testing.assert_close(ours(images.to(memory_format=torch.channels_last)), plain(images),
                                    rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.cuda
+def test_on_cuda_in_bf16_the_product_is_the_convolution():
+    """Where training runs: a CUDA device under bf16 autocast, channels-last (runs only where CUDA exists)."""
+    torch.manual_seed(0)
+    reference = nn.Conv2d(256, 512, 3, 2, 1, bias=False).cuda().to(memory_format=torch.channels_last)
+    ours = use_single_pixel_convs(copy.deepcopy(reference))
+    x = torch.randn(16, 256, 2, 2, device="cuda").to(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y_ours, y_reference = ours(x), reference(x)
+    assert y_ours.dtype == y_reference.dtype == torch.bfloat16
+    torch.testing.assert_close(y_ours.float(), y_reference.float(), rtol=2e-2, atol=2e-2)
