@@ -74,6 +74,24 @@ def int_at_least(low: int):
 
 positive_int, non_negative_int = int_at_least(1), int_at_least(0)
 
+DEVICE_NAME = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
+def device_name(text: str) -> str:
+    """A --device option's type: auto, cpu, cuda or cuda:N (whether that device is there is checked when torch
+    has loaded)."""
+    if not DEVICE_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected auto, cpu, cuda or cuda:N")
+    return text
+
+
+def width_by_height(text: str) -> tuple[int, int]:
+    """An argparse type: WIDTHxHEIGHT, both positive (500x375)."""
+    match = re.fullmatch(r"\s*([0-9]+)\s*[xX]\s*([0-9]+)\s*", text)
+    if not match or 0 in (size := (int(match[1]), int(match[2]))):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT in pixels, both positive (e.g. 500x375)")
+    return size
+
 
 def option_strings(parser: argparse.ArgumentParser) -> list[str]:
     """Every option of `parser` and of its subcommands (unknown options are reported by the top parser)."""

@@ -9,6 +9,12 @@ class UserError(Exception):
     """A value, path or file the user gave cannot be used; the message names it and says why."""
 
 
+class UsageError(ValueError):
+    """Options that cannot go together or a value out of range, found after parsing: told as the parser tells its
+    own mistakes (one line with the command's usage hint, exit code 2). Any other ValueError is a bug and keeps its
+    traceback."""
+
+
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 

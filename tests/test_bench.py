@@ -163,7 +163,8 @@ def test_train_benchmark_with_the_torchvision_loader(tiny_imagefolder, tmp_path,
 def test_train_benchmark_refuses_a_missing_data_path(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["train", "--data", str(tmp_path / "missing"), *TINY_TRAIN])
-    assert exit_info.value.code == 2 and "data.train_path" in capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert f"error: --data {tmp_path / 'missing'}: expected an ImageFolder" in capsys.readouterr().err
 
 
 # ---- bench loader ------------------------------------------------------------------------------------------
@@ -363,8 +364,67 @@ def test_option_mistakes_and_help_answer_before_torch_loads():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 @pytest.mark.parametrize("command", [["step"], ["ema"], ["augment"]])
 @pytest.mark.parametrize("device, expected", [("cuda", "--device cuda: no CUDA device is available"),
-                                              ("bogus", "--device bogus: expected auto, cpu, cuda or cuda:N")])
+                                              ("bogus", "argument --device: 'bogus': expected auto, cpu, cuda or "
+                                                        "cuda:N")])
 def test_a_device_that_is_not_there_is_one_line(command, device, expected, capsys):
-    assert bench.main([*command, "--device", device]) == 2
+    try:
+        code = bench.main([*command, "--device", device])
+    except SystemExit as exit_:  # the parser's own check
+        code = exit_.code
+    assert code == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert expected in line
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["ema", "--arch", "resnet"], "argument --arch: unknown arch 'resnet'; expected one of resnet18, resnet34,"),
+    (["step", "--arch", "vit"], "argument --arch: unknown arch 'vit'; expected one of resnet18, resnet34,"),
+    (["train", "--synthetic", "--arch", "resnet"], "argument --arch: unknown arch 'resnet'"),
+    (["ema", "--device", "gpu"], "argument --device: 'gpu': expected auto, cpu, cuda or cuda:N"),
+    (["resize", "--source", "500x"], "argument --source: '500x': expected WIDTHxHEIGHT in pixels, both positive"),
+    (["resize", "--source", "0x375"], "argument --source: '0x375': expected WIDTHxHEIGHT in pixels"),
+])
+def test_names_and_sizes_are_checked_before_torch_loads(argv, expected):
+    """A wrong arch, device or image size was told after torch loaded (3-7 s), the size as Python's 'invalid
+    literal for int()'."""
+    probe = ("import sys\nfrom msf_fast.bench.cli import main\ntry:\n    main(sys.argv[1:])\n"
+             "except SystemExit as exit_:\n    print('@', exit_.code, 'torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", probe, *argv], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines()[-1] == "@ 2 False", done.stderr[-2000:]
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"python -m msf_fast.bench {argv[0]}: error: {expected}"), line
+
+
+def test_train_tells_the_trainers_mistakes_with_its_own_options(capsys):
+    """bench train builds the trainer's config from its options; its errors named the config keys
+    (msf.topk=500, msf.bank_size=256), which bench train does not take."""
+    from msf_fast.bench.train import in_bench_options
+
+    assert in_bench_options("msf.topk=500: must not exceed msf.bank_size=256") == (
+        "--topk 500: must not exceed --bank-size 256")
+    assert in_bench_options("msf.bank_size=100: must be a multiple of the global batch 64 (train.batch_size=64 x 1 "
+                            "process(es))") == ("--bank-size 100: must be a multiple of the global batch 64 "
+                                               "(--batch-size 64 x 1 process(es))")
+    assert in_bench_options("data.train_path=/x: no such folder") == "--data /x: no such folder"
+    assert in_bench_options("train.batch_size_per_gpu=3") == "train.batch_size_per_gpu=3"  # only whole keys
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["train", "--synthetic", "--arch", "resnet18", "--batch-size", "64", "--bank-size", "256",
+                    "--topk", "500", "--steps", "1", "--device", "cpu"])
+    assert exit_.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == ("python -m msf_fast.bench train: error: --topk 500: must not exceed --bank-size 256 "
+                    "(see --help)")
+
+
+def test_a_bug_is_not_told_as_a_usage_mistake(monkeypatch):
+    """Only the commands' own option checks (UsageError) are told as usage mistakes: any other ValueError is a bug
+    and keeps its traceback (bench main turned every ValueError into one usage line)."""
+    from msf_fast.bench import resize
+
+    def broken(args):
+        raise ValueError("an internal mistake")
+
+    monkeypatch.setattr(resize, "bench_resize", broken)
+    with pytest.raises(ValueError, match="an internal mistake"):
+        bench.main(["resize"])

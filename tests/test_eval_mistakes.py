@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +102,12 @@ def test_knn_k_zero_exits_2_from_the_command_line(backbone, sets):
 
 @pytest.mark.parametrize("argv", [["--help"], ["tsne", "--help"], ["semi", "--ckpt", "a", "--train", "b", "--val",
                                                                       "c", "--fractions", "10"],
-                                  ["clusters", "--ckpt", "a", "--data", "b", "--rows", "0"]])
+                                  ["clusters", "--ckpt", "a", "--data", "b", "--rows", "0"],
+                                  ["knn", "--ckpt", "a", "--train", "b", "--val", "c", "--device", "gpu"],
+                                  ["semi", "--ckpt", "a", "--train", "b", "--val", "c", "--fractions", "0.1",
+                                   "--subset-file", "d"],
+                                  ["linear", "--ckpt", "a", "--train", "b", "--val", "c", "--epochs", "5",
+                                   "--milestones", "2", "5"]])
 def test_help_and_option_mistakes_answer_before_torch_loads(argv):
     """--help and a mistyped value answer at once: torch and torchvision take 3-5 s to load (they loaded first)."""
     probe = ("import sys\nfrom msf_fast.eval.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
@@ -109,6 +115,25 @@ def test_help_and_option_mistakes_answer_before_torch_loads(argv):
     done = subprocess.run([sys.executable, "-c", probe, *argv], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert done.stderr.strip().splitlines()[-1] == ("0 []" if "--help" in argv else "2 []"), done.stderr
+
+
+@pytest.mark.parametrize("given, epochs, used, conflict", [
+    (None, 40, (15, 30), None),  # the paper's
+    (None, 20, (15,), None),  # those below --epochs
+    (None, 10, (), None),
+    ([], 10, (), None),  # none given: a constant lr
+    ([30, 5, 5], 40, (5, 30), None),
+    ([2, 5], 5, None, "--milestones 5: not below --epochs 5, so the lr would never drop there (a milestone is the "
+                      "epoch after which it drops)"),
+])
+def test_probe_milestones_fall_below_the_epochs(given, epochs, used, conflict):
+    """A milestone at or past --epochs was accepted, and the report said the lr dropped there."""
+    from msf_fast.eval.arguments import option_conflict, probe_milestones
+
+    args = Namespace(milestones=given, epochs=epochs)
+    assert option_conflict(args) == conflict
+    if used is not None:
+        assert probe_milestones(args) == used
 
 
 # --- options: unknown, abbreviated, --out, --device ------------------------------------------------------------
@@ -164,8 +189,8 @@ def test_an_out_inside_the_data_or_where_nothing_can_be_made_is_refused_before_a
 def test_a_device_that_is_not_there(backbone, sets, no_work, capsys):
     argv = eval_command("knn", backbone, "--train", sets["train"], "--val", sets["val"])
     argv[argv.index("cpu")] = "gpu"
-    assert run(evaluation.main, argv, capsys) == (2, ["eval knn: error: --device gpu: expected auto, cpu, cuda or "
-                                                      "cuda:N"])
+    assert run(evaluation.main, argv, capsys) == (2, ["python -m msf_fast.eval knn: error: argument --device: 'gpu': "
+                                                      "expected auto, cpu, cuda or cuda:N (see --help)"])
 
 
 # --- data paths --------------------------------------------------------------------------------------------------
@@ -215,8 +240,8 @@ def test_semi_subset_file_mistakes(backbone, sets, no_work, tmp_path, capsys):
     listed = tmp_path / "list.txt"
     listed.write_text("class_0/0.jpg\nclass_1/0.jpg\n")
     assert run(evaluation.main, [*base, "--subset-file", str(listed), "--fractions", "0.1"], capsys) == (2, [
-        "eval semi: error: --subset-file and --fractions exclude each other: the list file names the labelled "
-        "images"])
+        "python -m msf_fast.eval semi: error: --subset-file and --fractions exclude each other: the list file names "
+        "the labelled images (see --help)"])
     assert run(evaluation.main, [*base, "--subset-file", str(tmp_path / "none.txt")], capsys) == (2, [
         f"eval semi: error: --subset-file {tmp_path / 'none.txt'}: no such file"])
     assert run(evaluation.main, [*base, "--subset-file", str(listed)], capsys) == (2, [

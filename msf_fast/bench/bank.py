@@ -19,6 +19,7 @@ import time
 
 from dataset_prep.argument_parser import positive_int
 from msf_fast.bench.timing import add_device_argument, peak_rss_mb, synchronize
+from msf_fast.errors import UsageError
 
 BANK_DTYPES = ("float32", "bfloat16", "float16")  # torch dtypes by name
 SHARED_OPTIONS = ("batch_size", "bank_size", "dim", "topk", "chunk", "repeats", "device", "dtype")
@@ -82,7 +83,7 @@ def measure_variant(args) -> dict:
 def bench_bank(args) -> list[dict]:
     from msf_fast.devices import device_option
     if args.topk > args.bank_size:  # checked here: a child's traceback would be all the user saw
-        raise ValueError(f"--topk {args.topk} exceeds --bank-size {args.bank_size}")
+        raise UsageError(f"--topk {args.topk} exceeds --bank-size {args.bank_size}")
     results = []
     shared = {**{key: getattr(args, key) for key in SHARED_OPTIONS}, "device": device_option(args.device)}
     for variant in ("chunked", "dense"):

@@ -24,7 +24,7 @@ import sys
 
 from dataset_prep.argument_parser import DefaultsHelpFormatter as HelpFormatter
 from dataset_prep.argument_parser import OneLineParser
-from msf_fast.errors import UserError
+from msf_fast.errors import UsageError, UserError
 
 # name: (function in msf_fast.bench.NAME, summary). A command's module (torch, numba, ...) is imported only when
 # that command runs or its options are parsed: `bench plan`, --help and a wrong command name answer without torch.
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:  # e.g. the default device auto on a GPU torch cannot use (msf_fast.devices)
         print(f"bench {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except ValueError as error:
+    except UsageError as error:  # options that cannot go together, found by the command (other ValueErrors are bugs)
         parser.commands[args.command].error(str(error))
     except KeyboardInterrupt:
         print(f"bench {args.command}: interrupted", file=sys.stderr)

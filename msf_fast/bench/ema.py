@@ -6,11 +6,12 @@ import argparse
 import json
 
 from dataset_prep.argument_parser import positive_int
+from msf_fast.architectures import arch_name
 from msf_fast.bench.timing import add_device_argument, interleaved_seconds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", default="resnet50", help="torchvision ResNet (default resnet50)")
+    parser.add_argument("--arch", type=arch_name, default="resnet50", help="torchvision ResNet (default resnet50)")
     parser.add_argument("--repeats", type=positive_int, default=20,
                         help="timed updates per variant, median (default 20)")
     add_device_argument(parser)

@@ -32,6 +32,7 @@ import time
 from dataset_prep.argument_parser import non_negative_int, positive_int
 from dataset_prep.progress import available_cores
 from msf_fast.bench.timing import peak_rss_mb
+from msf_fast.errors import UsageError
 from pipelines import data_format
 from pipelines.recipe import RECIPE_NAMES
 
@@ -174,7 +175,7 @@ def bench_loader(args) -> list[dict]:
     from msf_fast.config import data_problem
     problem = data_problem(args.data)
     if problem:
-        raise ValueError(f"--data {args.data}: {problem}")
+        raise UsageError(f"--data {args.data}: {problem}")
     if "torch" in args.backend and data_format(args.data) != "torch":
         raise SystemExit("bench loader: the torch backend reads an ImageFolder: pass the source folder as --data")
     if "torch" in args.backend:

@@ -29,6 +29,7 @@ import numpy as np
 from dataset_prep.argument_parser import int_at_least
 from dataset_prep.progress import available_cores
 from msf_fast.bench.loader import STORES
+from msf_fast.errors import UsageError
 from pipelines.page_order import page_order, sample_pages, samples_per_rank
 
 IMAGENET = {"classes": 1000, "per_class": 1281, "per_page": 75}  # 8 MiB pages of ~110 KB 500-px images
@@ -56,10 +57,10 @@ def bench_order(args) -> None:
     from dataset_prep.ffcv_import import import_ffcv
     from dataset_prep.stores import beton_problem
     if args.beton and not os.path.isfile(args.beton):
-        raise ValueError(f"--beton {args.beton}: no such file")
+        raise UsageError(f"--beton {args.beton}: no such file")
     problem = beton_problem(args.beton) if args.beton else None
     if problem:  # a foreign file was an FFCV IndexError traceback
-        raise ValueError(f"--beton {args.beton}: {problem}")
+        raise UsageError(f"--beton {args.beton}: {problem}")
     import_ffcv()
     store = args.beton or synthetic_store(args.classes, args.per_class)
     width = args.pages_at_a_time or 2 * args.batch_size

@@ -23,6 +23,7 @@ import sys
 from dataclasses import asdict, dataclass
 
 from dataset_prep.argument_parser import positive_int
+from msf_fast.errors import UsageError
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 DEFAULT_EPOCHS = 200
@@ -45,7 +46,7 @@ class TrainingPlan:
 
 def _require_positive(name: str, value) -> None:
     if not value > 0:
-        raise ValueError(f"{name} must be positive, got {value}")
+        raise UsageError(f"{name} must be positive, got {value}")
 
 
 def plan_training(images_per_s_per_gpu: float, gpus: int, epochs: float = DEFAULT_EPOCHS,
@@ -54,16 +55,16 @@ def plan_training(images_per_s_per_gpu: float, gpus: int, epochs: float = DEFAUL
     """`efficiency` defaults to 0.9 on several GPUs and 1 on one; a loader ceiling of None means unlimited."""
     _require_positive("images per second per GPU", images_per_s_per_gpu)
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
-        raise ValueError(f"the GPU count must be a positive integer, got {gpus!r}")
+        raise UsageError(f"the GPU count must be a positive integer, got {gpus!r}")
     _require_positive("epochs", epochs)
     if isinstance(dataset_size, bool) or not isinstance(dataset_size, int) or dataset_size < 1:
-        raise ValueError(f"the dataset size must be a positive integer, got {dataset_size!r}")
+        raise UsageError(f"the dataset size must be a positive integer, got {dataset_size!r}")
     if loader_images_per_s is not None:
         _require_positive("the loader's images per second", loader_images_per_s)
     if efficiency is None:
         efficiency = MULTI_GPU_EFFICIENCY if gpus > 1 else 1.0
     if not 0 < efficiency <= 1:
-        raise ValueError(f"the scaling efficiency must be in (0, 1], got {efficiency}")
+        raise UsageError(f"the scaling efficiency must be in (0, 1], got {efficiency}")
 
     compute = images_per_s_per_gpu * gpus * efficiency
     loader_binds = loader_images_per_s is not None and loader_images_per_s < compute
@@ -100,7 +101,7 @@ def per_core_rate(store_resolution: int) -> tuple[int, float]:
     neither near 256 nor near 512 px, where no figure stands for it)."""
     nearest = min(MEASURED_PER_CORE, key=lambda size: abs(size - store_resolution))
     if not 0.75 * nearest <= store_resolution <= 1.25 * nearest:
-        raise ValueError(f"--store-resolution {store_resolution}: measured figures exist for "
+        raise UsageError(f"--store-resolution {store_resolution}: measured figures exist for "
                          f"{' and '.join(map(str, MEASURED_PER_CORE))} px stores; measure yours with bench loader "
                          "and give --loader-images-per-s-per-core")
     return nearest, MEASURED_PER_CORE[nearest]
@@ -136,9 +137,9 @@ def print_plan(args) -> dict:
         source = f"measured at a {size}-px store: README, Converting a dataset"
     if args.loader_images_per_s_per_core is not None or args.node_cores is not None:
         if loader is not None:
-            raise ValueError("give --loader-images-per-s or --loader-images-per-s-per-core with --node-cores, not both")
+            raise UsageError("give --loader-images-per-s or --loader-images-per-s-per-core with --node-cores, not both")
         if per_core is None or args.node_cores is None:
-            raise ValueError("--loader-images-per-s-per-core (or --store-resolution) and --node-cores go together")
+            raise UsageError("--loader-images-per-s-per-core (or --store-resolution) and --node-cores go together")
         loader = loader_ceiling(per_core, args.node_cores)
     plan = plan_training(args.images_per_s, args.gpus, args.epochs, args.dataset_size, loader, args.efficiency)
     needed = required_images_per_s_per_gpu(args.target_hours, args.gpus, args.epochs, args.dataset_size,

@@ -19,11 +19,11 @@ import time
 
 import numpy as np
 
-from dataset_prep.argument_parser import positive_int
+from dataset_prep.argument_parser import positive_int, width_by_height
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", default="500x375", help="WIDTHxHEIGHT of the photo the crops come from "
+    parser.add_argument("--source", type=width_by_height, default="500x375", help="WIDTHxHEIGHT of the photo the crops come from "
                                                             "(default 500x375: a 512-px store's typical image)")
     parser.add_argument("--size", type=positive_int, default=224, help="view size in pixels (default 224)")
     parser.add_argument("--crops", type=positive_int, default=100, help="crops per pass (default 100)")
@@ -91,9 +91,7 @@ def bench_resize(args) -> list[dict]:
 
     from pipelines.ffcv_two_crop import crop_params
 
-    width, height = (int(side) for side in args.source.lower().split("x"))
-    if min(width, height) < 1:
-        raise ValueError(f"--source {args.source}: the sides must be positive")
+    width, height = args.source
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one core for every variant
     image = source_photo(width, height)

@@ -9,7 +9,9 @@ import sys
 from typing import TYPE_CHECKING
 
 from dataset_prep.argument_parser import positive_int
+from msf_fast.architectures import arch_name
 from msf_fast.bench.timing import add_device_argument, interleaved_seconds, peak_rss_mb
+from msf_fast.errors import UsageError
 
 if TYPE_CHECKING:  # torch loads when the benchmark runs, not when its options are read
     import torch
@@ -19,7 +21,7 @@ def add_step_arguments(parser: argparse.ArgumentParser, arch: str, batch_size: i
                        bank_size: int, steps: int) -> None:
     """The synthetic step's shape and timing options, shared by bench step and bench cpu (the formatter shows the
     defaults)."""
-    parser.add_argument("--arch", default=arch, help="torchvision ResNet")
+    parser.add_argument("--arch", type=arch_name, default=arch, help="torchvision ResNet")
     parser.add_argument("--batch-size", type=positive_int, default=batch_size, help="images per step")
     parser.add_argument("--resolution", type=positive_int, default=resolution, help="crop size in pixels")
     parser.add_argument("--bank-size", type=positive_int, default=bank_size, help="memory bank entries")
@@ -31,11 +33,11 @@ def add_step_arguments(parser: argparse.ArgumentParser, arch: str, batch_size: i
 def check_step_shape(args) -> None:
     """The shape checks the trainer's config makes, as one-line ValueErrors naming the options."""
     if args.batch_size < 2:
-        raise ValueError(f"--batch-size {args.batch_size}: BatchNorm needs at least 2 images per step")
+        raise UsageError(f"--batch-size {args.batch_size}: BatchNorm needs at least 2 images per step")
     if args.bank_size % args.batch_size:
-        raise ValueError(f"--bank-size {args.bank_size} is not a multiple of --batch-size {args.batch_size}")
+        raise UsageError(f"--bank-size {args.bank_size} is not a multiple of --batch-size {args.batch_size}")
     if args.topk > args.bank_size:
-        raise ValueError(f"--topk {args.topk} exceeds --bank-size {args.bank_size}")
+        raise UsageError(f"--topk {args.topk} exceeds --bank-size {args.bank_size}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

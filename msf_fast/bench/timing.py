@@ -38,6 +38,7 @@ def interleaved_seconds(runners: dict, repeats: int, device: torch.device, calls
 
 def add_device_argument(parser) -> None:
     """--device, resolved by each bench as the trainer resolves train.device (msf_fast.devices.resolve_device)."""
-    parser.add_argument("--device", default="auto",
+    from dataset_prep.argument_parser import device_name
+    parser.add_argument("--device", type=device_name, default="auto",
                         help="auto, cuda, cuda:N or cpu (default auto: CUDA when torch can use it, else the CPU; it "
                              "stops where NVIDIA GPUs are present that torch cannot use)")

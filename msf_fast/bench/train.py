@@ -23,13 +23,16 @@ import contextlib
 import inspect
 import json
 import os
+import re
 import sys
 import tempfile
 import time
 from typing import TYPE_CHECKING
 
 from dataset_prep.argument_parser import non_negative_int, positive_int
+from msf_fast.architectures import arch_name
 from msf_fast.bench.timing import peak_rss_mb, synchronize
+from msf_fast.errors import UsageError
 from pipelines.recipe import RECIPE_NAMES
 
 if TYPE_CHECKING:  # torch loads when the benchmark runs, not when its options are read
@@ -47,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "ffcv", "dali"],
                         help="loader of --data (default auto: ffcv for a .beton, dali for a TFRecord store, torch "
                              "for a folder)")
-    parser.add_argument("--arch", default="resnet50", help="torchvision ResNet")
+    parser.add_argument("--arch", type=arch_name, default="resnet50", help="torchvision ResNet")
     parser.add_argument("--small-input", action="store_true", help="3x3 stride-1 stem, for 32-64 px crops")
     parser.add_argument("--batch-size", type=positive_int, default=256, help="images per step")
     parser.add_argument("--resolution", type=positive_int, default=224, help="crop size in pixels")
@@ -72,6 +75,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seed of weights, data order and augmentations")
     parser.add_argument("--out", default="", help="keep the run folder (log.jsonl, checkpoint) here (default: a "
                                                   "temporary folder, removed)")
+
+
+# the trainer's config keys that this command sets from its own options, as its errors should name them
+OPTION_OF_KEY = {"model.arch": "--arch", "model.small_input": "--small-input", "train.batch_size": "--batch-size",
+                 "data.resolution": "--resolution", "data.recipe": "--recipe", "msf.bank_size": "--bank-size",
+                 "msf.topk": "--topk", "train.max_steps": "--steps", "train.amp": "--amp", "train.device": "--device",
+                 "data.workers": "--workers", "train.threads": "--threads", "train.compile": "--compile",
+                 "train.seed": "--seed", "logging.folder": "--out", "data.backend": "--backend",
+                 "data.train_path": "--data"}
+
+
+def in_bench_options(message: str) -> str:
+    """A trainer's config error told with this command's options: 'msf.topk=500: must not exceed
+    msf.bank_size=256' -> '--topk 500: must not exceed --bank-size 256'."""
+    for key, option in OPTION_OF_KEY.items():
+        message = re.sub(rf"(?<![\w.]){re.escape(key)}(=|\b)", lambda m: option + (" " if m[1] == "=" else ""),
+                         message)
+    return message
 
 
 def trainer_config(args, folder: str):
@@ -174,7 +195,7 @@ def bench_train(args) -> dict:
             cfg = trainer_config(args, folder)
             trainer = Trainer(cfg, loader=synthetic_loader(cfg, args) if args.synthetic else None)
         except UserError as error:
-            raise ValueError(str(error)) from None
+            raise UsageError(in_bench_options(str(error))) from None
         device, loader = trainer.device, trainer.loader
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)

@@ -7,7 +7,7 @@ import argparse
 import math
 from dataclasses import dataclass
 
-from dataset_prep.argument_parser import non_negative_int, positive_int
+from dataset_prep.argument_parser import device_name, non_negative_int, positive_int
 from pipelines import MAX_DATALOADER_WORKERS, default_workers
 
 DEFAULT_K = (1, 20)
@@ -61,7 +61,8 @@ def add_data_options(parser: argparse.ArgumentParser, resolution: int = 224) -> 
     parser.add_argument("--workers", type=non_negative_int, default=None,
                         help=f"loader workers (default: one per core available, here {default_workers('ffcv')}, at "
                              f"most {MAX_DATALOADER_WORKERS} DataLoader processes for an ImageFolder)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    parser.add_argument("--device", type=device_name, default="auto",
+                        help="auto (CUDA when present), cpu, cuda or cuda:N")
     parser.add_argument("--out", default="",
                         help="folder for the JSON, figures and report.md (default: the first checkpoint's run folder)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -117,9 +118,28 @@ def add_probe_options(parser: argparse.ArgumentParser) -> None:
                         help="probe SGD weight decay")
     parser.add_argument("--probe-batch-size", type=positive_int, default=defaults.batch_size,
                         help="probe training batch")
-    parser.add_argument("--milestones", type=non_negative_int, nargs="*", default=list(defaults.milestones),
-                        help="epochs after which the lr drops x0.1")
+    parser.add_argument("--milestones", type=positive_int, nargs="*", default=None,
+                        help="epochs after which the lr drops x0.1, each below --epochs; none: a constant lr "
+                             f"(default: {' '.join(map(str, defaults.milestones))}, those below --epochs)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="probe initialisation, order and subsets")
+
+
+def option_conflict(args: argparse.Namespace) -> str | None:
+    """What in a parsed command line cannot work, told before torch loads; None when nothing."""
+    if getattr(args, "subset_file", "") and getattr(args, "fractions", None):
+        return "--subset-file and --fractions exclude each other: the list file names the labelled images"
+    late = sorted(m for m in getattr(args, "milestones", None) or () if m >= args.epochs)
+    if late:
+        return (f"--milestones {' '.join(map(str, late))}: not below --epochs {args.epochs}, so the lr would never "
+                "drop there (a milestone is the epoch after which it drops)")
+    return None
+
+
+def probe_milestones(args: argparse.Namespace) -> tuple[int, ...]:
+    """The lr milestones a probe uses: those given, or the paper's (15, 30) that fall below --epochs."""
+    if args.milestones is None:
+        return tuple(m for m in ProbeSettings.milestones if m < args.epochs)
+    return tuple(sorted(set(args.milestones)))
 
 
 def add_figure_commands(subparsers) -> None:

@@ -24,7 +24,7 @@ import sys
 
 from dataset_prep.argument_parser import DefaultsHelpFormatter, OneLineParser
 from msf_fast.errors import UserError, disk_full
-from msf_fast.eval.arguments import add_figure_commands, add_knn_command, add_probe_commands
+from msf_fast.eval.arguments import add_figure_commands, add_knn_command, add_probe_commands, option_conflict
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # named by the subcommand's parser, which knows the closest valid option
         commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    conflict = option_conflict(args)
+    if conflict:
+        commands[args.command].error(conflict)
     module, function = args.run.split(":")
     run = getattr(importlib.import_module(module), function)  # torch loads here
     try:

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from msf_fast.checkpoint import read_checkpoint
 from msf_fast.errors import UserError
-from msf_fast.eval.arguments import DEFAULT_FRACTIONS, ProbeSettings
+from msf_fast.eval.arguments import DEFAULT_FRACTIONS, ProbeSettings, probe_milestones
 from msf_fast.eval.common import (amp_dtype, check_output_folder, checked_device,
                                   checkpoint_position, open_eval_data, output_folder, position_text, publish,
                                   same_images, warn, workers)
@@ -23,7 +23,7 @@ from msf_fast.eval.report import markdown_table
 
 def probe_settings(args) -> ProbeSettings:
     return ProbeSettings(args.epochs, args.lr, args.momentum, args.weight_decay, args.probe_batch_size,
-                         tuple(args.milestones), args.seed)
+                         probe_milestones(args), args.seed)
 
 
 class ProbeRun:
@@ -117,8 +117,6 @@ def run_linear(args) -> dict:
 
 def run_semi(args) -> dict:
     from pipelines.subsets import balanced_subset, sample_names, write_subset_file
-    if args.subset_file and args.fractions:
-        raise UserError("--subset-file and --fractions exclude each other: the list file names the labelled images")
     run = ProbeRun(args)
     listed = listed_subset(args, run) if args.subset_file else None  # read before any feature is extracted
     run.extract()
