@@ -15,6 +15,7 @@ import os
 import random
 import signal
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -24,11 +25,25 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision import datasets, transforms
 
 from dataset_prep.images import decode_failure, file_problem
+from pipelines import process_cores
 from pipelines.contract import FirstBatchClock
 from pipelines.recipe import TwoViewRecipe, ViewRecipe
 from pipelines.sampling import epoch_order, per_sample_seed, rank_batches
 from pipelines.worker_sockets import check_worker_sockets
 
+# torch warns, at every DataLoader it makes and again when it starts the workers, with two 4-line messages; one
+# note of ours per process says it instead
+warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+_NOTED_WORKER_COUNTS: set[int] = set()
+
+
+def note_workers_beyond_cores(workers: int) -> None:
+    """One line on stderr (once per process and count) when there are more worker processes than cores."""
+    cores = process_cores()
+    if workers > cores and workers not in _NOTED_WORKER_COUNTS:
+        _NOTED_WORKER_COUNTS.add(workers)
+        print(f"note: {workers} DataLoader workers on {cores} core(s) available here: they take turns on them, "
+              "which is no faster than one per core (the default)", file=sys.stderr, flush=True)
 
 
 def leave_stopping_to_the_parent(worker_id: int) -> None:
@@ -36,6 +51,7 @@ def leave_stopping_to_the_parent(worker_id: int) -> None:
     worker killed by it made the trainer fail with a traceback instead of finishing its step and saving. The
     parent stops them; a worker whose parent is gone ends by itself (torch's watchdog)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
 
 class RandomGaussianBlur:
     """PIL Gaussian blur with sigma ~ U(sigma_min, sigma_max), as in the original code."""
@@ -196,6 +212,7 @@ class TorchvisionTwoViewLoader:
     def __init__(self, root: str, recipe: TwoViewRecipe, *, batch_size: int, workers: int = 2, seed: int = 0,
                  rank: int = 0, world_size: int = 1, pin_memory: bool = False):
         check_worker_sockets(workers)
+        note_workers_beyond_cores(workers)
         self.dataset = TwoViewImageFolder(root, recipe, seed)
         self.batch_size, self.workers, self.seed = batch_size, workers, seed
         self.rank, self.world_size, self.pin_memory = rank, world_size, pin_memory
@@ -257,6 +274,7 @@ class TorchvisionImageLoader:
     def __init__(self, root: str, recipe: TwoViewRecipe, *, batch_size: int, workers: int = 2, indices=None,
                  view: ViewRecipe | None = None, shuffle_seed: int | None = None, per_class: int = 0, seed: int = 0):
         check_worker_sockets(workers)
+        note_workers_beyond_cores(workers)
         transform = eval_transform(recipe) if view is None else view_transform(view, recipe)
         self.dataset = image_folder(root, transform)
         self.classes = list(self.dataset.classes)
