@@ -29,18 +29,20 @@ def test_the_demo_beats_random_init(tmp_path, capsys):
     that fit the cores this test has (train.threads=0: one under make test's workers). The slowest test (about 2.3
     min on one core of a Zen 5 capped at AVX2): the only check that the product's first command learns.
 
-    Its +0.1 margins sit below every one-thread draw seen (the weakest: +0.136, probe +0.160), not below every
-    draw: a two-thread run gave the probe +0.078. Each CPU sums in its own order, so a seed is one trajectory per
-    machine; these are the spread over seeds, one thread, FFCV loader,
-    on a 2-core Zen 5 (3 Dec 2026, with the single-pixel convolutions), k-NN gain over the random init:
-    - fp32, dispatch capped at AVX2 (as on a CPU without native bf16): +0.414 (seed 0, linear probe +0.348),
-      +0.422 (seed 2, probe +0.416), +0.426 (seed 3, probe +0.382), +0.402 (seed 4, probe +0.462);
-    - bf16 (native): +0.268 (seed 0, probe +0.232), +0.136 (seed 2, probe +0.160), +0.424 (seed 3, probe +0.356),
-      +0.314 (seed 4, probe +0.344).
-    Before those convolutions (the same network, other rounding): capped +0.198 to +0.496 over seeds 0 and 2-6,
-    native +0.222 to +0.418 over seeds 0 and 2-4. The weakest draw seen, two threads capped with seed 0, gained
-    +0.138 (probe +0.078). The demo's earlier recipe, batch 64 for 10 epochs (310 steps), gained +0.13,
-    +0.16, -0.11, +0.03 and +0.20 with seeds 2-6 capped: learning here is counted in steps, not images."""
+    Its +0.1 margins sit below every one-thread draw seen (the weakest: seed 0 capped, probe +0.116), not below
+    every draw: a two-thread run gave the probe +0.078. Each CPU sums in its own order, so a seed is one trajectory
+    per machine and per code version; the spread over seeds, one thread, FFCV loader, on a 2-core Zen 5 (3 Dec
+    2026, the code as of this commit: single-pixel convolutions with their taps in the weight's layout), k-NN gain
+    over the random init (linear probe's gain in brackets):
+    - fp32, dispatch capped at AVX2 (as on a CPU without native bf16, which amp auto gives fp32): seed 0 +0.180
+      (+0.116), seed 2 +0.156 (+0.188), seed 3 +0.354 (+0.352), seed 4 +0.316 (+0.384), seed 5 +0.294 (+0.326);
+    - bf16 (native, which amp auto picks there): seed 0 +0.262 (+0.192), seed 2 +0.298 (+0.302), seed 3 +0.466
+      (+0.428), seed 4 +0.418 (+0.448).
+    The same seeds before the weight-layout change (other rounding) gave capped +0.402 to +0.426 and native +0.136
+    to +0.424: the draws move by +-0.2 with any change of summation order. The weakest draw seen, two threads
+    capped with seed 0, gained +0.138 (probe +0.078). The demo's earlier recipe, batch 64 for 10 epochs (310
+    steps), gained +0.13, +0.16, -0.11, +0.03 and +0.20 with seeds 2-6 capped: learning here is counted in steps,
+    not images."""
     arguments = ["--data", str(tmp_path / "data"), "--eval.knn_every=10", "--train.threads=0",
                  f"--logging.folder={tmp_path / 'run'}", "--logging.progress=0"]
     code = demo.main(arguments)
