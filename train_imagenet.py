@@ -44,6 +44,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from dataset_prep.argument_parser import one_line_on_ctrl_c
-    one_line_on_ctrl_c("train_imagenet.py")  # Ctrl-C before main's own handling: while torch loads, say
+    from dataset_prep.command_start import start_command
+    start_command("train_imagenet.py")  # Ctrl-C before main's own handling: while torch loads, say
     sys.exit(main())

@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 
 if __name__ == "__main__":  # before the imports below, which take seconds: Ctrl-C then is one line
-    from dataset_prep.argument_parser import one_line_on_ctrl_c
-    one_line_on_ctrl_c("write_tfrecord")
+    from dataset_prep.command_start import start_command
+    start_command("write_tfrecord")
 
 import argparse
 import math

@@ -17,8 +17,8 @@ from __future__ import annotations
 import sys
 
 if __name__ == "__main__":  # before the imports below, which take seconds: Ctrl-C then is one line
-    from dataset_prep.argument_parser import one_line_on_ctrl_c
-    one_line_on_ctrl_c("export")
+    from dataset_prep.command_start import start_command
+    start_command("export")
 
 import argparse
 import os

@@ -1,8 +1,8 @@
 import sys
 
-from dataset_prep.argument_parser import one_line_on_ctrl_c
+from dataset_prep.command_start import start_command
 
-one_line_on_ctrl_c("bench")  # before the imports below, which take seconds
+start_command("bench")  # before the imports below, which take seconds
 
 from msf_fast.bench.cli import main
 

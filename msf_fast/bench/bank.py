@@ -8,8 +8,8 @@ from __future__ import annotations
 import sys
 
 if __name__ == "__main__":  # before the imports below, which take seconds: Ctrl-C then is one line
-    from dataset_prep.argument_parser import one_line_on_ctrl_c
-    one_line_on_ctrl_c("bench bank")
+    from dataset_prep.command_start import start_command
+    start_command("bench bank")
 
 import argparse
 import json

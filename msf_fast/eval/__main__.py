@@ -1,8 +1,8 @@
 import sys
 
-from dataset_prep.argument_parser import one_line_on_ctrl_c
+from dataset_prep.command_start import start_command
 
-one_line_on_ctrl_c("eval")  # before the imports below, which take seconds
+start_command("eval")  # before the imports below, which take seconds
 
 from msf_fast.eval.cli import main
 

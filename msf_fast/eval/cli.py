@@ -70,4 +70,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from dataset_prep.command_start import start_command
+    start_command("eval")
     sys.exit(main())
