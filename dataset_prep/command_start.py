@@ -48,9 +48,14 @@ class CollectorOffWhileLoading(importlib.abc.MetaPathFinder):
         return spec
 
 
-def start_command(program: str) -> None:
-    """Call first in a command's entry point (`PROGRAM: interrupted` on an early Ctrl-C; heavy imports without the
-    collector). Idempotent."""
-    one_line_on_ctrl_c(program)
+def load_heavy_packages_without_gc() -> None:
+    """From now on in this process, the HEAVY_PACKAGES load with the collector off and are then frozen. Idempotent."""
     if not any(isinstance(finder, CollectorOffWhileLoading) for finder in sys.meta_path):
         sys.meta_path.insert(0, CollectorOffWhileLoading())
+
+
+def start_command(program: str) -> None:
+    """Call first in a command's entry point (`PROGRAM: interrupted` on an early Ctrl-C; heavy imports without the
+    collector)."""
+    one_line_on_ctrl_c(program)
+    load_heavy_packages_without_gc()

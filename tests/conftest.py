@@ -22,6 +22,10 @@ def own_cores_per_worker() -> None:
 
 own_cores_per_worker()  # before torch sizes its thread pool
 
+from dataset_prep.command_start import load_heavy_packages_without_gc  # noqa: E402
+
+load_heavy_packages_without_gc()  # as every command does: the pytest workers' heaps hold torch, FFCV, numba, DALI
+
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
