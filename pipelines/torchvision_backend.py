@@ -47,10 +47,13 @@ def note_workers_beyond_cores(workers: int) -> None:
 
 
 def leave_stopping_to_the_parent(worker_id: int) -> None:
-    """DataLoader workers ignore SIGTERM: a scheduler signals the whole process group (SLURM on preemption), and a
-    worker killed by it made the trainer fail with a traceback instead of finishing its step and saving. The
-    parent stops them; a worker whose parent is gone ends by itself (torch's watchdog)."""
+    """DataLoader workers ignore SIGTERM and SIGINT: a scheduler signals the whole process group (SLURM on
+    preemption), and a worker killed by it made the trainer fail with a traceback instead of finishing its step and
+    saving; a terminal's Ctrl-C also reaches the whole group, and each worker, which inherits the trainer's handler,
+    printed the trainer's "stopping after this step" line again. The parent stops them; a worker whose parent is
+    gone ends by itself (torch's watchdog)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class RandomGaussianBlur:

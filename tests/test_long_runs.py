@@ -159,10 +159,13 @@ def test_resume_auto_in_an_empty_folder_starts_a_new_run(tiny_imagefolder, tmp_p
     assert "train.resume=auto: no checkpoint in" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("workers, group", [(0, False), (1, True)], ids=["process", "process-group"])
-def test_sigterm_ends_train_imagenet_soon_with_a_checkpoint(tiny_imagefolder, tmp_path, workers, group):
-    """A scheduler signals the whole process group on preemption (SLURM): the loader's workers must leave the stop
-    to the trainer (a worker killed by it was a traceback, exit 1, no checkpoint)."""
+@pytest.mark.parametrize("workers, group, stop", [(0, False, signal.SIGTERM), (1, True, signal.SIGTERM),
+                                                 (1, True, signal.SIGINT)],
+                         ids=["process", "process-group", "ctrl-c"])
+def test_sigterm_ends_train_imagenet_soon_with_a_checkpoint(tiny_imagefolder, tmp_path, workers, group, stop):
+    """A scheduler signals the whole process group on preemption (SLURM), and a terminal's Ctrl-C reaches the whole
+    foreground group: the loader's workers must leave the stop to the trainer (a worker killed by SIGTERM was a
+    traceback, exit 1, no checkpoint; each worker printed the trainer's Ctrl-C line again)."""
     folder = tmp_path / "run"
     command = [sys.executable, "train_imagenet.py",
                *options(tiny_imagefolder, folder, "--train.epochs=50", f"--data.workers={workers}")]
@@ -173,17 +176,19 @@ def test_sigterm_ends_train_imagenet_soon_with_a_checkpoint(tiny_imagefolder, tm
     while not (log.exists() and '"event": "step"' in log.read_text()) and time.monotonic() < deadline:
         time.sleep(0.2)
     if group:
-        os.killpg(process.pid, signal.SIGTERM)
+        os.killpg(process.pid, stop)
     else:
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop)
     written = log.read_text()
     written = written[:written.rfind("\n")].splitlines()  # without a line being written
     logged = max(json.loads(line)["step"] for line in written if '"event": "step"' in line)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM
-    [line] = stderr.strip().splitlines()
+    assert process.returncode == 128 + stop
+    *notice, line = stderr.strip().splitlines()
+    assert notice == ([] if stop == signal.SIGTERM else
+                      ["Ctrl-C: stopping after this step, with a checkpoint; Ctrl-C again stops at once, without it"])
     step = saved_step(folder / "checkpoints" / "latest.pt")
-    assert line.startswith(f"stopped by SIGTERM at step {step}: the checkpoint")
+    assert line.startswith(f"stopped by {signal.Signals(stop).name} at step {step}: the checkpoint")
     assert logged <= step <= logged + 2  # soon: the step under way and the one whose record was not yet written
     assert records(folder)[-1]["event"] == "stopped"
 
