@@ -383,10 +383,18 @@ def test_a_device_that_is_not_there_is_one_line(command, device, expected, capsy
     (["ema", "--device", "gpu"], "argument --device: 'gpu': expected auto, cpu, cuda or cuda:N"),
     (["resize", "--source", "500x"], "argument --source: '500x': expected WIDTHxHEIGHT in pixels, both positive"),
     (["resize", "--source", "0x375"], "argument --source: '0x375': expected WIDTHxHEIGHT in pixels"),
+    (["step", "--batch-size", "1"], "--batch-size 1: BatchNorm needs at least 2 images per step"),
+    (["cpu", "--topk", "500", "--bank-size", "256"], "--topk 500 exceeds --bank-size 256"),
+    (["bank", "--topk", "100", "--bank-size", "64"], "--topk 100 exceeds --bank-size 64"),
+    (["train", "--synthetic", "--topk", "500", "--bank-size", "256", "--batch-size", "64"],
+     "--topk 500: must not exceed --bank-size 256"),
+    (["train", "--data", "/nonexistent/images"], "--data /nonexistent/images: expected an ImageFolder"),
+    (["train", "--synthetic", "--device", "cuda:1"], "--device cuda:1: the trainer takes one GPU per process, as "
+                                                      "cuda; choose it with CUDA_VISIBLE_DEVICES=1"),
 ])
 def test_names_and_sizes_are_checked_before_torch_loads(argv, expected):
-    """A wrong arch, device or image size was told after torch loaded (3-7 s), the size as Python's 'invalid
-    literal for int()'."""
+    """A wrong arch, device or image size, and values out of range, were told after torch loaded (1.2-7 s), the
+    size as Python's 'invalid literal for int()'."""
     probe = ("import sys\nfrom msf_fast.bench.cli import main\ntry:\n    main(sys.argv[1:])\n"
              "except SystemExit as exit_:\n    print('@', exit_.code, 'torch' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", probe, *argv], cwd=Path(__file__).resolve().parents[1],

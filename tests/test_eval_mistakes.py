@@ -136,6 +136,17 @@ def test_probe_milestones_fall_below_the_epochs(given, epochs, used, conflict):
         assert probe_milestones(args) == used
 
 
+@pytest.mark.parametrize("milestones, said", [((15, 30), "lr x0.1 after epochs 15, 30;"), ((), "a constant lr;")])
+def test_the_report_says_when_the_lr_drops(milestones, said):
+    """With no milestone below --epochs the report said 'lr x0.1 after epochs -'."""
+    from msf_fast.eval.arguments import ProbeSettings
+    from msf_fast.eval.probe_commands import protocol_text
+
+    run = Namespace(settings=ProbeSettings(epochs=40, milestones=milestones), args=Namespace(mode="cached"),
+                    train_features=torch.zeros(4, 512), num_classes=2, val_labels=torch.zeros(6))
+    assert said in protocol_text(run)
+
+
 # --- options: unknown, abbreviated, --out, --device ------------------------------------------------------------
 
 def test_unknown_or_abbreviated_options_name_the_closest(backbone, sets, capsys):

@@ -81,9 +81,9 @@ def measure_variant(args) -> dict:
 
 
 def bench_bank(args) -> list[dict]:
-    from msf_fast.devices import device_option
-    if args.topk > args.bank_size:  # checked here: a child's traceback would be all the user saw
+    if args.topk > args.bank_size:  # checked here, before torch loads: a child's traceback would be all the user saw
         raise UsageError(f"--topk {args.topk} exceeds --bank-size {args.bank_size}")
+    from msf_fast.devices import device_option
     results = []
     shared = {**{key: getattr(args, key) for key in SHARED_OPTIONS}, "device": device_option(args.device)}
     for variant in ("chunked", "dense"):

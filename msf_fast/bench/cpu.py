@@ -20,10 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=non_negative_int, default=0, help="torch threads (0: torch's default here)")
 
 def bench_cpu(args) -> list[dict]:
+    check_step_shape(args)  # before torch loads
     import torch
     from msf_fast.precision import cpu_bf16_support, resolve_precision
 
-    check_step_shape(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cpu")

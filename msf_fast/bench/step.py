@@ -101,9 +101,9 @@ def step_runners(args, device: torch.device) -> dict:
 
 
 def bench_step(args) -> list[dict]:
+    check_step_shape(args)  # before torch loads
     import torch
     from msf_fast.devices import device_option
-    check_step_shape(args)
     device = device_option(args.device)
     runners = step_runners(args, device)
     from msf_fast.precision import resolve_precision

@@ -29,7 +29,7 @@ import tempfile
 import time
 from typing import TYPE_CHECKING
 
-from dataset_prep.argument_parser import non_negative_int, positive_int
+from dataset_prep.argument_parser import device_name, non_negative_int, positive_int
 from msf_fast.architectures import arch_name
 from msf_fast.bench.timing import peak_rss_mb, synchronize
 from msf_fast.errors import UsageError
@@ -64,8 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="untimed batches and steps before the loader-alone and step-alone parts")
     parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
                         help="autocast dtype; auto = bf16 where supported")
-    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"],
-                        help="training device; auto = cuda when present")
+    parser.add_argument("--device", type=device_name, default="auto",
+                        help="training device: auto (cuda when present), cpu or cuda (the trainer takes one GPU per "
+                             "process: choose it with CUDA_VISIBLE_DEVICES)")
     parser.add_argument("--workers", type=non_negative_int, default=min(8, os.cpu_count() or 1),
                         help="loader workers (DataLoader processes, FFCV/DALI threads; default min(8, cores))")
     parser.add_argument("--threads", type=non_negative_int, default=0,
@@ -181,18 +182,24 @@ def rate(*blocks: dict) -> float:
 
 
 def bench_train(args) -> dict:
-    import torch
-    try:
-        from msf_fast.errors import UserError
-        from msf_fast.trainer import Trainer
-    except ModuleNotFoundError as error:
-        raise SystemExit(f"bench train: the trainer needs the Python package {error.name!r} "
-                         f"(pip install -e . installs the project's dependencies)") from None
+    from msf_fast.errors import UserError
+    if args.device.startswith("cuda:"):
+        raise UsageError(f"--device {args.device}: the trainer takes one GPU per process, as cuda; choose it with "
+                         f"CUDA_VISIBLE_DEVICES={args.device.removeprefix('cuda:')}")
     with contextlib.ExitStack() as stack:
         folder = args.out or stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-train-"))
         stack.enter_context(contextlib.redirect_stdout(sys.stderr))  # stdout: the one JSON line
         try:
-            cfg = trainer_config(args, folder)
+            cfg = trainer_config(args, folder)  # torch-free, as the trainer's own checks: mistakes answer at once
+        except UserError as error:
+            raise UsageError(in_bench_options(str(error))) from None
+        import torch
+        try:
+            from msf_fast.trainer import Trainer
+        except ModuleNotFoundError as error:
+            raise SystemExit(f"bench train: the trainer needs the Python package {error.name!r} "
+                             f"(pip install -e . installs the project's dependencies)") from None
+        try:
             trainer = Trainer(cfg, loader=synthetic_loader(cfg, args) if args.synthetic else None)
         except UserError as error:
             raise UsageError(in_bench_options(str(error))) from None

@@ -175,5 +175,6 @@ def protocol_text(run: ProbeRun) -> str:
               else "features of random-resized-crop + flip images, new every epoch")
     return (f"Frozen backbone; L2-normalised then standardised features; Linear({run.train_features.shape[1]}, "
             f"{run.num_classes}); SGD lr {s.lr}, momentum {s.momentum}, weight decay {s.weight_decay}, batch "
-            f"{s.batch_size}, {s.epochs} epochs, lr x0.1 after epochs {', '.join(map(str, s.milestones)) or '-'}; "
+            f"{s.batch_size}, {s.epochs} epochs, "
+            f"{'lr x0.1 after epochs ' + ', '.join(map(str, s.milestones)) if s.milestones else 'a constant lr'}; "
             f"trained on {source}; {len(run.val_labels)} held-out centre crops scored.")
