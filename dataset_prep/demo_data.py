@@ -37,13 +37,12 @@ both runs contain.
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from dataset_prep.staging import OutputError
+from dataset_prep.staging import OutputError, StagedPath, sigterm_as_ctrl_c
 
 # --------------------------------------------------------------------------
 # Glyphs: signed-distance functions on tile coordinates (u, v) in [-1, 1]^2,
@@ -185,18 +184,18 @@ def generate_demo_dataset(root, train_per_class, val_per_class, seed=0, *,
             raise FileExistsError(root / split)
     check_replaceable(root)  # before anything is deleted
     (root / MARKER).unlink(missing_ok=True)  # it describes the images about to be replaced
-    for split, _ in splits:
-        if (root / split).exists():
-            shutil.rmtree(root / split)
-
-    for split_id, (split, n) in enumerate(splits):
-        for class_id, cls in enumerate(names):
-            out = root / split / cls
-            out.mkdir(parents=True)
-            for i in range(n):
-                rng = np.random.default_rng([seed, split_id, class_id, i])
-                render_image(rng, cls, **render_kw).save(
-                    out / f"{i:05d}.jpg", quality=jpeg_quality)
+    root.mkdir(parents=True, exist_ok=True)
+    # each split is written under a hidden name and takes its place whole (replacing the old one): a Ctrl-C or
+    # SIGTERM while the images are drawn leaves no half-written split that a run could be pointed at
+    with sigterm_as_ctrl_c():
+        for split_id, (split, n) in enumerate(splits):
+            with StagedPath(str(root / split), is_dir=True) as staged:
+                for class_id, cls in enumerate(names):
+                    out = Path(staged.temporary) / cls
+                    out.mkdir()
+                    for i in range(n):
+                        rng = np.random.default_rng([seed, split_id, class_id, i])
+                        render_image(rng, cls, **render_kw).save(out / f"{i:05d}.jpg", quality=jpeg_quality)
 
     return {
         "root": str(root),

@@ -22,6 +22,33 @@ def test_demo_dataset_is_deterministic_imagefolder(tmp_path):
     assert all(Image.open(tmp_path / "a" / f).mode == "RGB" for f in files)
 
 
+def test_an_interrupted_generation_leaves_no_partial_split(tmp_path, monkeypatch):
+    """A Ctrl-C while the demo drew its images left a train/ of 996 JPEGs a run could be pointed at (found by a
+    walkthrough): each split now takes its place whole, and a smaller regeneration leaves no stale image."""
+    from dataset_prep import demo_data
+
+    root = tmp_path / "demo"
+    generate_demo_dataset(root, train_per_class=3, val_per_class=2, seed=5)
+    drawn = []
+    render = demo_data.render_image
+
+    def interrupted(*args, **kwargs):
+        drawn.append(1)
+        if len(drawn) == 25:  # in the train split, after 24 of its 40 images
+            raise KeyboardInterrupt
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(demo_data, "render_image", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        generate_demo_dataset(root, train_per_class=4, val_per_class=2, seed=6)
+    assert sorted(p.name for p in root.iterdir()) == ["train", "val"]  # the old splits, no marker, no leftover
+    assert len(list((root / "train").rglob("*.jpg"))) == 30
+    monkeypatch.setattr(demo_data, "render_image", render)
+    generate_demo_dataset(root, train_per_class=2, val_per_class=1, seed=6)
+    assert len(list((root / "train").rglob("*.jpg"))) == 20 and len(list((root / "val").rglob("*.jpg"))) == 10
+    assert sorted(p.name for p in root.iterdir()) == ["train", "val"]
+
+
 @pytest.mark.slow
 def test_the_demo_beats_random_init(tmp_path, capsys):
     """The one end-to-end run of the demo as shipped (data, FFCV store, 10 epochs of configs/demo.yaml, k-NN
