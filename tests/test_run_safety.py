@@ -336,8 +336,8 @@ def test_bench_bank_names_a_topk_beyond_the_bank(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["bank", "--topk", "100", "--bank-size", "64"])
     assert exit_.value.code == 2
-    assert capsys.readouterr().err.strip() == ("python -m msf_fast.bench bank: error: --topk 100 exceeds --bank-size 64 "
-                                               "(see --help)")
+    assert capsys.readouterr().err.strip() == ("python -m msf_fast.bench bank: error: --topk 100: must not exceed "
+                                               "--bank-size 64 (see --help)")
 
 
 @pytest.mark.parametrize("text", ["train:\n  epochs:\n", "train.epochs:\n"])

@@ -82,7 +82,7 @@ def measure_variant(args) -> dict:
 
 def bench_bank(args) -> list[dict]:
     if args.topk > args.bank_size:  # checked here, before torch loads: a child's traceback would be all the user saw
-        raise UsageError(f"--topk {args.topk} exceeds --bank-size {args.bank_size}")
+        raise UsageError(f"--topk {args.topk}: must not exceed --bank-size {args.bank_size}")
     from msf_fast.devices import device_option
     results = []
     shared = {**{key: getattr(args, key) for key in SHARED_OPTIONS}, "device": device_option(args.device)}

@@ -35,9 +35,9 @@ def check_step_shape(args) -> None:
     if args.batch_size < 2:
         raise UsageError(f"--batch-size {args.batch_size}: BatchNorm needs at least 2 images per step")
     if args.bank_size % args.batch_size:
-        raise UsageError(f"--bank-size {args.bank_size} is not a multiple of --batch-size {args.batch_size}")
+        raise UsageError(f"--bank-size {args.bank_size}: must be a multiple of --batch-size {args.batch_size}")
     if args.topk > args.bank_size:
-        raise UsageError(f"--topk {args.topk} exceeds --bank-size {args.bank_size}")
+        raise UsageError(f"--topk {args.topk}: must not exceed --bank-size {args.bank_size}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

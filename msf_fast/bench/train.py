@@ -217,8 +217,7 @@ def bench_train(args) -> dict:
         if after:
             loader_blocks.append(loader_alone(loader, device, 0, after, epoch=trainer.epoch + 1))
             step_blocks.append(step_alone(trainer, batch, 0, after))
-        del batch
-        print(f"bench train: {split.verdict()}", file=sys.stderr)
+        del batch  # the trainer has said its verdict ("N steps, R images/s; bound: ...")
     slower = min(rate(*loader_blocks), rate(*step_blocks))
     if split.images_per_s < 0.8 * slower:
         print(f"bench train: end to end {split.images_per_s:,.0f} images/s, {split.images_per_s / slower:.0%} of the "
