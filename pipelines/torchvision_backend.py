@@ -25,26 +25,14 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision import datasets, transforms
 
 from dataset_prep.images import decode_failure, file_problem
-from pipelines import process_cores
 from pipelines.contract import FirstBatchClock
 from pipelines.recipe import TwoViewRecipe, ViewRecipe
 from pipelines.sampling import epoch_order, per_sample_seed, rank_batches
-from pipelines.worker_sockets import check_worker_sockets
+from pipelines.worker_sockets import check_worker_sockets, note_workers_beyond_cores
 
 # torch warns, at every DataLoader it makes and again when it starts the workers, with two 4-line messages; one
 # note of ours per process says it instead
 warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
-_NOTED_WORKER_COUNTS: set[int] = set()
-
-
-def note_workers_beyond_cores(workers: int) -> None:
-    """One line on stderr (once per process and count) when there are more worker processes than cores."""
-    cores = process_cores()
-    if workers > cores and workers not in _NOTED_WORKER_COUNTS:
-        _NOTED_WORKER_COUNTS.add(workers)
-        print(f"note: {workers} DataLoader workers on {cores} core(s) available here: they take turns on them, "
-              "which is no faster than one per core (the default)", file=sys.stderr, flush=True)
-
 
 def leave_stopping_to_the_parent(worker_id: int) -> None:
     """DataLoader workers ignore SIGTERM and SIGINT: a scheduler signals the whole process group (SLURM on

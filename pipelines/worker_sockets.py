@@ -1,8 +1,12 @@
 """DataLoader worker processes hand each batch over as file descriptors, sent through a Unix socket that
 multiprocessing makes in the temporary folder: $TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX. Linux allows 107 bytes for
 such a path. Under a longer $TMPDIR the socket cannot be made: each worker prints a traceback for every batch and the
-loader waits forever. So a loader with worker processes refuses such a folder before they start."""
+loader waits forever. So a loader with worker processes refuses such a folder before they start.
+
+More worker processes than cores is said once per process, in one line (`note_workers_beyond_cores`). Torch-free:
+`bench loader` says both before its child processes start."""
 import os
+import sys
 import tempfile
 
 SOCKET_PATH_LIMIT = 107  # sun_path's 108 bytes, less the terminating NUL
@@ -24,3 +28,17 @@ def check_worker_sockets(workers: int) -> None:
             f"the temporary folder {folder} ($TMPDIR) is {length} bytes long: the loader's worker processes pass "
             f"batches through sockets made in it, and Linux allows them a folder of at most {FOLDER_LIMIT} bytes "
             "(they would wait forever); set TMPDIR to a shorter folder, e.g. TMPDIR=/tmp")
+
+
+_NOTED_WORKER_COUNTS: set[int] = set()
+
+
+def note_workers_beyond_cores(workers: int) -> None:
+    """One line on stderr (once per process and count) when there are more worker processes than cores."""
+    from pipelines import process_cores
+
+    cores = process_cores()
+    if workers > cores and workers not in _NOTED_WORKER_COUNTS:
+        _NOTED_WORKER_COUNTS.add(workers)
+        print(f"note: {workers} DataLoader workers on {cores} core(s) available here: they take turns on them, "
+              "which is no faster than one per core (the default)", file=sys.stderr, flush=True)

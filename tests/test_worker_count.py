@@ -34,3 +34,16 @@ def test_workers_beyond_the_cores_are_one_note(tiny_imagefolder, workers, notes)
     expected = ["note: 2 DataLoader workers on 1 core(s) available here: they take turns on them, which is no faster "
                 "than one per core (the default)"] * notes
     assert done.stderr.strip().splitlines() == expected, done.stderr
+
+
+def test_the_loader_benchmark_says_it_before_its_children_start(tiny_imagefolder):
+    """bench loader runs each loader in a child whose stderr is shown only when it fails: the note was lost."""
+    env = {**os.environ, "LOCAL_WORLD_SIZE": "1024"}
+    done = subprocess.run([sys.executable, "-m", "msf_fast.bench", "loader", "--data", str(tiny_imagefolder / "train"),
+                           "--backend", "torch", "--workers", "2", "--epochs", "1", "--max-batches", "1",
+                           "--batch-size", "8", "--resolution", "32", "--photometric", "off"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [
+        "note: 2 DataLoader workers on 1 core(s) available here: they take turns on them, which is no faster than "
+        "one per core (the default)"], done.stderr
