@@ -383,6 +383,8 @@ def test_a_device_that_is_not_there_is_one_line(command, device, expected, capsy
     (["ema", "--device", "gpu"], "argument --device: 'gpu': expected auto, cpu, cuda or cuda:N"),
     (["resize", "--source", "500x"], "argument --source: '500x': expected WIDTHxHEIGHT in pixels, both positive"),
     (["resize", "--source", "0x375"], "argument --source: '0x375': expected WIDTHxHEIGHT in pixels"),
+    (["resize", "--source", "100000x100000"], "--source 100000x100000: at most 8192 pixels a side"),
+    (["resize", "--size", "100000"], "--size 100000: at most 8192 pixels"),
     (["step", "--batch-size", "1"], "--batch-size 1: BatchNorm needs at least 2 images per step"),
     (["cpu", "--topk", "500", "--bank-size", "256"], "--topk 500: must not exceed --bank-size 256"),
     (["bank", "--topk", "100", "--bank-size", "64"], "--topk 100: must not exceed --bank-size 64"),

@@ -20,11 +20,15 @@ import time
 import numpy as np
 
 from dataset_prep.argument_parser import positive_int, width_by_height
+from msf_fast.errors import UsageError
+
+MAX_SOURCE_SIDE = 8192  # pixels; a 100000x100000 photo would take 30 GB
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", type=width_by_height, default="500x375", help="WIDTHxHEIGHT of the photo the crops come from "
-                                                            "(default 500x375: a 512-px store's typical image)")
+    parser.add_argument("--source", type=width_by_height, default="500x375",
+                        help="WIDTHxHEIGHT of the photo the crops come from, at most "
+                             f"{MAX_SOURCE_SIDE} a side (default 500x375: a 512-px store's typical image)")
     parser.add_argument("--size", type=positive_int, default=224, help="view size in pixels (default 224)")
     parser.add_argument("--crops", type=positive_int, default=100, help="crops per pass (default 100)")
     parser.add_argument("--repeats", type=positive_int, default=7, help="timed passes per variant, median (default 7)")
@@ -86,6 +90,11 @@ def variants(image: np.ndarray, size: int) -> dict:
 
 
 def bench_resize(args) -> list[dict]:
+    if max(args.source) > MAX_SOURCE_SIDE:  # before torch loads
+        raise UsageError(f"--source {args.source[0]}x{args.source[1]}: at most {MAX_SOURCE_SIDE} pixels a side (the "
+                         "photo a store's crops come from: 500x375 for a 512-px store)")
+    if args.size > MAX_SOURCE_SIDE:
+        raise UsageError(f"--size {args.size}: at most {MAX_SOURCE_SIDE} pixels (a view: 224 for ImageNet)")
     import torch
     import torchvision.transforms.v2.functional as TF
 
