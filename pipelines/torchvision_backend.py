@@ -28,11 +28,12 @@ from dataset_prep.images import decode_failure, file_problem
 from pipelines.contract import FirstBatchClock
 from pipelines.recipe import TwoViewRecipe, ViewRecipe
 from pipelines.sampling import epoch_order, per_sample_seed, rank_batches
-from pipelines.worker_sockets import check_worker_sockets, note_workers_beyond_cores
+from pipelines.worker_sockets import check_worker_processes
 
 # torch warns, at every DataLoader it makes and again when it starts the workers, with two 4-line messages; one
 # note of ours per process says it instead
 warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+
 
 def leave_stopping_to_the_parent(worker_id: int) -> None:
     """DataLoader workers ignore SIGTERM and SIGINT: a scheduler signals the whole process group (SLURM on
@@ -202,8 +203,7 @@ class TorchvisionTwoViewLoader:
 
     def __init__(self, root: str, recipe: TwoViewRecipe, *, batch_size: int, workers: int = 2, seed: int = 0,
                  rank: int = 0, world_size: int = 1, pin_memory: bool = False):
-        check_worker_sockets(workers)
-        note_workers_beyond_cores(workers)
+        check_worker_processes(workers)
         self.dataset = TwoViewImageFolder(root, recipe, seed)
         self.batch_size, self.workers, self.seed = batch_size, workers, seed
         self.rank, self.world_size, self.pin_memory = rank, world_size, pin_memory
@@ -264,8 +264,7 @@ class TorchvisionImageLoader:
 
     def __init__(self, root: str, recipe: TwoViewRecipe, *, batch_size: int, workers: int = 2, indices=None,
                  view: ViewRecipe | None = None, shuffle_seed: int | None = None, per_class: int = 0, seed: int = 0):
-        check_worker_sockets(workers)
-        note_workers_beyond_cores(workers)
+        check_worker_processes(workers)
         transform = eval_transform(recipe) if view is None else view_transform(view, recipe)
         self.dataset = image_folder(root, transform)
         self.classes = list(self.dataset.classes)

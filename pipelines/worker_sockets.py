@@ -3,8 +3,8 @@ multiprocessing makes in the temporary folder: $TMPDIR/pymp-XXXXXXXX/listener-XX
 such a path. Under a longer $TMPDIR the socket cannot be made: each worker prints a traceback for every batch and the
 loader waits forever. So a loader with worker processes refuses such a folder before they start.
 
-More worker processes than cores is said once per process, in one line (`note_workers_beyond_cores`). Torch-free:
-`bench loader` says both before its child processes start."""
+More worker processes than cores is said once per process, in one line. `check_worker_processes` does both;
+torch-free: `bench loader` calls it before its child processes start."""
 import os
 import sys
 import tempfile
@@ -42,3 +42,9 @@ def note_workers_beyond_cores(workers: int) -> None:
         _NOTED_WORKER_COUNTS.add(workers)
         print(f"note: {workers} DataLoader workers on {cores} core(s) available here: they take turns on them, "
               "which is no faster than one per core (the default)", file=sys.stderr, flush=True)
+
+
+def check_worker_processes(workers: int) -> None:
+    """Before a loader starts `workers` processes: TempFolderTooLong, or the note on more workers than cores."""
+    check_worker_sockets(workers)
+    note_workers_beyond_cores(workers)

@@ -180,12 +180,11 @@ def bench_loader(args) -> list[dict]:
         raise SystemExit("bench loader: the torch backend reads an ImageFolder: pass the source folder as --data")
     if "torch" in args.backend:
         from msf_fast.errors import UserError
-        from pipelines.worker_sockets import TempFolderTooLong, check_worker_sockets, note_workers_beyond_cores
+        from pipelines.worker_sockets import TempFolderTooLong, check_worker_processes
         try:
-            check_worker_sockets(args.workers)
+            check_worker_processes(args.workers)  # here: the child's stderr is shown only when it fails
         except TempFolderTooLong as error:
             raise UserError(f"--workers {args.workers}: {error}") from None
-        note_workers_beyond_cores(args.workers)  # here: the child's stderr is shown only when it fails
     if {"ffcv", "ffcv-opencv", "ffcv-twice"} & set(args.backend):
         args.beton = store_for(args, "ffcv")
     if "dali" in args.backend:
