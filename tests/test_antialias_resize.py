@@ -7,7 +7,7 @@ import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image
 
-from pipelines.antialias_resize import centre_box, resize_box, resize_crop
+from pipelines.antialias_resize import axis_taps, centre_box, resize_box, resize_crop
 from tests.photo_cases import sample_photos
 
 
@@ -49,6 +49,19 @@ def test_crops_match_torchvision_resized_crop(photos):
             reference = hwc(F.resized_crop(chw(image), i, j, h, w, list(size), antialias=True))
             # torchvision rounds to uint8 between its two passes, we do not: one level at most
             assert np.abs(out.astype(int) - reference).max() <= 1, (name, (i, j, h, w), size)
+
+
+@pytest.mark.parametrize("taps", range(1, 14))
+def test_every_filter_width_matches_torchvision(taps, photos):
+    """The horizontal pass sums four taps at a time and the last one to four on the way out to uint8: every filter
+    width, from one tap (a one-pixel-wide image) to 13 (shrinking ~6x), on 13 rows (a last block of 5)."""
+    image = photos["flower"][:61, :1] if taps == 1 else photos["flower"][:61]
+    height, width = image.shape[:2]
+    out_w = next(w for w in range(width, 0, -1) if axis_taps(0.0, float(width), 0, width, w)[1].max() == taps)
+    out = np.zeros((13, out_w, 3), np.uint8)
+    resize_crop(np.ascontiguousarray(image), 0, 0, height, width, out)
+    reference = hwc(F.resized_crop(chw(image), 0, 0, height, width, [13, out_w], antialias=True))
+    assert np.abs(out.astype(int) - reference).max() <= 1, out_w
 
 
 def test_centre_view_matches_resize_then_centre_crop(photos):
