@@ -17,6 +17,7 @@ import importlib.abc
 import importlib.machinery
 import sys
 
+from dataset_prep import core_load
 from dataset_prep.argument_parser import one_line_on_ctrl_c
 
 HEAVY_PACKAGES = frozenset({"torch", "torchvision", "ffcv", "numba", "nvidia.dali"})
@@ -56,6 +57,7 @@ def load_heavy_packages_without_gc() -> None:
 
 def start_command(program: str) -> None:
     """Call first in a command's entry point (`PROGRAM: interrupted` on an early Ctrl-C; heavy imports without the
-    collector)."""
+    collector; the cores' busy time sampled, to tell later how much of them other processes use)."""
     one_line_on_ctrl_c(program)
+    core_load.mark_start()
     load_heavy_packages_without_gc()

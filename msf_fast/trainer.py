@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import random
 import sys
 import time
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dataset_prep import core_load
 from msf_fast import checkpoint as ckpt
 from msf_fast.config import holds_run_message, resolve_backend, to_dict
 from msf_fast.distributed import data_parallel
@@ -32,7 +34,7 @@ from msf_fast.schedule import learning_rate, progressive_resolution, scaled_lr
 from msf_fast.precision import resolve_precision
 from msf_fast.step import bank_dtype, make_sgd, resolve_device, train_step
 from msf_fast.throughput import StepClock, TimeSplit
-from pipelines import TwoViewLoader, build_train_loader, default_torch_threads, two_view_recipe
+from pipelines import TwoViewLoader, build_train_loader, default_torch_threads, process_cores, two_view_recipe
 from pipelines.worker_sockets import TempFolderTooLong
 
 
@@ -97,6 +99,8 @@ def build_model(cfg, device: torch.device, bank_storage: torch.dtype = torch.flo
 
 
 class Trainer:
+    threads_option = "--train.threads"  # as the command that runs it names train.threads (the note on shared cores)
+
     def __init__(self, cfg, rank: int = 0, world_size: int = 1, loader: TwoViewLoader | None = None):
         """`loader` replaces the one data.* describes (e.g. synthetic batches for a benchmark)."""
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
@@ -152,6 +156,9 @@ class Trainer:
         threads = self.cfg.train.threads
         if not threads and device.type == "cpu":
             threads = default_torch_threads(self.cfg.data.workers)  # README, "Precision, layout and threads"
+        self.busy_cores_of_others = None
+        if device.type == "cpu" and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) == 1:  # (torchrun's other ranks
+            self.busy_cores_of_others = core_load.busy_cores_since_start()  # start beside this one: not "others")
         if threads:
             torch.set_num_threads(threads)
         return device
@@ -277,7 +284,8 @@ class Trainer:
         log = JsonlLog(self.folder / "log.jsonl", append=self.resumed, tensorboard=self.cfg.logging.tensorboard)
         log.write(event="setup", device=self.device.type, **self.precision.record(),
                   channels_last=self.layout == torch.channels_last, torch_threads=torch.get_num_threads(),
-                  loader_workers=self.cfg.data.workers)
+                  loader_workers=self.cfg.data.workers, busy_cores_of_others=self.busy_cores_of_others and
+                  round(self.busy_cores_of_others, 2))
         return log
 
     def release_folder(self) -> None:
@@ -348,6 +356,10 @@ class Trainer:
             self.say(f"the run in {self.folder} is finished (step {self.step} of {self.total_steps}{past}): nothing "
                      "to do")
             return result
+        shared = core_load.threads_note(torch.get_num_threads(), process_cores(), self.busy_cores_of_others,
+                                        self.threads_option)
+        if shared and self.is_main:  # here, not at start: a run that stops on a mistake says it in one line
+            print(shared, file=sys.stderr, flush=True)
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.cfg.logging.progress and self.is_main),
                    unit="step", dynamic_ncols=True, desc="MSF")
         completed = False

@@ -203,6 +203,7 @@ def bench_train(args) -> dict:
             trainer = Trainer(cfg, loader=synthetic_loader(cfg, args) if args.synthetic else None)
         except UserError as error:
             raise UsageError(in_bench_options(str(error))) from None
+        trainer.threads_option = OPTION_OF_KEY["train.threads"]
         device, loader = trainer.device, trainer.loader
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)

@@ -1,0 +1,87 @@
+"""How many of this process's cores other processes keep busy, measured over the command's own start-up.
+
+torch's OpenMP threads split every op evenly, so an op waits for its slowest thread: with another process busy on
+one of 2 cores, 2 torch threads trained 2.3-2.9x slower than 1 (README, "Precision, layout and threads"). The
+load average cannot tell that apart from the command that ran a minute before; the cores' busy time while this
+command loads torch (1-3 s in which it uses one core itself) can. `start_command` takes the first sample, the
+trainer the second when it picks its threads.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+MIN_WINDOW_S = 0.5  # shorter windows are too few 10-ms clock ticks to tell one busy core from none
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    busy_s: float  # busy seconds summed over the cores sampled (steal included: a vCPU the host gave away)
+    total_s: float  # all seconds summed over those cores
+    own_s: float  # this process's CPU seconds (all its threads, and its children once they ended)
+    cores: int
+
+
+def parse_proc_stat(text: str, cores: set[int]) -> tuple[int, int]:
+    """(busy, total) clock ticks summed over the `cores` lines (cpuN) of /proc/stat's text. Busy is everything but
+    idle and iowait; guest time is already counted in user."""
+    busy = total = 0
+    for line in text.splitlines():
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cores:
+            continue
+        ticks = [int(value) for value in fields[:8]]  # user nice system idle iowait irq softirq steal
+        busy += sum(ticks) - ticks[3] - ticks[4]
+        total += sum(ticks)
+    return busy, total
+
+
+def sample() -> CpuSample | None:
+    """Now, over the cores this process may run on; None where /proc/stat cannot be read (not Linux)."""
+    try:
+        cores = os.sched_getaffinity(0)
+        with open("/proc/stat") as stat:
+            busy, total = parse_proc_stat(stat.read(), cores)
+    except (AttributeError, OSError, ValueError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    own = os.times()  # with the children it waited for (a converter's pool): they are not "other processes"
+    return CpuSample(busy / tick, total / tick, own.user + own.system + own.children_user + own.children_system,
+                     len(cores))
+
+
+def busy_cores_of_others(start: CpuSample | None, end: CpuSample | None) -> float | None:
+    """Cores' worth of CPU that other processes used between two samples (0 = the cores were this process's
+    alone); None without two samples over the same cores at least MIN_WINDOW_S apart."""
+    if start is None or end is None or start.cores != end.cores:
+        return None
+    window = (end.total_s - start.total_s) / end.cores  # wall seconds, as the cores counted them
+    if window < MIN_WINDOW_S:
+        return None
+    others = (end.busy_s - start.busy_s) - (end.own_s - start.own_s)
+    return max(0.0, others / window)
+
+
+_STARTED: CpuSample | None = None
+
+
+def mark_start() -> None:
+    """The first sample: the command starts."""
+    global _STARTED
+    _STARTED = sample()
+
+
+def busy_cores_since_start() -> float | None:
+    """busy_cores_of_others since mark_start (None if it was not called, or too recently)."""
+    return busy_cores_of_others(_STARTED, sample())
+
+
+def threads_note(threads: int, cores: int, others: float | None, option: str) -> str | None:
+    """A one-line note when other processes kept so much of the cores busy that `threads` torch threads would
+    share cores with them; None otherwise."""
+    if others is None or threads < 2 or others < 0.5 or threads <= round(cores - others):
+        return None
+    free = max(1, round(cores - others))
+    return (f"note: other processes kept {others:.1f} of this process's {cores} cores busy while it started; "
+            f"{threads} torch threads that share cores with them run 2-3x slower: {option}={free} if that load "
+            f"stays (README, \"Precision, layout and threads\")")
