@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from dataset_prep import core_load
+from dataset_prep.progress import bar_options
 from msf_fast import checkpoint as ckpt
 from msf_fast.config import holds_run_message, resolve_backend, to_dict
 from msf_fast.distributed import data_parallel
@@ -361,7 +362,7 @@ class Trainer:
         if shared and self.is_main:  # here, not at start: a run that stops on a mistake says it in one line
             print(shared, file=sys.stderr, flush=True)
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.cfg.logging.progress and self.is_main),
-                   unit="step", dynamic_ncols=True, desc="MSF")
+                   unit="step", dynamic_ncols=True, desc="MSF", **bar_options())
         completed = False
         try:
             with self.stops:

@@ -466,3 +466,22 @@ def test_pool_workers_die_at_once_on_sigterm():
                                 progress=False))
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize("interval, most", [(None, 3), ("0", None)], ids=["log-file", "tqdm-env"])
+def test_a_bar_written_to_a_log_redraws_every_half_minute(tmp_path, interval, most):
+    """Output to a file or a pipe (a batch job's log): the bar's first frame, then its last, not ten redraws a
+    second; TQDM_MININTERVAL, where set, decides (here 0: a frame per image)."""
+    env = {key: value for key, value in os.environ.items() if key != "TQDM_MININTERVAL"}
+    if interval is not None:
+        env["TQDM_MININTERVAL"] = interval
+    done = subprocess.run([sys.executable, "-m", "dataset_prep.synthetic_photos", str(tmp_path / "photos"),
+                           "--classes", "2", "--per-class", "16"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    frames = [frame for frame in done.stderr.replace("\r", "\n").splitlines() if frame.startswith("synthetic photos:")]
+    assert frames and "32/32" in frames[-1], frames
+    if most is None:
+        assert len(frames) >= 16, frames
+    else:
+        assert len(frames) <= most, frames
