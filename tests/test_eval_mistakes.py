@@ -117,6 +117,29 @@ def test_help_and_option_mistakes_answer_before_torch_loads(argv):
     assert done.stderr.strip().splitlines()[-1] == ("0 []" if "--help" in argv else "2 []"), done.stderr
 
 
+def test_missing_or_wrong_files_answer_before_torch_loads(backbone, sets, tmp_path):
+    """A checkpoint or a data path that is plainly wrong was told after torch loaded (2-3 s): now at once, in the
+    same words, as one line and exit 2."""
+    probe = ("import sys\nfrom msf_fast.eval.cli import main\ncode = main(sys.argv[1:])\n"
+             "print(code, sorted({'torch', 'torchvision'} & set(sys.modules)), file=sys.stderr)\n")
+    text = tmp_path / "notes.txt"
+    text.write_text("learning rate 0.05\n")
+    cases = [(["knn", "--ckpt", str(tmp_path / "missing.pt"), "--train", sets["train"], "--val", sets["val"]],
+              f"eval knn: error: {tmp_path / 'missing.pt'}: no such file"),
+             (["tsne", "--ckpt", backbone, str(text), "--data", sets["train"]],
+              f"eval tsne: error: {text}: a text file (starting 'learning rate 0.05'), not a checkpoint"),
+             (["linear", "--ckpt", backbone, "--train", sets["train"], "--val", str(tmp_path / "nothing")],
+              f"eval linear: error: --val {tmp_path / 'nothing'}: expected an ImageFolder, a .beton or a TFRecord "
+              "store; found it does not exist"),
+             (["neighbours", "--ckpt", backbone, "--data", sets["train"], "--queries-from", str(text)],
+              f"eval neighbours: error: --queries-from {text}: expected an ImageFolder, a .beton or a TFRecord "
+              "store; found a file, neither a .beton nor a folder")]
+    for argv, expected in cases:
+        done = subprocess.run([sys.executable, "-c", probe, *argv], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+        assert done.stderr.strip().splitlines() == [expected, "2 []"], done.stderr
+
+
 @pytest.mark.parametrize("given, epochs, used, conflict", [
     (None, 40, (15, 30), None),  # the paper's
     (None, 20, (15,), None),  # those below --epochs

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from dataset_prep.argument_parser import device_name, non_negative_int, positive_int
 from pipelines import MAX_DATALOADER_WORKERS, default_workers
@@ -132,6 +133,26 @@ def option_conflict(args: argparse.Namespace) -> str | None:
     if late:
         return (f"--milestones {' '.join(map(str, late))}: not below --epochs {args.epochs}, so the lr would never "
                 "drop there (a milestone is the epoch after which it drops)")
+    return None
+
+
+DATA_OPTIONS = {"--train": "train", "--val": "val", "--data": "data", "--queries-from": "queries_from"}
+
+
+def path_problem(args: argparse.Namespace) -> str | None:
+    """A checkpoint that is plainly no torch file (missing, a folder, a .beton, ...) or a data path that is no
+    dataset, told before torch loads (in the words the command's own checks use after it); None when nothing."""
+    from msf_fast.checkpoint_files import not_a_checkpoint_file
+    from msf_fast.config import data_problem
+    for checkpoint in args.ckpt if isinstance(args.ckpt, list) else [args.ckpt]:
+        problem = not_a_checkpoint_file(Path(checkpoint))
+        if problem:
+            return f"{Path(checkpoint)}: {problem}"
+    for option, name in DATA_OPTIONS.items():
+        path = getattr(args, name, None)
+        problem = path and data_problem(str(path))
+        if problem:
+            return f"{option} {path}: {problem}"
     return None
 
 

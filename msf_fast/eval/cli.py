@@ -24,7 +24,8 @@ import sys
 
 from dataset_prep.argument_parser import DefaultsHelpFormatter, OneLineParser
 from msf_fast.errors import UserError, disk_full
-from msf_fast.eval.arguments import add_figure_commands, add_knn_command, add_probe_commands, option_conflict
+from msf_fast.eval.arguments import (add_figure_commands, add_knn_command, add_probe_commands, option_conflict,
+                                     path_problem)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
@@ -48,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     conflict = option_conflict(args)
     if conflict:
         commands[args.command].error(conflict)
+    problem = path_problem(args)
+    if problem:
+        print(f"eval {args.command}: error: {problem}", file=sys.stderr)
+        return 2
     module, function = args.run.split(":")
     run = getattr(importlib.import_module(module), function)  # torch loads here
     try:
