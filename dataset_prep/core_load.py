@@ -76,12 +76,32 @@ def busy_cores_since_start() -> float | None:
     return busy_cores_of_others(_STARTED, sample())
 
 
-def threads_note(threads: int, cores: int, others: float | None, option: str) -> str | None:
-    """A one-line note when other processes kept so much of the cores busy that `threads` torch threads would
-    share cores with them; None otherwise."""
-    if others is None or threads < 2 or others < 0.5 or threads <= round(cores - others):
+def threads_that_fit(threads: int, cores: int, others: float | None) -> int:
+    """`threads`, or fewer where other processes keep half a core or more busy: the cores they leave idle (at
+    least 1)."""
+    if others is None or others < 0.5:
+        return threads
+    return max(1, min(threads, round(cores - others)))
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+SHARING_COST = "threads sharing cores with busy processes ran 2.3x (one busy core of 2) to 50x (both) slower here"
+
+
+def threads_note(planned: int, threads: int, cores: int, others: float | None, option: str) -> str | None:
+    """The note a CPU run prints as training begins: its `planned` torch threads were lowered to `threads` to fit
+    the cores that other processes left idle, or (not lowered: given by the user) they share cores with them; None
+    when neither."""
+    if others is None:
         return None
-    free = max(1, round(cores - others))
-    return (f"note: other processes kept {others:.1f} of this process's {cores} cores busy while it started; "
-            f"{threads} torch threads that share cores with them run 2-3x slower: {option}={free} if that load "
-            f"stays (README, \"Precision, layout and threads\")")
+    busy = f"note: other processes kept {others:.1f} of this process's {plural(cores, 'core')} busy as it started"
+    if threads < planned:
+        return (f"{busy}: {plural(threads, 'torch thread')} instead of {planned} ({SHARING_COST}); {option}={planned} "
+                f"uses {planned} anyway")
+    fit = threads_that_fit(threads, cores, others)
+    if fit < threads:
+        return f"{busy}; {SHARING_COST}: {option}={fit} if that load stays (README, \"Precision, layout and threads\")"
+    return None

@@ -102,9 +102,13 @@ def build_model(cfg, device: torch.device, bank_storage: torch.dtype = torch.flo
 class Trainer:
     threads_option = "--train.threads"  # as the command that runs it names train.threads (the note on shared cores)
 
-    def __init__(self, cfg, rank: int = 0, world_size: int = 1, loader: TwoViewLoader | None = None):
-        """`loader` replaces the one data.* describes (e.g. synthetic batches for a benchmark)."""
+    def __init__(self, cfg, rank: int = 0, world_size: int = 1, loader: TwoViewLoader | None = None,
+                 fit_threads_to_load: bool = False):
+        """`loader` replaces the one data.* describes (e.g. synthetic batches for a benchmark). On the CPU, automatic
+        threads (train.threads=0) are fitted to the cores other processes leave idle, and so are the configured
+        ones with `fit_threads_to_load` (a command's own default, not the user's choice)."""
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.fit_threads_to_load = fit_threads_to_load
         self.is_main = rank == 0
         self.device = self.create_device()
         self.precision = resolve_precision(cfg.train.amp, self.device)
@@ -155,11 +159,14 @@ class Trainer:
         except RuntimeError as error:
             raise UserError(f"train.device={self.cfg.train.device}: {error}") from None
         threads = self.cfg.train.threads
-        if not threads and device.type == "cpu":
-            threads = default_torch_threads(self.cfg.data.workers)  # README, "Precision, layout and threads"
         self.busy_cores_of_others = None
-        if device.type == "cpu" and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) == 1:  # (torchrun's other ranks
-            self.busy_cores_of_others = core_load.busy_cores_since_start()  # start beside this one: not "others")
+        if device.type == "cpu":  # README, "Precision, layout and threads"
+            if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) == 1:  # torchrun's ranks start side by side
+                self.busy_cores_of_others = core_load.busy_cores_since_start()
+            self.planned_threads = threads or default_torch_threads(self.cfg.data.workers)
+            threads = self.planned_threads
+            if not self.cfg.train.threads or self.fit_threads_to_load:
+                threads = core_load.threads_that_fit(threads, process_cores(), self.busy_cores_of_others)
         if threads:
             torch.set_num_threads(threads)
         return device
@@ -357,8 +364,9 @@ class Trainer:
             self.say(f"the run in {self.folder} is finished (step {self.step} of {self.total_steps}{past}): nothing "
                      "to do")
             return result
-        shared = core_load.threads_note(torch.get_num_threads(), process_cores(), self.busy_cores_of_others,
-                                        self.threads_option)
+        shared = self.device.type == "cpu" and core_load.threads_note(
+            self.planned_threads, torch.get_num_threads(), process_cores(), self.busy_cores_of_others,
+            self.threads_option)
         if shared and self.is_main:  # here, not at start: a run that stops on a mistake says it in one line
             print(shared, file=sys.stderr, flush=True)
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.cfg.logging.progress and self.is_main),

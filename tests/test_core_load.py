@@ -9,7 +9,8 @@ import time
 import pytest
 
 from dataset_prep import core_load
-from dataset_prep.core_load import CpuSample, busy_cores_of_others, parse_proc_stat, threads_note
+from dataset_prep.core_load import (CpuSample, busy_cores_of_others, parse_proc_stat, threads_note,
+                                    threads_that_fit)
 
 PROC_STAT = """cpu  300 0 100 900 0 0 0 0 0 0
 cpu0 200 0 50 250 0 0 0 0 0 0
@@ -37,16 +38,29 @@ def test_busy_cores_of_others_subtracts_this_process_own_time():
     assert busy_cores_of_others(None, start) is None
 
 
-def test_the_note_names_the_threads_that_fit():
-    note = threads_note(2, 2, 1.0, "--train.threads")
-    assert note.startswith("note: other processes kept 1.0 of this process's 2 cores busy")
-    assert "--train.threads=1 if that load stays" in note and "\n" not in note
-    assert threads_note(4, 8, 5.2, "--train.threads").endswith('--train.threads=3 if that load stays (README, '
-                                                              '"Precision, layout and threads")')
-    assert threads_note(2, 2, 0.2, "--train.threads") is None  # a quiet machine
-    assert threads_note(1, 2, 1.0, "--train.threads") is None  # one thread shares nothing
-    assert threads_note(2, 8, 3.0, "--train.threads") is None  # enough idle cores
-    assert threads_note(2, 2, None, "--train.threads") is None  # not measured
+def test_threads_fit_the_cores_other_processes_leave_idle():
+    assert threads_that_fit(2, 2, 1.0) == 1
+    assert threads_that_fit(2, 2, 2.0) == 1  # at least one
+    assert threads_that_fit(6, 8, 3.4) == 5
+    assert threads_that_fit(2, 8, 3.0) == 2  # enough idle cores
+    assert threads_that_fit(2, 2, 0.3) == 2  # a quiet machine
+    assert threads_that_fit(2, 2, None) == 2  # not measured
+
+
+def test_the_notes_say_what_was_chosen_and_how_to_choose_otherwise():
+    lowered = threads_note(2, 1, 2, 1.0, "--train.threads")
+    assert lowered.startswith("note: other processes kept 1.0 of this process's 2 cores busy as it started: 1 torch "
+                              "thread instead of 2 (threads sharing cores with busy processes ran 2.3x")
+    assert lowered.endswith("; --train.threads=2 uses 2 anyway") and "\n" not in lowered
+    given = threads_note(4, 4, 8, 5.2, "--threads")  # the user's 4, not lowered: advice
+    assert given.startswith("note: other processes kept 5.2 of this process's 8 cores busy as it started; threads "
+                            "sharing cores")
+    assert given.endswith('--threads=3 if that load stays (README, "Precision, layout and threads")')
+    assert "1 core busy" in threads_note(2, 2, 1, 0.9, "--train.threads")
+    assert threads_note(2, 2, 2, 0.2, "--train.threads") is None  # a quiet machine
+    assert threads_note(1, 1, 2, 1.0, "--train.threads") is None  # one thread shares nothing
+    assert threads_note(2, 2, 8, 3.0, "--train.threads") is None  # enough idle cores
+    assert threads_note(2, 2, 2, None, "--train.threads") is None  # not measured
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="Linux's /proc/stat")
@@ -82,16 +96,20 @@ def test_this_process_own_work_is_in_both_counts():
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="Linux's /proc/stat")
-def test_a_training_run_on_busy_cores_says_so_once_and_records_it(tiny_imagefolder, tmp_path):
+@pytest.mark.parametrize("given", [None, 2], ids=["auto", "given"])
+def test_a_training_run_on_busy_cores_fits_its_threads_or_says_so(tiny_imagefolder, tmp_path, given):
+    """Every core busy: automatic threads (2 on 2 cores with no loader workers) become 1, said once; threads the
+    user gave are kept, with advice. Either way the setup record holds the measurement."""
     import json
     from pathlib import Path
 
     from tests.test_long_runs import options
     folder = tmp_path / "run"
+    threads = ["--train.threads=0"] if given is None else [f"--train.threads={given}"]
     loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in os.sched_getaffinity(0)]
     try:
-        done = subprocess.run([sys.executable, "train_imagenet.py", *options(tiny_imagefolder, folder),
-                               "--train.threads=2", "--train.max_steps=1"], cwd=Path(__file__).resolve().parents[1],
+        done = subprocess.run([sys.executable, "train_imagenet.py", *options(tiny_imagefolder, folder), *threads,
+                               "--train.max_steps=1"], cwd=Path(__file__).resolve().parents[1],
                               capture_output=True, text=True, timeout=600)
     finally:
         for loop in loops:
@@ -99,6 +117,13 @@ def test_a_training_run_on_busy_cores_says_so_once_and_records_it(tiny_imagefold
             loop.wait()
     assert done.returncode == 0, done.stderr[-2000:]
     notes = [line for line in done.stderr.splitlines() if line.startswith("note: other processes kept")]
-    assert len(notes) == 1 and "2 torch threads" in notes[0] and "--train.threads=1 if" in notes[0], done.stderr
     setup = next(json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines() if '"setup"' in line)
     assert setup["busy_cores_of_others"] >= 0.5, setup
+    cores = len(os.sched_getaffinity(0))
+    if given is None:
+        assert setup["torch_threads"] == 1, setup
+        if cores > 1:
+            assert len(notes) == 1 and f"1 torch thread instead of {cores}" in notes[0], done.stderr
+    else:
+        assert setup["torch_threads"] == 2, setup
+        assert len(notes) == 1 and "--train.threads=1 if that load stays" in notes[0], done.stderr
