@@ -19,6 +19,7 @@ import sys
 
 from dataset_prep import core_load
 from dataset_prep.argument_parser import one_line_on_ctrl_c
+from dataset_prep.progress import tqdm_environment_problem
 
 HEAVY_PACKAGES = frozenset({"torch", "torchvision", "ffcv", "numba", "nvidia.dali"})
 
@@ -56,8 +57,13 @@ def load_heavy_packages_without_gc() -> None:
 
 
 def start_command(program: str) -> None:
-    """Call first in a command's entry point (`PROGRAM: interrupted` on an early Ctrl-C; heavy imports without the
-    collector; the cores' busy time sampled, to tell later how much of them other processes use)."""
+    """Call first in a command's entry point (`PROGRAM: interrupted` on an early Ctrl-C; a TQDM_ setting that tqdm
+    cannot read, one line and exit 2; heavy imports without the collector; the cores' busy time sampled, to tell
+    later how much of them other processes use)."""
     one_line_on_ctrl_c(program)
+    problem = tqdm_environment_problem()
+    if problem:
+        print(f"{program}: error: {problem}", file=sys.stderr)
+        sys.exit(2)
     core_load.mark_start()
     load_heavy_packages_without_gc()

@@ -7,9 +7,10 @@ import os
 import signal
 import sys
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 def available_cores() -> int:
@@ -20,6 +21,20 @@ def available_cores() -> int:
 
 
 LOG_FILE_INTERVAL_S = 30.0
+TQDM_NUMBERS = ("TQDM_MININTERVAL", "TQDM_MAXINTERVAL")  # tqdm reads them as floats when it is imported
+
+
+def tqdm_environment_problem() -> str | None:
+    """A TQDM_MININTERVAL (or MAXINTERVAL) that is no number, which tqdm's import would fail on with a traceback."""
+    for name in TQDM_NUMBERS:
+        value = os.environ.get(name)
+        if value is None:
+            continue
+        try:
+            float(value)
+        except ValueError:
+            return f"{name}={value!r}: expected seconds between progress-bar redraws, a number (e.g. {name}=5)"
+    return None
 
 
 def bar_options(stream=None) -> dict:
@@ -34,7 +49,8 @@ def bar_options(stream=None) -> dict:
         terminal = False
     if terminal or "TQDM_MININTERVAL" in os.environ:
         return {}
-    return {"mininterval": LOG_FILE_INTERVAL_S}
+    # maxinterval too: tqdm's monitor thread otherwise redraws a slow bar every 10 s
+    return {"mininterval": LOG_FILE_INTERVAL_S, "maxinterval": LOG_FILE_INTERVAL_S}
 
 
 @contextmanager
@@ -42,6 +58,8 @@ def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator
     """A bar (images/s, ETA) that stays drawn when its pass completes; a pass that fails or is interrupted
     (Ctrl-C, SIGTERM) erases it, so the error line that follows is not printed under a half-drawn bar. (A
     generator holding the bar is closed with GeneratorExit: a failure only when it had not yielded everything.)"""
+    from tqdm import tqdm  # here: its import fails on a TQDM_MININTERVAL that is no number, which start_command tells
+
     bar = tqdm(total=total, desc=description, unit="img", disable=not enabled, dynamic_ncols=True, smoothing=0.05,
                **bar_options())
     try:

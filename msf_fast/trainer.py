@@ -532,8 +532,10 @@ class Trainer:
         if not self.is_main:
             return
         self.log.write(**record)
+        # shown at the bar's next redraw: a redraw per record filled a batch job's log every log_every steps
         bar.set_postfix(loss=f"{record['loss']:.3f}", purity=f"{record['purity']:.2f}",
-                        img_s=f"{record['images_per_s']:.0f}", wait=f"{record['data_wait_fraction']:.0%}")
+                        img_s=f"{record['images_per_s']:.0f}", wait=f"{record['data_wait_fraction']:.0%}",
+                        refresh=False)
 
     def _exclude_loader_start_up(self, split: TimeSplit) -> None:
         """The first batch's wait (FFCV: numba compilation) is a one-time cost, not the loader's pace."""

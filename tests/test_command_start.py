@@ -1,9 +1,12 @@
 """Every command starts with dataset_prep.command_start.start_command: the heavy packages load with Python's cyclic
 collector off, and what they made is frozen out of its later passes (a command's start: 3.8 -> 2.8 s for
 `import msf_fast.trainer` on a Zen 5); the collector works as before on everything made afterwards."""
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,3 +76,31 @@ def test_every_entry_point_starts_with_it():
     for path in entry_points:
         text = path.read_text()
         assert "start_command(" in text and "one_line_on_ctrl_c(" not in text, path
+
+
+@pytest.mark.parametrize("command, program", [(["train_imagenet.py"], "train_imagenet.py"),
+                                              (["-m", "dataset_prep.write_beton", "a", "b"], "write_beton"),
+                                              (["-m", "msf_fast.eval", "knn"], "eval"),
+                                              (["-m", "msf_fast.bench", "resize"], "bench")])
+@pytest.mark.parametrize("name, value", [("TQDM_MININTERVAL", "abc"), ("TQDM_MININTERVAL", ""),
+                                         ("TQDM_MAXINTERVAL", "10s")])
+def test_a_tqdm_setting_that_is_no_number_is_one_line(command, program, name, value):
+    """tqdm reads TQDM_MININTERVAL as a float when it is imported: 'abc' or an empty value was a 26-line traceback
+    from every command (the README names the variable)."""
+    done = subprocess.run([sys.executable, *command], cwd=ROOT, env={**os.environ, name: value},
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr.strip().splitlines()) == (2, [
+        f"{program}: error: {name}={value!r}: expected seconds between progress-bar redraws, a number "
+        f"(e.g. {name}=5)"])
+
+
+def test_bars_written_to_a_file_wait_half_a_minute_between_redraws():
+    import io
+
+    from dataset_prep.progress import LOG_FILE_INTERVAL_S, bar_options
+    assert bar_options(io.StringIO()) == {"mininterval": LOG_FILE_INTERVAL_S, "maxinterval": LOG_FILE_INTERVAL_S}
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    assert bar_options(Terminal()) == {}

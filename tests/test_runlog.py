@@ -92,3 +92,24 @@ def test_a_record_cut_short_is_dropped_before_the_log_continues(tmp_path, capsys
     log.close()
     assert [json.loads(line)["epoch"] for line in path.read_text().splitlines()] == [1, 2]
     assert "ended in a record cut short (22 bytes, a write interrupted): dropped it" in capsys.readouterr().err
+
+
+def test_the_training_bar_in_a_log_file_is_not_redrawn_by_every_record(tiny_imagefolder, tmp_path):
+    """stderr to a pipe (a batch job's log): the bar's first and last frames, not a redraw per logged step (its
+    figures were set with a redraw, log_every steps apart, whatever the bar's interval)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.test_long_runs import options
+    done = subprocess.run([sys.executable, "train_imagenet.py", *options(tiny_imagefolder, tmp_path / "run"),
+                           "--logging.progress=1", "--logging.log_every=1", "--train.max_steps=8"],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600,
+                          env={key: value for key, value in os.environ.items() if key != "TQDM_MININTERVAL"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    frames = [frame for frame in done.stderr.replace("\r", "\n").splitlines() if frame.startswith("MSF:")]
+    assert frames and "8/" in frames[-1], frames
+    # opened, its last step, closed, and one redraw after each line written above it (the loader's first batch, the
+    # epoch's line): 8 records redrew it 8 times more
+    assert len(frames) <= 6, frames

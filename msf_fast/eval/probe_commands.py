@@ -87,8 +87,8 @@ class ProbeRun:
                    dynamic_ncols=True, **bar_options())
 
         def progress(record):
-            bar.update(1)
-            bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_top1=f"{record['val_top1']:.3f}")
+            bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_top1=f"{record['val_top1']:.3f}", refresh=False)
+            bar.update(1)  # draws the new figures (where the bar's interval has passed)
         try:
             result = train_probe(probe, batches, self.settings, self.val_features, self.val_labels, progress)
         except BaseException:  # Ctrl-C: no half-drawn bar above "interrupted"
