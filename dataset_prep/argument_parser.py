@@ -77,6 +77,14 @@ positive_int, non_negative_int = int_at_least(1), int_at_least(0)
 DEVICE_NAME = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
 
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:  # NaN too
+        hint = f" (a fraction: {value / 100:g} for {value:g} %)" if 1 < value <= 100 else ""
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}{hint}")
+    return value
+
+
 def device_name(text: str) -> str:
     """A --device option's type: auto, cpu, cuda or cuda:N (whether that device is there is checked when torch
     has loaded)."""

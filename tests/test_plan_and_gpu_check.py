@@ -55,6 +55,8 @@ def test_loader_ceiling_scales_with_cores():
     ({"epochs": 0}, "epochs must be positive"),
     ({"dataset_size": -1}, "dataset size must be a positive integer"),
     ({"loader_images_per_s": 0}, "loader's images per second must be positive"),
+    ({"loader_images_per_s": float("inf")}, "loader's images per second must be positive and finite"),
+    ({"images_per_s_per_gpu": float("nan")}, "images per second per GPU must be positive and finite"),
     ({"efficiency": 0}, r"scaling efficiency must be in \(0, 1\]"),
     ({"efficiency": 1.2}, r"scaling efficiency must be in \(0, 1\]"),
 ])
@@ -94,6 +96,18 @@ def test_the_store_resolution_sets_the_loader_cores_needed_and_the_ceiling(capsy
     with pytest.raises(SystemExit):
         bench.main(["plan", "--images-per-s", "4500", "--store-resolution", "1024"])
     assert "measured figures exist for 256 and 512 px stores" in capsys.readouterr().err
+
+
+def test_a_loader_bound_plan_says_what_the_loader_must_deliver(capsys):
+    """Faster GPUs alone cannot help a loader-bound run: the sentence named only the per-GPU rate."""
+    bench.main(["plan", "--images-per-s", "5000", "--store-resolution", "512", "--node-cores", "96"])
+    sentence = capsys.readouterr().err.splitlines()[0]
+    assert "loader-bound" in sentence
+    # 200 epochs x 1,281,167 images in 2 h = 35,588 img/s; at 277 img/s per core: 129 cores, 96 given (26,592 img/s)
+    assert sentence.endswith("2 h needs 4,943 img/s per GPU and a loader of 35,588 img/s (it allows 26,592, 129 "
+                             "cores at 277 img/s per core)."), sentence
+    bench.main(["plan", "--images-per-s", "100", "--gpus", "8"])
+    assert capsys.readouterr().err.splitlines()[0].endswith("2 h needs 4,943 img/s per GPU.")  # compute-bound
 
 
 def test_plan_cli_rejects_bad_inputs_clearly(capsys):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import asdict, dataclass
 
@@ -45,8 +46,8 @@ class TrainingPlan:
 
 
 def _require_positive(name: str, value) -> None:
-    if not value > 0:
-        raise UsageError(f"{name} must be positive, got {value}")
+    if not 0 < value < math.inf:  # NaN too; infinity would be printed as JSON's non-standard Infinity
+        raise UsageError(f"{name} must be positive and finite, got {value}")
 
 
 def plan_training(images_per_s_per_gpu: float, gpus: int, epochs: float = DEFAULT_EPOCHS,
@@ -157,8 +158,18 @@ def print_plan(args) -> dict:
     print(f"{plan.epochs:g} epochs of {plan.dataset_size:,} images on {plan.gpus} GPU(s) at "
           f"{plan.images_per_s_per_gpu:,.0f} img/s each (scaling {plan.efficiency:g}): "
           f"{plan.effective_images_per_s:,.0f} img/s, {plan.hours:.2f} h, {plan.binding_limit}-bound{loader_text}. "
-          f"{args.target_hours:g} h needs {needed:,.0f} img/s per GPU.", file=sys.stderr, flush=True)
+          f"{args.target_hours:g} h needs {needed:,.0f} img/s per GPU{loader_need(plan, args.target_hours, per_core)}.",
+          file=sys.stderr, flush=True)
     if per_core is not None:
         print(f"The loader needs {result['loader_cores_needed']:g} CPU cores to keep up ({per_core:,.0f} img/s per "
               f"core, {source}).", file=sys.stderr, flush=True)
     return result
+
+
+def loader_need(plan: TrainingPlan, hours: float, per_core: float | None) -> str:
+    """For a loader-bound plan, what the loader must deliver for `hours` (faster GPUs alone would not help)."""
+    if plan.binding_limit != "loader":
+        return ""
+    node_rate = plan.epochs * plan.dataset_size / (hours * 3600)
+    cores = f", {math.ceil(node_rate / per_core):,} cores at {per_core:,.0f} img/s per core" if per_core else ""
+    return f" and a loader of {node_rate:,.0f} img/s (it allows {plan.loader_images_per_s:,.0f}{cores})"

@@ -19,10 +19,11 @@ import time
 
 import numpy as np
 
-from dataset_prep.argument_parser import positive_int, width_by_height
+from dataset_prep.argument_parser import fraction, positive_int, width_by_height
 from msf_fast.errors import UsageError
 
 MAX_SOURCE_SIDE = 8192  # pixels; a 100000x100000 photo would take 30 GB
+MAX_CROPS = 10_000  # each pass runs every variant on every crop, --repeats times (~1 ms a crop)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,9 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="WIDTHxHEIGHT of the photo the crops come from, at most "
                              f"{MAX_SOURCE_SIDE} a side (default 500x375: a 512-px store's typical image)")
     parser.add_argument("--size", type=positive_int, default=224, help="view size in pixels (default 224)")
-    parser.add_argument("--crops", type=positive_int, default=100, help="crops per pass (default 100)")
+    parser.add_argument("--crops", type=positive_int, default=100,
+                        help=f"crops per pass, at most {MAX_CROPS:,} (default 100)")
     parser.add_argument("--repeats", type=positive_int, default=7, help="timed passes per variant, median (default 7)")
-    parser.add_argument("--scale", type=float, nargs=2, default=(0.2, 1.0), help="crop area range (default 0.2 1)")
+    parser.add_argument("--scale", type=fraction, nargs=2, default=(0.2, 1.0),
+                        help="crop area range, fractions of the photo, smallest first (default 0.2 1)")
 
 
 def source_photo(width: int, height: int) -> np.ndarray:
@@ -95,6 +98,12 @@ def bench_resize(args) -> list[dict]:
                          "photo a store's crops come from: 500x375 for a 512-px store)")
     if args.size > MAX_SOURCE_SIDE:
         raise UsageError(f"--size {args.size}: at most {MAX_SOURCE_SIDE} pixels (a view: 224 for ImageNet)")
+    if args.crops > MAX_CROPS:
+        raise UsageError(f"--crops {args.crops}: at most {MAX_CROPS:,} (each pass times every variant on every "
+                         "crop; --repeats gives more passes)")
+    if args.scale[0] > args.scale[1]:
+        raise UsageError(f"--scale {args.scale[0]:g} {args.scale[1]:g}: the smallest crop area first "
+                         f"(--scale {args.scale[1]:g} {args.scale[0]:g})")
     import torch
     import torchvision.transforms.v2.functional as TF
 

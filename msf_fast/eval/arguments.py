@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataset_prep.argument_parser import device_name, non_negative_int, positive_int
+from dataset_prep.argument_parser import device_name, fraction, non_negative_int, positive_int
 from pipelines import MAX_DATALOADER_WORKERS, default_workers
 
 DEFAULT_K = (1, 20)
@@ -28,14 +28,6 @@ class ProbeSettings:
     batch_size: int = 256
     milestones: tuple[int, ...] = (15, 30)
     seed: int = 0
-
-
-def fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:  # NaN too
-        hint = f" (a fraction: {value / 100:g} for {value:g} %)" if 1 < value <= 100 else ""
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}{hint}")
-    return value
 
 
 def non_negative_float(text: str) -> float:
