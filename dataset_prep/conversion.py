@@ -22,6 +22,7 @@ from dataset_prep.image_folder import ImageFolderListing, SourceError, list_imag
 from dataset_prep.progress import available_cores
 from dataset_prep.staging import OutputError, Terminated, check_destination, only_writer, sigterm_as_ctrl_c
 from dataset_prep.stores import within
+from dataset_prep.wording import plural
 
 SHOWN_SKIPS = 20
 
@@ -113,7 +114,8 @@ class ConversionReport:
         if len(self.skipped) > SHOWN_SKIPS:
             print(f"{prog}: ... and {len(self.skipped) - SHOWN_SKIPS} more skipped files", file=sys.stderr)
         if not self.written:
-            raise ConversionError(f"no image could be converted ({len(self.skipped)} bad files); nothing written")
+            raise ConversionError(f"no image could be converted ({plural(len(self.skipped), 'bad file')}); nothing "
+                                  "written")
         if self.skipped and self.args.strict:
             raise ConversionError(f"--strict: {len(self.skipped)} of {len(self.selected)} images are bad; "
                                   "nothing written")
@@ -129,7 +131,7 @@ class ConversionReport:
                 f"{store_path} ({human_bytes(size_bytes)}) in {seconds:.1f} s "
                 f"({len(self.selected) / seconds:,.0f} img/s)")
         if self.skipped:
-            line += f"; skipped {len(self.skipped)} bad files (listed in {manifest_path})"
+            line += f"; skipped {plural(len(self.skipped), 'bad file')} (listed in {manifest_path})"
         return line
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from dataset_prep.wording import plural
+
 MIN_WINDOW_S = 0.5  # shorter windows are too few 10-ms clock ticks to tell one busy core from none
 
 
@@ -82,10 +84,6 @@ def threads_that_fit(threads: int, cores: int, others: float | None) -> int:
     if others is None or others < 0.5:
         return threads
     return max(1, min(threads, round(cores - others)))
-
-
-def plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 SHARING_COST = "threads sharing cores with busy processes ran 2.3x (one busy core of 2) to 50x (both) slower here"

@@ -23,6 +23,7 @@ from dataset_prep.image_folder import classes_without_images, without_images_mes
 from dataset_prep.staging import nearest_existing
 from dataset_prep.stores import (BETON, TFRECORD, beton_problem, describe_path, path_kind, read_manifest,
                                  tfrecord_problem, within)
+from dataset_prep.wording import with_article
 from msf_fast.architectures import RESNETS
 from msf_fast.checkpoint_files import not_a_checkpoint_file
 from msf_fast.errors import UserError
@@ -446,12 +447,13 @@ def validate_data(cfg) -> None:
     if backend == stored_as:
         return
     if backend == "torch":
-        raise ConfigError(f"data.backend=torch reads an ImageFolder, and {path} is a {KINDS[stored_as]} "
+        raise ConfigError(f"data.backend=torch reads an ImageFolder, and {path} is {with_article(KINDS[stored_as])} "
                           "(data.backend=auto picks the loader that reads it)")
     source = (read_manifest(path) or {}).get("source", "SRC_DIR") if stored_as != "torch" else path
     writer, output = ("write_beton", "OUT.beton") if backend == "ffcv" else ("write_tfrecord", "OUT_DIR")
-    raise ConfigError(f"data.backend={backend} reads a {KINDS[backend]}, and {path} is a {KINDS[stored_as]}: write "
-                      f"one with python -m dataset_prep.{writer} {source} {output}, or use data.backend=auto")
+    raise ConfigError(f"data.backend={backend} reads {with_article(KINDS[backend])}, and {path} is "
+                      f"{with_article(KINDS[stored_as])}: write one with python -m dataset_prep.{writer} {source} "
+                      f"{output}, or use data.backend=auto")
 
 
 def check_held_out(cfg) -> None:

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from dataset_prep.argument_parser import OneLineParser, non_negative_int, positive_int
+from dataset_prep.wording import plural
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
@@ -191,10 +192,10 @@ def print_summary(summary: dict, k: int) -> None:
         minutes += f" in this session, which resumed at step {summary['resumed_at_step']}"
     print()
     if random_init is None or trained is None:
-        print(f"trained {summary['steps']} steps ({minutes}); k-NN was not evaluated (eval.* settings)")
+        print(f"trained {plural(summary['steps'], 'step')} ({minutes}); k-NN was not evaluated (eval.* settings)")
     else:
         print(f"k-NN top-1 (k={k}, held-out images): random init {random_init:.3f} -> "
-              f"trained {trained:.3f} after {summary['steps']} steps ({minutes})")
+              f"trained {trained:.3f} after {plural(summary['steps'], 'step')} ({minutes})")
     if "linear_probe" in summary:
         probe = summary["linear_probe"]
         print(f"linear probe top-1: random init {probe['random_init']['top1']:.3f} -> trained "

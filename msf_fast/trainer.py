@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from dataset_prep import core_load
 from dataset_prep.progress import bar_options
+from dataset_prep.wording import plural
 from msf_fast import checkpoint as ckpt
 from msf_fast.config import holds_run_message, resolve_backend, to_dict
 from msf_fast.distributed import data_parallel
@@ -452,7 +453,7 @@ class Trainer:
         self._exclude_loader_start_up(result.time)
         if self.is_main:
             self.log.write(event="end", step=self.step, **result.time.record(), bound=result.time.bound)
-            tqdm.write(f"{self.step} steps, {result.time.images_per_s:,.0f} images/s; {result.time.verdict()}")
+            tqdm.write(f"{plural(self.step, 'step')}, {result.time.images_per_s:,.0f} images/s; {result.time.verdict()}")
 
     def _run_epoch(self, bar) -> EpochStats:
         """The epoch's remaining steps, up to the step limit or an agreed stop; a time-based checkpoint when due."""
