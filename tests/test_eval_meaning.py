@@ -236,6 +236,8 @@ def test_ctrl_c_in_the_linear_probe_leaves_no_half_drawn_bar(backbone, tiny_imag
         raise KeyboardInterrupt
 
     monkeypatch.setattr(probe_commands, "train_probe", interrupted)
+    # a redraw per update, as on a terminal (stderr is captured here: a bar would redraw every 30 s)
+    monkeypatch.setattr(probe_commands, "bar_options", lambda: {"mininterval": 0})
     argv = ["linear", "--ckpt", backbone, "--train", four_images, "--val", str(tiny_imagefolder / "val"),
             "--epochs", "3", "--out", str(tmp_path), *[option for option in FAST if option != "--no-progress"]]
     assert evaluation.main(argv) == 130

@@ -187,6 +187,7 @@ def test_ctrl_c_before_training_or_during_an_eval_is_one_line(data, monkeypatch,
     folder = data[-1].split("=", 1)[1]
     assert capsys.readouterr().err.strip().splitlines() == [f"interrupted while the run started; {folder} is as it was"]
     monkeypatch.setattr(knn_command, "run_knn", interrupted)
+    monkeypatch.setattr(cli, "path_problem", lambda args: None)  # the files are checked before the run: none here
     assert cli.main(["knn", "--ckpt", "x.pt", "--train", "a", "--val", "b"]) == 130
     assert capsys.readouterr().err.strip().splitlines() == ["eval knn: interrupted"]
 
