@@ -67,8 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", type=device_name, default="auto",
                         help="training device: auto (cuda when present), cpu or cuda (the trainer takes one GPU per "
                              "process: choose it with CUDA_VISIBLE_DEVICES)")
-    parser.add_argument("--workers", type=non_negative_int, default=min(8, os.cpu_count() or 1),
-                        help="loader workers (DataLoader processes, FFCV/DALI threads; default min(8, cores))")
+    parser.add_argument("--workers", type=non_negative_int, default=None,
+                        help="loader workers (DataLoader processes, FFCV/DALI threads; default min(8, cores)); "
+                             "not with --synthetic, which has no loader")
     parser.add_argument("--threads", type=non_negative_int, default=0,
                         help="torch CPU threads; 0 = on the CPU, the cores the loader workers leave")
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoders (train.compile)")
@@ -104,7 +105,7 @@ def trainer_config(args, folder: str):
             f"--train.batch_size={args.batch_size}", f"--data.resolution={args.resolution}",
             f"--data.recipe={args.recipe}", f"--msf.bank_size={args.bank_size}", f"--msf.topk={args.topk}",
             f"--train.max_steps={args.steps}", "--train.epochs=10000", f"--train.amp={args.amp}",
-            f"--train.device={args.device}", f"--data.workers={0 if args.synthetic else args.workers}",
+            f"--train.device={args.device}", f"--data.workers={args.workers}",
             f"--train.threads={args.threads}", f"--train.compile={int(args.compile)}", f"--train.seed={args.seed}",
             f"--logging.folder={folder}", "--logging.progress=0", "--logging.checkpoint_every=0",
             f"--logging.log_every={args.steps}", "--eval.knn_final=0"]
@@ -183,6 +184,11 @@ def rate(*blocks: dict) -> float:
 
 def bench_train(args) -> dict:
     from msf_fast.errors import UserError
+    if args.synthetic and args.workers is not None:
+        raise UsageError(f"--workers {args.workers}: --synthetic has no loader (its batches are made on the device); "
+                         "give --data to time a loader")
+    if args.workers is None:
+        args.workers = 0 if args.synthetic else min(8, os.cpu_count() or 1)
     if args.device.startswith("cuda:"):
         raise UsageError(f"--device {args.device}: the trainer takes one GPU per process, as cuda; choose it with "
                          f"CUDA_VISIBLE_DEVICES={args.device.removeprefix('cuda:')}")
@@ -229,7 +235,7 @@ def bench_train(args) -> dict:
               "arch": args.arch, "batch": args.batch_size, "resolution": args.resolution, "recipe": args.recipe,
               "amp": str(precision).removeprefix("torch.") if precision else "off",
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "workers": 0 if args.synthetic else args.workers, "threads": torch.get_num_threads(),
+              "workers": args.workers, "threads": torch.get_num_threads(),
               "steps": args.steps,
               "images_per_s": round(split.images_per_s, 1),
               "loader_images_per_s": round(rate(*loader_blocks), 1),
