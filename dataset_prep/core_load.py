@@ -8,6 +8,7 @@ trainer the second when it picks its threads.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -79,21 +80,21 @@ def busy_cores_since_start() -> float | None:
 
 
 def threads_that_fit(threads: int, cores: int, others: float | None) -> int:
-    """`threads`, or fewer where other processes keep half a core or more busy: the cores they leave idle (at
-    least 1)."""
-    if others is None or others < 0.5:
-        return threads
-    return max(1, min(threads, round(cores - others)))
+    """`threads`, or fewer: at most the process's cores and, where other processes keep half a core or more busy,
+    the cores they leave idle (rounded half up; at least 1)."""
+    idle = cores - others if others is not None and others >= 0.5 else cores
+    return max(1, min(threads, math.floor(idle + 0.5)))
 
 
-SHARING_COST = "threads sharing cores with busy processes ran 2.3x (one busy core of 2) to 50x (both) slower here"
+SHARING_COST = ("threads sharing cores with busy processes trained 2.3x (one busy core of 2) to 20-60x (both) "
+                "slower on a 2-core Zen 5")
 
 
 def threads_note(planned: int, threads: int, cores: int, others: float | None, option: str) -> str | None:
     """The note a CPU run prints as training begins: its `planned` torch threads were lowered to `threads` to fit
     the cores that other processes left idle, or (not lowered: given by the user) they share cores with them; None
     when neither."""
-    if others is None:
+    if others is None or others < 0.5:  # fewer threads than planned, if any, because the process has fewer cores
         return None
     busy = f"note: other processes kept {others:.1f} of this process's {plural(cores, 'core')} busy as it started"
     if threads < planned:

@@ -21,19 +21,25 @@ def available_cores() -> int:
 
 
 LOG_FILE_INTERVAL_S = 30.0
-TQDM_NUMBERS = ("TQDM_MININTERVAL", "TQDM_MAXINTERVAL")  # tqdm reads them as floats when it is imported
+# tqdm's settings from the environment (TQDM_<OPTION>) that it converts to numbers, some when it is imported
+TQDM_NUMBERS = {"MININTERVAL": float, "MAXINTERVAL": float, "MINITERS": float, "SMOOTHING": float, "DELAY": float,
+                "TOTAL": float, "NCOLS": int, "NROWS": int, "POSITION": int, "INITIAL": int, "UNIT_DIVISOR": int}
 
 
 def tqdm_environment_problem() -> str | None:
-    """A TQDM_MININTERVAL (or MAXINTERVAL) that is no number, which tqdm's import would fail on with a traceback."""
-    for name in TQDM_NUMBERS:
+    """A TQDM_ setting that tqdm would fail to convert, with a traceback, at import or at a bar's start."""
+    for option, kind in TQDM_NUMBERS.items():
+        name = f"TQDM_{option}"
         value = os.environ.get(name)
         if value is None:
             continue
         try:
-            float(value)
+            kind(value)
         except ValueError:
-            return f"{name}={value!r}: expected seconds between progress-bar redraws, a number (e.g. {name}=5)"
+            expected = "a number" if kind is float else "a whole number"
+            example = {"MININTERVAL": "5", "MAXINTERVAL": "30", "NCOLS": "100", "NROWS": "20"}.get(option)
+            return (f"{name}={value!r}: tqdm's setting {option.lower()} expects {expected}"
+                    + (f" (e.g. {name}={example})" if example else ""))
     return None
 
 
@@ -47,7 +53,7 @@ def bar_options(stream=None) -> dict:
         terminal = stream.isatty()
     except (AttributeError, ValueError):  # closed, or no file at all
         terminal = False
-    if terminal or "TQDM_MININTERVAL" in os.environ:
+    if terminal or "TQDM_MININTERVAL" in os.environ or "TQDM_MAXINTERVAL" in os.environ:
         return {}
     # maxinterval too: tqdm's monitor thread otherwise redraws a slow bar every 10 s
     return {"mininterval": LOG_FILE_INTERVAL_S, "maxinterval": LOG_FILE_INTERVAL_S}

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from msf_fast.errors import UserError
 
-_TORCH_ZIP, _TORCH_LEGACY = b"PK\x03\x04", b"\x80"
+# torch.save's zip archive, and its legacy format (before torch 1.6): a pickle (protocol 2) of its magic number
+_TORCH_ZIP, _TORCH_LEGACY = b"PK\x03\x04", b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
+_PICKLE = b"\x80"  # a pickle of protocol 2 or later
 _IMAGE_MAGIC = {b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image", b"GIF8": "a GIF image",
                 b"BM": "a BMP image", b"RIFF": "a RIFF file (WebP image?)"}
 
@@ -49,6 +51,9 @@ def not_a_checkpoint_file(path: Path) -> str | None:
         return "a TFRecord shard or index (dataset files written by dataset_prep.write_tfrecord), not a checkpoint"
     if head.startswith((_TORCH_ZIP, _TORCH_LEGACY)):
         return None
+    if head.startswith(_PICKLE) and len(head) > 1 and 2 <= head[1] <= 5:
+        return (f"a Python pickle (protocol {head[1]}), not a torch checkpoint (torch.save writes a zip archive); not "
+                "loaded: unpickling runs its code")
     if b"\0" not in head:
         try:
             text = codecs.getincrementaldecoder("utf-8")().decode(head)  # a character cut at 4 KiB is no error

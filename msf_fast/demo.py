@@ -133,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     from msf_fast.trainer import Trainer
     start = time.perf_counter()
     try:
-        # demo.yaml's 2 threads are the demo's choice, not the user's: fewer where other processes keep cores busy
-        threads_given = any(option.startswith("--train.threads") for option in overrides)
+        # demo.yaml's 2 threads are the demo's choice, not the user's (given as an option or in their own recipe
+        # file): fewer on fewer cores, or where other processes keep cores busy
+        threads_given = any(option.startswith(("--train.threads", "--config-file", "-C")) for option in overrides)
         trainer = Trainer(cfg, fit_threads_to_load=not threads_given)
         already_finished = trainer.finished
         resumed_at = trainer.step if trainer.resumed else None

@@ -45,12 +45,15 @@ def test_threads_fit_the_cores_other_processes_leave_idle():
     assert threads_that_fit(2, 8, 3.0) == 2  # enough idle cores
     assert threads_that_fit(2, 2, 0.3) == 2  # a quiet machine
     assert threads_that_fit(2, 2, None) == 2  # not measured
+    assert threads_that_fit(2, 1, None) == 1  # a one-core process (taskset, --cpus-per-task=1): the demo's 2 ran 18x
+    assert threads_that_fit(4, 4, 1.5) == 3  # halves round up: 2.5 idle cores
+    assert threads_that_fit(2, 2, 0.5) == 2
 
 
 def test_the_notes_say_what_was_chosen_and_how_to_choose_otherwise():
     lowered = threads_note(2, 1, 2, 1.0, "--train.threads")
     assert lowered.startswith("note: other processes kept 1.0 of this process's 2 cores busy as it started: 1 torch "
-                              "thread instead of 2 (threads sharing cores with busy processes ran 2.3x")
+                              "thread instead of 2 (threads sharing cores with busy processes trained 2.3x")
     assert lowered.endswith("; --train.threads=2 uses 2 anyway") and "\n" not in lowered
     given = threads_note(4, 4, 8, 5.2, "--threads")  # the user's 4, not lowered: advice
     assert given.startswith("note: other processes kept 5.2 of this process's 8 cores busy as it started; threads "
@@ -60,6 +63,8 @@ def test_the_notes_say_what_was_chosen_and_how_to_choose_otherwise():
     assert threads_note(2, 2, 2, 0.2, "--train.threads") is None  # a quiet machine
     assert threads_note(1, 1, 2, 1.0, "--train.threads") is None  # one thread shares nothing
     assert threads_note(2, 2, 8, 3.0, "--train.threads") is None  # enough idle cores
+    assert threads_note(2, 1, 1, None, "--train.threads") is None  # fewer cores, not busier ones: no note
+    assert threads_note(2, 1, 1, 0.1, "--train.threads") is None
     assert threads_note(2, 2, 2, None, "--train.threads") is None  # not measured
 
 

@@ -124,6 +124,8 @@ def test_missing_or_wrong_files_answer_before_torch_loads(backbone, sets, tmp_pa
              "print(code, sorted({'torch', 'torchvision'} & set(sys.modules)), file=sys.stderr)\n")
     text = tmp_path / "notes.txt"
     text.write_text("learning rate 0.05\n")
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
     cases = [(["knn", "--ckpt", str(tmp_path / "missing.pt"), "--train", sets["train"], "--val", sets["val"]],
               f"eval knn: error: {tmp_path / 'missing.pt'}: no such file"),
              (["tsne", "--ckpt", backbone, str(text), "--data", sets["train"]],
@@ -131,6 +133,12 @@ def test_missing_or_wrong_files_answer_before_torch_loads(backbone, sets, tmp_pa
              (["linear", "--ckpt", backbone, "--train", sets["train"], "--val", str(tmp_path / "nothing")],
               f"eval linear: error: --val {tmp_path / 'nothing'}: expected an ImageFolder, a .beton or a TFRecord "
               "store; found it does not exist"),
+             (["semi", "--ckpt", backbone, "--train", sets["train"], "--val", sets["val"], "--subset-file",
+               str(tmp_path)], f"eval semi: error: --subset-file {tmp_path}: a folder, not a list file (one image "
+                               "name or index per line)"),
+             (["semi", "--ckpt", backbone, "--train", sets["train"], "--val", sets["val"], "--subset-file",
+               str(photo)], f"eval semi: error: --subset-file {photo}: not a text file (a list file holds one image "
+                            "name or index per line)"),
              (["neighbours", "--ckpt", backbone, "--data", sets["train"], "--queries-from", str(text)],
               f"eval neighbours: error: --queries-from {text}: expected an ImageFolder, a .beton or a TFRecord "
               "store; found a file, neither a .beton nor a folder")]
@@ -382,6 +390,8 @@ def not_checkpoints(backbone, tmp_path) -> dict[str, str]:
     truncated.write_bytes(whole[:len(whole) // 2])
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
+    pickled = tmp_path / "features.pkl"
+    pickled.write_bytes(__import__("pickle").dumps({"features": [1.0, 2.0]}, protocol=4))
     run_folder = tmp_path / "run"
     (run_folder / "checkpoints").mkdir(parents=True)
     shutil.copy(backbone, run_folder / "checkpoints" / "latest.pt")
@@ -391,6 +401,8 @@ def not_checkpoints(backbone, tmp_path) -> dict[str, str]:
             str(text): "a text file (starting 'learning rate 0.05 was too high'), not a checkpoint",
             str(truncated): f"a truncated or damaged torch file ({len(whole) // 2:,} bytes): copy or save it again",
             str(empty): "an empty file (0 bytes), not a checkpoint",
+            str(pickled): "a Python pickle (protocol 4), not a torch checkpoint (torch.save writes a zip archive); not "
+                          "loaded: unpickling runs its code",
             str(run_folder): f"a folder, not a checkpoint file (a run folder: give {run_folder}/checkpoints/latest.pt)",
             str(tmp_path / "missing.pt"): "no such file"}
 
@@ -519,3 +531,11 @@ def test_every_option_with_a_default_shows_it_in_help(command, capsys):
     if command in ("linear", "semi"):
         assert "probe training epochs (default: 40)" in text
     assert "(default: 256)" in text and "(default: auto)" in text  # --batch-size, --device
+
+
+def test_a_checkpoint_in_torch_legacy_format_is_not_taken_for_a_plain_pickle(tmp_path):
+    """torch.save's format before torch 1.6 is a pickle too (of a magic number first): it is loaded, not refused."""
+    from msf_fast.checkpoint_files import not_a_checkpoint_file
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"conv1.weight": torch.zeros(1)}, legacy, _use_new_zipfile_serialization=False)
+    assert not_a_checkpoint_file(legacy) is None

@@ -132,8 +132,9 @@ DATA_OPTIONS = {"--train": "train", "--val": "val", "--data": "data", "--queries
 
 
 def path_problem(args: argparse.Namespace) -> str | None:
-    """A checkpoint that is plainly no torch file (missing, a folder, a .beton, ...) or a data path that is no
-    dataset, told before torch loads (in the words the command's own checks use after it); None when nothing."""
+    """A checkpoint that is plainly no torch file (missing, a folder, a .beton, ...), a data path that is no dataset
+    or a --subset-file that is no text file, told before torch loads (in the words the command's own checks use
+    after it); None when nothing."""
     from msf_fast.checkpoint_files import not_a_checkpoint_file
     from msf_fast.config import data_problem
     for checkpoint in args.ckpt if isinstance(args.ckpt, list) else [args.ckpt]:
@@ -145,6 +146,23 @@ def path_problem(args: argparse.Namespace) -> str | None:
         problem = path and data_problem(str(path))
         if problem:
             return f"{option} {path}: {problem}"
+    subset_file = getattr(args, "subset_file", "")
+    problem = subset_file and list_file_problem(Path(subset_file))
+    return f"--subset-file {subset_file}: {problem}" if problem else None
+
+
+def list_file_problem(path: Path) -> str | None:
+    """Why `path` cannot be a list of image names or indices (a text file), or None."""
+    if not path.exists():
+        return "no such file"
+    if path.is_dir():
+        return "a folder, not a list file (one image name or index per line)"
+    try:
+        path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return "not a text file (a list file holds one image name or index per line)"
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error})"
     return None
 
 

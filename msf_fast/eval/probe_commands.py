@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -158,8 +158,10 @@ def listed_subset(args, run: ProbeRun):
     import numpy as np
 
     from pipelines.subsets import dataset_labels, read_subset_file
-    if not os.path.isfile(args.subset_file):
-        raise UserError(f"--subset-file {args.subset_file}: no such file")
+    from msf_fast.eval.arguments import list_file_problem
+    problem = list_file_problem(Path(args.subset_file))  # checked before torch loaded too: it may have changed
+    if problem:
+        raise UserError(f"--subset-file {args.subset_file}: {problem}")
     indices = read_subset_file(args.subset_file, args.train, run.train_loader.num_samples)
     present = set(np.unique(dataset_labels(args.train)[indices]).tolist())
     missing = [name for label, name in enumerate(run.classes) if label not in present]
