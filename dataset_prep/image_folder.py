@@ -10,6 +10,8 @@ import os
 import random
 from dataclasses import dataclass, field
 
+from dataset_prep.wording import plural
+
 # torchvision.datasets.folder.IMG_EXTENSIONS (a test checks that they stay equal)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -76,7 +78,7 @@ def list_image_folder(root: str) -> ImageFolderListing:
         if len(samples) == found:
             empty[name] = held_instead(others)
     if not samples:
-        raise SourceError(f"source folder {root!r} has {len(classes)} class folders but no image files "
+        raise SourceError(f"source folder {root!r} has {plural(len(classes), 'class folder')} but no image files "
                           f"({', '.join(IMAGE_EXTENSIONS)})")
     if empty:
         raise SourceError(f"source folder {root!r}: {without_images_message(empty)}")

@@ -23,7 +23,7 @@ from dataset_prep.image_folder import classes_without_images, without_images_mes
 from dataset_prep.staging import nearest_existing
 from dataset_prep.stores import (BETON, TFRECORD, beton_problem, describe_path, path_kind, read_manifest,
                                  tfrecord_problem, within)
-from dataset_prep.wording import with_article
+from dataset_prep.wording import plural, with_article
 from msf_fast.architectures import RESNETS
 from msf_fast.checkpoint_files import not_a_checkpoint_file
 from msf_fast.errors import UserError
@@ -193,7 +193,8 @@ def declare_schema(config: Config, for_help: bool = False) -> None:
                               "DataParallel)", default=False),
         threads=Param(NON_NEGATIVE, "torch CPU threads (0: on the CPU the cores the loader workers leave free, half "
                                    f"the cores when they take all; here {default_torch_threads(default_workers('ffcv'))} "
-                                   "beside data.workers=auto; else torch's default)",
+                                   "beside data.workers=auto; fewer where other processes keep cores busy as the run "
+                                   "starts; else torch's default)",
                       default=0),
         resume=Param(str, "continue a run: 'auto' (the run folder's latest good checkpoint if it has one, else start "
                           "fresh) or a checkpoint file ('' = start fresh in a folder without a run)", default=""),
@@ -368,7 +369,7 @@ def validate(cfg, world_size: int = 1) -> None:
     global_batch = cfg.train.batch_size * world_size
     if cfg.msf.bank_size % global_batch:
         raise ConfigError(f"msf.bank_size={cfg.msf.bank_size}: must be a multiple of the global batch "
-                          f"{global_batch} (train.batch_size={cfg.train.batch_size} x {world_size} process(es))")
+                          f"{global_batch} (train.batch_size={cfg.train.batch_size} x {plural(world_size, 'process')})")
     if cfg.msf.topk > cfg.msf.bank_size:
         raise ConfigError(f"msf.topk={cfg.msf.topk}: must not exceed msf.bank_size={cfg.msf.bank_size}")
     if cfg.data.min_resolution:
@@ -494,6 +495,11 @@ def check_held_out(cfg) -> None:
 KINDS = {"torch": "ImageFolder", "ffcv": ".beton", "dali": "TFRecord store"}
 
 
+def found_text(found: str) -> str:
+    """describe_path's words after "expected ...;": "found a file, ...", but "it does not exist" as it is."""
+    return found if found.startswith("it ") else f"found {found}"
+
+
 def data_problem(path: str) -> str | None:
     """Why `path` cannot be read as training or evaluation data (None when it can)."""
     kind = path_kind(path)
@@ -503,7 +509,7 @@ def data_problem(path: str) -> str | None:
         return tfrecord_problem(path)
     found = describe_path(path)
     if found != "an ImageFolder":
-        return f"expected an ImageFolder, a .beton or a TFRecord store; found {found}"
+        return f"expected an ImageFolder, a .beton or a TFRecord store; {found_text(found)}"
     empty = classes_without_images(path)
     return without_images_message(empty) if empty else None
 

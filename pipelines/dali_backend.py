@@ -35,6 +35,7 @@ import torch
 
 from dataset_prep.stores import manifest_classes, tfrecord_manifest_path
 from dataset_prep.tfrecord_format import IMAGE_KEY, LABEL_KEY
+from dataset_prep.wording import plural
 from pipelines.contract import FirstBatchClock
 from pipelines.recipe import TwoViewRecipe, ViewRecipe
 from pipelines.sampling import per_sample_seed
@@ -282,7 +283,7 @@ class DALITwoViewLoader:
         self.compile_seconds: float | None = None
         if len(self) == 0:
             raise ValueError(f"{path}: {self.num_samples} images make no full batch of "
-                             f"{batch_size} x {world_size} rank(s)")
+                             f"{batch_size} x {plural(world_size, 'rank')}")
 
     def __len__(self) -> int:
         return self.num_samples // (self.batch_size * self.world_size)

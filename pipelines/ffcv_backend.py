@@ -28,6 +28,7 @@ import torch
 
 from dataset_prep.ffcv_import import import_ffcv
 from dataset_prep.stores import manifest_classes
+from dataset_prep.wording import plural
 from pipelines.background import ahead
 from pipelines.batched_augment import BatchedViewAugment
 from pipelines.contract import FirstBatchClock
@@ -131,7 +132,7 @@ class FFCVTwoViewLoader:
         self.compile_seconds: float | None = None  # the first epoch's wait for its first batch
         if len(self) == 0:
             raise ValueError(f"{path}: {self.loader.reader.num_samples} images make no full batch of "
-                             f"{batch_size} x {world_size} rank(s)")
+                             f"{batch_size} x {plural(world_size, 'rank')}")
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision import datasets, transforms
 
 from dataset_prep.images import decode_failure, file_problem
+from dataset_prep.wording import plural
 from pipelines.contract import FirstBatchClock
 from pipelines.recipe import TwoViewRecipe, ViewRecipe
 from pipelines.sampling import epoch_order, per_sample_seed, rank_batches
@@ -212,7 +213,7 @@ class TorchvisionTwoViewLoader:
         self.compile_seconds: float | None = None
         if len(self) == 0:
             raise ValueError(f"{root}: {len(self.dataset)} images make no full batch of "
-                             f"{batch_size} x {world_size} rank(s)")
+                             f"{batch_size} x {plural(world_size, 'rank')}")
 
     def __len__(self) -> int:
         return len(self.dataset) // (self.batch_size * self.world_size)

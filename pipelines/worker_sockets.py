@@ -9,6 +9,8 @@ import os
 import sys
 import tempfile
 
+from dataset_prep.wording import plural
+
 SOCKET_PATH_LIMIT = 107  # sun_path's 108 bytes, less the terminating NUL
 SOCKET_NAME = "/pymp-XXXXXXXX/listener-XXXXXXXX"  # what multiprocessing appends to the folder
 FOLDER_LIMIT = SOCKET_PATH_LIMIT - len(SOCKET_NAME)
@@ -40,7 +42,7 @@ def note_workers_beyond_cores(workers: int) -> None:
     cores = process_cores()
     if workers > cores and workers not in _NOTED_WORKER_COUNTS:
         _NOTED_WORKER_COUNTS.add(workers)
-        print(f"note: {workers} DataLoader workers on {cores} core(s) available here: they take turns on them, "
+        print(f"note: {workers} DataLoader workers on {plural(cores, 'core')} available here: they take turns on them, "
               "which is no faster than one per core (the default)", file=sys.stderr, flush=True)
 
 

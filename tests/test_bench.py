@@ -145,6 +145,7 @@ def test_train_benchmark_synthetic(capsys):
     [result] = json_lines(captured.out)  # the trainer's own lines went to stderr
     check_train_result(result)
     assert result["backend"] == "synthetic" and result["data"] == "synthetic" and result["workers"] == 0
+    assert "busy_cores_of_others" in result  # None here: measured from a command's start (start_command)
     assert "bound:" in captured.err
 
 
@@ -313,8 +314,7 @@ def test_every_option_has_help_and_a_default(command, capsys):
 @pytest.mark.parametrize("argv, expected", [
     (["train", "--synthetic", "--steps", "0"], "train: error: argument --steps: must be at least 1, got 0"),
     (["loader", "--data", "/nonexistent/photos", "--backend", "torch"],
-     "loader: error: --data /nonexistent/photos: expected an ImageFolder, a .beton or a TFRecord store; found it "
-     "does not "
+     "loader: error: --data /nonexistent/photos: expected an ImageFolder, a .beton or a TFRecord store; it does not "
      "exist"),
     (["plan", "--images-per-s", "4500", "--gpu", "8"], "plan: error: unknown option --gpu (did you mean --gpus?)"),
     (["step", "--bach-size", "3"], "step: error: unknown option --bach-size (did you mean --batch-size?)"),
@@ -391,6 +391,7 @@ def test_a_device_that_is_not_there_is_one_line(command, device, expected, capsy
     (["train", "--synthetic", "--workers", "4"], "--workers 4: --synthetic has no loader (its batches are made on "
                                                 "the device); give --data to time a loader"),
     (["resize", "--crops", "100000000"], "--crops 100000000: at most 10,000"),
+    (["resize", "--repeats", "1000000"], "--repeats 1000000: at most 1,000"),
     (["step", "--batch-size", "1"], "--batch-size 1: BatchNorm needs at least 2 images per step"),
     (["cpu", "--topk", "500", "--bank-size", "256"], "--topk 500: must not exceed --bank-size 256"),
     (["bank", "--topk", "100", "--bank-size", "64"], "--topk 100: must not exceed --bank-size 64"),
@@ -420,8 +421,8 @@ def test_train_tells_the_trainers_mistakes_with_its_own_options(capsys):
     assert in_bench_options("msf.topk=500: must not exceed msf.bank_size=256") == (
         "--topk 500: must not exceed --bank-size 256")
     assert in_bench_options("msf.bank_size=100: must be a multiple of the global batch 64 (train.batch_size=64 x 1 "
-                            "process(es))") == ("--bank-size 100: must be a multiple of the global batch 64 "
-                                               "(--batch-size 64 x 1 process(es))")
+                            "process)") == ("--bank-size 100: must be a multiple of the global batch 64 "
+                                               "(--batch-size 64 x 1 process)")
     assert in_bench_options("data.train_path=/x: no such folder") == "--data /x: no such folder"
     assert in_bench_options("train.batch_size_per_gpu=3") == "train.batch_size_per_gpu=3"  # only whole keys
     with pytest.raises(SystemExit) as exit_:

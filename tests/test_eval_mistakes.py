@@ -132,7 +132,7 @@ def test_missing_or_wrong_files_answer_before_torch_loads(backbone, sets, tmp_pa
               f"eval tsne: error: {text}: a text file (starting 'learning rate 0.05'), not a checkpoint"),
              (["linear", "--ckpt", backbone, "--train", sets["train"], "--val", str(tmp_path / "nothing")],
               f"eval linear: error: --val {tmp_path / 'nothing'}: expected an ImageFolder, a .beton or a TFRecord "
-              "store; found it does not exist"),
+              "store; it does not exist"),
              (["semi", "--ckpt", backbone, "--train", sets["train"], "--val", sets["val"], "--subset-file",
                str(tmp_path)], f"eval semi: error: --subset-file {tmp_path}: a folder, not a list file (one image "
                                "name or index per line)"),
@@ -247,7 +247,7 @@ def test_data_paths_that_are_no_dataset_name_the_accepted_kinds(backbone, sets, 
     cases = {str(jpeg): f"{accepted} an image file: give the ImageFolder that holds class_name/image.jpg",
              str(shard): f"{accepted} a single TFRecord shard: give the store's folder (the one holding "
                          "manifest.json, written by python -m dataset_prep.write_tfrecord)",
-             str(tmp_path / "nothing"): f"{accepted} it does not exist",
+             str(tmp_path / "nothing"): f"{accepted.removesuffix('; found')}; it does not exist",
              str(unnamed): f"{accepted} an FFCV store without the .beton suffix: rename it to {unnamed}.beton"}
     for path, found in cases.items():
         argv = eval_command("knn", backbone, "--train", sets["train"], "--val", path)

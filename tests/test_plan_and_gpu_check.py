@@ -58,6 +58,9 @@ def test_loader_ceiling_scales_with_cores():
     ({"loader_images_per_s": float("inf")}, "loader's images per second must be positive and finite"),
     ({"images_per_s_per_gpu": float("nan")}, "images per second per GPU must be positive and finite"),
     ({"efficiency": 0}, r"scaling efficiency must be in \(0, 1\]"),
+    ({"images_per_s_per_gpu": 1e308}, "plan out of range"),  # printed JSON's Infinity
+    ({"images_per_s_per_gpu": 1e-300}, "plan out of range"),  # printed a 300-digit number of hours
+    ({"loader_images_per_s": 1e-300}, "plan out of range"),
     ({"efficiency": 1.2}, r"scaling efficiency must be in \(0, 1\]"),
 ])
 def test_bad_inputs_are_refused(kwargs, message):
@@ -104,8 +107,8 @@ def test_a_loader_bound_plan_says_what_the_loader_must_deliver(capsys):
     sentence = capsys.readouterr().err.splitlines()[0]
     assert "loader-bound" in sentence
     # 200 epochs x 1,281,167 images in 2 h = 35,588 img/s; at 277 img/s per core: 129 cores, 96 given (26,592 img/s)
-    assert sentence.endswith("2 h needs 4,943 img/s per GPU and a loader of 35,588 img/s (it allows 26,592, 129 "
-                             "cores at 277 img/s per core)."), sentence
+    assert sentence.endswith("2 h needs 4,943 img/s per GPU and a loader of 35,588 img/s, 129 cores at 277 img/s "
+                             "per core, where it allows 26,592."), sentence
     bench.main(["plan", "--images-per-s", "100", "--gpus", "8"])
     assert capsys.readouterr().err.splitlines()[0].endswith("2 h needs 4,943 img/s per GPU.")  # compute-bound
 

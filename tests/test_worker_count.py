@@ -31,7 +31,7 @@ def test_workers_beyond_the_cores_are_one_note(tiny_imagefolder, workers, notes)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["96", "96", "96"]
     assert "UserWarning" not in done.stderr and "check_worker_number_rationality" not in done.stderr, done.stderr
-    expected = ["note: 2 DataLoader workers on 1 core(s) available here: they take turns on them, which is no faster "
+    expected = ["note: 2 DataLoader workers on 1 core available here: they take turns on them, which is no faster "
                 "than one per core (the default)"] * notes
     assert done.stderr.strip().splitlines() == expected, done.stderr
 
@@ -45,5 +45,5 @@ def test_the_loader_benchmark_says_it_before_its_children_start(tiny_imagefolder
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stderr.strip().splitlines() == [
-        "note: 2 DataLoader workers on 1 core(s) available here: they take turns on them, which is no faster than "
+        "note: 2 DataLoader workers on 1 core available here: they take turns on them, which is no faster than "
         "one per core (the default)"], done.stderr

@@ -24,6 +24,7 @@ import sys
 from dataclasses import asdict, dataclass
 
 from dataset_prep.argument_parser import positive_int
+from dataset_prep.wording import plural
 from msf_fast.errors import UsageError
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -43,6 +44,9 @@ class TrainingPlan:
     effective_images_per_s: float  # the lower of compute and loader
     binding_limit: str             # "compute" or "loader"
     hours: float
+
+
+MAX_IMAGES_PER_S, MAX_HOURS = 1e9, 1e6  # beyond them a "plan" only prints hundreds of digits
 
 
 def _require_positive(name: str, value) -> None:
@@ -70,9 +74,12 @@ def plan_training(images_per_s_per_gpu: float, gpus: int, epochs: float = DEFAUL
     compute = images_per_s_per_gpu * gpus * efficiency
     loader_binds = loader_images_per_s is not None and loader_images_per_s < compute
     effective = loader_images_per_s if loader_binds else compute
+    hours = epochs * dataset_size / effective / 3600
+    if not (compute < MAX_IMAGES_PER_S and 0 < hours < MAX_HOURS):  # e.g. 1e308 img/s, or a loader of 1e-300
+        raise UsageError(f"these figures give a plan out of range ({compute:g} img/s, {hours:g} h; at most "
+                         f"{MAX_IMAGES_PER_S:g} img/s and {MAX_HOURS:g} h): give measured rates")
     return TrainingPlan(images_per_s_per_gpu, gpus, epochs, dataset_size, efficiency, loader_images_per_s,
-                        compute, effective, "loader" if loader_binds else "compute",
-                        epochs * dataset_size / effective / 3600)
+                        compute, effective, "loader" if loader_binds else "compute", hours)
 
 
 def required_images_per_s_per_gpu(hours: float, gpus: int, epochs: float = DEFAULT_EPOCHS,
@@ -155,14 +162,14 @@ def print_plan(args) -> dict:
     print(json.dumps(result), flush=True)
     loader_text = (f"; the loader allows {plan.loader_images_per_s:,.0f}" if plan.loader_images_per_s is not None
                    else "; loader not limiting (no ceiling given)")
-    print(f"{plan.epochs:g} epochs of {plan.dataset_size:,} images on {plan.gpus} GPU(s) at "
+    print(f"{plan.epochs:g} epochs of {plan.dataset_size:,} images on {plural(plan.gpus, 'GPU')} at "
           f"{plan.images_per_s_per_gpu:,.0f} img/s each (scaling {plan.efficiency:g}): "
           f"{plan.effective_images_per_s:,.0f} img/s, {plan.hours:.2f} h, {plan.binding_limit}-bound{loader_text}. "
           f"{args.target_hours:g} h needs {needed:,.0f} img/s per GPU{loader_need(plan, args.target_hours, per_core)}.",
           file=sys.stderr, flush=True)
     if per_core is not None:
-        print(f"The loader needs {result['loader_cores_needed']:g} CPU cores to keep up ({per_core:,.0f} img/s per "
-              f"core, {source}).", file=sys.stderr, flush=True)
+        print(f"The loader needs {result['loader_cores_needed']:g} CPU cores to keep up with the GPUs "
+              f"({per_core:,.0f} img/s per core, {source}).", file=sys.stderr, flush=True)
     return result
 
 
@@ -171,5 +178,5 @@ def loader_need(plan: TrainingPlan, hours: float, per_core: float | None) -> str
     if plan.binding_limit != "loader":
         return ""
     node_rate = plan.epochs * plan.dataset_size / (hours * 3600)
-    cores = f", {math.ceil(node_rate / per_core):,} cores at {per_core:,.0f} img/s per core" if per_core else ""
-    return f" and a loader of {node_rate:,.0f} img/s (it allows {plan.loader_images_per_s:,.0f}{cores})"
+    cores = f", {math.ceil(node_rate / per_core):,} cores at {per_core:,.0f} img/s per core," if per_core else ""
+    return f" and a loader of {node_rate:,.0f} img/s{cores} where it allows {plan.loader_images_per_s:,.0f}"

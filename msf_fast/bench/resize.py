@@ -24,6 +24,7 @@ from msf_fast.errors import UsageError
 
 MAX_SOURCE_SIDE = 8192  # pixels; a 100000x100000 photo would take 30 GB
 MAX_CROPS = 10_000  # each pass runs every variant on every crop, --repeats times (~1 ms a crop)
+MAX_REPEATS = 1_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=positive_int, default=224, help="view size in pixels (default 224)")
     parser.add_argument("--crops", type=positive_int, default=100,
                         help=f"crops per pass, at most {MAX_CROPS:,} (default 100)")
-    parser.add_argument("--repeats", type=positive_int, default=7, help="timed passes per variant, median (default 7)")
+    parser.add_argument("--repeats", type=positive_int, default=7,
+                        help=f"timed passes per variant, median, at most {MAX_REPEATS:,} (default 7)")
     parser.add_argument("--scale", type=fraction, nargs=2, default=(0.2, 1.0),
                         help="crop area range, fractions of the photo, smallest first (default 0.2 1)")
 
@@ -101,6 +103,9 @@ def bench_resize(args) -> list[dict]:
     if args.crops > MAX_CROPS:
         raise UsageError(f"--crops {args.crops}: at most {MAX_CROPS:,} (each pass times every variant on every "
                          "crop; --repeats gives more passes)")
+    if args.repeats > MAX_REPEATS:
+        raise UsageError(f"--repeats {args.repeats}: at most {MAX_REPEATS:,} (each pass times every variant on every "
+                         "crop; the median of a few is steady)")
     if args.scale[0] > args.scale[1]:
         raise UsageError(f"--scale {args.scale[0]:g} {args.scale[1]:g}: the smallest crop area first "
                          f"(--scale {args.scale[1]:g} {args.scale[0]:g})")

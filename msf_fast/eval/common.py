@@ -14,6 +14,7 @@ from tqdm import tqdm
 from dataset_prep.progress import bar_options
 from dataset_prep.staging import StagedPath, nearest_existing
 from dataset_prep.stores import within
+from dataset_prep.wording import plural
 from msf_fast.errors import UserError
 from msf_fast.eval.report import write_section
 
@@ -158,5 +159,5 @@ def checked_device(args: argparse.Namespace) -> torch.device:
         if count == 0:
             raise UserError(f"--device {args.device}: no CUDA device is available")
         if device.index is not None and device.index >= count:
-            raise UserError(f"--device {args.device}: only {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+            raise UserError(f"--device {args.device}: only {plural(count, 'CUDA device')} (cuda:0..cuda:{count - 1})")
     return device
