@@ -111,7 +111,9 @@ def test_a_training_run_on_busy_cores_fits_its_threads_or_says_so(tiny_imagefold
     from tests.test_long_runs import options
     folder = tmp_path / "run"
     threads = ["--train.threads=0"] if given is None else [f"--train.threads={given}"]
-    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in os.sched_getaffinity(0)]
+    # two per core: one loop alone on the one core a pytest worker has would share it with the run's own start-up
+    # and show as ~0.5 core of others, at the threshold
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in 2 * list(os.sched_getaffinity(0))]
     try:
         done = subprocess.run([sys.executable, "train_imagenet.py", *options(tiny_imagefolder, folder), *threads,
                                "--train.max_steps=1"], cwd=Path(__file__).resolve().parents[1],
@@ -123,7 +125,7 @@ def test_a_training_run_on_busy_cores_fits_its_threads_or_says_so(tiny_imagefold
     assert done.returncode == 0, done.stderr[-2000:]
     notes = [line for line in done.stderr.splitlines() if line.startswith("note: other processes kept")]
     setup = next(json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines() if '"setup"' in line)
-    assert setup["busy_cores_of_others"] >= 0.5, setup
+    assert setup["busy_cores_of_others"] >= 0.6, setup
     cores = len(os.sched_getaffinity(0))
     if given is None:
         assert setup["torch_threads"] == 1, setup

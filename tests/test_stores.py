@@ -80,7 +80,7 @@ def test_the_trainer_refuses_bad_data_before_it_starts(source, tfrecord_store, t
         return str(caught.value)
 
     assert error_of(f"--data.train_path={tmp_path / 'nope'}") == (
-        f"data.train_path={tmp_path / 'nope'}: expected an ImageFolder, a .beton or a TFRecord store; found it does "
+        f"data.train_path={tmp_path / 'nope'}: expected an ImageFolder, a .beton or a TFRecord store; it does "
         "not exist")
     # FFCV asked for a TFRecord store: the hint converts the store's source folder, which write_beton can read
     message = error_of(f"--data.train_path={tfrecord_store}", "--data.backend=ffcv")
