@@ -29,7 +29,7 @@ from dataset_prep.conversion import (ConversionError, ConversionReport, run_cli,
 from dataset_prep.ffcv_import import FFCVUnavailable, import_ffcv
 from dataset_prep.image_folder import SourceError
 from dataset_prep.images import BadImage, check_image, fitted_size, load_rgb, unusable_size
-from dataset_prep.progress import parallel_map, progress_bar, start_worker
+from dataset_prep.progress import parallel_map, progress_bar, signals_blocked_across_fork, start_worker
 from dataset_prep.staging import OutputError, StagedPath
 from dataset_prep.stores import BETON_SUFFIX, beton_manifest_path
 
@@ -122,8 +122,9 @@ def make_writer(path: str, args, sizes: list[tuple[int, int]]):
                            allocations_queue, *extra_worker_args)
             workers = [Process(target=_worker, args=(os.getpid(), work_fn, *worker_args), daemon=True)
                        for _ in range(self.num_workers)]
-            for worker in workers:
-                worker.start()
+            with signals_blocked_across_fork():
+                for worker in workers:
+                    worker.start()
             try:
                 with progress_bar(num_samples, PROG, args.progress) as bar:
                     reported = 0
