@@ -398,7 +398,9 @@ def test_interrupted_conversion_leaves_no_store(module, name, sig, tmp_path):
     _, err = process.communicate(timeout=60)
     assert not out.exists() and not os.path.exists(str(out) + ".manifest.json")
     if sig != signal.SIGKILL:
-        assert process.returncode == 128 + sig and b"interrupted; nothing written" in err, err.decode()[-2000:]
+        # 130 or 143 from the converter's own handler, or ended by the signal itself (a shell's 130 too: once, in a
+        # loaded run, a second KeyboardInterrupt reached the exit after the converter had said its line)
+        assert process.returncode in (128 + sig, -sig) and b"interrupted; nothing written" in err, err.decode()[-2000:]
         assert os.listdir(out.parent) == []  # the partial output was removed
 
 
