@@ -94,8 +94,9 @@ def threads_note(planned: int, threads: int, cores: int, others: float | None, o
     """The note a CPU run prints as training begins: its `planned` torch threads were lowered to `threads` to fit
     the cores that other processes left idle, or (not lowered: given by the user) they share cores with them; None
     when neither."""
-    if others is None or others < 0.5:  # fewer threads than planned, if any, because the process has fewer cores
+    if others is None or others < 0.5:
         return None
+    planned = min(planned, cores)  # fewer threads than planned because the process has fewer cores: not the load's
     busy = f"note: other processes kept {others:.1f} of this process's {plural(cores, 'core')} busy as it started"
     if threads < planned:
         return (f"{busy}: {plural(threads, 'torch thread')} instead of {planned} ({SHARING_COST}); {option}={planned} "

@@ -37,7 +37,8 @@ def tqdm_environment_problem() -> str | None:
             kind(value)
         except ValueError:
             expected = "a number" if kind is float else "a whole number"
-            example = {"MININTERVAL": "5", "MAXINTERVAL": "30", "NCOLS": "100", "NROWS": "20"}.get(option)
+            example = {"MININTERVAL": "5", "MAXINTERVAL": "30", "NCOLS": "100", "NROWS": "20",
+                       "SMOOTHING": "0.3"}.get(option)
             return (f"{name}={value!r}: tqdm's setting {option.lower()} expects {expected}"
                     + (f" (e.g. {name}={example})" if example else ""))
     return None

@@ -392,6 +392,7 @@ def test_a_device_that_is_not_there_is_one_line(command, device, expected, capsy
                                                 "the device); give --data to time a loader"),
     (["resize", "--crops", "100000000"], "--crops 100000000: at most 10,000"),
     (["resize", "--repeats", "1000000"], "--repeats 1000000: at most 1,000"),
+    (["resize", "--crops", "10000", "--repeats", "1000"], "--crops 10000 x --repeats 1000: at most 100,000 timed"),
     (["step", "--batch-size", "1"], "--batch-size 1: BatchNorm needs at least 2 images per step"),
     (["cpu", "--topk", "500", "--bank-size", "256"], "--topk 500: must not exceed --bank-size 256"),
     (["bank", "--topk", "100", "--bank-size", "64"], "--topk 100: must not exceed --bank-size 64"),

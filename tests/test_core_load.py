@@ -65,6 +65,7 @@ def test_the_notes_say_what_was_chosen_and_how_to_choose_otherwise():
     assert threads_note(2, 2, 8, 3.0, "--train.threads") is None  # enough idle cores
     assert threads_note(2, 1, 1, None, "--train.threads") is None  # fewer cores, not busier ones: no note
     assert threads_note(2, 1, 1, 0.1, "--train.threads") is None
+    assert threads_note(2, 1, 1, 0.5, "--train.threads") is None  # one core, shared: 1 thread is all it could have
     assert threads_note(2, 2, 2, None, "--train.threads") is None  # not measured
 
 

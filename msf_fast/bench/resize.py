@@ -25,6 +25,7 @@ from msf_fast.errors import UsageError
 MAX_SOURCE_SIDE = 8192  # pixels; a 100000x100000 photo would take 30 GB
 MAX_CROPS = 10_000  # each pass runs every variant on every crop, --repeats times (~1 ms a crop)
 MAX_REPEATS = 1_000
+MAX_TIMED_CROPS = 100_000  # --crops x --repeats: ~1 ms each for all the variants, so at most a few minutes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,6 +107,9 @@ def bench_resize(args) -> list[dict]:
     if args.repeats > MAX_REPEATS:
         raise UsageError(f"--repeats {args.repeats}: at most {MAX_REPEATS:,} (each pass times every variant on every "
                          "crop; the median of a few is steady)")
+    if args.crops * args.repeats > MAX_TIMED_CROPS:
+        raise UsageError(f"--crops {args.crops} x --repeats {args.repeats}: at most {MAX_TIMED_CROPS:,} timed crops "
+                         "(about 1 ms each for all the variants: hours otherwise)")
     if args.scale[0] > args.scale[1]:
         raise UsageError(f"--scale {args.scale[0]:g} {args.scale[1]:g}: the smallest crop area first "
                          f"(--scale {args.scale[1]:g} {args.scale[0]:g})")
