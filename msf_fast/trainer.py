@@ -453,7 +453,8 @@ class Trainer:
         self._exclude_loader_start_up(result.time)
         if self.is_main:
             self.log.write(event="end", step=self.step, **result.time.record(), bound=result.time.bound)
-            tqdm.write(f"{plural(self.step, 'step')}, {result.time.images_per_s:,.0f} images/s; {result.time.verdict()}")
+            tqdm.write(f"{plural(self.step, 'step')}, {result.time.images_per_s:,.0f} images/s; "
+                       f"{result.time.verdict()}")
 
     def _run_epoch(self, bar) -> EpochStats:
         """The epoch's remaining steps, up to the step limit or an agreed stop; a time-based checkpoint when due."""
