@@ -9,24 +9,30 @@ as the process) are frozen out of later passes (`gc.freeze`), and the collector 
 after. The packages are still imported where they are used (lazily: `--help` and option mistakes answer before
 torch loads); this only changes how their import runs. The cyclic garbage those imports leave (about 9,000 objects
 after torch and torchvision) is frozen with the rest: a full pass to free it first costs 0.4 s.
+
+Ctrl-C and SIGTERM are also held back while one of them loads, and delivered as soon as it has: raised inside
+torch's import, the KeyboardInterrupt crossed its C++ (pybind11) module setup, which aborted the process
+(`terminate called after throwing an instance of 'pybind11::error_already_set'`, exit -6, a 30-line stack) instead
+of the command's one line and clean exit; seen in CI with SIGTERM half a second into write_beton.
 """
 from __future__ import annotations
 
 import gc
 import importlib.abc
 import importlib.machinery
+import signal
 import sys
 
 from dataset_prep import core_load
 from dataset_prep.argument_parser import one_line_on_ctrl_c
-from dataset_prep.progress import tqdm_environment_problem
+from dataset_prep.progress import STOP_SIGNALS, tqdm_environment_problem
 
 HEAVY_PACKAGES = frozenset({"torch", "torchvision", "ffcv", "numba", "nvidia.dali"})
 
 
 class CollectorOffWhileLoading(importlib.abc.MetaPathFinder):
-    """Finds the HEAVY_PACKAGES as the path finder does, and runs their top-level import with the collector off,
-    then freezes what it made."""
+    """Finds the HEAVY_PACKAGES as the path finder does, and runs their top-level import with the collector off and
+    Ctrl-C / SIGTERM held back, then freezes what it made."""
 
     def find_spec(self, name, path=None, target=None):
         if name not in HEAVY_PACKAGES:
@@ -39,12 +45,14 @@ class CollectorOffWhileLoading(importlib.abc.MetaPathFinder):
         def exec_module(module):
             was_enabled = gc.isenabled()
             gc.disable()
+            held_before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             try:
                 load(module)
             finally:
                 gc.freeze()
                 if was_enabled:
                     gc.enable()
+                signal.pthread_sigmask(signal.SIG_SETMASK, held_before)  # one that came meanwhile is raised here
 
         spec.loader.exec_module = exec_module  # this spec's loader object only: its class stays the path finder's
         return spec

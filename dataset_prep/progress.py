@@ -79,23 +79,19 @@ def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator
         bar.close()
 
 
-FORK_BLOCKED = {signal.SIGINT, signal.SIGTERM}
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 @contextmanager
 def signals_blocked_across_fork() -> Iterator[None]:
     """Ctrl-C and SIGTERM held back while worker processes are forked, delivered right after; a worker keeps them
-    blocked until start_worker has set its own handling.
-    - A Pool.terminate that reached a worker before that ran the parent's handler and was lost (the join hung,
-      seen under load).
-    - A Ctrl-C about when write_beton starts its workers aborted it twice in loaded test runs, in C++ (`terminate
-      called after throwing an instance of 'pybind11::error_already_set'`), instead of its "interrupted; nothing
-      written". That the fork is where it struck is a suspicion: it did not recur in 14 tries alone or under load."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED)
+    blocked until start_worker has set its own handling: a Pool.terminate that reached a worker before that ran the
+    parent's handler and was lost (the join hung, seen under load)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORK_BLOCKED)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def start_worker(parent: int) -> None:
@@ -109,7 +105,7 @@ def start_worker(parent: int) -> None:
       with SIGKILL left its workers running on, holding the disk and the cores."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops the workers
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORK_BLOCKED)  # blocked across the fork (signals_blocked_across_fork)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked across the fork (signals_blocked_across_fork)
     if sys.platform.startswith("linux"):
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

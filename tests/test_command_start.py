@@ -108,3 +108,30 @@ def test_bars_written_to_a_file_wait_half_a_minute_between_redraws():
         def isatty(self):
             return True
     assert bar_options(Terminal()) == {}
+
+
+INTERRUPTED_IMPORT = """
+import os, signal, sys
+from dataset_prep import command_start
+from dataset_prep.staging import sigterm_as_ctrl_c
+command_start.HEAVY_PACKAGES = frozenset({"slow_heavy_package"})
+command_start.start_command("test")
+sys.path.insert(0, sys.argv[1])
+with sigterm_as_ctrl_c():
+    try:
+        import slow_heavy_package
+    except KeyboardInterrupt as stop:
+        print(type(stop).__name__, os.path.exists(sys.argv[2]))
+print(signal.pthread_sigmask(signal.SIG_BLOCK, []) == set())
+"""
+
+
+@pytest.mark.parametrize("sig, raised", [("SIGINT", "KeyboardInterrupt"), ("SIGTERM", "Terminated")])
+def test_ctrl_c_and_sigterm_wait_for_a_heavy_import_to_finish(sig, raised, tmp_path):
+    """Raised inside torch's import, a KeyboardInterrupt crossed its pybind11 module setup, which aborted the
+    process (exit -6, a C++ 'terminate called' and 30 lines of stack) instead of the command's one line."""
+    finished = tmp_path / "finished"
+    (tmp_path / "slow_heavy_package.py").write_text(
+        f"import os, signal, time\nos.kill(os.getpid(), signal.{sig})\ntime.sleep(0.3)\n"
+        f"open({str(finished)!r}, 'w').close()\n")
+    assert run(INTERRUPTED_IMPORT, str(tmp_path), str(finished)) == [raised, "True", "True"]

@@ -364,9 +364,10 @@ def slow_source(root: str, count: int = 300) -> str:
 
 
 def writing_started(folder) -> bool:
-    """A writer's hidden partial output exists and holds data (the scan before FFCV's writing does not count)."""
+    """A writer's hidden partial output exists and holds data (the scan before FFCV's writing does not count, nor
+    the lock file that holds the writer's PID from its start: the signal then came while torch was loading)."""
     for entry in os.scandir(folder):
-        if entry.is_file() and entry.stat().st_size > 0:
+        if entry.is_file() and entry.stat().st_size > 0 and not entry.name.endswith(".lock"):
             return True
         if entry.is_dir() and any(name.endswith(".tfrecord") for name in os.listdir(entry.path)):
             return True
