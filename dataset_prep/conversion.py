@@ -46,7 +46,8 @@ def writer_parser(prog: str, doc: str, out_metavar: str, out_help: str, max_reso
                         help="processes that decode and encode (default: the cores available, here "
                              f"{available_cores()})")
     parser.add_argument("--limit", type=int, default=0, metavar="N",
-                        help="convert a seeded random subset of N images, spread over all classes (quick tests)")
+                        help="convert a seeded random subset of N images, spread over all classes (quick tests; "
+                             "default 0: all of them)")
     parser.add_argument("--val", action="store_true",
                         help="validation split: keep ImageFolder order (see the README for the eval recipe)")
     parser.add_argument("--seed", type=int, default=0, help="seed for --limit and shuffling (default 0)")

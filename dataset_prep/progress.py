@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import math
 import multiprocessing
 import os
 import signal
@@ -21,24 +22,31 @@ def available_cores() -> int:
 
 
 LOG_FILE_INTERVAL_S = 30.0
-# tqdm's settings from the environment (TQDM_<OPTION>) that it converts to numbers, some when it is imported
-TQDM_NUMBERS = {"MININTERVAL": float, "MAXINTERVAL": float, "MINITERS": float, "SMOOTHING": float, "DELAY": float,
-                "TOTAL": float, "NCOLS": int, "NROWS": int, "POSITION": int, "INITIAL": int, "UNIT_DIVISOR": int}
+# tqdm's settings from the environment (TQDM_<OPTION>) that it converts to numbers, some when it is imported:
+# option -> (type, smallest value that makes sense, largest)
+TQDM_NUMBERS = {"MININTERVAL": (float, 0, math.inf), "MAXINTERVAL": (float, 0, math.inf),
+                "MINITERS": (float, 0, math.inf), "SMOOTHING": (float, 0, 1), "DELAY": (float, 0, math.inf),
+                "TOTAL": (float, 0, math.inf), "NCOLS": (int, 0, math.inf), "NROWS": (int, 1, math.inf),
+                "POSITION": (int, 0, math.inf), "INITIAL": (int, 0, math.inf), "UNIT_DIVISOR": (int, 1, math.inf)}
+TQDM_EXAMPLES = {"MININTERVAL": "5", "MAXINTERVAL": "30", "NCOLS": "100", "NROWS": "20", "SMOOTHING": "0.3"}
 
 
 def tqdm_environment_problem() -> str | None:
-    """A TQDM_ setting that tqdm would fail to convert, with a traceback, at import or at a bar's start."""
-    for option, kind in TQDM_NUMBERS.items():
+    """A TQDM_ setting that tqdm would fail to convert, with a traceback, at import or at a bar's start; or one
+    out of its range, which it takes and then draws nothing (NROWS=-1), a negative count, or a bar per update."""
+    for option, (kind, lowest, highest) in TQDM_NUMBERS.items():
         name = f"TQDM_{option}"
         value = os.environ.get(name)
         if value is None:
             continue
         try:
-            kind(value)
+            number = kind(value)
         except ValueError:
+            number = None
+        if number is None or not lowest <= number <= highest:  # NaN too
             expected = "a number" if kind is float else "a whole number"
-            example = {"MININTERVAL": "5", "MAXINTERVAL": "30", "NCOLS": "100", "NROWS": "20",
-                       "SMOOTHING": "0.3"}.get(option)
+            expected += f" from {lowest} to {highest}" if highest < math.inf else f" of at least {lowest}"
+            example = TQDM_EXAMPLES.get(option)
             return (f"{name}={value!r}: tqdm's setting {option.lower()} expects {expected}"
                     + (f" (e.g. {name}={example})" if example else ""))
     return None

@@ -388,6 +388,8 @@ def test_a_device_that_is_not_there_is_one_line(command, device, expected, capsy
     (["resize", "--scale", "nan", "1"], "argument --scale: must be in (0, 1], got nan"),
     (["resize", "--scale", "2", "3"], "argument --scale: must be in (0, 1], got 2 (a fraction: 0.02 for 2 %)"),
     (["resize", "--scale", "1", "0.5"], "--scale 1 0.5: the smallest crop area first (--scale 0.5 1)"),
+    (["resize", "--scale", "1e-300", "1e-300"], "--scale 1e-300 1e-300: a crop of at most 1e-300 of the 500x375 photo "
+                                                 "is under one pixel"),
     (["train", "--synthetic", "--workers", "4"], "--workers 4: --synthetic has no loader (its batches are made on "
                                                 "the device); give --data to time a loader"),
     (["resize", "--crops", "100000000"], "--crops 100000000: at most 10,000"),

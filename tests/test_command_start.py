@@ -82,15 +82,16 @@ def test_every_entry_point_starts_with_it():
                                               (["-m", "dataset_prep.write_beton", "a", "b"], "write_beton"),
                                               (["-m", "msf_fast.eval", "knn"], "eval"),
                                               (["-m", "msf_fast.bench", "resize"], "bench")])
-@pytest.mark.parametrize("name, value, expected", [("TQDM_MININTERVAL", "abc", "mininterval expects a number (e.g. "
-                                                                          "TQDM_MININTERVAL=5)"),
-                                                   ("TQDM_MININTERVAL", "", "mininterval expects a number"),
-                                                   ("TQDM_MAXINTERVAL", "10s", "maxinterval expects a number"),
-                                                   ("TQDM_NCOLS", "wide", "ncols expects a whole number (e.g. "
-                                                                          "TQDM_NCOLS=100)")])
+@pytest.mark.parametrize("name, value, expected", [
+    ("TQDM_MININTERVAL", "abc", "mininterval expects a number of at least 0 (e.g. TQDM_MININTERVAL=5)"),
+    ("TQDM_MININTERVAL", "", "mininterval expects a number"),
+    ("TQDM_MAXINTERVAL", "10s", "maxinterval expects a number"),
+    ("TQDM_NCOLS", "wide", "ncols expects a whole number of at least 0 (e.g. TQDM_NCOLS=100)"),
+    ("TQDM_NROWS", "-1", "nrows expects a whole number of at least 1"),  # taken: the bars vanished
+    ("TQDM_SMOOTHING", "nan", "smoothing expects a number from 0 to 1 (e.g. TQDM_SMOOTHING=0.3)")])
 def test_a_tqdm_setting_that_is_no_number_is_one_line(command, program, name, value, expected):
     """tqdm reads TQDM_MININTERVAL as a float when it is imported: 'abc' or an empty value was a 26-line traceback
-    from every command (the README names the variable)."""
+    from every command (the README names the variable); values out of range it took, and drew nothing or nonsense."""
     done = subprocess.run([sys.executable, *command], cwd=ROOT, env={**os.environ, name: value},
                           capture_output=True, text=True, timeout=120)
     [line] = done.stderr.strip().splitlines()

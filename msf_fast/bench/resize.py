@@ -113,12 +113,16 @@ def bench_resize(args) -> list[dict]:
     if args.scale[0] > args.scale[1]:
         raise UsageError(f"--scale {args.scale[0]:g} {args.scale[1]:g}: the smallest crop area first "
                          f"(--scale {args.scale[1]:g} {args.scale[0]:g})")
+    width, height = args.source
+    if args.scale[1] * width * height < 1:
+        raise UsageError(f"--scale {args.scale[0]:g} {args.scale[1]:g}: a crop of at most {args.scale[1]:g} of the "
+                         f"{width}x{height} photo is under one pixel, so every crop would be torchvision's fallback, "
+                         "the centre crop: give areas of at least a pixel")
     import torch
     import torchvision.transforms.v2.functional as TF
 
     from pipelines.ffcv_two_crop import crop_params
 
-    width, height = args.source
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one core for every variant
     image = source_photo(width, height)
