@@ -114,7 +114,7 @@ class Trainer:
         self.device = self.create_device()
         self.precision = resolve_precision(cfg.train.amp, self.device)
         self.layout = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-        self.announce_precision()
+        self.start_lines = self.precision_lines()  # told when training starts: a refused resume is one line
         seed_everything(cfg.train.seed)
         self.recipe = two_view_recipe(cfg.data.recipe, cfg.data.resolution)
         self.loader = loader if loader is not None else self.create_loader()
@@ -172,23 +172,22 @@ class Trainer:
             torch.set_num_threads(threads)
         return device
 
-    def announce_precision(self) -> None:
-        """The precision, layout and threads chosen, and why: one line at start (a warning too where the choice
-        is known to be slow here)."""
-        if not self.is_main:
-            return
+    def precision_lines(self) -> list[tuple[str, bool]]:
+        """The precision, layout and threads chosen, and why: one line (and a warning where the choice is known to
+        be slow here), each with whether it goes to stderr."""
         layout = "channels-last" if self.layout == torch.channels_last else "NCHW"
         count = torch.get_num_threads()
         threads = f", {count} torch thread{'s' if count > 1 else ''}" if self.device.type == "cpu" else ""
-        print(f"{self.precision.describe()}; {layout}{threads}", flush=True)
+        lines = [(f"{self.precision.describe()}; {layout}{threads}", False)]
         if self.precision.warning:
-            print(self.precision.warning, file=sys.stderr, flush=True)
+            lines.append((self.precision.warning, True))
+        return lines
 
     def create_loader(self) -> TwoViewLoader:
         data = self.cfg.data
         backend = resolve_backend(data.backend, data.train_path)
-        if data.backend == "auto" and backend == "torch" and self.is_main:
-            print(loader_notice(data.train_path), flush=True)
+        if data.backend == "auto" and backend == "torch":
+            self.start_lines.append((loader_notice(data.train_path), False))
         try:
             return build_train_loader(backend, data.train_path, self.recipe, batch_size=self.cfg.train.batch_size,
                                       workers=data.workers, seed=self.cfg.train.seed, rank=self.rank,
@@ -368,8 +367,10 @@ class Trainer:
         shared = self.device.type == "cpu" and core_load.threads_note(
             self.planned_threads, torch.get_num_threads(), process_cores(), self.busy_cores_of_others,
             self.threads_option)
-        if shared and self.is_main:  # here, not at start: a run that stops on a mistake says it in one line
-            print(shared, file=sys.stderr, flush=True)
+        if shared:
+            self.start_lines.append((shared, True))
+        for line, to_stderr in self.start_lines if self.is_main else []:  # here, not at start: a run that stops on a
+            print(line, file=sys.stderr if to_stderr else sys.stdout, flush=True)  # mistake says it in one line
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.cfg.logging.progress and self.is_main),
                    unit="step", dynamic_ncols=True, desc="MSF", **bar_options())
         completed = False

@@ -34,11 +34,14 @@ def files_of(folder: Path) -> dict:
 
 # --- resume identity ---------------------------------------------------------------------------------------------
 
-def test_a_resume_with_another_batch_is_refused_even_with_the_same_steps_per_epoch(tiny_imagefolder, tmp_path):
+def test_a_resume_with_another_batch_is_refused_even_with_the_same_steps_per_epoch(tiny_imagefolder, tmp_path,
+                                                                                    capsys):
     """96 images make 2 steps per epoch at batch 40 and at batch 48: the old check let this through, and the bank
-    pointer then broke the run at the next resume."""
+    pointer then broke the run at the next resume. The refusal is all it says (the precision line and the loader's
+    note came first)."""
     train(tiny_imagefolder, tmp_path, "--train.batch_size=40", "--msf.bank_size=240", "--train.max_steps=1")
     before = files_of(tmp_path)
+    capsys.readouterr()
     with pytest.raises(UserError) as refused:
         trainer(tiny_imagefolder, tmp_path, "--train.batch_size=48", "--msf.bank_size=240", "--train.epochs=2",
                 "--train.resume=auto")
@@ -47,6 +50,16 @@ def test_a_resume_with_another_batch_is_refused_even_with_the_same_steps_per_epo
         f"train.resume: {latest}: it was saved with a global batch of 40 (train.batch_size=40 x 1 process), this "
         "run has 48 (train.batch_size=48 x 1 process): resume with --train.batch_size=40")
     assert files_of(tmp_path) == before
+    assert capsys.readouterr() == ("", "")
+
+
+def test_a_run_tells_its_precision_and_loader_when_it_starts(tiny_imagefolder, tmp_path, capsys):
+    run = trainer(tiny_imagefolder, tmp_path, "--data.backend=auto", "--train.max_steps=1")
+    assert capsys.readouterr() == ("", "")  # nothing yet: a resume refused here would have been its one line
+    run.train()
+    precision, loader = capsys.readouterr().out.splitlines()[:2]
+    assert precision.startswith("precision: ") and precision.endswith(", 1 torch thread")
+    assert loader.startswith(("note: torchvision loader for the ImageFolder", "note: FFCV is not installed"))
 
 
 MODEL_ARGS = {"arch": "resnet18", "small_input": False, "hidden_dim": 64, "proj_dim": 32, "bank_size": 32}
