@@ -55,14 +55,15 @@ def sample() -> CpuSample | None:
 
 def busy_cores_of_others(start: CpuSample | None, end: CpuSample | None) -> float | None:
     """Cores' worth of CPU that other processes used between two samples (0 = the cores were this process's
-    alone); None without two samples over the same cores at least MIN_WINDOW_S apart."""
+    alone), to two decimals (what the logs record); None without two samples over the same cores at least
+    MIN_WINDOW_S apart."""
     if start is None or end is None or start.cores != end.cores:
         return None
     window = (end.total_s - start.total_s) / end.cores  # wall seconds, as the cores counted them
     if window < MIN_WINDOW_S:
         return None
     others = (end.busy_s - start.busy_s) - (end.own_s - start.own_s)
-    return max(0.0, others / window)
+    return round(max(0.0, others / window), 2)
 
 
 _STARTED: CpuSample | None = None

@@ -292,8 +292,7 @@ class Trainer:
         log = JsonlLog(self.folder / "log.jsonl", append=self.resumed, tensorboard=self.cfg.logging.tensorboard)
         log.write(event="setup", device=self.device.type, **self.precision.record(),
                   channels_last=self.layout == torch.channels_last, torch_threads=torch.get_num_threads(),
-                  loader_workers=self.cfg.data.workers, busy_cores_of_others=self.busy_cores_of_others and
-                  round(self.busy_cores_of_others, 2))
+                  loader_workers=self.cfg.data.workers, busy_cores_of_others=self.busy_cores_of_others)
         return log
 
     def release_folder(self) -> None:

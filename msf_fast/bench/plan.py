@@ -160,8 +160,12 @@ def print_plan(args) -> dict:
         result.update(loader_images_per_s_per_core=per_core, loader_rate_source=source,
                       loader_cores_needed=round(plan.compute_images_per_s / per_core, 1))
     print(json.dumps(result), flush=True)
-    loader_text = (f"; the loader allows {plan.loader_images_per_s:,.0f}" if plan.loader_images_per_s is not None
-                   else "; loader not limiting (no ceiling given)")
+    if plan.binding_limit == "loader":  # the rate is the loader's: the GPUs' is what faster loading would reach
+        loader_text = f" (the GPUs alone: {plan.compute_images_per_s:,.0f})"
+    elif plan.loader_images_per_s is not None:
+        loader_text = f"; the loader allows {plan.loader_images_per_s:,.0f}"
+    else:
+        loader_text = "; loader not limiting (no ceiling given)"
     print(f"{plan.epochs:g} epochs of {plan.dataset_size:,} images on {plural(plan.gpus, 'GPU')} at "
           f"{plan.images_per_s_per_gpu:,.0f} img/s each (scaling {plan.efficiency:g}): "
           f"{plan.effective_images_per_s:,.0f} img/s, {plan.hours:.2f} h, {plan.binding_limit}-bound{loader_text}. "
@@ -178,5 +182,5 @@ def loader_need(plan: TrainingPlan, hours: float, per_core: float | None) -> str
     if plan.binding_limit != "loader":
         return ""
     node_rate = plan.epochs * plan.dataset_size / (hours * 3600)
-    cores = f", {math.ceil(node_rate / per_core):,} cores at {per_core:,.0f} img/s per core," if per_core else ""
-    return f" and a loader of {node_rate:,.0f} img/s{cores} where it allows {plan.loader_images_per_s:,.0f}"
+    cores = f" ({math.ceil(node_rate / per_core):,} cores at {per_core:,.0f} img/s per core)" if per_core else ""
+    return f" and a loader of {node_rate:,.0f} img/s{cores}"

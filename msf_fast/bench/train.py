@@ -236,7 +236,7 @@ def bench_train(args) -> dict:
               "amp": str(precision).removeprefix("torch.") if precision else "off",
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "workers": args.workers, "threads": torch.get_num_threads(),
-              "busy_cores_of_others": trainer.busy_cores_of_others and round(trainer.busy_cores_of_others, 2),
+              "busy_cores_of_others": trainer.busy_cores_of_others,
               "steps": args.steps,
               "images_per_s": round(split.images_per_s, 1),
               "loader_images_per_s": round(rate(*loader_blocks), 1),
