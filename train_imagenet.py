@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import sys
 
+PROG = "train_imagenet.py"
+
 
 def main(argv: list[str] | None = None) -> int:
     from msf_fast.config import load_config
@@ -11,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(argv)
     except UserError as error:
-        print(f"config error: {error}", file=sys.stderr)
+        print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
 
     from msf_fast.distributed import init_from_environment, shut_down
@@ -25,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
             trainer = Trainer(cfg, rank=process.rank, world_size=process.world_size)
             result = trainer.train()
         except UserError as error:  # a bad data path, an unusable checkpoint, no CUDA; anything else is a bug
-            print(f"{rank}error: {error}", file=sys.stderr)
+            print(f"{PROG}: {rank}error: {error}", file=sys.stderr)
             return 2
         except RunStopped as stop:  # preempted (after a checkpoint), a non-finite loss, a file not written
             print(f"{rank}{stop}", file=sys.stderr)
@@ -45,5 +47,5 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     from dataset_prep.command_start import start_command
-    start_command("train_imagenet.py")  # Ctrl-C before main's own handling: while torch loads, say
+    start_command(PROG)  # Ctrl-C before main's own handling: while torch loads, say
     sys.exit(main())

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import sys
 
+PROG = "python -m dataset_prep.bench"  # every message starts with it, as the usage line does
+
 if __name__ == "__main__":  # before the imports below, which take seconds: Ctrl-C then is one line
     from dataset_prep.command_start import start_command
-    start_command("dataset_prep.bench")
+    start_command(PROG)
 
 import json
 import os
@@ -44,7 +46,7 @@ def convert_seconds(writer: str, source: str, workers: int, scratch: str) -> tup
 
 
 def main(argv=None) -> int:
-    parser = OneLineParser(prog="python -m dataset_prep.bench", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", default="data/bench",
                         help="where the benchmark images are generated (default data/bench)")
     parser.add_argument("--photos", type=positive_int, default=600,
@@ -67,7 +69,7 @@ def main(argv=None) -> int:
                    "photos-500x375": generate_photo_folder(os.path.join(args.data_root, "photos"),
                                                            classes=10, per_class=max(1, args.photos // 10))}
     except OSError as error:  # the data root: a file, not writable, or a photos folder that is not ours
-        print(f"dataset_prep.bench: error: --data-root {args.data_root}: {error.strerror or error}", file=sys.stderr)
+        print(f"{PROG}: error: --data-root {args.data_root}: {error.strerror or error}", file=sys.stderr)
         return 2
     seconds: dict = {}
     with tempfile.TemporaryDirectory(dir=args.data_root) as scratch:

@@ -6,9 +6,11 @@ files of about 100 KB like ImageNet's training JPEGs, so decode, resize and enco
 from __future__ import annotations
 
 
+PROG = "python -m dataset_prep.synthetic_photos"  # every message starts with it, as the usage line does
+
 if __name__ == "__main__":  # before the imports below, which take seconds: Ctrl-C then is one line
     from dataset_prep.command_start import start_command
-    start_command("synthetic_photos")
+    start_command(PROG)
 
 import json
 import os
@@ -86,7 +88,7 @@ def generate_photo_folder(root: str, classes: int = 10, per_class: int = 50, see
 
 
 def main(argv=None) -> int:
-    parser = OneLineParser(prog="python -m dataset_prep.synthetic_photos", description=__doc__)
+    parser = OneLineParser(prog=PROG, description=__doc__)
     parser.add_argument("root", help="folder written (an ImageFolder: root/class_XX/NNNNN.jpg)")
     parser.add_argument("--classes", type=positive_int, default=10, help="classes (default 10)")
     parser.add_argument("--per-class", type=positive_int, default=50, help="photos per class (default 50)")
@@ -102,15 +104,15 @@ def main(argv=None) -> int:
                                       progress=not args.no_progress)
     except OSError as error:  # OutputError included; a full disk keeps the folder that was there
         message = str(error) if isinstance(error, OutputError) else f"cannot write {args.root!r}: {error.strerror}"
-        print(f"synthetic_photos: error: {message}", file=sys.stderr)
+        print(f"{PROG}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interruption:  # Ctrl-C or SIGTERM: the staged folder is gone
-        print(f"synthetic_photos: interrupted; {args.root} is as it was", file=sys.stderr)
+        print(f"{PROG}: interrupted; {args.root} is as it was", file=sys.stderr)
         return 143 if isinstance(interruption, Terminated) else 130
     photos = f"{args.classes * args.per_class:,} photo{'s' * (args.classes * args.per_class != 1)} of " \
              f"{args.classes} class{'es' * (args.classes != 1)}"
-    print(f"synthetic_photos: {args.root} already holds {photos} (seed {args.seed})" if reused
-          else f"synthetic_photos: {photos} in {args.root}")
+    print(f"{PROG}: {args.root} already holds {photos} (seed {args.seed})" if reused
+          else f"{PROG}: {photos} in {args.root}")
     return 0
 
 

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import sys
 
+PROG = "python -m msf_fast.demo"  # every message of the demo starts with it, as its usage line does
+
 if __name__ == "__main__":  # before the imports below, which take seconds: Ctrl-C then is one line
     from dataset_prep.command_start import start_command
-    start_command("demo")
+    start_command(PROG)
 
 import argparse
 import contextlib
@@ -81,7 +83,7 @@ def demo_store(data: Path, overrides: list[str], store_resolution: int = 0) -> l
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(prog="python -m msf_fast.demo", description=__doc__,
+    parser = OneLineParser(prog=PROG, description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT / "data" / "demo"), help="where the demo dataset lives")
     parser.add_argument("--train-per-class", type=positive_int, default=200,
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen = load_config(["--config-file", str(DEMO_CONFIG), *replace, *overrides], check_data=False,
                              prog=parser.prog)
     except UserError as error:
-        print(f"config error: {error}", file=sys.stderr)
+        print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     from dataset_prep.demo_data import NotDemoData
     try:
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(["--config-file", str(DEMO_CONFIG), *demo_store(data, overrides, args.store_resolution),
                            *replace, *overrides], prog=parser.prog)
     except UserError as error:
-        print(f"config error: {error}", file=sys.stderr)
+        print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
 
     from msf_fast.stopping import RunStopped
@@ -141,10 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         resumed_at = trainer.step if trainer.resumed else None
         result = trainer.train()
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     except RunStopped as stop:
-        print(f"demo: {stop}", file=sys.stderr)
+        print(f"{PROG}: {stop}", file=sys.stderr)
         return stop.exit_code
     written = trainer.folder / "summary.json"
     finished_summary = json.loads(written.read_text()) if already_finished and written.exists() else None

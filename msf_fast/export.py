@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import sys
 
+PROG = "python -m msf_fast.export"  # every message starts with it, as the usage line does
+
 if __name__ == "__main__":  # before the imports below, which take seconds: Ctrl-C then is one line
     from dataset_prep.command_start import start_command
-    start_command("export")
+    start_command(PROG)
 
 import argparse
 import os
@@ -29,7 +31,6 @@ from dataset_prep.staging import OutputError, check_destination
 from msf_fast.checkpoint_files import refuse_non_checkpoint
 from msf_fast.errors import UserError, disk_full
 
-PROG = "export"
 
 
 def backbone_state_dict(model, num_classes: int = 0) -> dict:
@@ -42,7 +43,7 @@ def backbone_state_dict(model, num_classes: int = 0) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="python -m msf_fast.export",
+    parser = OneLineParser(prog=PROG,
                            description="Export the online backbone as a torchvision ResNet state dict.")
     parser.add_argument("checkpoint", help="msf-fast or original MSF checkpoint")
     parser.add_argument("out", help="output .pth (its folder must exist)")

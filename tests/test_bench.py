@@ -234,7 +234,8 @@ def test_a_failed_child_is_one_line_and_the_other_results_stay(tiny_imagefolder,
     [torch_run] = json_lines(captured.out)
     assert torch_run["backend"] == "torch"
     [line] = captured.err.strip().splitlines()
-    assert line.startswith("bench loader: the ffcv run failed (exit code ") and "CalledProcessError" not in line
+    assert line.startswith("python -m msf_fast.bench loader: the ffcv run failed (exit code ")
+    assert "CalledProcessError" not in line
 
 
 def _store_args(source: Path) -> Namespace:

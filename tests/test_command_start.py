@@ -80,8 +80,9 @@ def test_every_entry_point_starts_with_it():
 
 @pytest.mark.parametrize("command, program", [(["train_imagenet.py"], "train_imagenet.py"),
                                               (["-m", "dataset_prep.write_beton", "a", "b"], "write_beton"),
-                                              (["-m", "msf_fast.eval", "knn"], "eval"),
-                                              (["-m", "msf_fast.bench", "resize"], "bench")])
+                                              (["-m", "msf_fast.eval", "knn"], "python -m msf_fast.eval"),
+                                              (["-m", "msf_fast.bench", "resize"],
+                                               "python -m msf_fast.bench")])
 @pytest.mark.parametrize("name, value, expected", [
     ("TQDM_MININTERVAL", "abc", "mininterval expects a number of at least 0 (e.g. TQDM_MININTERVAL=5)"),
     ("TQDM_MININTERVAL", "", "mininterval expects a number"),

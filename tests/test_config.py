@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from msf_fast.config import ConfigError, load_config
+from train_imagenet import PROG as TRAIN
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,8 +75,8 @@ def test_entry_point_reports_a_folder_without_images(tmp_path):
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"config error: data.train_path={tmp_path / 'train'}: 1 class folder without image files: empty_class (empty); "
-        "torchvision's ImageFolder (the trainer's loader) refuses them too: remove them or add images"]
+        f"{TRAIN}: error: data.train_path={tmp_path / 'train'}: 1 class folder without image files: empty_class "
+        "(empty); torchvision's ImageFolder (the trainer's loader) refuses them too: remove them or add images"]
 
 
 def test_the_checks_answer_before_torch_loads(tmp_path):
@@ -97,13 +98,13 @@ def test_the_checks_answer_before_torch_loads(tmp_path):
     (tmp_path / "run" / "log.jsonl").write_text("{}\n")
     done = subprocess.run([sys.executable, str(ROOT / "train_imagenet.py"), *run], capture_output=True, text=True,
                           cwd=ROOT, env=env)
-    assert done.returncode == 2 and done.stderr.startswith(f"config error: logging.folder={tmp_path / 'run'} holds "
+    assert done.returncode == 2 and done.stderr.startswith(f"{TRAIN}: error: logging.folder={tmp_path / 'run'} holds "
                                                            "a run"), done.stderr
 
     for resume, what in ((fake, "a folder, not a checkpoint file"), (fake / "torch.py", "a text file")):
         done = subprocess.run([sys.executable, str(ROOT / "train_imagenet.py"), *run, f"--train.resume={resume}"],
                               capture_output=True, text=True, cwd=ROOT, env=env)
-        assert done.returncode == 2 and done.stderr.startswith(f"config error: train.resume={resume}: {what}"), \
+        assert done.returncode == 2 and done.stderr.startswith(f"{TRAIN}: error: train.resume={resume}: {what}"), \
             done.stderr
 
 

@@ -8,6 +8,7 @@ from PIL import Image
 
 from dataset_prep.demo_data import CLASS_NAMES, generate_demo_dataset
 from msf_fast import demo
+from msf_fast.demo import PROG as DEMO
 
 
 def test_demo_dataset_is_deterministic_imagefolder(tmp_path):
@@ -115,9 +116,9 @@ def test_a_demo_mistake_is_one_line_before_the_dataset_is_generated(tmp_path, ca
             (["--data", str(data), "--train-per-class", "0"],
              "python -m msf_fast.demo: error: argument --train-per-class: must be at least 1, got 0 (see --help)"),
             (["--data", str(data), f"--config-file={tmp_path}"],
-             f"config error: --config-file={tmp_path}: a folder, not a YAML recipe (e.g. "
+             f"{DEMO}: error: --config-file={tmp_path}: a folder, not a YAML recipe (e.g. "
              "configs/rn50_200_epochs.yaml)"),
-            (["--data", str(data), "--train.epochs=0"], "config error: train.epochs='0': expected an integer >= 1"),
+            (["--data", str(data), "--train.epochs=0"], f"{DEMO}: error: train.epochs='0': expected an integer >= 1"),
             # the demo's own options and the trainer's are told apart, and either is named as the demo's
             (["--data", str(data), "--no-reports"],
              "python -m msf_fast.demo: error: unknown option --no-reports (did you mean --no-report?) (see --help)"),

@@ -20,6 +20,7 @@ import torch
 from msf_fast import devices
 from msf_fast.devices import UnusableGPU, resolve_device
 from msf_fast.errors import UserError
+from train_imagenet import PROG as TRAIN
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU, DRIVER, DRIVER_CUDA = "NVIDIA H100 80GB HBM3", "535.104.05", "12.2"
@@ -171,8 +172,8 @@ def test_training_with_device_auto_stops_with_one_line(tmp_path):
                            "--train.device=auto", f"--logging.folder={tmp_path / 'run'}"],
                           cwd=ROOT, env=unusable_gpu_env(tmp_path), capture_output=True, text=True, timeout=120)
     line = one_line(done)
-    assert line.startswith(f"error: device auto: 2x {GPU} (driver {DRIVER}, CUDA <= {DRIVER_CUDA}) found, but torch "
-                           f"cannot use CUDA: torch {torch.__version__} ")
+    assert line.startswith(f"{TRAIN}: error: device auto: 2x {GPU} (driver {DRIVER}, CUDA <= {DRIVER_CUDA}) found, "
+                           f"but torch cannot use CUDA: torch {torch.__version__} ")
     assert "make setup CUDA=cu126" in line and "train.device=cpu" in line
     assert not (tmp_path / "run").exists()
 
@@ -182,7 +183,7 @@ def test_a_benchmark_on_its_default_device_stops_with_one_line(tmp_path):
                            "--resolution", "32", "--bank-size", "64", "--steps", "1", "--repeats", "1"],
                           cwd=ROOT, env=unusable_gpu_env(tmp_path), capture_output=True, text=True, timeout=120)
     line = one_line(done)
-    assert line.startswith(f"bench step: error: device auto: 2x {GPU} (driver {DRIVER}")
+    assert line.startswith(f"python -m msf_fast.bench step: error: device auto: 2x {GPU} (driver {DRIVER}")
     assert "--device cpu" in line and not done.stdout
 
 

@@ -11,6 +11,7 @@ from msf_fast import eval as evaluation
 from msf_fast.checkpoint import Checkpoint
 from msf_fast.config import ConfigError, load_config
 from msf_fast.model import MSF
+from msf_fast.eval import PROG as EVAL
 
 FAST = ["--resolution", "32", "--workers", "0", "--batch-size", "32", "--device", "cpu", "--no-progress"]
 
@@ -88,7 +89,7 @@ def test_training_on_a_store_written_as_a_validation_split_is_a_warning(tiny_ima
 def test_eval_knn_refuses_the_searched_images_as_held_out(backbone, tiny_imagefolder, stores, no_work, capsys):
     train = str(tiny_imagefolder / "train")
     assert run(evaluation.main, ["knn", "--ckpt", backbone, "--train", train, "--val", train, *FAST], capsys) == (2, [
-        f"eval knn: error: --train {train} and --val {train} hold the same data: each held-out image would find "
+        f"{EVAL} knn: error: --train {train} and --val {train} hold the same data: each held-out image would find "
         "itself among the searched ones (top-1 1.0 at k = 1); give --val held-out images"])
     code, lines = run(evaluation.main, ["knn", "--ckpt", backbone, "--train", stores["train"], "--val", train, *FAST],
                       capsys)
@@ -100,8 +101,8 @@ def test_eval_linear_warns_when_it_is_scored_on_its_training_images(backbone, ti
     with pytest.raises(WorkStarted):
         evaluation.main(["linear", "--ckpt", backbone, "--train", train, "--val", train, *FAST])
     assert capsys.readouterr().err.splitlines() == [
-        f"eval linear: warning: --train {train} and --val {train} hold the same data: the probe is scored on images it "
-        "was trained on, which measures its fit, not how it generalises; give --val held-out images"]
+        f"{EVAL} linear: warning: --train {train} and --val {train} hold the same data: the probe is scored on images "
+        "it was trained on, which measures its fit, not how it generalises; give --val held-out images"]
 
 
 def test_eval_neighbours_warns_when_the_queries_are_gallery_images_in_another_form(backbone, tiny_imagefolder,
@@ -111,7 +112,7 @@ def test_eval_neighbours_warns_when_the_queries_are_gallery_images_in_another_fo
         evaluation.main(["neighbours", "--ckpt", backbone, "--data", stores["train"], "--queries-from", train, *FAST])
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith(
-        f"eval neighbours: warning: --queries-from {train} and --data {stores['train']} hold the same images (")
+        f"{EVAL} neighbours: warning: --queries-from {train} and --data {stores['train']} hold the same images (")
     assert lines[0].endswith(": each query finds itself among its neighbours; give --queries-from the path of --data "
                              "(a query is then never its own neighbour) or held-out images")
 
@@ -142,7 +143,7 @@ def test_clusters_default_to_the_classes_of_a_small_set_and_report_the_purity_fl
     code, result, lines = result_of(evaluation.main, ["clusters", "--ckpt", backbone, "--data", val, "--thumb", "8",
                                                       "--out", str(tmp_path), *FAST], capsys)
     assert code == 0
-    assert lines == ["eval clusters: note: 4 clusters, one per class of the 24 images clustered (fewer than the "
+    assert lines == [f"{EVAL} clusters: note: 4 clusters, one per class of the 24 images clustered (fewer than the "
                      "default --clusters 100)"]
     assert (result["images"], result["clusters"]) == (24, 4)
     assert result["purity_floor"] == [0.25] and 0.25 <= result["purity"][0] <= 1.0  # the largest class: 6 of 24
@@ -167,7 +168,7 @@ def test_tsne_shows_every_class_of_a_set_with_fewer_than_the_default(backbone, t
     with pytest.raises(WorkStarted):  # past every check (the embedding itself is test_figures')
         evaluation.main(["tsne", "--ckpt", backbone, "--data", val, *FAST])
     assert capsys.readouterr().err.splitlines() == [
-        f"eval tsne: note: all 4 classes of {val} (fewer than the default --classes 10)"]
+        f"{EVAL} tsne: note: all 4 classes of {val} (fewer than the default --classes 10)"]
 
 
 def test_neighbours_defaults_fit_a_small_gallery(backbone, four_images, tmp_path, capsys):
@@ -175,8 +176,8 @@ def test_neighbours_defaults_fit_a_small_gallery(backbone, four_images, tmp_path
                                                       "--thumb", "8", "--out", str(tmp_path), *FAST], capsys)
     assert code == 0
     assert lines == [
-        f"eval neighbours: note: 4 queries, every image of {four_images} (fewer than the default --queries 6)",
-        f"eval neighbours: note: 3 neighbours per query, every image of the gallery {four_images} (a query is not "
+        f"{EVAL} neighbours: note: 4 queries, every image of {four_images} (fewer than the default --queries 6)",
+        f"{EVAL} neighbours: note: 3 neighbours per query, every image of the gallery {four_images} (a query is not "
         "its own neighbour) (fewer than the default --k 8)"]
     assert (len(result["queries"]), result["k"]) == (4, 3)
 
@@ -187,12 +188,12 @@ def test_knn_default_k_fits_a_small_memory_set_and_a_k_of_all_of_it_is_a_warning
     argv = ["knn", "--ckpt", backbone, "--train", four_images, "--val", val, "--out", str(tmp_path), *FAST]
     code, result, lines = result_of(evaluation.main, argv, capsys)
     assert code == 0
-    assert lines == [f"eval knn: note: --k 1: the memory set --train {four_images} has only 4 images, too few for "
+    assert lines == [f"{EVAL} knn: note: --k 1: the memory set --train {four_images} has only 4 images, too few for "
                      "the default k = 20"]
     assert "top1_k1_majority" in result and "top1_k20_majority" not in result
     code, result, lines = result_of(evaluation.main, [*argv, "--k", "4"], capsys)
     assert code == 0 and lines == [
-        f"eval knn: warning: --k 4: every image of the memory set --train {four_images} votes, so the majority vote "
+        f"{EVAL} knn: warning: --k 4: every image of the memory set --train {four_images} votes, so the majority vote "
         "gives every held-out image the same class"]
     assert result["top1_k4_majority"] == 0.25  # one class for the 24 images of 4 balanced classes
 
@@ -227,7 +228,7 @@ def test_a_choice_parameter_lists_its_choices_in_their_order(tmp_path):
 
 def test_ctrl_c_in_the_linear_probe_leaves_no_half_drawn_bar(backbone, tiny_imagefolder, four_images, tmp_path,
                                                              monkeypatch, capsys):
-    # the sibling of the writers' bar (item 12): the probe's bar stayed drawn above "eval linear: interrupted"
+    # the sibling of the writers' bar (item 12): the probe's bar stayed drawn above f"{EVAL} linear: interrupted"
     from msf_fast.eval import probe_commands
     from tests.test_writer_mistakes import screen
 
@@ -243,4 +244,4 @@ def test_ctrl_c_in_the_linear_probe_leaves_no_half_drawn_bar(backbone, tiny_imag
     assert evaluation.main(argv) == 130
     err = capsys.readouterr().err
     assert "1/3" in err  # the bar was drawn
-    assert screen(err) == ["eval linear: interrupted"]
+    assert screen(err) == [f"{EVAL} linear: interrupted"]

@@ -20,6 +20,8 @@ from msf_fast import eval as evaluation
 from msf_fast import export
 from msf_fast.checkpoint import Checkpoint, NotACheckpoint, read_checkpoint
 from msf_fast.model import MSF
+from msf_fast.eval import PROG as EVAL
+from msf_fast.export import PROG as EXPORT
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--resolution", "32", "--workers", "0", "--batch-size", "32", "--device", "cpu", "--no-progress"]
@@ -70,7 +72,7 @@ def test_knn_k_zero_is_refused_by_the_parser(backbone, sets, no_work, capsys):
 def test_knn_k_larger_than_the_memory_set_is_refused_before_extraction(backbone, sets, no_work, capsys):
     argv = eval_command("knn", backbone, "--train", sets["train"], "--val", sets["val"], "--k", "1", "200")
     assert run(evaluation.main, argv, capsys) == (2, [
-        f"eval knn: error: --k 200: the memory set --train {sets['train']} has only 96 images; give --k values of "
+        f"{EVAL} knn: error: --k 200: the memory set --train {sets['train']} has only 96 images; give --k values of "
         "at most 96"])
 
 
@@ -80,7 +82,7 @@ def test_knn_val_with_other_classes_is_refused(backbone, sets, no_work, capsys, 
     train, other = f"--train {sets['train']}", f"--val {sets[val]}"
     in_val = f", {only_val} only in {other}" if only_val else ""  # no "none only in --val" (issue 21, item 12)
     assert run(evaluation.main, argv, capsys) == (2, [
-        f"eval knn: error: {train} and {other} have different classes: class_3 only in {train}{in_val}; their labels "
+        f"{EVAL} knn: error: {train} and {other} have different classes: class_3 only in {train}{in_val}; their labels "
         "would not match"])
 
 
@@ -88,7 +90,7 @@ def test_knn_search_faiss_without_faiss(backbone, sets, no_work, capsys, monkeyp
     monkeypatch.setattr("msf_fast.eval.knn_command.faiss_available", lambda: False)
     argv = eval_command("knn", backbone, "--train", sets["train"], "--val", sets["val"], "--search", "faiss")
     assert run(evaluation.main, argv, capsys) == (2, [
-        "eval knn: error: --search faiss: faiss is not installed (pip install -e '.[faiss]', or --search torch)"])
+        f"{EVAL} knn: error: --search faiss: faiss is not installed (pip install -e '.[faiss]', or --search torch)"])
 
 
 def test_knn_k_zero_exits_2_from_the_command_line(backbone, sets):
@@ -127,20 +129,20 @@ def test_missing_or_wrong_files_answer_before_torch_loads(backbone, sets, tmp_pa
     photo = tmp_path / "photo.jpg"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
     cases = [(["knn", "--ckpt", str(tmp_path / "missing.pt"), "--train", sets["train"], "--val", sets["val"]],
-              f"eval knn: error: {tmp_path / 'missing.pt'}: no such file"),
+              f"{EVAL} knn: error: {tmp_path / 'missing.pt'}: no such file"),
              (["tsne", "--ckpt", backbone, str(text), "--data", sets["train"]],
-              f"eval tsne: error: {text}: a text file (starting 'learning rate 0.05'), not a checkpoint"),
+              f"{EVAL} tsne: error: {text}: a text file (starting 'learning rate 0.05'), not a checkpoint"),
              (["linear", "--ckpt", backbone, "--train", sets["train"], "--val", str(tmp_path / "nothing")],
-              f"eval linear: error: --val {tmp_path / 'nothing'}: expected an ImageFolder, a .beton or a TFRecord "
+              f"{EVAL} linear: error: --val {tmp_path / 'nothing'}: expected an ImageFolder, a .beton or a TFRecord "
               "store; it does not exist"),
              (["semi", "--ckpt", backbone, "--train", sets["train"], "--val", sets["val"], "--subset-file",
-               str(tmp_path)], f"eval semi: error: --subset-file {tmp_path}: a folder, not a list file (one image "
+               str(tmp_path)], f"{EVAL} semi: error: --subset-file {tmp_path}: a folder, not a list file (one image "
                                "name or index per line)"),
              (["semi", "--ckpt", backbone, "--train", sets["train"], "--val", sets["val"], "--subset-file",
-               str(photo)], f"eval semi: error: --subset-file {photo}: not a text file (a list file holds one image "
+               str(photo)], f"{EVAL} semi: error: --subset-file {photo}: not a text file (a list file holds one image "
                             "name or index per line)"),
              (["neighbours", "--ckpt", backbone, "--data", sets["train"], "--queries-from", str(text)],
-              f"eval neighbours: error: --queries-from {text}: expected an ImageFolder, a .beton or a TFRecord "
+              f"{EVAL} neighbours: error: --queries-from {text}: expected an ImageFolder, a .beton or a TFRecord "
               "store; found a file, neither a .beton nor a folder")]
     for argv, expected in cases:
         done = subprocess.run([sys.executable, "-c", probe, *argv], cwd=ROOT, capture_output=True, text=True,
@@ -199,9 +201,9 @@ def test_an_unwritable_out_is_refused_before_any_work(backbone, sets, no_work, t
                           (a_file, f"--out {a_file}: a file, not a folder")):
         for command in ("knn", "linear", "semi"):
             argv = eval_command(command, backbone, "--train", sets["train"], "--val", sets["val"], "--out", str(out))
-            assert run(evaluation.main, argv, capsys) == (2, [f"eval {command}: error: {expected}"])
+            assert run(evaluation.main, argv, capsys) == (2, [f"{EVAL} {command}: error: {expected}"])
         argv = [*eval_command("clusters", backbone, "--data", sets["val"]), "--out", str(out)]
-        assert run(evaluation.main, argv, capsys) == (2, [f"eval clusters: error: {expected}"])
+        assert run(evaluation.main, argv, capsys) == (2, [f"{EVAL} clusters: error: {expected}"])
     assert not (a_file / "sub").exists()
 
 
@@ -214,18 +216,18 @@ def test_an_out_inside_the_data_or_where_nothing_can_be_made_is_refused_before_a
                               (Path(sets["val"]) / "x", "--val", sets["val"])):
         argv = eval_command("knn", backbone, "--train", sets["train"], "--val", sets["val"], "--out", str(out))
         assert run(evaluation.main, argv, capsys) == (2, [
-            f"eval knn: error: --out {out} is inside {option} {data}: the next listing of the data would read its "
+            f"{EVAL} knn: error: --out {out} is inside {option} {data}: the next listing of the data would read its "
             "report and figures as images; choose a folder outside the data"])
     out = Path(sets["val"]) / "figures"
     argv = [*eval_command("tsne", backbone, "--data", sets["val"]), "--out", str(out)]
     assert run(evaluation.main, argv, capsys) == (2, [
-        f"eval tsne: error: --out {out} is inside --data {sets['val']}: the next listing of the data would read its "
+        f"{EVAL} tsne: error: --out {out} is inside --data {sets['val']}: the next listing of the data would read its "
         "report and figures as images; choose a folder outside the data"])
     assert sorted(os.listdir(train)) == [f"class_{c}" for c in range(4)] and not out.exists()
     if os.path.isdir("/proc") and os.access("/proc", os.W_OK | os.X_OK):  # root: os.access cannot tell
         argv = eval_command("knn", backbone, "--train", sets["train"], "--val", sets["val"], "--out", "/proc/x")
         assert run(evaluation.main, argv, capsys) == (2, [
-            "eval knn: error: --out /proc/x: cannot be created or written (No such file or directory)"])
+            f"{EVAL} knn: error: --out /proc/x: cannot be created or written (No such file or directory)"])
 
 
 def test_a_device_that_is_not_there(backbone, sets, no_work, capsys):
@@ -251,9 +253,9 @@ def test_data_paths_that_are_no_dataset_name_the_accepted_kinds(backbone, sets, 
              str(unnamed): f"{accepted} an FFCV store without the .beton suffix: rename it to {unnamed}.beton"}
     for path, found in cases.items():
         argv = eval_command("knn", backbone, "--train", sets["train"], "--val", path)
-        assert run(evaluation.main, argv, capsys) == (2, [f"eval knn: error: --val {path}: {found}"])
+        assert run(evaluation.main, argv, capsys) == (2, [f"{EVAL} knn: error: --val {path}: {found}"])
     argv = eval_command("tsne", backbone, "--data", str(jpeg))
-    assert run(evaluation.main, argv, capsys) == (2, [f"eval tsne: error: --data {jpeg}: {cases[str(jpeg)]}"])
+    assert run(evaluation.main, argv, capsys) == (2, [f"{EVAL} tsne: error: --data {jpeg}: {cases[str(jpeg)]}"])
 
 
 # --- linear / semi -----------------------------------------------------------------------------------------------
@@ -263,7 +265,7 @@ def test_probe_train_and_val_must_share_classes(backbone, sets, no_work, capsys,
     argv = eval_command(command, backbone, "--train", sets["train"], "--val", sets["renamed"])
     train, other = f"--train {sets['train']}", f"--val {sets['renamed']}"
     assert run(evaluation.main, argv, capsys) == (2, [
-        f"eval {command}: error: {train} and {other} have different classes: class_3 only in {train}, class_x only "
+        f"{EVAL} {command}: error: {train} and {other} have different classes: class_3 only in {train}, class_x only "
         f"in {other}; their labels would not match"])
 
 
@@ -285,9 +287,9 @@ def test_semi_subset_file_mistakes(backbone, sets, no_work, tmp_path, capsys):
         "python -m msf_fast.eval semi: error: --subset-file and --fractions exclude each other: the list file names "
         "the labelled images (see --help)"])
     assert run(evaluation.main, [*base, "--subset-file", str(tmp_path / "none.txt")], capsys) == (2, [
-        f"eval semi: error: --subset-file {tmp_path / 'none.txt'}: no such file"])
+        f"{EVAL} semi: error: --subset-file {tmp_path / 'none.txt'}: no such file"])
     assert run(evaluation.main, [*base, "--subset-file", str(listed)], capsys) == (2, [
-        f"eval semi: error: --subset-file {listed}: no image of 2 of the 4 classes (class_2, class_3); the probe "
+        f"{EVAL} semi: error: --subset-file {listed}: no image of 2 of the 4 classes (class_2, class_3); the probe "
         "could never predict them: list at least one image per class"])
 
 
@@ -310,7 +312,7 @@ def test_semi_report_describes_the_subset_file_it_ran(backbone, sets, tmp_path, 
 
 def test_tsne_classes_beyond_the_data_are_refused_before_reading_an_image(backbone, sets, no_work, capsys):
     argv = eval_command("tsne", backbone, "--data", sets["val"], "--classes", "5")
-    assert run(evaluation.main, argv, capsys) == (2, [f"eval tsne: error: --classes 5: {sets['val']} has only 4 "
+    assert run(evaluation.main, argv, capsys) == (2, [f"{EVAL} tsne: error: --classes 5: {sets['val']} has only 4 "
                                                       "classes"])
     argv = eval_command("tsne", backbone, "--data", sets["val"], "--classes", "many")
     assert run(evaluation.main, argv, capsys) == (2, [
@@ -330,31 +332,31 @@ def test_neighbours_queries_from_other_classes_are_refused(backbone, sets, no_wo
     argv = eval_command("neighbours", backbone, "--data", sets["train"], "--queries-from", sets["missing"])
     queries, gallery = f"--queries-from {sets['missing']}", f"--data {sets['train']}"
     assert run(evaluation.main, argv, capsys) == (2, [
-        f"eval neighbours: error: {queries} and {gallery} have different classes: class_3 only in {gallery}; "
+        f"{EVAL} neighbours: error: {queries} and {gallery} have different classes: class_3 only in {gallery}; "
         "their labels would not match"])
 
 
 def test_neighbours_counts_beyond_the_data_are_refused_before_reading_an_image(backbone, sets, no_work, capsys):
     argv = eval_command("neighbours", backbone, "--data", sets["val"], "--k", "24")
     assert run(evaluation.main, argv, capsys) == (2, [
-        f"eval neighbours: error: --k 24: the gallery {sets['val']} has only 24 images (a query is not its own "
+        f"{EVAL} neighbours: error: --k 24: the gallery {sets['val']} has only 24 images (a query is not its own "
         "neighbour)"])
     argv = eval_command("neighbours", backbone, "--data", sets["train"], "--queries-from", sets["val"],
                         "--queries", "25")
     assert run(evaluation.main, argv, capsys) == (2, [
-        f"eval neighbours: error: --queries 25: {sets['val']} has only 24 images"])
+        f"{EVAL} neighbours: error: --queries 25: {sets['val']} has only 24 images"])
 
 
 def test_more_clusters_or_rows_than_possible_are_refused_before_reading_an_image(backbone, sets, no_work, capsys):
     for clusters in ("9", "8"):  # one image per cluster scores purity 1.0 whatever the features
         argv = eval_command("clusters", backbone, "--data", sets["val"], "--per-class", "2", "--clusters", clusters)
         assert run(evaluation.main, argv, capsys) == (2, [
-            f"eval clusters: error: --clusters {clusters}: only 8 images are clustered (the first --per-class 2 of "
+            f"{EVAL} clusters: error: --clusters {clusters}: only 8 images are clustered (the first --per-class 2 of "
             f"each class of {sets['val']}); give at most 7 (with one image per cluster, purity is 1.0 whatever the "
             "features)"])
     argv = eval_command("clusters", backbone, "--data", sets["val"], "--clusters", "3", "--rows", "4")
     assert run(evaluation.main, argv, capsys) == (2, [
-        "eval clusters: error: --rows 4: only 3 clusters to show; give at most 3"])
+        f"{EVAL} clusters: error: --rows 4: only 3 clusters to show; give at most 3"])
 
 
 def test_default_clusters_shrink_to_the_data_and_say_so(backbone, sets, tmp_path, capsys):
@@ -363,8 +365,8 @@ def test_default_clusters_shrink_to_the_data_and_say_so(backbone, sets, tmp_path
             "--out", str(tmp_path)]
     code, lines = run(evaluation.main, argv, capsys)
     assert code == 0
-    assert lines == ["eval clusters: note: 2 clusters, half the 4 images clustered, two per cluster on average (fewer "
-                     "than the default --clusters 100)"]
+    assert lines == [f"{EVAL} clusters: note: 2 clusters, half the 4 images clustered, two per cluster on average "
+                     "(fewer than the default --clusters 100)"]
     assert "2 clusters (half the 4 images clustered, two per cluster on average)" in (tmp_path / "report.md").read_text()
 
 
@@ -419,11 +421,11 @@ def test_eval_with_a_file_that_is_no_checkpoint(not_checkpoints, sets, tmp_path,
     out = str(tmp_path / "out")  # never made
     for path, seems in not_checkpoints.items():
         argv = eval_command("knn", path, "--train", sets["train"], "--val", sets["val"], "--out", out)
-        assert run(evaluation.main, argv, capsys) == (2, [f"eval knn: error: {path}: {seems}"])
+        assert run(evaluation.main, argv, capsys) == (2, [f"{EVAL} knn: error: {path}: {seems}"])
     # found before the data are listed: a wrong --train is not reached
     path, seems = next(iter(not_checkpoints.items()))
     argv = eval_command("tsne", path, "--data", "no/such/folder", "--out", out)
-    assert run(evaluation.main, argv, capsys) == (2, [f"eval tsne: error: {path}: {seems}"])
+    assert run(evaluation.main, argv, capsys) == (2, [f"{EVAL} tsne: error: {path}: {seems}"])
 
 
 # --- export ------------------------------------------------------------------------------------------------------
@@ -442,26 +444,26 @@ def test_export_follows_the_writers_conventions(training_checkpoint, backbone, n
     out = tmp_path / "backbone.pth"
     assert run(export.main, [training_checkpoint, str(out)], capsys) == (0, [])
     assert run(export.main, [training_checkpoint, str(out)], capsys) == (2, [
-        f"export: error: output '{out}' already exists (pass --overwrite to replace it)"])
+        f"{EXPORT}: error: output '{out}' already exists (pass --overwrite to replace it)"])
     nested = tmp_path / "missing" / "backbone.pth"
     assert run(export.main, [training_checkpoint, str(nested)], capsys) == (2, [
-        f"export: error: cannot write '{nested}': folder '{nested.parent}' does not exist"])
+        f"{EXPORT}: error: cannot write '{nested}': folder '{nested.parent}' does not exist"])
     assert not nested.parent.exists()  # not created
     afile = tmp_path / "notes.txt"
     afile.write_text("notes\n")
     for under in (afile / "backbone.pth", afile / "sub" / "backbone.pth"):  # not "a folder that does not exist"
         assert run(export.main, [training_checkpoint, str(under)], capsys) == (2, [
-            f"export: error: cannot write '{under}': '{afile}' is a file, not a folder"])
+            f"{EXPORT}: error: cannot write '{under}': '{afile}' is a file, not a folder"])
     assert afile.read_text() == "notes\n"
     assert run(export.main, [training_checkpoint, str(tmp_path)], capsys) == (2, [
-        f"export: error: output '{tmp_path}' is a folder; give a file name, e.g. {tmp_path / 'backbone.pth'}"])
+        f"{EXPORT}: error: output '{tmp_path}' is a folder; give a file name, e.g. {tmp_path / 'backbone.pth'}"])
     assert run(export.main, [backbone, str(tmp_path / "again.pth")], capsys) == (2, [
-        f"export: error: {backbone}: already a torchvision backbone (as this command writes), not a training "
+        f"{EXPORT}: error: {backbone}: already a torchvision backbone (as this command writes), not a training "
         "checkpoint; python -m msf_fast.eval and torchvision read it as it is"])
     assert run(export.main, [training_checkpoint, str(tmp_path / "x.pth"), "--num-classes", "-1"], capsys) == (2, [
         "python -m msf_fast.export: error: argument --num-classes: must be at least 0, got -1 (see --help)"])
     for path, seems in not_checkpoints.items():
-        assert run(export.main, [path, str(tmp_path / "x.pth")], capsys) == (2, [f"export: error: {path}: {seems}"])
+        assert run(export.main, [path, str(tmp_path / "x.pth")], capsys) == (2, [f"{EXPORT}: error: {path}: {seems}"])
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".pth") == ["backbone.pth"]
 
 
@@ -475,7 +477,7 @@ def test_export_exit_code_from_the_command_line(tmp_path):
                           env={**os.environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"})
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        f"export: error: {text}: a text file (starting 'not a checkpoint'), not a checkpoint"]
+        f"{EXPORT}: error: {text}: a text file (starting 'not a checkpoint'), not a checkpoint"]
 
 
 # --- a full disk (issue 21, item 4's siblings) -------------------------------------------------------------------
@@ -493,7 +495,7 @@ def test_a_full_disk_is_one_line_exit_1_for_eval_and_export(backbone, sets, tmp_
         patched.setattr(pathlib.Path, "write_text", full)
         code, lines = run(evaluation.main, eval_command("knn", backbone, "--train", sets["train"], "--val", sets["val"],
                                                  "--k", "3", "--out", str(out)), capsys)
-    assert code == 1 and lines[-1] == (f"eval knn: error: cannot write into {out}: No space left on device; nothing "
+    assert code == 1 and lines[-1] == (f"{EVAL} knn: error: cannot write into {out}: No space left on device; nothing "
                                        "half-written")
     assert not (out / "knn.json").exists() and not [p for p in out.rglob("*") if "partial" in p.name]
     write_text = pathlib.Path.write_text
@@ -512,7 +514,7 @@ def test_a_full_disk_is_one_line_exit_1_for_eval_and_export(backbone, sets, tmp_
     torch.save(checkpoint.training_state(MSF("resnet18", bank_size=32), None, None, 0, 0, 1, None), ours)
     monkeypatch.setattr(checkpoint.torch, "save", torch_full)
     code, lines = run(export.main, [str(ours), str(tmp_path / "b.pth")], capsys)
-    assert code == 1 and lines == [f"export: error: cannot write {tmp_path / 'b.pth'}: No space left on device; "
+    assert code == 1 and lines == [f"{EXPORT}: error: cannot write {tmp_path / 'b.pth'}: No space left on device; "
                                    "nothing written"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 

@@ -20,6 +20,7 @@ from msf_fast.eval.figures.drawing import (MARGIN, QUERY, clusters_figure_size, 
                                            tsne_figure_size)
 from msf_fast.eval.figures.streaming import ClassSampler, IndexSampler, RandomSampler, make_thumbnails, select_images
 from msf_fast.model import MSF
+from msf_fast.eval import PROG as EVAL
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -82,7 +83,7 @@ def test_tsne_draws_the_first_images_of_seeded_random_classes(tiny_imagefolder, 
 def test_more_classes_than_the_data_has_is_a_one_line_error(tiny_imagefolder, checkpoints, tmp_path, capsys):
     code, _, error = run("tsne", checkpoints, tiny_imagefolder / "train", tmp_path, capsys, "--classes", "5")
     assert code == 2
-    expected = f"eval tsne: error: --classes 5: {tiny_imagefolder / 'train'} has only 4 classes"
+    expected = f"{EVAL} tsne: error: --classes 5: {tiny_imagefolder / 'train'} has only 4 classes"
     assert error.strip().splitlines() == [expected]
 
 

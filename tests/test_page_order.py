@@ -171,7 +171,7 @@ def test_data_in_memory_is_parsed_and_reaches_the_loader(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "build_train_loader", lambda *args, **options: built.update(options))
     cfg = load_config(argv + ["--data.in_memory=0"])
     host = SimpleNamespace(cfg=cfg, recipe=None, rank=0, world_size=1, device=torch.device("cpu"), is_main=False,
-                           precision=SimpleNamespace(dtype=None))
+                           precision=SimpleNamespace(dtype=None), start_lines=[])
     trainer.Trainer.create_loader(host)
     assert built["in_memory"] is False
 

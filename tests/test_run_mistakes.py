@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from train_imagenet import PROG as TRAIN
+from msf_fast.eval import PROG as EVAL
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +45,7 @@ def test_a_config_file_that_is_no_recipe_is_one_line(data, tmp_path, text, expec
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(text)
     assert one_line(*train("--config-file", str(recipe), *data)) == \
-        f"config error: --config-file={recipe}: {expected}"
+        f"{TRAIN}: error: --config-file={recipe}: {expected}"
     assert not (tmp_path / "run").exists()
 
 
@@ -51,7 +53,7 @@ def test_a_binary_config_file_is_one_line(data, tmp_path):
     recipe = tmp_path / "model.pt"
     recipe.write_bytes(bytes(range(256)) * 4)
     assert one_line(*train("--config-file", str(recipe), *data)) == \
-        f"config error: --config-file={recipe}: not a text file (a YAML recipe is text)"
+        f"{TRAIN}: error: --config-file={recipe}: not a text file (a YAML recipe is text)"
 
 
 def test_flat_dotted_keys_are_accepted_and_typos_named(data, tmp_path):
@@ -78,9 +80,9 @@ def test_bad_logging_folders_name_the_parameter(data, tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("")
     assert one_line(*train(*data, f"--logging.folder={afile}")) == \
-        f"config error: logging.folder={afile}: a file, not a folder"
+        f"{TRAIN}: error: logging.folder={afile}: a file, not a folder"
     assert one_line(*train(*data, f"--logging.folder={afile}/run")) == \
-        f"config error: logging.folder={afile}/run: a file on its path ({afile}), not a folder"
+        f"{TRAIN}: error: logging.folder={afile}/run: a file on its path ({afile}), not a folder"
 
 
 def config_error(argv) -> str:
@@ -147,20 +149,20 @@ def test_a_folder_that_cannot_be_made_is_told_before_anything_else(tiny_imagefol
     out, err = capsys.readouterr()
     assert out == ""
     [line] = err.strip().splitlines()
-    assert line.startswith("config error: logging.folder=/proc/x: ")
+    assert line.startswith(f"{TRAIN}: error: logging.folder=/proc/x: ")
 
 
 def test_resume_and_overwrite_exclude_each_other(data):
     assert one_line(*train(*data, "--train.resume=auto", "--logging.overwrite=1")) == (
-        "config error: logging.overwrite=1 starts over and train.resume=auto continues: choose one")
+        f"{TRAIN}: error: logging.overwrite=1 starts over and train.resume=auto continues: choose one")
 
 
 def test_a_run_folder_holding_a_run_is_refused(data, tmp_path):
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "run" / "log.jsonl").write_text("")
     assert one_line(*train(*data)) == (
-        f"config error: logging.folder={tmp_path / 'run'} holds a run: continue it with --train.resume=auto, start over "
-        "with --logging.overwrite=1 (deletes it), or choose another --logging.folder")
+        f"{TRAIN}: error: logging.folder={tmp_path / 'run'} holds a run: continue it with --train.resume=auto, start "
+        "over with --logging.overwrite=1 (deletes it), or choose another --logging.folder")
 
 
 def test_a_file_given_to_resume_that_is_no_checkpoint(data, tmp_path, tiny_imagefolder):
@@ -169,7 +171,7 @@ def test_a_file_given_to_resume_that_is_no_checkpoint(data, tmp_path, tiny_image
     options = [f"--data.train_path={tiny_imagefolder / 'train'}", *data[1:], "--model.arch=resnet18",
                "--data.resolution=32", "--data.workers=0"]
     assert one_line(*train(*options, f"--train.resume={notes}")) == (
-        f"config error: train.resume={notes}: a text file (starting 'lr 0.05 diverged'), not a checkpoint (or "
+        f"{TRAIN}: error: train.resume={notes}: a text file (starting 'lr 0.05 diverged'), not a checkpoint (or "
         "'auto': the run folder's latest checkpoint)")
 
 
@@ -189,21 +191,25 @@ def test_ctrl_c_before_training_or_during_an_eval_is_one_line(data, monkeypatch,
     monkeypatch.setattr(knn_command, "run_knn", interrupted)
     monkeypatch.setattr(cli, "path_problem", lambda args: None)  # the files are checked before the run: none here
     assert cli.main(["knn", "--ckpt", "x.pt", "--train", "a", "--val", "b"]) == 130
-    assert capsys.readouterr().err.strip().splitlines() == ["eval knn: interrupted"]
+    assert capsys.readouterr().err.strip().splitlines() == [f"{EVAL} knn: interrupted"]
 
 
-COMMANDS = {"train_imagenet.py": [str(ROOT / "train_imagenet.py")], "demo": ["-m", "msf_fast.demo"],
-            "bench ema": ["-m", "msf_fast.bench", "ema"],
-            # eval and export load torch after their checks of the options: given a file that may be a checkpoint
-            # (TMP: the test's folder)
-            "eval": ["-m", "msf_fast.eval", "knn", "--ckpt", "TMP/checkpoint.pt", "--train", "TMP", "--val", "TMP"],
-            "export": ["-m", "msf_fast.export", "TMP/checkpoint.pt", "TMP/backbone.pth"],
-            "write_beton": ["-m", "dataset_prep.write_beton"],
-            "write_tfrecord": ["-m", "dataset_prep.write_tfrecord"], "dataset_prep.bench": ["-m", "dataset_prep.bench"],
-            "synthetic_photos": ["-m", "dataset_prep.synthetic_photos"],
-            # the benchmark children read their options before torch loads, as bench does
-            "bench bank": ["-m", "msf_fast.bench.bank", "--variant", "chunked"],
-            "bench loader": ["-m", "msf_fast.bench.loader", "--backend", "torch", "--data", "TMP"]}
+COMMANDS = {  # the program's name, as its messages start: its command line
+    "train_imagenet.py": [str(ROOT / "train_imagenet.py")],
+    "python -m msf_fast.demo": ["-m", "msf_fast.demo"],
+    "python -m msf_fast.bench ema": ["-m", "msf_fast.bench", "ema"],
+    # eval and export load torch after their checks of the options: given a file that may be a checkpoint
+    # (TMP: the test's folder)
+    "python -m msf_fast.eval": ["-m", "msf_fast.eval", "knn", "--ckpt", "TMP/checkpoint.pt", "--train", "TMP",
+                                "--val", "TMP"],
+    "python -m msf_fast.export": ["-m", "msf_fast.export", "TMP/checkpoint.pt", "TMP/backbone.pth"],
+    "write_beton": ["-m", "dataset_prep.write_beton"],
+    "write_tfrecord": ["-m", "dataset_prep.write_tfrecord"],
+    "python -m dataset_prep.bench": ["-m", "dataset_prep.bench"],
+    "python -m dataset_prep.synthetic_photos": ["-m", "dataset_prep.synthetic_photos"],
+    # the benchmark children read their options before torch loads, as bench does
+    "python -m msf_fast.bench.bank": ["-m", "msf_fast.bench.bank", "--variant", "chunked"],
+    "python -m msf_fast.bench.loader": ["-m", "msf_fast.bench.loader", "--backend", "torch", "--data", "TMP"]}
 
 
 @pytest.mark.parametrize("program", COMMANDS)

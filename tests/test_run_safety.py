@@ -24,6 +24,7 @@ from msf_fast.resume_rules import ResumeRefused, RunIdentity, check_resume
 from msf_fast.schedule import learning_rate, scaled_lr
 from msf_fast.trainer import Trainer
 from tests.test_long_runs import options, records, saved_step, train, trainer
+from train_imagenet import PROG as TRAIN
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -180,7 +181,8 @@ def test_a_second_run_into_a_busy_folder_is_refused_and_a_killed_holder_frees_it
         code = train_imagenet.main(options(tiny_imagefolder, tmp_path, "--train.max_steps=1"))
         error = capsys.readouterr().err.strip()
         assert code == 2 and "\n" not in error
-        assert error.startswith(f"error: logging.folder={tmp_path} is in use by another run (PID {holder.pid} on ")
+        assert error.startswith(f"{TRAIN}: error: logging.folder={tmp_path} is in use by another run "
+                                f"(PID {holder.pid} on ")
         assert error.endswith("): wait for it to end, or choose another --logging.folder")
         assert not (tmp_path / "log.jsonl").exists() and not (tmp_path / "checkpoints").exists()
     finally:

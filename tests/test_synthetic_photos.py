@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from dataset_prep import synthetic_photos
+from dataset_prep.bench import PROG as DATA_BENCH
+from dataset_prep.synthetic_photos import PROG as PHOTOS
 
 
 def listing(root) -> list[str]:
@@ -26,9 +28,9 @@ def test_other_settings_replace_the_folder_whole_and_the_same_reuse_it(tmp_path,
     assert synthetic_photos.main([str(root), "--classes", "2", "--per-class", "1", "--no-progress"]) == 0
     assert {name: os.stat(root / name).st_mtime_ns for name in listing(root)} == before
     assert os.listdir(tmp_path) == ["photos"]
-    assert capsys.readouterr().out.splitlines() == [f"synthetic_photos: 6 photos of 3 classes in {root}",
-                                                    f"synthetic_photos: 2 photos of 2 classes in {root}",
-                                                    f"synthetic_photos: {root} already holds 2 photos of 2 classes "
+    assert capsys.readouterr().out.splitlines() == [f"{PHOTOS}: 6 photos of 3 classes in {root}",
+                                                    f"{PHOTOS}: 2 photos of 2 classes in {root}",
+                                                    f"{PHOTOS}: {root} already holds 2 photos of 2 classes "
                                                     "(seed 0)"]
 
 
@@ -46,7 +48,7 @@ def test_a_folder_not_its_own_is_refused_untouched(tmp_path, capsys, make, expec
     if expected is None:  # an empty or missing folder is the command's to fill
         assert code == 0
         return
-    assert (code, capsys.readouterr().err.splitlines()) == (2, ["synthetic_photos: error: "
+    assert (code, capsys.readouterr().err.splitlines()) == (2, [f"{PHOTOS}: error: "
                                                                 + expected.format(root=root)])
     assert listing(tmp_path) == before
 
@@ -54,7 +56,7 @@ def test_a_folder_not_its_own_is_refused_untouched(tmp_path, capsys, make, expec
 def test_a_path_under_a_file_and_an_interrupted_run_leave_nothing(tmp_path, monkeypatch, capsys):
     (tmp_path / "file").write_text("x")
     assert synthetic_photos.main([str(tmp_path / "file" / "photos"), "--no-progress"]) == 2
-    assert capsys.readouterr().err.strip() == (f"synthetic_photos: error: cannot write '{tmp_path}/file/photos': "
+    assert capsys.readouterr().err.strip() == (f"{PHOTOS}: error: cannot write '{tmp_path}/file/photos': "
                                                f"'{tmp_path}/file' is a file, not a folder")
     made, photo = [], synthetic_photos.photo
 
@@ -67,10 +69,10 @@ def test_a_path_under_a_file_and_an_interrupted_run_leave_nothing(tmp_path, monk
     monkeypatch.setattr(synthetic_photos, "photo", interrupted)
     assert synthetic_photos.main([str(tmp_path / "photos"), "--classes", "1", "--per-class", "3",
                                   "--no-progress"]) == 130
-    assert capsys.readouterr().err.strip() == f"synthetic_photos: interrupted; {tmp_path / 'photos'} is as it was"
+    assert capsys.readouterr().err.strip() == f"{PHOTOS}: interrupted; {tmp_path / 'photos'} is as it was"
     assert os.listdir(tmp_path) == ["file"]  # no photos/, no .photos.partial-PID
     assert synthetic_photos.main(["", "--no-progress"]) == 2  # an unset $ROOT wrote 500 photos beside the cwd
-    assert capsys.readouterr().err.strip() == ("synthetic_photos: error: the folder is empty: give a folder for the "
+    assert capsys.readouterr().err.strip() == (f"{PHOTOS}: error: the folder is empty: give a folder for the "
                                                "photos")
 
 
@@ -90,18 +92,18 @@ def test_sigterm_leaves_the_folder_as_it_was(tmp_path):
         time.sleep(0.1)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
-    assert (process.returncode, stderr.strip().splitlines()[-1]) == (143, f"synthetic_photos: interrupted; {root} is "
+    assert (process.returncode, stderr.strip().splitlines()[-1]) == (143, f"{PHOTOS}: interrupted; {root} is "
                                                                            "as it was")
     assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--repeats", "0"], "python -m dataset_prep.bench: error: argument --repeats: must be at least 1, got 0 (see "
+    (["--repeats", "0"], f"{DATA_BENCH}: error: argument --repeats: must be at least 1, got 0 (see "
                          "--help)"),
-    (["--workers", "0", "2"], "python -m dataset_prep.bench: error: argument --workers: must be at least 1, got 0 "
+    (["--workers", "0", "2"], f"{DATA_BENCH}: error: argument --workers: must be at least 1, got 0 "
                               "(see --help)"),
-    (["--data-root", "{file}/bench"], "dataset_prep.bench: error: --data-root {file}/bench: {file} is a file, not a "
-                                      "folder")])
+    (["--data-root", "{file}/bench"], "python -m dataset_prep.bench: error: --data-root {file}/bench: {file} is a "
+                                      "file, not a folder")])
 def test_the_writers_benchmark_tells_a_mistake_in_one_line(tmp_path, capsys, argv, expected):
     """Its counts were bare ints (--repeats 0 ended in a traceback of statistics.median) and a data root under a
     file was a traceback."""
@@ -123,7 +125,7 @@ def test_the_writers_benchmark_refuses_a_data_root_holding_a_users_images_before
     (tmp_path / "demo" / "train" / "cats" / "precious.jpg").write_bytes(b"\xff\xd8")
     before = listing(tmp_path)
     assert bench.main(["--data-root", str(tmp_path), "--repeats", "1"]) == 2
-    assert capsys.readouterr().err.strip() == (f"dataset_prep.bench: error: --data-root {tmp_path}: {tmp_path}/demo/"
+    assert capsys.readouterr().err.strip() == (f"{DATA_BENCH}: error: --data-root {tmp_path}: {tmp_path}/demo/"
                                                "train holds 'cats', not the demo's images: the demo data would "
                                                "replace it; give another folder")
     assert listing(tmp_path) == before

@@ -11,6 +11,8 @@ import torch
 import torchvision
 
 from pipelines.worker_sockets import FOLDER_LIMIT, TempFolderTooLong, check_worker_sockets
+from train_imagenet import PROG as TRAIN
+from msf_fast.eval import PROG as EVAL
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +66,7 @@ def test_training_evaluation_and_the_loader_benchmark_refuse_a_long_temp_folder_
                 "--data.workers=1", "--data.resolution=32", "--model.arch=resnet18", "--train.batch_size=8",
                 "--msf.bank_size=32", "--train.epochs=1", "--train.device=cpu", f"--logging.folder={tmp_path / 'run'}"],
                tmpdir)
-    assert (done.returncode, done.stderr.strip().splitlines()) == (2, [f"error: data.workers=1: {expected}"])
+    assert (done.returncode, done.stderr.strip().splitlines()) == (2, [f"{TRAIN}: error: data.workers=1: {expected}"])
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
     backbone = tmp_path / "backbone.pth"  # as python -m msf_fast.export writes one
     torch.save({k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("fc.")},
@@ -72,8 +74,9 @@ def test_training_evaluation_and_the_loader_benchmark_refuse_a_long_temp_folder_
     done = run(["-m", "msf_fast.eval", "knn", "--ckpt", str(backbone), "--train", str(tiny_imagefolder / "train"),
                 "--val", str(tiny_imagefolder / "val"), "--resolution", "32", "--workers", "1", "--device", "cpu",
                 "--out", str(tmp_path / "knn")], tmpdir)
-    assert (done.returncode, done.stderr.strip().splitlines()) == (2, [f"eval knn: error: {expected}"])
+    assert (done.returncode, done.stderr.strip().splitlines()) == (2, [f"{EVAL} knn: error: {expected}"])
     assert not (tmp_path / "knn").exists()
     done = run(["-m", "msf_fast.bench", "loader", "--data", str(tiny_imagefolder / "train"), "--backend", "torch",
                 "--workers", "1"], tmpdir)
-    assert (done.returncode, done.stderr.strip().splitlines()) == (2, [f"bench loader: error: --workers 1: {expected}"])
+    assert (done.returncode, done.stderr.strip().splitlines()) == (
+        2, [f"python -m msf_fast.bench loader: error: --workers 1: {expected}"])

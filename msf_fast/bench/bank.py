@@ -9,7 +9,7 @@ import sys
 
 if __name__ == "__main__":  # before the imports below, which take seconds: Ctrl-C then is one line
     from dataset_prep.command_start import start_command
-    start_command("bench bank")
+    start_command("python -m msf_fast.bench.bank")
 
 import argparse
 import json

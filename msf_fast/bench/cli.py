@@ -26,6 +26,7 @@ from dataset_prep.argument_parser import DefaultsHelpFormatter as HelpFormatter
 from dataset_prep.argument_parser import OneLineParser
 from msf_fast.errors import UsageError, UserError
 
+PROG = "python -m msf_fast.bench"  # every message of these commands starts with it, as their usage line does
 # name: (function in msf_fast.bench.NAME, summary). A command's module (torch, numba, ...) is imported only when
 # that command runs or its options are parsed: `bench plan`, --help and a wrong command name answer without torch.
 COMMANDS = {
@@ -53,7 +54,7 @@ def command_module(name: str):
 
 def build_parser(commands=tuple(COMMANDS)) -> argparse.ArgumentParser:
     """The parser, with the options of `commands` (the others are listed by name and summary only)."""
-    parser = OneLineParser(prog="python -m msf_fast.bench", description=__doc__, formatter_class=HelpFormatter)
+    parser = OneLineParser(prog=PROG, description=__doc__, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, summary) in COMMANDS.items():
         module = command_module(name) if name in commands else None
@@ -75,17 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         getattr(command_module(args.command), COMMANDS[args.command][0])(args)
     except UserError as error:  # e.g. the default device auto on a GPU torch cannot use (msf_fast.devices)
-        print(f"bench {args.command}: error: {error}", file=sys.stderr)
+        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
         return 2
     except UsageError as error:  # options that cannot go together, found by the command (other ValueErrors are bugs)
         parser.commands[args.command].error(str(error))
     except KeyboardInterrupt:
-        print(f"bench {args.command}: interrupted", file=sys.stderr)
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
     return 0
 
 
 if __name__ == "__main__":
     from dataset_prep.command_start import start_command
-    start_command("bench")
+    start_command(PROG)
     sys.exit(main())

@@ -18,7 +18,7 @@ import sys
 
 if __name__ == "__main__":  # before the imports below, which take seconds: Ctrl-C then is one line
     from dataset_prep.command_start import start_command
-    start_command("bench loader")
+    start_command("python -m msf_fast.bench.loader")
 
 import argparse
 import hashlib
@@ -31,6 +31,7 @@ import time
 
 from dataset_prep.argument_parser import non_negative_int, positive_int
 from dataset_prep.progress import available_cores
+from msf_fast.bench.cli import PROG
 from msf_fast.bench.timing import peak_rss_mb
 from msf_fast.errors import UsageError
 from pipelines import data_format
@@ -101,9 +102,9 @@ def store_for(args, backend: str) -> str:
     if os.path.exists(path):
         stale = cached_store_problem(path, source)
         if stale is None:
-            print(f"bench loader: reusing {path}, written from {source}", file=sys.stderr, flush=True)
+            print(f"{PROG} loader: reusing {path}, written from {source}", file=sys.stderr, flush=True)
             return path
-        print(f"bench loader: writing {path} again: {stale}", file=sys.stderr, flush=True)
+        print(f"{PROG} loader: writing {path} again: {stale}", file=sys.stderr, flush=True)
         command.append("--overwrite")
     os.makedirs(STORES, exist_ok=True)
     done = subprocess.run([sys.executable, "-m", f"dataset_prep.{command[0]}", args.data, path, *command[1:],
@@ -203,7 +204,7 @@ def bench_loader(args) -> list[dict]:
             done = subprocess.run(command, capture_output=True, text=True, env=child_env())
             if done.returncode:
                 failures += 1
-                print(f"bench loader: the {backend} run failed ({exit_status(done.returncode)}): "
+                print(f"{PROG} loader: the {backend} run failed ({exit_status(done.returncode)}): "
                       f"{stderr_tail(done.stderr)}", file=sys.stderr, flush=True)
                 continue
             result = json.loads(done.stdout.strip().splitlines()[-1])

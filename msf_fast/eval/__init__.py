@@ -5,6 +5,8 @@ linear_probe.py (the probe's protocol), probe_commands.py (`linear`, `semi`), fi
 `clusters`), report.py (report.md from sections), common.py (what they share).
 """
 
+PROG = "python -m msf_fast.eval"  # the name every message of these commands starts with, as in their usage line
+
 
 def main(argv: list[str] | None = None) -> int:
     from msf_fast.eval.cli import main as run

@@ -24,13 +24,14 @@ import sys
 
 from dataset_prep.argument_parser import DefaultsHelpFormatter, OneLineParser
 from msf_fast.errors import UserError, disk_full
+from msf_fast.eval import PROG
 from msf_fast.eval.arguments import (add_figure_commands, add_knn_command, add_probe_commands, option_conflict,
                                      path_problem)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     """The parser and its subcommands' parsers by name."""
-    parser = OneLineParser(prog="python -m msf_fast.eval", description=__doc__,
+    parser = OneLineParser(prog=PROG, description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     add_knn_command(sub)
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         commands[args.command].error(conflict)
     problem = path_problem(args)
     if problem:
-        print(f"eval {args.command}: error: {problem}", file=sys.stderr)
+        print(f"{PROG} {args.command}: error: {problem}", file=sys.stderr)
         return 2
     module, function = args.run.split(":")
     run = getattr(importlib.import_module(module), function)  # torch loads here
@@ -61,13 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         if disk_full(error):
             from msf_fast.eval.common import output_folder
             checkpoint = args.ckpt[0] if isinstance(args.ckpt, list) else args.ckpt
-            print(f"eval {args.command}: error: cannot write into {output_folder(args, checkpoint)}: No space left "
+            print(f"{PROG} {args.command}: error: cannot write into {output_folder(args, checkpoint)}: No space left "
                   "on device; nothing half-written", file=sys.stderr)
             return 1
-        print(f"eval {args.command}: error: {error}", file=sys.stderr)
+        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # outputs appear whole or not at all
-        print(f"eval {args.command}: interrupted", file=sys.stderr)
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
     if result is not None:
         print(json.dumps(result))
@@ -76,5 +77,5 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     from dataset_prep.command_start import start_command
-    start_command("eval")
+    start_command(PROG)
     sys.exit(main())

@@ -16,6 +16,7 @@ from dataset_prep.staging import StagedPath, nearest_existing
 from dataset_prep.stores import within
 from dataset_prep.wording import plural
 from msf_fast.errors import UserError
+from msf_fast.eval import PROG
 from msf_fast.eval.report import write_section
 
 
@@ -112,11 +113,11 @@ def same_images(first_option: str, first: str, second_option: str, second: str) 
 
 
 def warn(args: argparse.Namespace, message: str) -> None:
-    print(f"eval {args.command}: warning: {message}", file=sys.stderr, flush=True)
+    print(f"{PROG} {args.command}: warning: {message}", file=sys.stderr, flush=True)
 
 
 def note(args: argparse.Namespace, message: str) -> None:
-    print(f"eval {args.command}: note: {message}", file=sys.stderr, flush=True)
+    print(f"{PROG} {args.command}: note: {message}", file=sys.stderr, flush=True)
 
 
 def workers(args: argparse.Namespace, path: str) -> int:
