@@ -368,8 +368,10 @@ class Trainer:
             self.threads_option)
         if shared:
             self.start_lines.append((shared, True))
-        for line, to_stderr in self.start_lines if self.is_main else []:  # here, not at start: a run that stops on a
-            print(line, file=sys.stderr if to_stderr else sys.stdout, flush=True)  # mistake says it in one line
+        if self.is_main:  # here, not while the trainer is built: a run that stops on a mistake says it in one line
+            for line, to_stderr in self.start_lines:
+                print(line, file=sys.stderr if to_stderr else sys.stdout, flush=True)
+        self.start_lines = []
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.cfg.logging.progress and self.is_main),
                    unit="step", dynamic_ncols=True, desc="MSF", **bar_options())
         completed = False
