@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
 
+    from dataset_prep.staging import Terminated, sigterm_as_ctrl_c
     from msf_fast.distributed import init_from_environment, shut_down
     from msf_fast.stopping import RunStopped
     from msf_fast.trainer import Trainer
@@ -23,21 +24,24 @@ def main(argv: list[str] | None = None) -> int:
     rank = f"rank {process.rank}: " if process.world_size > 1 else ""
     trainer = None
     try:
-        try:
+        # SIGTERM (a scheduler's, torchrun's) before training runs, or after: as Ctrl-C, one line (it killed the
+        # process without a word); while it trains, it saves a checkpoint and stops
+        with sigterm_as_ctrl_c():
             trainer = Trainer(cfg, rank=process.rank, world_size=process.world_size)
             result = trainer.train()
-        except UserError as error:  # a bad data path, an unusable checkpoint, no CUDA; anything else is a bug
-            print(f"{PROG}: {rank}error: {error}", file=sys.stderr)
-            return 2
-        except RunStopped as stop:  # preempted (after a checkpoint), a non-finite loss, a file not written
-            print(f"{rank}{stop}", file=sys.stderr)
-            return stop.exit_code
-    except KeyboardInterrupt:  # before training started, or a second Ctrl-C (the first one saves and stops)
+    except UserError as error:  # a bad data path, an unusable checkpoint, no CUDA; anything else is a bug
+        print(f"{PROG}: {rank}error: {error}", file=sys.stderr)
+        return 2
+    except RunStopped as stop:  # preempted (after a checkpoint), a non-finite loss, a file not written
+        print(f"{PROG}: {rank}{stop}", file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt as stop:  # before training started, or a second Ctrl-C (the first one saves and stops)
         if trainer is None:  # a fresh run left no trace, a resumed one did not write yet
-            print(f"{rank}interrupted while the run started; {cfg.logging.folder} is as it was", file=sys.stderr)
+            print(f"{PROG}: {rank}interrupted while the run started; {cfg.logging.folder} is as it was",
+                  file=sys.stderr)
         else:
-            print(f"{rank}interrupted; the last checkpoint is where it was", file=sys.stderr)
-        return 130
+            print(f"{PROG}: {rank}interrupted; the last checkpoint is where it was", file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
     finally:
         shut_down()
     if trainer.is_main:

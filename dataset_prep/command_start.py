@@ -20,22 +20,28 @@ from __future__ import annotations
 import gc
 import importlib.abc
 import importlib.machinery
-import signal
 import sys
 
 from dataset_prep import core_load
 from dataset_prep.argument_parser import one_line_on_ctrl_c
-from dataset_prep.progress import STOP_SIGNALS, tqdm_environment_problem
+from dataset_prep.progress import stops_deferred, tqdm_environment_problem
 
 HEAVY_PACKAGES = frozenset({"torch", "torchvision", "ffcv", "numba", "nvidia.dali"})
 
 
+def is_heavy(name: str) -> bool:
+    return any(name == package or name.startswith(package + ".") for package in HEAVY_PACKAGES)
+
+
 class CollectorOffWhileLoading(importlib.abc.MetaPathFinder):
-    """Finds the HEAVY_PACKAGES as the path finder does, and runs their top-level import with the collector off and
-    Ctrl-C / SIGTERM held back, then freezes what it made."""
+    """Finds the HEAVY_PACKAGES, and their modules imported later on their own (`from ffcv.loader import Loader`
+    after `import ffcv`: numba compiles there, for a second), as the path finder does, and runs their import with
+    the collector off and Ctrl-C / SIGTERM held back, then freezes what it made. Imports inside such an import are
+    left to the path finder: the outer one covers them."""
+    loading = 0  # heavy imports under way
 
     def find_spec(self, name, path=None, target=None):
-        if name not in HEAVY_PACKAGES:
+        if CollectorOffWhileLoading.loading or not is_heavy(name):
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path, target)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
@@ -45,14 +51,15 @@ class CollectorOffWhileLoading(importlib.abc.MetaPathFinder):
         def exec_module(module):
             was_enabled = gc.isenabled()
             gc.disable()
-            held_before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            CollectorOffWhileLoading.loading += 1
             try:
-                load(module)
+                with stops_deferred():  # one that came meanwhile is raised as it ends
+                    load(module)
             finally:
+                CollectorOffWhileLoading.loading -= 1
                 gc.freeze()
                 if was_enabled:
                     gc.enable()
-                signal.pthread_sigmask(signal.SIG_SETMASK, held_before)  # one that came meanwhile is raised here
 
         spec.loader.exec_module = exec_module  # this spec's loader object only: its class stays the path finder's
         return spec

@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
@@ -91,15 +92,30 @@ STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 @contextmanager
-def signals_blocked_across_fork() -> Iterator[None]:
-    """Ctrl-C and SIGTERM held back while worker processes are forked, delivered right after; a worker keeps them
-    blocked until start_worker has set its own handling: a Pool.terminate that reached a worker before that ran the
-    parent's handler and was lost (the join hung, seen under load)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+def stops_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM held back for the block, then raised by this process's own handlers as it ends.
+    - Blocking them in this thread is not enough: a thread that a library started before (OpenBLAS's at numpy's
+      import, OpenMP's) takes the signal, and Python then runs the handler in this thread between any two
+      bytecodes, inside torch's import or a Pool's start. So the Python-level handlers are swapped for one that
+      notes the signal; those that are not Python's (the default action, ignoring) stay as they are.
+    - They are blocked as well, for the processes forked in the block: a worker keeps them blocked until
+      start_worker has set its own handling (a Pool.terminate that reached a worker before that ran the parent's
+      handler and was lost; the join hung, seen under load)."""
+    if threading.current_thread() is not threading.main_thread():  # handlers run there alone (a loader thread's
+        yield                                                          # lazy import of a torch module)
+        return
+    noted: list[int] = []
+    swapped = {signum: signal.signal(signum, lambda signum, frame: noted.append(signum))
+               for signum in STOP_SIGNALS if callable(signal.getsignal(signum))}
+    held_before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_SETMASK, held_before)  # one pending here is noted (Python checks now)
+        for signum, handler in swapped.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(noted):
+            signal.raise_signal(signum)
 
 
 def start_worker(parent: int) -> None:
@@ -113,7 +129,7 @@ def start_worker(parent: int) -> None:
       with SIGKILL left its workers running on, holding the disk and the cores."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops the workers
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked across the fork (signals_blocked_across_fork)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked across the fork (stops_deferred)
     if sys.platform.startswith("linux"):
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -126,15 +142,15 @@ def parallel_map(function: Callable, items: list, workers: int, description: str
     """`function(item)` for each item, in order; `workers` <= 1 runs in this process (one core),
     otherwise in a pool of that many processes while this one consumes the results."""
     with progress_bar(len(items), description, progress) as bar:
-        if workers <= 1:
-            results: Iterable = map(function, items)
-            pool = None
-        else:
-            with signals_blocked_across_fork():
-                pool = multiprocessing.Pool(workers, initializer=start_worker, initargs=(os.getpid(),))
-            chunksize = max(1, min(32, len(items) // (workers * 16)))
-            results = pool.imap(function, items, chunksize=chunksize)
+        pool = None
         try:
+            if workers <= 1:
+                results: Iterable = map(function, items)
+            else:
+                with stops_deferred():  # a stop is raised as this block ends: the pool is stopped below
+                    pool = multiprocessing.Pool(workers, initializer=start_worker, initargs=(os.getpid(),))
+                chunksize = max(1, min(32, len(items) // (workers * 16)))
+                results = pool.imap(function, items, chunksize=chunksize)
             for result in results:
                 bar.update()
                 yield result

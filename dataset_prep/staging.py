@@ -23,23 +23,54 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (kill, a job scheduler, docker stop): cleaned up like Ctrl-C."""
 
 
+class _StopState:
+    requested: type[KeyboardInterrupt] | None = None  # the stop a handler raised in this block
+    committing = False  # past commit_point: stops are ignored
+
+
+_STOP = _StopState()
+
+
 @contextmanager
 def sigterm_as_ctrl_c():
     """Within the block, SIGTERM raises Terminated in the main process, so that staged outputs are discarded as on
-    Ctrl-C; a forked worker dies of it as usual (its main process cleans up)."""
+    Ctrl-C; a forked worker dies of it as usual (its main process cleans up).
+    Both stops are also remembered, for `commit_point`: an exception raised where something swallows it is lost
+    (numba compiles FFCV's pipeline through C code that calls back into Python and prints and drops what the callback
+    raised: write_beton stopped at that moment went on, wrote its store and exited 0)."""
     main_pid = os.getpid()
 
     def handler(signum, frame):
         if os.getpid() != main_pid:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-        raise Terminated()
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        if _STOP.committing:
+            return
+        _STOP.requested = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        raise _STOP.requested()
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    stops = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored (a background job)
+        stops.append(signal.SIGINT)
+    previous = {signum: signal.signal(signum, handler) for signum in stops}
+    _STOP.requested, _STOP.committing = None, False
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handling in previous.items():
+            signal.signal(signum, handling)
+        _STOP.requested, _STOP.committing = None, False
+
+
+def commit_point() -> None:
+    """Call in a sigterm_as_ctrl_c block where a writer's work is done, before its staged outputs are renamed into
+    place: a stop that came before (its exception possibly swallowed) is raised now, so nothing is committed; one
+    that comes later is ignored until the block ends. Its outputs are then whole, and its summary says so (a stop
+    between the store's rename and the end was "interrupted; nothing written" over a finished store, or left a
+    manifest without its .beton)."""
+    if _STOP.requested is not None:
+        raise _STOP.requested()
+    _STOP.committing = True
 
 
 class OutputError(OSError):

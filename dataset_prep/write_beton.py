@@ -29,8 +29,8 @@ from dataset_prep.conversion import (ConversionError, ConversionReport, run_cli,
 from dataset_prep.ffcv_import import FFCVUnavailable, import_ffcv
 from dataset_prep.image_folder import SourceError
 from dataset_prep.images import BadImage, check_image, fitted_size, load_rgb, unusable_size
-from dataset_prep.progress import parallel_map, progress_bar, signals_blocked_across_fork, start_worker
-from dataset_prep.staging import OutputError, StagedPath
+from dataset_prep.progress import parallel_map, progress_bar, start_worker, stops_deferred
+from dataset_prep.staging import OutputError, StagedPath, commit_point
 from dataset_prep.stores import BETON_SUFFIX, beton_manifest_path
 
 PROG = "write_beton"
@@ -122,10 +122,10 @@ def make_writer(path: str, args, sizes: list[tuple[int, int]]):
                            allocations_queue, *extra_worker_args)
             workers = [Process(target=_worker, args=(os.getpid(), work_fn, *worker_args), daemon=True)
                        for _ in range(self.num_workers)]
-            with signals_blocked_across_fork():
-                for worker in workers:
-                    worker.start()
             try:
+                with stops_deferred():  # a stop is raised as this block ends: the workers are stopped below
+                    for worker in workers:
+                        worker.start()
                 with progress_bar(num_samples, PROG, args.progress) as bar:
                     reported = 0
                     while reported < num_samples:
@@ -146,9 +146,15 @@ def make_writer(path: str, args, sizes: list[tuple[int, int]]):
                 self.finalize(allocations)
             finally:
                 for worker in workers:
-                    if worker.is_alive():
+                    if worker.pid is not None and worker.is_alive():
                         worker.terminate()
-                    worker.join()
+                    if worker.pid is not None:
+                        worker.join()
+                for abandoned in (work_queue, allocations_queue):
+                    # a stop before the workers took all the work: the queue's feeder thread waits forever to put
+                    # the rest into its full pipe, and the exit waited for it (it hung after "interrupted")
+                    abandoned.cancel_join_thread()
+                    abandoned.close()
                 self.metadata_sm.close()
                 self.metadata_sm.unlink()
 
@@ -192,6 +198,7 @@ def convert(args) -> None:
                                     chunksize=max(1, min(100, len(report.written) // (8 * args.workers))))
         write_json(manifest.temporary, report.manifest(args.out))
         size = stored_bytes(store.temporary)
+        commit_point()
     print(report.summary(PROG, args.out, beton_manifest_path(args.out), size))
 
 

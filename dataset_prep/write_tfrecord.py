@@ -29,7 +29,7 @@ from dataset_prep.conversion import (ConversionReport, run_cli, select_samples, 
 from dataset_prep.image_folder import SourceError
 from dataset_prep.images import BadImage, stored_jpeg
 from dataset_prep.progress import parallel_map
-from dataset_prep.staging import OutputError, StagedPath
+from dataset_prep.staging import OutputError, StagedPath, commit_point
 from dataset_prep.stores import BETON_SUFFIX, tfrecord_manifest_path
 from dataset_prep.tfrecord_format import TFRecordWriter, frame_record, image_example
 
@@ -92,6 +92,7 @@ def convert(args) -> None:
         report.extra["labels"] = LABELS_FILE
         write_json(tfrecord_manifest_path(staged.temporary), report.manifest(args.out))
         size = stored_bytes(staged.temporary)
+        commit_point()
     print(report.summary(PROG, args.out, tfrecord_manifest_path(args.out), size))
 
 

@@ -350,9 +350,9 @@ def test_read_only_destination(clean_source, tmp_path, capsys):
         locked.chmod(0o700)
 
 
-def slow_source(root: str, count: int = 300) -> str:
+def slow_source(root: str, count: int = 300, size: tuple[int, int] = (1200, 1600)) -> str:
     """Hard links to one large noisy JPEG: seconds of decoding for the writers, no time to create."""
-    noise = np.random.default_rng(0).integers(0, 256, (1200, 1600, 3), dtype=np.uint8)
+    noise = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
     first = os.path.join(root, "c0", "0.jpg")
     os.makedirs(os.path.dirname(first))
     Image.fromarray(noise).save(first, quality=95)
@@ -403,6 +403,30 @@ def test_interrupted_conversion_leaves_no_store(module, name, sig, tmp_path):
         # loaded run, a second KeyboardInterrupt reached the exit after the converter had said its line)
         assert process.returncode in (128 + sig, -sig) and b"interrupted; nothing written" in err, err.decode()[-2000:]
         assert os.listdir(out.parent) == []  # the partial output was removed
+
+
+def test_a_stop_while_most_of_the_work_is_still_queued_ends_write_beton(tmp_path):
+    """FFCV's writer queues all its chunks of sample indices at once: past the 64 KiB a pipe holds, the queue's
+    feeder thread waits for the workers to read them. Stopped then, the writer said its line and hung at exit,
+    waiting for that thread (4,000 images here: 160 KiB of chunks)."""
+    pytest.importorskip("ffcv")
+    source = slow_source(str(tmp_path / "src"), count=4000, size=(192, 256))
+    out = tmp_path / "out" / "s.beton"
+    out.parent.mkdir()
+    process = subprocess.Popen([sys.executable, "-m", "dataset_prep.write_beton", source, str(out), "--workers", "1",
+                                "--no-progress"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not writing_started(out.parent) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    assert process.poll() is None, "finished before it could be interrupted: make the source slower"
+    process.send_signal(signal.SIGTERM)
+    try:
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()  # when it hung
+    assert process.returncode == 143 and err.decode().strip().splitlines() == ["write_beton: interrupted; nothing "
+                                                                              "written"]
+    assert os.listdir(out.parent) == []
 
 
 def test_progress_bar_shows_rate(clean_source, tmp_path, capsys):

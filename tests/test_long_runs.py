@@ -188,7 +188,7 @@ def test_sigterm_ends_train_imagenet_soon_with_a_checkpoint(tiny_imagefolder, tm
     assert notice == ([] if stop == signal.SIGTERM else
                       ["Ctrl-C: stopping after this step, with a checkpoint; Ctrl-C again stops at once, without it"])
     step = saved_step(folder / "checkpoints" / "latest.pt")
-    assert line.startswith(f"stopped by {signal.Signals(stop).name} at step {step}: the checkpoint")
+    assert line.startswith(f"train_imagenet.py: stopped by {signal.Signals(stop).name} at step {step}: the checkpoint")
     assert logged <= step <= logged + 2  # soon: the step under way and the one whose record was not yet written
     assert records(folder)[-1]["event"] == "stopped"
 

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -187,7 +188,18 @@ def test_ctrl_c_before_training_or_during_an_eval_is_one_line(data, monkeypatch,
     monkeypatch.setattr(trainer.Trainer, "__init__", interrupted)  # e.g. while ImageNet is being listed
     assert train_imagenet.main(data) == 130
     folder = data[-1].split("=", 1)[1]
-    assert capsys.readouterr().err.strip().splitlines() == [f"interrupted while the run started; {folder} is as it was"]
+    assert capsys.readouterr().err.strip().splitlines() == [f"{TRAIN}: interrupted while the run started; {folder} is "
+                                                            "as it was"]
+
+    def terminated(*args, **kwargs):  # a scheduler's SIGTERM while the run starts: it died without a word
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+    monkeypatch.setattr(trainer.Trainer, "__init__", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    assert train_imagenet.main(data) == 143
+    assert capsys.readouterr().err.strip().splitlines() == [f"{TRAIN}: interrupted while the run started; {folder} is "
+                                                            "as it was"]
+    assert signal.getsignal(signal.SIGTERM) is before
     monkeypatch.setattr(knn_command, "run_knn", interrupted)
     monkeypatch.setattr(cli, "path_problem", lambda args: None)  # the files are checked before the run: none here
     assert cli.main(["knn", "--ckpt", "x.pt", "--train", "a", "--val", "b"]) == 130

@@ -4,6 +4,7 @@ option. Each is one line on stderr and exit code 2, before any image is read, an
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -389,3 +390,33 @@ def test_a_second_writer_of_the_same_output_is_refused(writer, out, source, tmp_
     with pytest.raises(OSError, match="already exists"):
         with only_writer(target, overwrite=False):
             pass
+
+
+def test_a_stop_whose_exception_was_swallowed_is_raised_before_the_commit(monkeypatch):
+    """numba's compiler calls back into Python from C and drops what the callback raises ('Exception ignored'): a
+    write_beton stopped then went on, wrote its store and exited 0. The stop is remembered for commit_point."""
+    from dataset_prep.staging import Terminated, commit_point, sigterm_as_ctrl_c
+
+    class Swallows:  # Python ignores (prints) an exception raised in __del__, as in those callbacks
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler raises here
+
+    ignored = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: ignored.append(unraisable.exc_type))
+    with sigterm_as_ctrl_c():
+        Swallows()
+        assert ignored == [Terminated]
+        with pytest.raises(Terminated):
+            commit_point()
+
+
+def test_a_stop_after_the_commit_point_is_too_late_to_undo_the_output():
+    """A stop between a writer's renames and its end said 'interrupted; nothing written' over a finished store (or
+    left a manifest without its .beton): once committing, the writer finishes."""
+    from dataset_prep.staging import commit_point, sigterm_as_ctrl_c
+
+    with sigterm_as_ctrl_c():
+        commit_point()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # the handler ran, and raised nothing
