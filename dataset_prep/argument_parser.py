@@ -74,6 +74,25 @@ def int_at_least(low: int):
 
 positive_int, non_negative_int = int_at_least(1), int_at_least(0)
 
+
+def int_between(low: int, high: int):
+    """An argparse type: an integer from `low` to `high`."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {value}")
+        return value
+    parse.__name__ = "int"
+    return parse
+
+
+def probability(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:  # NaN too
+        hint = f" (a fraction: {value / 100:g} for {value:g} %)" if 1 < value <= 100 else ""
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}{hint}")
+    return value
+
 DEVICE_NAME = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
 

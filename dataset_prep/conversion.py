@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Callable
 
-from dataset_prep.argument_parser import OneLineParser
+from dataset_prep.argument_parser import OneLineParser, int_between, non_negative_int, positive_int
 from dataset_prep.image_folder import ImageFolderListing, SourceError, list_image_folder, random_subset
 from dataset_prep.progress import available_cores
 from dataset_prep.staging import OutputError, Terminated, check_destination, only_writer, sigterm_as_ctrl_c
@@ -34,23 +34,23 @@ class ConversionError(Exception):
 def writer_parser(prog: str, doc: str, out_metavar: str, out_help: str, max_resolution_help: str,
                   default_resolution: int) -> argparse.ArgumentParser:
     """The options both writers share; each adds its own."""
-    parser = OneLineParser(prog=f"python -m dataset_prep.{prog}", description=doc.split("\n\n")[0],
+    parser = OneLineParser(prog=prog, description=doc.split("\n\n")[0],
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src", metavar="SRC_DIR", help="ImageFolder: SRC_DIR/class_name/image.jpg")
     parser.add_argument("out", metavar=out_metavar, help=out_help)
-    parser.add_argument("--max-resolution", type=int, default=default_resolution, metavar="S",
+    parser.add_argument("--max-resolution", type=non_negative_int, default=default_resolution, metavar="S",
                         help=max_resolution_help)
-    parser.add_argument("--jpeg-quality", type=int, default=90, metavar="Q",
+    parser.add_argument("--jpeg-quality", type=int_between(1, 100), default=90, metavar="Q",
                         help="quality of re-encoded JPEGs, 1-100 (default 90)")
-    parser.add_argument("--workers", type=int, default=available_cores(), metavar="N",
+    parser.add_argument("--workers", type=positive_int, default=available_cores(), metavar="N",
                         help="processes that decode and encode (default: the cores available, here "
                              f"{available_cores()})")
-    parser.add_argument("--limit", type=int, default=0, metavar="N",
+    parser.add_argument("--limit", type=non_negative_int, default=0, metavar="N",
                         help="convert a seeded random subset of N images, spread over all classes (quick tests; "
                              "default 0: all of them)")
     parser.add_argument("--val", action="store_true",
                         help="validation split: keep ImageFolder order (see the README for the eval recipe)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for --limit and shuffling (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed for --limit and shuffling (default 0)")
     parser.add_argument("--strict", action="store_true",
                         help="write nothing and exit 1 if any image is bad (they are all listed)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output (kept until done)")
@@ -58,15 +58,6 @@ def writer_parser(prog: str, doc: str, out_metavar: str, out_help: str, max_reso
     return parser
 
 
-def check_common_arguments(args) -> None:
-    if args.max_resolution < 0:
-        raise SourceError(f"--max-resolution must be >= 0, got {args.max_resolution}")
-    if not 1 <= args.jpeg_quality <= 100:
-        raise SourceError(f"--jpeg-quality must be in 1..100, got {args.jpeg_quality}")
-    if args.workers < 1:
-        raise SourceError(f"--workers must be >= 1, got {args.workers}")
-    if args.limit < 0:
-        raise SourceError(f"--limit must be >= 0, got {args.limit}")
 
 
 @dataclass
@@ -185,7 +176,6 @@ def run_cli(prog: str, parser: argparse.ArgumentParser, convert, argv=None,
     Ctrl-C and SIGTERM remove the partial output and exit 130 / 143."""
     args = parser.parse_args(argv)
     try:
-        check_common_arguments(args)
         if within(args.out, args.src):  # a later listing of the source (a run, a conversion) would read it as data
             raise OutputError(f"output {args.out!r} is inside the source folder {args.src!r}: the trainer and the "
                               f"writers would list it among its images; write it outside {args.src!r}")

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import sys
 
+NAME = "write_beton"  # its progress bars' label
+PROG = f"python -m dataset_prep.{NAME}"  # every message starts with it, as the usage line does
+
 if __name__ == "__main__":  # before the imports below, which take seconds: Ctrl-C then is one line
     from dataset_prep.command_start import start_command
-    start_command("write_beton")
+    start_command(PROG)
 
 import argparse
 import ctypes
@@ -24,6 +27,7 @@ from multiprocessing import Process, Queue, Value
 
 import numpy as np
 
+from dataset_prep.argument_parser import positive_int, probability
 from dataset_prep.conversion import (ConversionError, ConversionReport, run_cli,
                                      select_samples, stored_bytes, write_json, writer_parser)
 from dataset_prep.ffcv_import import FFCVUnavailable, import_ffcv
@@ -33,7 +37,6 @@ from dataset_prep.progress import parallel_map, progress_bar, start_worker, stop
 from dataset_prep.staging import OutputError, StagedPath, commit_point
 from dataset_prep.stores import BETON_SUFFIX, beton_manifest_path
 
-PROG = "write_beton"
 WRITE_MODES = ("proportion", "jpg", "raw", "smart")
 
 
@@ -126,7 +129,7 @@ def make_writer(path: str, args, sizes: list[tuple[int, int]]):
                 with stops_deferred():  # a stop is raised as this block ends: the workers are stopped below
                     for worker in workers:
                         worker.start()
-                with progress_bar(num_samples, PROG, args.progress) as bar:
+                with progress_bar(num_samples, NAME, args.progress) as bar:
                     reported = 0
                     while reported < num_samples:
                         time.sleep(0.05)
@@ -176,8 +179,6 @@ def make_writer(path: str, args, sizes: list[tuple[int, int]]):
 def convert(args) -> None:
     if args.val:
         args.write_mode = "jpg"
-    if not 0.0 <= args.compress_probability <= 1.0:
-        raise SourceError(f"--compress-probability must be in [0, 1], got {args.compress_probability}")
     listing, samples = select_samples(args, PROG)  # a bad source is reported before FFCV's import (seconds)
     import_ffcv_or_fail()  # before the conversion's clock starts, and a clear error if missing
     report = ConversionReport("ffcv-beton", args, listing, samples)
@@ -185,7 +186,7 @@ def convert(args) -> None:
     with StagedPath(args.out) as store, StagedPath(beton_manifest_path(args.out)) as manifest:
         sizes = []
         for sample, (size, reason) in zip(samples, parallel_map(scan_sample, samples, args.workers,
-                                                                 f"{PROG} (scan)", args.progress)):
+                                                                 f"{NAME} (scan)", args.progress)):
             reason = reason or unusable_size(*size, args.max_resolution)
             if reason:
                 report.skipped.append((sample[0], reason))
@@ -205,7 +206,7 @@ def convert(args) -> None:
 def check_output_name(out: str) -> None:
     """A .beton is one file whose name ends in .beton: training and evaluation recognise a store by its suffix."""
     if out.endswith(("/", os.sep)) or os.path.isdir(out):
-        raise OutputError(f"output {out!r} names a folder, and {PROG} writes one file: give OUT{BETON_SUFFIX}, e.g. "
+        raise OutputError(f"output {out!r} names a folder, and {NAME} writes one file: give OUT{BETON_SUFFIX}, e.g. "
                           f"{os.path.join(out, 'train' + BETON_SUFFIX)}")
     if not out.endswith(BETON_SUFFIX):
         raise OutputError(f"output {out!r} lacks the {BETON_SUFFIX} suffix by which training and evaluation "
@@ -220,9 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how images are stored: 'jpg', 'raw' pixels (fast to read, ~6x larger), "
                              "'proportion' (JPEG with probability --compress-probability, else raw), 'smart' "
                              "(raw unless larger than --smart-threshold bytes); default proportion; --val sets jpg")
-    parser.add_argument("--compress-probability", type=float, default=0.5, metavar="P",
+    parser.add_argument("--compress-probability", type=probability, default=0.5, metavar="P",
                         help="'proportion' mode: fraction stored as JPEG (default 0.5)")
-    parser.add_argument("--smart-threshold", type=int, default=256 * 256 * 3, metavar="BYTES",
+    parser.add_argument("--smart-threshold", type=positive_int, default=256 * 256 * 3, metavar="BYTES",
                         help="'smart' mode: raw images above this many bytes are stored as JPEG (default 196608)")
     return parser
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import sys
 
+NAME = "write_tfrecord"  # its progress bars' label
+PROG = f"python -m dataset_prep.{NAME}"  # every message starts with it, as the usage line does
+
 if __name__ == "__main__":  # before the imports below, which take seconds: Ctrl-C then is one line
     from dataset_prep.command_start import start_command
-    start_command("write_tfrecord")
+    start_command(PROG)
 
 import argparse
 import math
@@ -24,6 +27,7 @@ from functools import partial
 
 import numpy as np
 
+from dataset_prep.argument_parser import non_negative_int
 from dataset_prep.conversion import (ConversionReport, run_cli, select_samples, stored_bytes, write_json,
                                      writer_parser)
 from dataset_prep.image_folder import SourceError
@@ -33,7 +37,6 @@ from dataset_prep.staging import OutputError, StagedPath, commit_point
 from dataset_prep.stores import BETON_SUFFIX, tfrecord_manifest_path
 from dataset_prep.tfrecord_format import TFRecordWriter, frame_record, image_example
 
-PROG = "write_tfrecord"
 LABELS_FILE = "labels.npy"
 IMAGES_PER_SHARD = 1024  # --shards 0: ImageNet's 1.28 M images give about 1,250 shards of ~140 MB
 
@@ -57,8 +60,6 @@ def shard_plan(samples: list, shards: int, shuffle: bool, seed: int) -> list[lis
 
 
 def convert(args) -> None:
-    if args.shards < 0:  # before the source is listed (minutes for ImageNet)
-        raise SourceError(f"--shards must be >= 0, got {args.shards}")
     listing, samples = select_samples(args, PROG)
     shards = args.shards or math.ceil(len(samples) / IMAGES_PER_SHARD)
     if shards > len(samples):
@@ -69,7 +70,7 @@ def convert(args) -> None:
         plan = shard_plan(samples, shards, shuffle=not args.val, seed=args.seed)
         encode = partial(encode_sample, max_side=args.max_resolution, quality=args.jpeg_quality)
         results = parallel_map(encode, [sample for shard in plan for sample in shard], args.workers,
-                               "write_tfrecord", args.progress)
+                               NAME, args.progress)
         shard_records = []
         with closing(results):  # the progress bar ends before anything else is printed
             for number, shard in enumerate(plan):
@@ -100,14 +101,14 @@ def check_output_name(out: str) -> None:
     """A TFRecord store is a folder: a name that says .beton or a single shard, or an existing file, is refused."""
     name = out.rstrip("/" + os.sep)
     if name.endswith(BETON_SUFFIX):
-        raise OutputError(f"output {out!r} has the {BETON_SUFFIX} suffix of an FFCV store, and {PROG} writes a folder "
+        raise OutputError(f"output {out!r} has the {BETON_SUFFIX} suffix of an FFCV store, and {NAME} writes a folder "
                           f"of TFRecord shards: name it without {BETON_SUFFIX}, or write a .beton with python -m "
                           "dataset_prep.write_beton")
     if name.lower().endswith(".tfrecord"):
-        raise OutputError(f"output {out!r} is named like a single shard, and {PROG} writes a folder of shards: name "
+        raise OutputError(f"output {out!r} is named like a single shard, and {NAME} writes a folder of shards: name "
                           "it without .tfrecord")
     if os.path.lexists(out) and not os.path.isdir(out):
-        raise OutputError(f"output {out!r} is a file, and {PROG} writes a folder (--overwrite replaces only a "
+        raise OutputError(f"output {out!r} is a file, and {NAME} writes a folder (--overwrite replaces only a "
                           "folder): give another name")
 
 
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = writer_parser(PROG, __doc__, "OUT_DIR", "folder to create for the shards (must not exist)",
                            "longest side of stored images; larger ones are shrunk and re-encoded (default 0: keep "
                            "every image's resolution)", default_resolution=0)
-    parser.add_argument("--shards", type=int, default=0, metavar="N",
+    parser.add_argument("--shards", type=non_negative_int, default=0, metavar="N",
                         help=f"number of shards (default 0: one per {IMAGES_PER_SHARD} images)")
     return parser
 

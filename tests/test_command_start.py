@@ -79,7 +79,8 @@ def test_every_entry_point_starts_with_it():
 
 
 @pytest.mark.parametrize("command, program", [(["train_imagenet.py"], "train_imagenet.py"),
-                                              (["-m", "dataset_prep.write_beton", "a", "b"], "write_beton"),
+                                              (["-m", "dataset_prep.write_beton", "a", "b"],
+                                               "python -m dataset_prep.write_beton"),
                                               (["-m", "msf_fast.eval", "knn"], "python -m msf_fast.eval"),
                                               (["-m", "msf_fast.bench", "resize"],
                                                "python -m msf_fast.bench")])

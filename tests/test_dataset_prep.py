@@ -18,6 +18,7 @@ from dataset_prep import write_beton, write_tfrecord
 from dataset_prep.image_folder import IMAGE_EXTENSIONS, list_image_folder
 from dataset_prep.tfrecord_format import IMAGE_KEY, LABEL_KEY
 from tests.image_cases import make_clean_source, make_messy_source
+from dataset_prep.write_beton import PROG as BETON
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PSNR_BOUND_DB = 30.0  # resized + JPEG q90 smooth images come out at 38-45 dB; a wrong resize or channel order < 20
@@ -316,7 +317,11 @@ def test_unusable_source_or_destination_is_one_line_and_exit_2(writer, name, cle
     }
     for expected, argv in cases.items():
         capsys.readouterr()
-        assert writer.main(argv + ["--no-progress"]) == 2, expected
+        try:
+            code = writer.main(argv + ["--no-progress"])
+        except SystemExit as exit_:  # an option's value: argparse's error
+            code = exit_.code
+        assert code == 2, expected
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and expected in err and "error" in err, err
     assert not os.path.exists(out)
@@ -424,7 +429,7 @@ def test_a_stop_while_most_of_the_work_is_still_queued_ends_write_beton(tmp_path
         _, err = process.communicate(timeout=60)
     finally:
         process.kill()  # when it hung
-    assert process.returncode == 143 and err.decode().strip().splitlines() == ["write_beton: interrupted; nothing "
+    assert process.returncode == 143 and err.decode().strip().splitlines() == [f"{BETON}: interrupted; nothing "
                                                                               "written"]
     assert os.listdir(out.parent) == []
 
@@ -444,7 +449,7 @@ def test_the_bars_end_before_the_summary_and_draw_no_idle_frames(module, clean_s
                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
     assert done.returncode == 0, done.stdout
     frames = done.stdout.replace("\r", "\n").splitlines()
-    summary = next(i for i, frame in enumerate(frames) if frame.startswith(f"{module}: wrote"))
+    summary = next(i for i, frame in enumerate(frames) if frame.startswith(f"python -m dataset_prep.{module}: wrote"))
     assert f"{module}: 100%" in "\n".join(frames[:summary])  # the bar closed before the summary was printed
     # one 0% frame when the bar opens; the idle loop used to redraw it every 0.05 s. (tqdm's own monitor may redraw
     # a bar that made no progress for 10 s, e.g. while a loaded machine starts the workers: that frame shows 00:10.)

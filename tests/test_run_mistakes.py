@@ -215,8 +215,8 @@ COMMANDS = {  # the program's name, as its messages start: its command line
     "python -m msf_fast.eval": ["-m", "msf_fast.eval", "knn", "--ckpt", "TMP/checkpoint.pt", "--train", "TMP",
                                 "--val", "TMP"],
     "python -m msf_fast.export": ["-m", "msf_fast.export", "TMP/checkpoint.pt", "TMP/backbone.pth"],
-    "write_beton": ["-m", "dataset_prep.write_beton"],
-    "write_tfrecord": ["-m", "dataset_prep.write_tfrecord"],
+    "python -m dataset_prep.write_beton": ["-m", "dataset_prep.write_beton"],
+    "python -m dataset_prep.write_tfrecord": ["-m", "dataset_prep.write_tfrecord"],
     "python -m dataset_prep.bench": ["-m", "dataset_prep.bench"],
     "python -m dataset_prep.synthetic_photos": ["-m", "dataset_prep.synthetic_photos"],
     # the benchmark children read their options before torch loads, as bench does

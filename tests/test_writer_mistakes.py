@@ -14,6 +14,8 @@ import pytest
 
 from dataset_prep import write_beton, write_tfrecord
 from tests.image_cases import make_clean_source
+from dataset_prep.write_tfrecord import PROG as TFRECORD
+from dataset_prep.write_beton import PROG as BETON
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITERS = {"write_beton": write_beton, "write_tfrecord": write_tfrecord}
@@ -57,11 +59,11 @@ def test_write_tfrecord_refuses_a_name_of_another_format(source, tmp_path, capsy
                                "without .tfrecord")):
         out = str(tmp_path / name)
         assert run(write_tfrecord.main, [source, out], capsys) == (2, [
-            f"write_tfrecord: error: output {out!r} {expected}"])
+            f"{TFRECORD}: error: output {out!r} {expected}"])
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     assert run(write_tfrecord.main, [source, str(a_file), "--overwrite"], capsys) == (2, [
-        f"write_tfrecord: error: output {str(a_file)!r} is a file, and write_tfrecord writes a folder (--overwrite "
+        f"{TFRECORD}: error: output {str(a_file)!r} is a file, and write_tfrecord writes a folder (--overwrite "
         "replaces only a folder): give another name"])
     assert entries(tmp_path) == before | {"a_file"}
 
@@ -70,14 +72,14 @@ def test_write_beton_refuses_a_folder_or_a_name_without_its_suffix(source, tmp_p
     before = entries(tmp_path)
     folder = str(tmp_path / "stores") + "/"
     assert run(write_beton.main, [source, folder], capsys) == (2, [
-        f"write_beton: error: output {folder!r} names a folder, and write_beton writes one file: give OUT.beton, "
+        f"{BETON}: error: output {folder!r} names a folder, and write_beton writes one file: give OUT.beton, "
         f"e.g. {folder}train.beton"])
     assert run(write_beton.main, [source, str(tmp_path), "--overwrite"], capsys) == (2, [
-        f"write_beton: error: output {str(tmp_path)!r} names a folder, and write_beton writes one file: give "
+        f"{BETON}: error: output {str(tmp_path)!r} names a folder, and write_beton writes one file: give "
         f"OUT.beton, e.g. {tmp_path / 'train.beton'}"])
     plain = str(tmp_path / "train")
     assert run(write_beton.main, [source, plain], capsys) == (2, [
-        f"write_beton: error: output {plain!r} lacks the .beton suffix by which training and evaluation recognise "
+        f"{BETON}: error: output {plain!r} lacks the .beton suffix by which training and evaluation recognise "
         f"an FFCV store: name it {plain}.beton"])
     assert entries(tmp_path) == before
 
@@ -89,8 +91,9 @@ def test_class_folders_the_trainer_would_refuse_are_refused(writer, out, source,
     Path(source, "eel", "README.txt").write_text("no images here")
     Path(source, "eel", "sub", "labels.csv").write_text("a,b")
     assert run(WRITERS[writer].main, [source, str(tmp_path / out)], capsys) == (2, [
-        f"{writer}: error: source folder {source!r}: 2 class folders without image files: dog (empty), eel (2 other "
-        "files); torchvision's ImageFolder (the trainer's loader) refuses them too: remove them or add images"])
+        f"{WRITERS[writer].PROG}: error: source folder {source!r}: 2 class folders without image files: dog (empty), "
+        "eel (2 other files); torchvision's ImageFolder (the trainer's loader) refuses them too: remove them or add "
+        "images"])
     assert not os.path.exists(tmp_path / out)
     # the same verdict as the trainer's loader
     from torchvision.datasets import ImageFolder
@@ -103,21 +106,21 @@ def test_converted_data_given_as_the_source(source, tmp_path, capsys, keep_torch
     assert run(write_tfrecord.main, [source, store], capsys)[0] == 0
     converted = "already converted; give the ImageFolder it was written from"
     assert run(write_tfrecord.main, [store, str(tmp_path / "again")], capsys) == (2, [
-        f"write_tfrecord: error: source {store!r} is not an ImageFolder (SRC_DIR/class_name/image.jpg): a TFRecord "
+        f"{TFRECORD}: error: source {store!r} is not an ImageFolder (SRC_DIR/class_name/image.jpg): a TFRecord "
         f"store ({converted})"])
     shard = os.path.join(store, sorted(name for name in os.listdir(store) if name.endswith(".tfrecord"))[0])
     assert run(write_beton.main, [shard, str(tmp_path / "s.beton")], capsys) == (2, [
-        f"write_beton: error: source {shard!r} is not an ImageFolder (SRC_DIR/class_name/image.jpg): a TFRecord "
+        f"{BETON}: error: source {shard!r} is not an ImageFolder (SRC_DIR/class_name/image.jpg): a TFRecord "
         f"shard ({converted})"])
     image = os.path.join(source, "ant", "ant_0.JPEG")
     assert run(write_beton.main, [image, str(tmp_path / "s.beton")], capsys) == (2, [
-        f"write_beton: error: source {image!r} is not an ImageFolder (SRC_DIR/class_name/image.jpg): an image file: "
+        f"{BETON}: error: source {image!r} is not an ImageFolder (SRC_DIR/class_name/image.jpg): an image file: "
         "give the ImageFolder that holds class_name/image.jpg"])
     flat = tmp_path / "flat"
     flat.mkdir()
     (flat / "a.jpg").write_bytes(b"")
     assert run(write_tfrecord.main, [str(flat), str(tmp_path / "x")], capsys) == (2, [
-        f"write_tfrecord: error: source folder {str(flat)!r} has no class folders (expected "
+        f"{TFRECORD}: error: source folder {str(flat)!r} has no class folders (expected "
         "SRC_DIR/class_name/image.jpg; it holds only files)"])
 
 
@@ -128,8 +131,8 @@ def test_ignored_files_and_classes_left_empty_are_reported(source, tmp_path, cap
     Path(source, "bee", "nested", "bee_3.JPEG").write_bytes(b"")
     code, lines = run(write_tfrecord.main, [source, str(tmp_path / "store")], capsys)
     assert code == 0
-    assert lines[0] == "write_tfrecord: ignored 1 file without an image extension (e.g. ant/notes.txt)"
-    assert ("write_tfrecord: warning: 1 of 3 classes have no image in the store (all their images were bad): bee; "
+    assert lines[0] == f"{TFRECORD}: ignored 1 file without an image extension (e.g. ant/notes.txt)"
+    assert (f"{TFRECORD}: warning: 1 of 3 classes have no image in the store (all their images were bad): bee; "
             "their labels stay reserved") in lines
 
 
@@ -141,7 +144,7 @@ def test_mistyped_options_name_the_closest_and_exit_2(writer, source, tmp_path):
     assert done.returncode == 2 and done.stdout == ""
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(
-        f"python -m dataset_prep.{writer}: error: unknown option --max-res (did you mean --max-resolution?)")
+        f"{WRITERS[writer].PROG}: error: unknown option --max-res (did you mean --max-resolution?)")
     assert not os.path.exists(out)
 
 
@@ -173,7 +176,7 @@ def test_images_too_small_for_any_crop_are_skipped_and_named(writer, out, source
     code, lines = run(WRITERS[writer].main, [source, store, "--max-resolution", "256"], capsys)
     assert code == 0
     for relative, reason in reasons.items():
-        assert f"{writer}: skipped {relative}: {reason}" in lines
+        assert f"{WRITERS[writer].PROG}: skipped {relative}: {reason}" in lines
     manifest = json.load(open(os.path.join(store, "manifest.json") if writer == "write_tfrecord"
                               else store + ".manifest.json"))
     assert {entry["path"]: entry["reason"] for entry in manifest["skipped"]} == reasons
@@ -183,7 +186,7 @@ def test_images_too_small_for_any_crop_are_skipped_and_named(writer, out, source
         code, lines = run(write_tfrecord.main, [source, str(tmp_path / "whole")], capsys)
         assert code == 0
         assert [line for line in lines if ": skipped " in line] == [
-            f"write_tfrecord: skipped ant/dot.png: {reasons['ant/dot.png']}"]
+            f"{TFRECORD}: skipped ant/dot.png: {reasons['ant/dot.png']}"]
         assert json.load(open(tmp_path / "whole" / "manifest.json"))["counts"]["written"] == 14
 
 
@@ -218,7 +221,7 @@ def test_ctrl_c_leaves_no_half_drawn_bar_above_its_line(writer, out, function, s
     err = capsys.readouterr().err
     assert code == 130
     assert f"\r{writer}" in err and "0/12" in err  # the bar was drawn
-    assert screen(err)[-1] == f"{writer}: interrupted; nothing written"
+    assert screen(err)[-1] == f"{WRITERS[writer].PROG}: interrupted; nothing written"
     assert not [line for line in screen(err) if "%|" in line]
     assert sorted(os.listdir(tmp_path)) == ["clean"]
 
@@ -244,7 +247,7 @@ def test_a_full_disk_is_one_line_exit_1_and_nothing_written(writer, out, source,
     shown = str(tmp_path / out)
     expected = (f"cannot write {shown}: No space left on device; nothing written" if writer == "write_beton"
                 else f"{shown}: No space left on device; nothing written")
-    assert code == 1 and lines[-1] == f"{writer}: error: {expected}"
+    assert code == 1 and lines[-1] == f"{WRITERS[writer].PROG}: error: {expected}"
     assert not [line for line in lines if "Traceback" in line or "error" in line and line != lines[-1]]
     assert entries(tmp_path) == {"clean"}
 
@@ -263,7 +266,7 @@ def test_a_full_disk_at_the_last_page_is_one_line_not_a_hang(source, tmp_path, c
     from ffcv.memory_allocator import MemoryAllocator
     monkeypatch.setattr(MemoryAllocator, "flush_page", full_disk_at_the_last_page)
     code, lines = run(write_beton.main, [source, str(tmp_path / "s.beton")], capsys)
-    assert code == 1 and lines[-1] == (f"write_beton: error: cannot write {tmp_path / 's.beton'}: No space left on "
+    assert code == 1 and lines[-1] == (f"{BETON}: error: cannot write {tmp_path / 's.beton'}: No space left on "
                                        "device; nothing written")
     assert entries(tmp_path) == {"clean"}
 
@@ -337,8 +340,8 @@ def test_an_output_inside_the_source_is_refused(writer, out, source, capsys):
     for path, options in ((os.path.join(source, out), []), (os.path.join(a_class, out), []),
                           (source, ["--overwrite"])):
         assert run(WRITERS[writer].main, [source, path, *options], capsys) == (2, [
-            f"{writer}: error: output {path!r} is inside the source folder {source!r}: the trainer and the writers "
-            f"would list it among its images; write it outside {source!r}"])
+            f"{WRITERS[writer].PROG}: error: output {path!r} is inside the source folder {source!r}: the trainer and "
+            f"the writers would list it among its images; write it outside {source!r}"])
     assert {folder: entries(folder) for folder in before} == before
 
 
@@ -348,7 +351,7 @@ def test_an_output_under_a_file_is_named_as_such(writer, out, source, tmp_path, 
     notes.write_text("the user's")
     target = str(notes / out)
     assert run(WRITERS[writer].main, [source, target], capsys) == (2, [
-        f"{writer}: error: cannot write {target!r}: {str(notes)!r} is a file, not a folder"])
+        f"{WRITERS[writer].PROG}: error: cannot write {target!r}: {str(notes)!r} is a file, not a folder"])
     assert notes.read_text() == "the user's"
 
 
@@ -377,8 +380,8 @@ def test_a_second_writer_of_the_same_output_is_refused(writer, out, source, tmp_
     try:
         assert holder.stdout.readline().strip() == "writing"
         assert run(WRITERS[writer].main, [source, target], capsys) == (2, [
-            f"{writer}: error: output {target!r} is being written by another process (PID {holder.pid}): wait for "
-            "it to end, or write another output"])
+            f"{WRITERS[writer].PROG}: error: output {target!r} is being written by another process (PID {holder.pid}): "
+            "wait for it to end, or write another output"])
     finally:
         holder.kill()
         holder.wait()
