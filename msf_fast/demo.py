@@ -82,6 +82,23 @@ def demo_store(data: Path, overrides: list[str], store_resolution: int = 0) -> l
             f"--data.val_path={data / 'val'}"]
 
 
+GIVEN_DATA = ("data.train_path", "data.val_path", "eval.knn_memory_path")  # the demo's own folders otherwise
+
+
+def given_data_problem(cfg, overrides: list[str]) -> str | None:
+    """Why a data path given as an option is no dataset, told before the demo's images and store are made (they
+    were, and then the path was refused)."""
+    from msf_fast.config import data_problem
+    for name in GIVEN_DATA:
+        section, parameter = name.split(".")
+        path = getattr(getattr(cfg, section), parameter)
+        given = any(option.split("=", 1)[0] == f"--{name}" for option in overrides)
+        problem = given and path and data_problem(str(path))
+        if problem:
+            return f"{name}={path}: {problem}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog=PROG, description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -115,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
                              prog=parser.prog)
     except UserError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    problem = given_data_problem(chosen, overrides)
+    if problem:
+        print(f"{PROG}: error: {problem}", file=sys.stderr)
         return 2
     from dataset_prep.demo_data import NotDemoData
     try:

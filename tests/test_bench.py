@@ -170,6 +170,23 @@ def test_train_benchmark_refuses_a_missing_data_path(tmp_path, capsys):
 
 # ---- bench loader ------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("option, value, expected", [
+    ("--beton", "NOTES", "--beton NOTES: expected a .beton; found a file, neither a .beton nor a folder"),
+    ("--beton", "IMAGES", "--beton IMAGES: expected a .beton; found an ImageFolder"),
+    ("--tfrecord", "IMAGES", "--tfrecord IMAGES: expected a TFRecord store; found an ImageFolder")])
+def test_bench_loader_checks_the_stores_it_is_given_first(option, value, expected, tiny_imagefolder, tmp_path,
+                                                          capsys):
+    """A text file given as --beton was taken: the torch run was timed first, then the ffcv run failed with FFCV's
+    'file format mismatch' traceback."""
+    paths = {"IMAGES": str(tiny_imagefolder / "train"), "NOTES": str(tmp_path / "notes.md")}
+    (tmp_path / "notes.md").write_text("# notes")
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["loader", "--data", paths["IMAGES"], option, paths[value]])
+    assert exit_info.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"python -m msf_fast.bench loader: error: {expected.replace(value, paths[value])}"), line
+
+
 def test_loader_benchmark_runs_the_torchvision_baseline(tiny_imagefolder, capsys):
     bench.main(["loader", "--data", str(tiny_imagefolder / "train"), "--backend", "torch", "--epochs", "1",
                 "--max-batches", "2", "--batch-size", "8", "--resolution", "32", "--workers", "1"])

@@ -119,6 +119,9 @@ def test_a_demo_mistake_is_one_line_before_the_dataset_is_generated(tmp_path, ca
              f"{DEMO}: error: --config-file={tmp_path}: a folder, not a YAML recipe (e.g. "
              "configs/rn50_200_epochs.yaml)"),
             (["--data", str(data), "--train.epochs=0"], f"{DEMO}: error: train.epochs='0': expected an integer >= 1"),
+            (["--data", str(data), f"--data.train_path={tmp_path / 'nowhere'}"],  # was told after the data was made
+             f"{DEMO}: error: data.train_path={tmp_path / 'nowhere'}: expected an ImageFolder, a .beton or a TFRecord "
+             "store; it does not exist"),
             # the demo's own options and the trainer's are told apart, and either is named as the demo's
             (["--data", str(data), "--no-reports"],
              "python -m msf_fast.demo: error: unknown option --no-reports (did you mean --no-report?) (see --help)"),

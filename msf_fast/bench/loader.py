@@ -172,13 +172,27 @@ def one_run(args) -> dict:
             "data": source}
 
 
+def store_problem(path: str, backend: str) -> str | None:
+    """Why a given --beton / --tfrecord cannot be read by `backend` (one was taken as given, and only its child
+    run failed, with FFCV's 'file format mismatch' traceback, after the other backends' runs)."""
+    from dataset_prep.stores import describe_path
+    from msf_fast.config import KINDS, data_problem, found_text
+    if data_format(path) != backend:
+        return f"expected a {KINDS[backend]}; {found_text(describe_path(path))}"
+    return data_problem(path)
+
+
 def bench_loader(args) -> list[dict]:
     from msf_fast.config import data_problem
     problem = data_problem(args.data)
     if problem:
         raise UsageError(f"--data {args.data}: {problem}")
     if "torch" in args.backend and data_format(args.data) != "torch":
-        raise SystemExit("bench loader: the torch backend reads an ImageFolder: pass the source folder as --data")
+        raise UsageError(f"--data {args.data}: the torch backend reads an ImageFolder: pass the source folder")
+    for option, path, backend in (("--beton", args.beton, "ffcv"), ("--tfrecord", args.tfrecord, "dali")):
+        problem = path and store_problem(path, backend)
+        if problem:
+            raise UsageError(f"{option} {path}: {problem}")
     if "torch" in args.backend:
         from msf_fast.errors import UserError
         from pipelines.worker_sockets import TempFolderTooLong, check_worker_processes
