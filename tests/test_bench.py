@@ -240,7 +240,9 @@ def test_ffcv_child_exits_cleanly_after_an_epoch_cut_short(tiny_imagefolder, tmp
     assert json.loads(done.stdout.strip().splitlines()[-1])["backend"] == "ffcv"
 
 
-def test_a_failed_child_is_one_line_and_the_other_results_stay(tiny_imagefolder, tmp_path, capsys):
+def test_a_failed_child_is_one_line_and_the_other_results_stay(tiny_imagefolder, tmp_path, capsys, monkeypatch):
+    from msf_fast.bench import loader
+    monkeypatch.setattr(loader, "store_problem", lambda path, backend: None)  # so that the ffcv child meets it
     missing = str(tmp_path / "missing.beton")
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["loader", "--data", str(tiny_imagefolder / "train"), "--backend", "torch", "ffcv",

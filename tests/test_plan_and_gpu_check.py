@@ -107,16 +107,29 @@ def test_a_loader_bound_plan_says_what_the_loader_must_deliver(capsys):
     sentence = capsys.readouterr().err.splitlines()[0]
     # 200 epochs x 1,281,167 images in 2 h = 35,588 img/s; at 277 img/s per core: 129 cores, 96 given (26,592 img/s)
     assert sentence.endswith(": 26,592 img/s, 2.68 h, loader-bound (the GPUs alone: 36,000). 2 h needs 4,943 img/s "
-                             "per GPU and a loader of 35,588 img/s (129 cores at 277 img/s per core)."), sentence
+                             "per GPU and a loader of 35,588 img/s (129 cores)."), sentence
     bench.main(["plan", "--images-per-s", "100", "--gpus", "8"])
     assert capsys.readouterr().err.splitlines()[0].endswith("2 h needs 4,943 img/s per GPU.")  # compute-bound
+
+
+def test_the_plan_says_whether_the_nodes_cores_feed_the_gpus(capsys):
+    """The node's cores were never named: 117 needed and 96 given were left to the reader to compare."""
+    for cores, verdict in (("96", "the node's 96 are too few"), ("300", "the node's 300 are enough")):
+        bench.main(["plan", "--images-per-s", "4500", "--store-resolution", "512", "--node-cores", cores])
+        captured = capsys.readouterr()
+        assert json.loads(captured.out)["node_cores"] == int(cores)
+        assert captured.err.splitlines()[1].startswith(f"To keep up with the GPUs (32,400 img/s), the loader needs "
+                                                       f"117 CPU cores; {verdict} (277 img/s per core, measured")
+    bench.main(["plan", "--images-per-s", "4500", "--gpus", "1"])
+    assert " on 1 GPU at 4,500 img/s (scaling 1): " in capsys.readouterr().err
 
 
 def test_plan_cli_rejects_bad_inputs_clearly(capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["plan", "--images-per-s", "0", "--gpus", "8"])
     assert exit_info.value.code == 2
-    assert "images per second per GPU must be positive" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip() == ("python -m msf_fast.bench plan: error: argument --images-per-s: must "
+                                               "be a positive number, got 0 (see --help)")
 
 
 @pytest.mark.parametrize("arguments, expected", [

@@ -23,7 +23,7 @@ import math
 import sys
 from dataclasses import asdict, dataclass
 
-from dataset_prep.argument_parser import positive_int
+from dataset_prep.argument_parser import fraction, positive_int, positive_number
 from dataset_prep.wording import plural
 from msf_fast.errors import UsageError
 
@@ -116,20 +116,22 @@ def per_core_rate(store_resolution: int) -> tuple[int, float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--images-per-s", type=float, required=True, help="measured training images/s of one GPU")
+    parser.add_argument("--images-per-s", type=positive_number, required=True,
+                        help="measured training images/s of one GPU")
     parser.add_argument("--gpus", type=positive_int, default=8, help="GPUs of the node")
-    parser.add_argument("--epochs", type=float, default=DEFAULT_EPOCHS, help="epochs of the run")
+    parser.add_argument("--epochs", type=positive_number, default=DEFAULT_EPOCHS, help="epochs of the run")
     parser.add_argument("--dataset-size", type=positive_int, default=IMAGENET_TRAIN_IMAGES,
                         help="images per epoch (ImageNet's training set)")
-    parser.add_argument("--efficiency", type=float, default=None,
+    parser.add_argument("--efficiency", type=fraction, default=None,
                         help=f"multi-GPU scaling efficiency (default {MULTI_GPU_EFFICIENCY} on several GPUs, 1 on one)")
-    parser.add_argument("--loader-images-per-s", type=float, default=None,
+    parser.add_argument("--loader-images-per-s", type=positive_number, default=None,
                         help="the data loader's ceiling for the whole node, images/s")
-    parser.add_argument("--loader-images-per-s-per-core", type=float, default=None,
+    parser.add_argument("--loader-images-per-s-per-core", type=positive_number, default=None,
                         help="the loader's images/s per CPU core (with --node-cores), instead of --loader-images-per-s")
     parser.add_argument("--node-cores", type=positive_int, default=None,
                         help="the node's CPU cores, with --loader-images-per-s-per-core")
-    parser.add_argument("--target-hours", type=float, default=2.0, help="report the per-GPU rate this needs")
+    parser.add_argument("--target-hours", type=positive_number, default=2.0,
+                        help="report the per-GPU rate this needs")
     parser.add_argument("--store-resolution", type=positive_int, default=None,
                         help="the .beton's longest side (write_beton --max-resolution, e.g. 256 or 512): the CPU "
                              "cores the loader needs to feed the GPUs, from the measured per-core rate at that size "
@@ -158,22 +160,28 @@ def print_plan(args) -> dict:
               "meets_target": plan.hours <= args.target_hours}
     if per_core is not None:  # the loader's CPU need at the compute rate: what a store's resolution costs
         result.update(loader_images_per_s_per_core=per_core, loader_rate_source=source,
-                      loader_cores_needed=round(plan.compute_images_per_s / per_core, 1))
+                      loader_cores_needed=round(plan.compute_images_per_s / per_core, 1), node_cores=args.node_cores)
     print(json.dumps(result), flush=True)
+    gpus = "GPUs" if plan.gpus > 1 else "GPU"
     if plan.binding_limit == "loader":  # the rate is the loader's: the GPUs' is what faster loading would reach
-        loader_text = f" (the GPUs alone: {plan.compute_images_per_s:,.0f})"
+        loader_text = f" (the {gpus} alone: {plan.compute_images_per_s:,.0f})"
     elif plan.loader_images_per_s is not None:
         loader_text = f"; the loader allows {plan.loader_images_per_s:,.0f}"
     else:
         loader_text = "; loader not limiting (no ceiling given)"
     print(f"{plan.epochs:g} epochs of {plan.dataset_size:,} images on {plural(plan.gpus, 'GPU')} at "
-          f"{plan.images_per_s_per_gpu:,.0f} img/s each (scaling {plan.efficiency:g}): "
+          f"{plan.images_per_s_per_gpu:,.0f} img/s{' each' if plan.gpus > 1 else ''} (scaling {plan.efficiency:g}): "
           f"{plan.effective_images_per_s:,.0f} img/s, {plan.hours:.2f} h, {plan.binding_limit}-bound{loader_text}. "
           f"{args.target_hours:g} h needs {needed:,.0f} img/s per GPU{loader_need(plan, args.target_hours, per_core)}.",
           file=sys.stderr, flush=True)
     if per_core is not None:
-        print(f"The loader needs {result['loader_cores_needed']:g} CPU cores to keep up with the GPUs "
-              f"({per_core:,.0f} img/s per core, {source}).", file=sys.stderr, flush=True)
+        node = ""
+        if args.node_cores is not None:
+            enough = args.node_cores >= result["loader_cores_needed"]
+            node = f"; the node's {args.node_cores:,} {'are enough' if enough else 'are too few'}"
+        print(f"To keep up with the {gpus} ({plan.compute_images_per_s:,.0f} img/s), the loader needs "
+              f"{result['loader_cores_needed']:,g} CPU cores{node} ({per_core:,.0f} img/s per core, {source}).",
+              file=sys.stderr, flush=True)
     return result
 
 
@@ -182,5 +190,5 @@ def loader_need(plan: TrainingPlan, hours: float, per_core: float | None) -> str
     if plan.binding_limit != "loader":
         return ""
     node_rate = plan.epochs * plan.dataset_size / (hours * 3600)
-    cores = f" ({math.ceil(node_rate / per_core):,} cores at {per_core:,.0f} img/s per core)" if per_core else ""
+    cores = f" ({math.ceil(node_rate / per_core):,} cores)" if per_core else ""
     return f" and a loader of {node_rate:,.0f} img/s{cores}"
