@@ -261,8 +261,8 @@ class Trainer:
             return None
         try:
             return Path(resume), read_training_state(resume, map_location=self.device)
-        except ValueError as error:
-            raise UserError(f"train.resume: {error}") from None
+        except ValueError as error:  # "PATH: what it is"
+            raise UserError(f"train.resume={error}") from None
 
     def resume_from(self, path: Path, state: dict) -> list[str]:
         """Load `state`; the notes for what this run changes (README "Long runs": what a resume refuses, notes,
@@ -271,8 +271,9 @@ class Trainer:
                                self.world_size, to_dict(self.cfg), self.precision.name)
         try:
             notes = check_resume(state, identity)
-        except ResumeRefused as refused:
-            raise UserError(f"train.resume: {path}: {refused}") from None
+        except ResumeRefused as refused:  # named as the config checks name it (train.resume=PATH: ...)
+            given = f"train.resume=auto: {path}" if self.cfg.train.resume == AUTO else f"train.resume={path}"
+            raise UserError(f"{given}: {refused}") from None
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state["scaler"] is not None:

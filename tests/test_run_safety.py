@@ -48,7 +48,7 @@ def test_a_resume_with_another_batch_is_refused_even_with_the_same_steps_per_epo
                 "--train.resume=auto")
     latest = tmp_path / "checkpoints" / "latest.pt"
     assert str(refused.value) == (
-        f"train.resume: {latest}: it was saved with a global batch of 40 (train.batch_size=40 x 1 process), this "
+        f"train.resume=auto: {latest}: it was saved with a global batch of 40 (train.batch_size=40 x 1 process), this "
         "run has 48 (train.batch_size=48 x 1 process): resume with --train.batch_size=40")
     assert files_of(tmp_path) == before
     assert capsys.readouterr() == ("", "")
@@ -269,8 +269,8 @@ def test_a_full_disk_at_the_checkpoint_is_one_line_and_keeps_the_previous_one(ti
     latest = tmp_path / "checkpoints" / "latest.pt"
     error = capsys.readouterr().err.strip()
     assert code == 1 and error == (
-        f"cannot write the checkpoint {latest}: No space left on device (0 MiB free; torch.save: [enforce fail at "
-        f"inline_container.cc:672] . unexpected pos 1472 vs 1366); {latest} (step 0) is intact")
+        f"{TRAIN}: cannot write the checkpoint {latest}: No space left on device (0 MiB free; torch.save: [enforce "
+        f"fail at inline_container.cc:672] . unexpected pos 1472 vs 1366); {latest} (step 0) is intact")
     assert saved_step(latest) == 0
     assert [r["exit_code"] for r in records(tmp_path) if r["event"] == "stopped"] == [1]
 
@@ -282,7 +282,7 @@ def test_a_log_on_a_full_disk_is_one_line_exit_1(tiny_imagefolder, tmp_path, mon
     monkeypatch.setattr(runlog, "open", full_disk_open, raising=False)
     code = train_imagenet.main(options(tiny_imagefolder, tmp_path, "--train.max_steps=1"))
     error = capsys.readouterr().err.strip()
-    assert code == 1 and error == f"cannot write the log {tmp_path / 'log.jsonl'}: No space left on device"
+    assert code == 1 and error == f"{TRAIN}: cannot write the log {tmp_path / 'log.jsonl'}: No space left on device"
 
 
 def test_batch_size_1_is_a_config_error(tiny_imagefolder, tmp_path):
