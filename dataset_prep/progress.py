@@ -53,6 +53,12 @@ def tqdm_environment_problem() -> str | None:
     return None
 
 
+def bar_disabled(enabled: bool = True) -> bool:
+    """No bar when the command was told so (--no-progress), or when TQDM_DISABLE says yes: every bar here sets
+    tqdm's `disable` itself, and that overrode the variable, which tqdm reads only as a default."""
+    return not enabled or os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def bar_options(stream=None) -> dict:
     """tqdm options for a bar drawn on `stream` (stderr): none on a terminal; where the output goes to a file or a
     pipe (a batch job's log), a redraw every LOG_FILE_INTERVAL_S seconds instead of tqdm's 0.1, so that a log
@@ -76,7 +82,8 @@ def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator
     generator holding the bar is closed with GeneratorExit: a failure only when it had not yielded everything.)"""
     from tqdm import tqdm  # here: its import fails on a TQDM_MININTERVAL that is no number, which start_command tells
 
-    bar = tqdm(total=total, desc=description, unit="img", disable=not enabled, dynamic_ncols=True, smoothing=0.05,
+    bar = tqdm(total=total, desc=description, unit="img", disable=bar_disabled(enabled), dynamic_ncols=True,
+               smoothing=0.05,
                **bar_options())
     try:
         yield bar

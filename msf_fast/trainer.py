@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from dataset_prep import core_load
-from dataset_prep.progress import bar_options
+from dataset_prep.progress import bar_disabled, bar_options
 from dataset_prep.wording import plural
 from msf_fast import checkpoint as ckpt
 from msf_fast.config import holds_run_message, resolve_backend, to_dict
@@ -373,7 +373,7 @@ class Trainer:
             for line, to_stderr in self.start_lines:
                 print(line, file=sys.stderr if to_stderr else sys.stdout, flush=True)
         self.start_lines = []
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.cfg.logging.progress and self.is_main),
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=bar_disabled(self.cfg.logging.progress and self.is_main),
                    unit="step", dynamic_ncols=True, desc="MSF", **bar_options())
         completed = False
         try:

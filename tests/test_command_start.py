@@ -145,3 +145,11 @@ def test_ctrl_c_and_sigterm_wait_for_a_heavy_import_to_finish(sig, raised, modul
     (package / "__init__.py").write_text(slow if module == "slow_heavy_package" else "")
     (package / "later.py").write_text(slow if module != "slow_heavy_package" else "")
     assert run(INTERRUPTED_IMPORT, str(tmp_path), str(finished), module) == [raised, "True", "True"]
+
+
+@pytest.mark.parametrize("value, disabled", [("1", True), ("true", True), ("0", False), ("", False)])
+def test_tqdm_disable_hides_every_bar(value, disabled, monkeypatch):
+    """Every bar sets tqdm's `disable` (for --no-progress), which overrode TQDM_DISABLE=1: the writers drew theirs."""
+    from dataset_prep.progress import bar_disabled
+    monkeypatch.setenv("TQDM_DISABLE", value)
+    assert bar_disabled(True) is disabled and bar_disabled(False) is True

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from dataset_prep.progress import bar_options
+from dataset_prep.progress import bar_disabled, bar_options
 from dataset_prep.staging import StagedPath, nearest_existing
 from dataset_prep.stores import within
 from dataset_prep.wording import plural
@@ -45,7 +45,7 @@ class WithProgress:
 
     def __iter__(self):
         yield from tqdm(self.loader, desc=self.title, unit="batch", leave=False, dynamic_ncols=True,
-                        disable=not self.enabled, **bar_options())
+                        disable=bar_disabled(self.enabled), **bar_options())
 
 
 def output_folder(args: argparse.Namespace, checkpoint: str | Path) -> Path:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataset_prep.progress import bar_options
+from dataset_prep.progress import bar_disabled, bar_options
 from msf_fast.checkpoint import read_checkpoint
 from msf_fast.errors import UserError
 from msf_fast.eval.arguments import DEFAULT_FRACTIONS, ProbeSettings, probe_milestones
@@ -83,7 +83,7 @@ class ProbeRun:
                                         indices=indices)
             batches = augmented_batches(self.backbone, loader, self.device, self.amp)
         probe = probe_with(self.standardizer, self.num_classes)
-        bar = tqdm(total=self.settings.epochs, desc=title, unit="epoch", disable=args.no_progress,
+        bar = tqdm(total=self.settings.epochs, desc=title, unit="epoch", disable=bar_disabled(not args.no_progress),
                    dynamic_ncols=True, **bar_options())
 
         def progress(record):
