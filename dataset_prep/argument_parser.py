@@ -47,7 +47,10 @@ class OneLineParser(argparse.ArgumentParser):
         name = argument.split("=", 1)[0]
         options = option_strings(self)
         extensions = [option for option in options if option.startswith(name)]  # an abbreviation
-        closest = extensions[:1] or difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+        # compared without the dashes, which every option shares (they made --bogus "close" to --out)
+        bare = {option.lstrip("-"): option for option in options}
+        closest = extensions[:1] or [bare[match] for match in difflib.get_close_matches(name.lstrip("-"), bare, n=1,
+                                                                                          cutoff=0.6)]
         return f"unknown option {name}" + (f" (did you mean {closest[0]}?)" if closest else "")
 
 

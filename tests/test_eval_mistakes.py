@@ -187,6 +187,9 @@ def test_unknown_or_abbreviated_options_name_the_closest(backbone, sets, capsys)
                                                     "--kk", "5"), capsys)
     assert code == 2 and len(lines) == 1
     assert lines[0].startswith("python -m msf_fast.eval knn: error: unknown option --kk (did you mean --k?)")
+    code, lines = run(evaluation.main, eval_command("knn", backbone, "--train", sets["train"], "--val", sets["val"],
+                                                    "--bogus"), capsys)
+    assert lines == ["python -m msf_fast.eval knn: error: unknown option --bogus (see --help)"]  # not "--out?"
     code, lines = run(evaluation.main, eval_command("semi", backbone, "--train", sets["train"], "--val", sets["val"],
                                                     "--fraction", "0.1"), capsys)
     assert code == 2 and len(lines) == 1
