@@ -17,10 +17,15 @@ of the command's one line and clean exit; seen in CI with SIGTERM half a second 
 """
 from __future__ import annotations
 
+import atexit
 import gc
 import importlib.abc
 import importlib.machinery
+import os
+import signal
 import sys
+import threading
+import weakref
 
 from dataset_prep import core_load
 from dataset_prep.argument_parser import one_line_on_ctrl_c
@@ -71,6 +76,25 @@ def load_heavy_packages_without_gc() -> None:
         sys.meta_path.insert(0, CollectorOffWhileLoading())
 
 
+def stop_at_once(signum, frame) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(128 + signum)
+
+
+def stops_end_the_exit() -> None:
+    """An exit handler: Ctrl-C or SIGTERM while the interpreter ends (the command's work and its lines are done)
+    raised KeyboardInterrupt in torch's library finalizers (weakref.finalize's, run at exit), printed as a traceback
+    after the run's summary; from here on it ends the process at once, quietly. Exit handlers run last registered
+    first: start_command registers weakref's own first, then this one."""
+    if threading.current_thread() is threading.main_thread():
+        for stop in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop, stop_at_once)
+
+
 def start_command(program: str) -> None:
     """Call first in a command's entry point (`PROGRAM: interrupted` on an early Ctrl-C; a TQDM_ setting that tqdm
     cannot read, one line and exit 2; heavy imports without the collector; the cores' busy time sampled, to tell
@@ -82,3 +106,5 @@ def start_command(program: str) -> None:
         sys.exit(2)
     core_load.mark_start()
     load_heavy_packages_without_gc()
+    weakref.finalize(stops_end_the_exit, int)  # a no-op; weakref's exit handler is registered by the first one
+    atexit.register(stops_end_the_exit)

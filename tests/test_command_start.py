@@ -153,3 +153,27 @@ def test_tqdm_disable_hides_every_bar(value, disabled, monkeypatch):
     from dataset_prep.progress import bar_disabled
     monkeypatch.setenv("TQDM_DISABLE", value)
     assert bar_disabled(True) is disabled and bar_disabled(False) is True
+
+
+STOPPED_AT_EXIT = """
+import os, signal, sys, time
+from dataset_prep.command_start import start_command
+start_command("test")
+import weakref
+def unregister():  # as torch's libraries (torch.library.Library), finalized as the interpreter ends
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(2)
+    print("not reached")
+class Library:
+    pass
+kept = Library()
+weakref.finalize(kept, unregister)
+print("done", flush=True)
+"""
+
+
+def test_ctrl_c_as_the_interpreter_ends_is_quiet():
+    """Ctrl-C just after a run's summary raised KeyboardInterrupt in torch's finalizers: a traceback, exit 0."""
+    done = subprocess.run([sys.executable, "-c", STOPPED_AT_EXIT], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (130, "done\n", "")
