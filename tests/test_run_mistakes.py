@@ -204,6 +204,14 @@ def test_ctrl_c_before_training_or_during_an_eval_is_one_line(data, monkeypatch,
     monkeypatch.setattr(cli, "path_problem", lambda args: None)  # the files are checked before the run: none here
     assert cli.main(["knn", "--ckpt", "x.pt", "--train", "a", "--val", "b"]) == 130
     assert capsys.readouterr().err.strip().splitlines() == [f"{EVAL} knn: interrupted"]
+    monkeypatch.setattr(knn_command, "run_knn", terminated)  # a scheduler's SIGTERM: it died without a word
+    assert cli.main(["knn", "--ckpt", "x.pt", "--train", "a", "--val", "b"]) == 143
+    assert capsys.readouterr().err.strip().splitlines() == [f"{EVAL} knn: interrupted"]
+    from msf_fast import export
+    monkeypatch.setattr(export, "export", terminated)
+    assert export.main(["x.pt", "y.pth"]) == 143
+    assert capsys.readouterr().err.strip().splitlines() == ["python -m msf_fast.export: interrupted; nothing written"]
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 COMMANDS = {  # the program's name, as its messages start: its command line

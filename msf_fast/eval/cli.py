@@ -23,6 +23,7 @@ import json
 import sys
 
 from dataset_prep.argument_parser import DefaultsHelpFormatter, OneLineParser
+from dataset_prep.staging import Terminated, sigterm_as_ctrl_c
 from msf_fast.errors import UserError, disk_full
 from msf_fast.eval import PROG
 from msf_fast.eval.arguments import (add_figure_commands, add_knn_command, add_probe_commands, option_conflict,
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     module, function = args.run.split(":")
     run = getattr(importlib.import_module(module), function)  # torch loads here
     try:
-        result = run(args)
+        with sigterm_as_ctrl_c():  # SIGTERM (a scheduler's) as Ctrl-C: one line, no half-written output left
+            result = run(args)
     except (UserError, OSError, ValueError, RuntimeError) as error:
         if disk_full(error):
             from msf_fast.eval.common import output_folder
@@ -67,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # outputs appear whole or not at all
+    except KeyboardInterrupt as stop:  # outputs appear whole or not at all
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return 143 if isinstance(stop, Terminated) else 130
     if result is not None:
         print(json.dumps(result))
     return 0
