@@ -163,5 +163,6 @@ def parallel_map(function: Callable, items: list, workers: int, description: str
                 yield result
         finally:
             if pool is not None:
-                pool.terminate()
-                pool.join()
+                with stops_deferred():  # a stop raised within left the workers unjoined
+                    pool.terminate()
+                    pool.join()

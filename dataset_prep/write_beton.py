@@ -23,7 +23,9 @@ import ctypes
 import os
 import queue
 import time
+from contextlib import closing
 from multiprocessing import Process, Queue, Value
+from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
@@ -113,20 +115,24 @@ def make_writer(path: str, args, sizes: list[tuple[int, int]]):
             from ffcv.memory_allocator import MemoryAllocator
 
             self.num_samples = num_samples
-            self.prepare()
-            work_queue, allocations_queue = Queue(), Queue()
-            for todo in queue_content:
-                work_queue.put(todo)
-            for _ in range(self.num_workers):
-                work_queue.put(None)
-            done = Value(ctypes.c_uint64, 0)
-            allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
-            worker_args = (work_queue, self.metadata_sm, self.metadata_type, self.fields, allocator, done,
-                           allocations_queue, *extra_worker_args)
-            workers = [Process(target=_worker, args=(os.getpid(), work_fn, *worker_args), daemon=True)
-                       for _ in range(self.num_workers)]
+            work_queue = allocations_queue = None
+            workers: list[Process] = []
             try:
-                with stops_deferred():  # a stop is raised as this block ends: the workers are stopped below
+                # a stop is raised as this block ends, when what it made exists whole, to be undone below (one
+                # raised within left FFCV's shared memory behind: "leaked shared_memory objects" at exit)
+                with stops_deferred():
+                    self.prepare()
+                    work_queue, allocations_queue = Queue(), Queue()
+                    for todo in queue_content:
+                        work_queue.put(todo)
+                    for _ in range(self.num_workers):
+                        work_queue.put(None)
+                    done = Value(ctypes.c_uint64, 0)
+                    allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
+                    worker_args = (work_queue, self.metadata_sm, self.metadata_type, self.fields, allocator, done,
+                                   allocations_queue, *extra_worker_args)
+                    workers = [Process(target=_worker, args=(os.getpid(), work_fn, *worker_args), daemon=True)
+                               for _ in range(self.num_workers)]
                     for worker in workers:
                         worker.start()
                 with progress_bar(num_samples, NAME, args.progress) as bar:
@@ -148,18 +154,21 @@ def make_writer(path: str, args, sizes: list[tuple[int, int]]):
                         stop_if_one_failed(workers)
                 self.finalize(allocations)
             finally:
-                for worker in workers:
-                    if worker.pid is not None and worker.is_alive():
-                        worker.terminate()
-                    if worker.pid is not None:
-                        worker.join()
-                for abandoned in (work_queue, allocations_queue):
-                    # a stop before the workers took all the work: the queue's feeder thread waits forever to put
-                    # the rest into its full pipe, and the exit waited for it (it hung after "interrupted")
-                    abandoned.cancel_join_thread()
-                    abandoned.close()
-                self.metadata_sm.close()
-                self.metadata_sm.unlink()
+                with stops_deferred():  # a stop raised within left the rest undone
+                    for worker in workers:
+                        if worker.pid is not None and worker.is_alive():
+                            worker.terminate()
+                        if worker.pid is not None:
+                            worker.join()
+                    for abandoned in (work_queue, allocations_queue):
+                        # a stop before the workers took all the work: the queue's feeder thread waits forever to
+                        # put the rest into its full pipe, and the exit waited for it (it hung after "interrupted")
+                        if abandoned is not None:
+                            abandoned.cancel_join_thread()
+                            abandoned.close()
+                    if isinstance(getattr(self, "metadata_sm", None), SharedMemory):  # prepare() made it
+                        self.metadata_sm.close()
+                        self.metadata_sm.unlink()
 
     def stop_if_one_failed(workers) -> None:
         failed = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
@@ -185,14 +194,15 @@ def convert(args) -> None:
     # the manifest's block closes first: it is renamed into place just before the store
     with StagedPath(args.out) as store, StagedPath(beton_manifest_path(args.out)) as manifest:
         sizes = []
-        for sample, (size, reason) in zip(samples, parallel_map(scan_sample, samples, args.workers,
-                                                                 f"{NAME} (scan)", args.progress)):
-            reason = reason or unusable_size(*size, args.max_resolution)
-            if reason:
-                report.skipped.append((sample[0], reason))
-            else:
-                report.written.append(sample)
-                sizes.append(fitted_size(*size, args.max_resolution))
+        scans = parallel_map(scan_sample, samples, args.workers, f"{NAME} (scan)", args.progress)
+        with closing(scans):  # its pool ends here, not when the collector finds it (a stop then was "ignored")
+            for sample, (size, reason) in zip(samples, scans):
+                reason = reason or unusable_size(*size, args.max_resolution)
+                if reason:
+                    report.skipped.append((sample[0], reason))
+                else:
+                    report.written.append(sample)
+                    sizes.append(fitted_size(*size, args.max_resolution))
         report.check_outcome(PROG)
         writer = make_writer(store.temporary, args, sizes)
         writer.from_indexed_dataset(StoreDataset(report.written, args.max_resolution, args.seed),
