@@ -242,6 +242,8 @@ def test_ctrl_c_while_the_imports_load_is_one_line(program, tmp_path):
     command = [part.replace("TMP", str(tmp_path)) for part in COMMANDS[program]]
     done = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"})
-    assert done.stderr.strip().splitlines() == [f"{program}: interrupted"]
+    # export imports torch inside its own handling of a stop, which says what it left
+    said = "interrupted; nothing written" if program == "python -m msf_fast.export" else "interrupted"
+    assert done.stderr.strip().splitlines() == [f"{program}: {said}"]
     # ended by the signal, as an interrupted program does (130 in a shell), or by the command's own handler: 130
     assert done.returncode in (-signal.SIGINT, 130)
