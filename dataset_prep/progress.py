@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import threading
-from contextlib import contextmanager
+from contextlib import closing, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 if TYPE_CHECKING:
@@ -127,15 +127,13 @@ def stops_deferred() -> Iterator[None]:
 
 def start_worker(parent: int) -> None:
     """Run first in every worker process.
-    - Ctrl-C is left to the parent, which stops the workers (their KeyboardInterrupt tracebacks were printed beside
-      its one line).
-    - SIGTERM (Pool.terminate, Process.terminate) kills it at once. The converter's Python-level SIGTERM handler,
-      inherited through fork, runs only between bytecodes, so a worker that the signal reached just as it blocked
-      on the task queue's lock slept on forever and its join hung.
+    - Ctrl-C and SIGTERM are left to the parent, which stops the workers with SIGKILL (their KeyboardInterrupt
+      tracebacks were printed beside its one line; a worker that a whole-group SIGTERM, Slurm's, killed while it
+      held a queue's lock left the parent's pool waiting on it forever).
     - On Linux it dies with its parent (`parent`: its PID, taken before the fork): a converter killed
       with SIGKILL left its workers running on, holding the disk and the cores."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops the workers
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked across the fork (stops_deferred)
     if sys.platform.startswith("linux"):
         PR_SET_PDEATHSIG = 1
@@ -147,22 +145,76 @@ def start_worker(parent: int) -> None:
 def parallel_map(function: Callable, items: list, workers: int, description: str,
                  progress: bool = True) -> Iterator:
     """`function(item)` for each item, in order; `workers` <= 1 runs in this process (one core),
-    otherwise in a pool of that many processes while this one consumes the results."""
+    otherwise in that many processes while this one consumes the results."""
     with progress_bar(len(items), description, progress) as bar:
-        pool = None
-        try:
-            if workers <= 1:
-                results: Iterable = map(function, items)
-            else:
-                with stops_deferred():  # a stop is raised as this block ends: the pool is stopped below
-                    pool = multiprocessing.Pool(workers, initializer=start_worker, initargs=(os.getpid(),))
-                chunksize = max(1, min(32, len(items) // (workers * 16)))
-                results = pool.imap(function, items, chunksize=chunksize)
+        if workers <= 1:
+            results: Iterable = map(function, items)
+        else:
+            results = ordered_map(function, items, workers, max(1, min(32, len(items) // (workers * 16))))
+        with closing(results) if hasattr(results, "close") else nullcontext():
             for result in results:
                 bar.update()
                 yield result
-        finally:
-            if pool is not None:
-                with stops_deferred():  # a stop raised within left the workers unjoined
-                    pool.terminate()
-                    pool.join()
+
+
+def _serve(function: Callable, connection, parent: int) -> None:
+    """A worker of ordered_map: chunks in, their results (or the exception raised) out, until told to end."""
+    start_worker(parent)
+    while True:
+        try:
+            chunk = connection.recv()
+        except EOFError:
+            return
+        if chunk is None:
+            return
+        try:
+            reply = ("done", [function(item) for item in chunk])
+        except Exception as error:  # raised again in the parent
+            reply = ("failed", error)
+        connection.send(reply)
+
+
+def ordered_map(function: Callable, items: list, workers: int, chunksize: int) -> Iterator:
+    """`function(item)` for each item, in order, in `workers` forked processes, each with its own pipes.
+    multiprocessing.Pool's workers share the locks of its queues: one that a whole-group SIGTERM (Slurm's
+    preemption) or a kill ended while it held one left Pool.terminate waiting forever (2 of 5 such stops of
+    write_tfrecord hung). Here nothing is shared: chunk k goes to worker k mod N, two ahead, and its results are
+    read back from that worker in order. A worker that dies ends the map with ChildProcessError."""
+    chunks = [items[start:start + chunksize] for start in range(0, len(items), chunksize)]
+    context = multiprocessing.get_context("fork")
+    processes, connections = [], []
+    try:
+        with stops_deferred():  # a stop is raised as this block ends: the workers are stopped below
+            for _ in range(min(workers, len(chunks))):
+                ours, theirs = context.Pipe()
+                process = context.Process(target=_serve, args=(function, theirs, os.getpid()), daemon=True)
+                process.start()
+                theirs.close()
+                processes.append(process)
+                connections.append(ours)
+        def exchange(index: int, send: bool):
+            worker = index % len(processes)
+            try:
+                return connections[worker].send(chunks[index]) if send else connections[worker].recv()
+            except (EOFError, OSError):  # its end of the pipe closed: it died (killed, out of memory)
+                processes[worker].join(timeout=5)
+                raise ChildProcessError(f"a worker process ended (exit code {processes[worker].exitcode})") from None
+
+        ahead = 2 * len(processes)
+        for index in range(min(ahead, len(chunks))):
+            exchange(index, send=True)
+        for index in range(len(chunks)):
+            status, payload = exchange(index, send=False)
+            if status == "failed":
+                raise payload
+            if index + ahead < len(chunks):
+                exchange(index + ahead, send=True)
+            yield from payload
+    finally:
+        with stops_deferred():  # a stop raised within left the workers unjoined
+            for process in processes:
+                process.kill()
+            for process in processes:
+                process.join()
+            for connection in connections:
+                connection.close()

@@ -76,7 +76,7 @@ WRITE_FAILED = 64  # a worker's exit code 64 + errno: a write that failed (a ful
 
 
 def _worker(parent: int, work_fn, *args) -> None:
-    """FFCV's writer worker, killed at once by SIGTERM (see progress.start_worker); a write that fails (a full
+    """FFCV's writer worker, stopped with SIGKILL by the parent (see progress.start_worker); a write that fails (a full
     disk) ends it with exit code WRITE_FAILED + errno, not a traceback (a pipe to the parent could block)."""
     start_worker(parent)
     try:
@@ -157,7 +157,7 @@ def make_writer(path: str, args, sizes: list[tuple[int, int]]):
                 with stops_deferred():  # a stop raised within left the rest undone
                     for worker in workers:
                         if worker.pid is not None and worker.is_alive():
-                            worker.terminate()
+                            worker.kill()  # they leave SIGTERM to this process (start_worker)
                         if worker.pid is not None:
                             worker.join()
                     for abandoned in (work_queue, allocations_queue):
