@@ -31,7 +31,7 @@ from dataset_prep import core_load
 from dataset_prep.argument_parser import one_line_on_ctrl_c
 from dataset_prep.progress import stops_deferred, tqdm_environment_problem
 
-HEAVY_PACKAGES = frozenset({"torch", "torchvision", "ffcv", "numba", "nvidia.dali"})
+HEAVY_PACKAGES = frozenset({"numpy", "torch", "torchvision", "ffcv", "numba", "nvidia.dali"})
 
 
 def is_heavy(name: str) -> bool:

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with sigterm_as_ctrl_c():  # SIGTERM (a scheduler's) as Ctrl-C: one line, no half-written output left
-            print(export(args))
+            print(f"{PROG}: {export(args)}")
     except KeyboardInterrupt as stop:
         print(f"{PROG}: interrupted; nothing written", file=sys.stderr)
         return 143 if isinstance(stop, Terminated) else 130
