@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
 
-    from dataset_prep.staging import Terminated, sigterm_as_ctrl_c
+    from dataset_prep.staging import sigterm_as_ctrl_c, stop_exit_code
     from msf_fast.distributed import init_from_environment, shut_down
     from msf_fast.stopping import RunStopped
     from msf_fast.trainer import Trainer
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         else:
             print(f"{PROG}: {rank}interrupted; the last checkpoint is where it was", file=sys.stderr)
-        return 143 if isinstance(stop, Terminated) else 130
+        return stop_exit_code(stop)
     finally:
         shut_down()
     if trainer.is_main:

@@ -20,7 +20,7 @@ from typing import Callable
 from dataset_prep.argument_parser import OneLineParser, int_between, non_negative_int, positive_int
 from dataset_prep.image_folder import ImageFolderListing, SourceError, list_image_folder, random_subset
 from dataset_prep.progress import available_cores
-from dataset_prep.staging import OutputError, Terminated, check_destination, only_writer, sigterm_as_ctrl_c
+from dataset_prep.staging import OutputError, check_destination, only_writer, sigterm_as_ctrl_c, stop_exit_code
 from dataset_prep.stores import within
 from dataset_prep.wording import plural
 
@@ -196,5 +196,5 @@ def run_cli(prog: str, parser: argparse.ArgumentParser, convert, argv=None,
         return 1
     except KeyboardInterrupt as interruption:
         print(f"{prog}: interrupted; nothing written", file=sys.stderr)
-        return 143 if isinstance(interruption, Terminated) else 130
+        return stop_exit_code(interruption)
     return 0

@@ -23,6 +23,11 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (kill, a job scheduler, docker stop): cleaned up like Ctrl-C."""
 
 
+def stop_exit_code(stop: KeyboardInterrupt) -> int:
+    """What a command stopped by Ctrl-C or SIGTERM exits with, as a shell reports a process ended by it."""
+    return 128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
+
+
 class _StopState:
     requested: type[KeyboardInterrupt] | None = None  # the stop a handler raised in this block
     committing = False  # past commit_point: stops are ignored

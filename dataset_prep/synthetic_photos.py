@@ -21,7 +21,7 @@ from PIL import Image
 
 from dataset_prep.argument_parser import OneLineParser, non_negative_int, positive_int
 from dataset_prep.progress import progress_bar
-from dataset_prep.staging import OutputError, StagedPath, Terminated, nearest_existing, sigterm_as_ctrl_c
+from dataset_prep.staging import OutputError, StagedPath, nearest_existing, sigterm_as_ctrl_c, stop_exit_code
 
 MARKER = "photos.json"
 
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt as interruption:  # Ctrl-C or SIGTERM: the staged folder is gone
         print(f"{PROG}: interrupted; {args.root} is as it was", file=sys.stderr)
-        return 143 if isinstance(interruption, Terminated) else 130
+        return stop_exit_code(interruption)
     photos = f"{args.classes * args.per_class:,} photo{'s' * (args.classes * args.per_class != 1)} of " \
              f"{args.classes} class{'es' * (args.classes != 1)}"
     print(f"{PROG}: {args.root} already holds {photos} (seed {args.seed})" if reused

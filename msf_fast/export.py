@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 
 from dataset_prep.argument_parser import OneLineParser, non_negative_int
-from dataset_prep.staging import OutputError, Terminated, check_destination, sigterm_as_ctrl_c
+from dataset_prep.staging import OutputError, check_destination, sigterm_as_ctrl_c, stop_exit_code
 from msf_fast.checkpoint_files import refuse_non_checkpoint
 from msf_fast.errors import UserError, disk_full
 
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: {export(args)}")
     except KeyboardInterrupt as stop:
         print(f"{PROG}: interrupted; nothing written", file=sys.stderr)
-        return 143 if isinstance(stop, Terminated) else 130
+        return stop_exit_code(stop)
     except (UserError, OSError, ValueError, RuntimeError) as error:
         if disk_full(error):
             print(f"{PROG}: error: cannot write {args.out}: No space left on device; nothing written",

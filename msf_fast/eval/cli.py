@@ -23,7 +23,7 @@ import json
 import sys
 
 from dataset_prep.argument_parser import DefaultsHelpFormatter, OneLineParser
-from dataset_prep.staging import Terminated, sigterm_as_ctrl_c
+from dataset_prep.staging import sigterm_as_ctrl_c, stop_exit_code
 from msf_fast.errors import UserError, disk_full
 from msf_fast.eval import PROG
 from msf_fast.eval.arguments import (add_figure_commands, add_knn_command, add_probe_commands, option_conflict,
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as stop:  # outputs appear whole or not at all
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
-        return 143 if isinstance(stop, Terminated) else 130
+        return stop_exit_code(stop)
     if result is not None:
         print(json.dumps(result))
     return 0
