@@ -58,8 +58,6 @@ def writer_parser(prog: str, doc: str, out_metavar: str, out_help: str, max_reso
     return parser
 
 
-
-
 @dataclass
 class ConversionReport:
     """Everything the manifest and the summary line say about one conversion."""

@@ -8,8 +8,8 @@ import os
 import signal
 import sys
 import threading
-from contextlib import closing, contextmanager, nullcontext
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from contextlib import closing, contextmanager
+from typing import TYPE_CHECKING, Callable, Generator, Iterator
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -83,8 +83,7 @@ def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator
     from tqdm import tqdm  # here: its import fails on a TQDM_MININTERVAL that is no number, which start_command tells
 
     bar = tqdm(total=total, desc=description, unit="img", disable=bar_disabled(enabled), dynamic_ncols=True,
-               smoothing=0.05,
-               **bar_options())
+               smoothing=0.05, **bar_options())
     try:
         yield bar
     except BaseException as stopped:
@@ -106,8 +105,8 @@ def stops_deferred() -> Iterator[None]:
       bytecodes, inside torch's import or a Pool's start. So the Python-level handlers are swapped for one that
       notes the signal; those that are not Python's (the default action, ignoring) stay as they are.
     - They are blocked as well, for the processes forked in the block: a worker keeps them blocked until
-      start_worker has set its own handling (a Pool.terminate that reached a worker before that ran the parent's
-      handler and was lost; the join hung, seen under load)."""
+      start_worker has made it ignore them (before that, a worker ran the parent's handlers: its stop was lost,
+      or printed beside the parent's line)."""
     if threading.current_thread() is not threading.main_thread():  # handlers run there alone (a loader thread's
         yield                                                          # lazy import of a torch module)
         return
@@ -148,24 +147,22 @@ def parallel_map(function: Callable, items: list, workers: int, description: str
     otherwise in that many processes while this one consumes the results."""
     with progress_bar(len(items), description, progress) as bar:
         if workers <= 1:
-            results: Iterable = map(function, items)
+            results: Generator = (function(item) for item in items)
         else:
             results = ordered_map(function, items, workers, max(1, min(32, len(items) // (workers * 16))))
-        with closing(results) if hasattr(results, "close") else nullcontext():
+        with closing(results):
             for result in results:
                 bar.update()
                 yield result
 
 
 def _serve(function: Callable, connection, parent: int) -> None:
-    """A worker of ordered_map: chunks in, their results (or the exception raised) out, until told to end."""
+    """A worker of ordered_map: chunks in, their results (or the exception raised) out, until its pipe closes."""
     start_worker(parent)
     while True:
         try:
             chunk = connection.recv()
         except EOFError:
-            return
-        if chunk is None:
             return
         try:
             reply = ("done", [function(item) for item in chunk])
@@ -192,6 +189,7 @@ def ordered_map(function: Callable, items: list, workers: int, chunksize: int) -
                 theirs.close()
                 processes.append(process)
                 connections.append(ours)
+
         def exchange(index: int, send: bool):
             worker = index % len(processes)
             try:
