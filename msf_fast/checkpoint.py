@@ -117,6 +117,14 @@ class Checkpoint:
         return backbone
 
     @property
+    def training_resolution(self) -> int | None:
+        """The crop size the run trained at (its data.resolution: the final one with progressive resizing), where
+        the checkpoint records it (ours do; the original's trained at 224, exported backbones say nothing)."""
+        data = (self.content.get("config") or {}).get("data") if self.kind == OURS else None
+        resolution = data.get("resolution") if isinstance(data, dict) else None
+        return resolution if isinstance(resolution, int) and resolution > 0 else None
+
+    @property
     def label(self) -> str:
         """"epoch 12" for ours and the original's (they record the epoch), "epoch 12, step 7,431" for ours saved
         mid-epoch (two such panels both read "epoch 12"), else the file name."""

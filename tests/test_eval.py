@@ -92,3 +92,34 @@ def test_knn_command_reports_json(tiny_imagefolder, tmp_path, capsys):
     assert "## k-NN" in markdown and f"| 20 | {report['top1_k20_majority']:.4f} |" in markdown
     assert evaluation.main(["knn", "--ckpt", str(tmp_path / "missing.pth"), "--train", "x", "--val", "y"]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_eval_defaults_to_the_resolution_the_checkpoint_trained_at(tiny_imagefolder, tmp_path, capsys):
+    """The demo's 32-px checkpoint was evaluated at 224 unless told: images 7x the size it learned on, and another
+    number than its training's k-NN monitor."""
+    torch.manual_seed(0)
+    model = MSF("resnet18", bank_size=32, topk=5, small_input=True)
+    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.1)
+    atomic_save(training_state(model, optimizer, None, 1, 3, 3, {"data": {"resolution": 32}}), tmp_path / "ours.pt")
+    common = ["--train", str(tiny_imagefolder / "train"), "--val", str(tiny_imagefolder / "val"), "--workers", "0",
+              "--batch-size", "32", "--device", "cpu", "--no-progress", "--k", "1"]
+    assert evaluation.main(["knn", "--ckpt", str(tmp_path / "ours.pt"), *common, "--out", str(tmp_path / "a")]) == 0
+    chosen = capsys.readouterr()
+    assert "note: --resolution 32: the resolution ours.pt trained at" in chosen.err
+    assert evaluation.main(["knn", "--ckpt", str(tmp_path / "ours.pt"), *common, "--resolution", "32",
+                            "--out", str(tmp_path / "b")]) == 0
+    given = capsys.readouterr()
+    assert "note: --resolution" not in given.err
+    defaulted, explicit = (json.loads((tmp_path / out / "knn.json").read_text()) for out in "ab")
+    assert defaulted["resolution"] == explicit["resolution"] == 32
+    assert defaulted["top1_k1_majority"] == explicit["top1_k1_majority"]
+
+    from argparse import Namespace
+    from msf_fast.eval.common import choose_resolution
+    torch.save(export.backbone_state_dict(model), tmp_path / "backbone.pth")
+    atomic_save(training_state(model, optimizer, None, 1, 3, 3, {"data": {"resolution": 64}}), tmp_path / "other.pt")
+    for paths, expected in ((["backbone.pth"], 224), (["ours.pt", "backbone.pth"], 32), (["ours.pt", "other.pt"], 224)):
+        args = Namespace(resolution=None, command="tsne")
+        choose_resolution(args, [read_checkpoint(tmp_path / path) for path in paths])
+        assert args.resolution == expected, paths
+    assert "the checkpoints trained at 32 and 64 px; give --resolution to choose" in capsys.readouterr().err

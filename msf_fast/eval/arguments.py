@@ -12,6 +12,7 @@ from dataset_prep.argument_parser import device_name, fraction, non_negative_int
 from pipelines import MAX_DATALOADER_WORKERS, default_workers
 
 DEFAULT_K = (1, 20)
+DEFAULT_RESOLUTION = 224  # a checkpoint that does not record the resolution it trained at
 SEARCHES = ("auto", "torch", "faiss")
 DEFAULT_FRACTIONS = (0.01, 0.1)
 DEFAULT_CLUSTERS, DEFAULT_ROWS, DEFAULT_CLASSES, DEFAULT_QUERIES, DEFAULT_NEIGHBOURS = 100, 8, 10, 6, 8
@@ -47,9 +48,11 @@ def class_count(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected a number of classes or 'all', got {text!r}") from None
 
 
-def add_data_options(parser: argparse.ArgumentParser, resolution: int = 224) -> None:
-    parser.add_argument("--resolution", type=positive_int, default=resolution,
-                        help="centre-crop size; the shorter side is first resized to resolution x 256/224")
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resolution", type=positive_int, default=None,
+                        help="centre-crop size; the shorter side is first resized to resolution x 256/224 (default: "
+                             "the one the checkpoint trained at, as the training's k-NN monitor, where it records it; "
+                             f"else {DEFAULT_RESOLUTION})")
     parser.add_argument("--batch-size", type=positive_int, default=256, help="images per feature-extraction batch")
     parser.add_argument("--workers", type=non_negative_int, default=None,
                         help=f"loader workers (default: one per core available, here {default_workers('ffcv')}, at "

@@ -120,6 +120,21 @@ def note(args: argparse.Namespace, message: str) -> None:
     print(f"{PROG} {args.command}: note: {message}", file=sys.stderr, flush=True)
 
 
+def choose_resolution(args: argparse.Namespace, checkpoints: list) -> None:
+    """--resolution, or the one the checkpoints trained at (the training's k-NN monitor used it: a 32-px demo
+    checkpoint evaluated at 224 saw images 7x the size it learned on), else DEFAULT_RESOLUTION."""
+    from msf_fast.eval.arguments import DEFAULT_RESOLUTION
+    if args.resolution is not None:
+        return
+    trained = sorted({checkpoint.training_resolution for checkpoint in checkpoints} - {None})
+    args.resolution = trained[0] if len(trained) == 1 else DEFAULT_RESOLUTION
+    if len(trained) > 1:
+        note(args, f"--resolution {DEFAULT_RESOLUTION}: the checkpoints trained at {' and '.join(map(str, trained))} "
+                   "px; give --resolution to choose")
+    elif args.resolution != DEFAULT_RESOLUTION:
+        note(args, f"--resolution {args.resolution}: the resolution {checkpoints[0].path.name} trained at")
+
+
 def workers(args: argparse.Namespace, path: str) -> int:
     """--workers, or what fits the machine for the backend that reads `path`."""
     from pipelines import data_format, default_workers

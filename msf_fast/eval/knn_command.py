@@ -4,8 +4,9 @@ from __future__ import annotations
 from msf_fast.checkpoint import read_checkpoint
 from msf_fast.errors import UserError
 from msf_fast.eval.arguments import DEFAULT_K
-from msf_fast.eval.common import (amp_dtype, check_output_folder, checked_device, checkpoint_position, note, open_eval_data,
-                                  output_folder, position_text, publish, same_images, warn)
+from msf_fast.eval.common import (amp_dtype, check_output_folder, checked_device, checkpoint_position,
+                                  choose_resolution, note, open_eval_data, output_folder, position_text, publish,
+                                  same_images, warn)
 from msf_fast.eval.knn import faiss_available, knn_evaluation
 from msf_fast.eval.report import markdown_table
 
@@ -19,6 +20,7 @@ def run_knn(args) -> dict:
     if args.search == "faiss" and not faiss_available():
         raise UserError("--search faiss: faiss is not installed (pip install -e '.[faiss]', or --search torch)")
     checkpoint = read_checkpoint(args.ckpt)  # a file that is none is found before the data are listed
+    choose_resolution(args, [checkpoint])
     recipe = two_view_recipe("w/s", args.resolution)
     train = open_eval_data(args, "--train", args.train, recipe, "knn: train features")
     val = open_eval_data(args, "--val", args.val, recipe, "knn: val features")
@@ -42,7 +44,7 @@ def run_knn(args) -> dict:
     backbone = checkpoint.backbone()
     folder = output_folder(args, args.ckpt)
     position = checkpoint_position(checkpoint)
-    report = {"checkpoint": str(args.ckpt), **position,
+    report = {"checkpoint": str(args.ckpt), **position, "resolution": args.resolution,
               **knn_evaluation(backbone.to(device), train, val, device, args.k, amp_dtype(device), args.search)}
     rows = [[k, report[f"top1_k{k}_majority"], report[f"top1_k{k}_weighted"]] for k in args.k]
     return publish(args, folder, report, "knn",

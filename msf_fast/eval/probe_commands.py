@@ -13,8 +13,8 @@ from dataset_prep.progress import bar_disabled, bar_options
 from msf_fast.checkpoint import read_checkpoint
 from msf_fast.errors import UserError
 from msf_fast.eval.arguments import DEFAULT_FRACTIONS, ProbeSettings, probe_milestones
-from msf_fast.eval.common import (amp_dtype, check_output_folder, checked_device,
-                                  checkpoint_position, open_eval_data, output_folder, position_text, publish,
+from msf_fast.eval.common import (amp_dtype, check_output_folder, checked_device, checkpoint_position,
+                                  choose_resolution, open_eval_data, output_folder, position_text, publish,
                                   same_images, warn, workers)
 from msf_fast.eval.knn import extract_features
 from msf_fast.eval.linear_probe import (augmented_batches, cached_batches, feature_standardizer,
@@ -43,6 +43,7 @@ class ProbeRun:
         self.device = checked_device(args)
         self.amp = amp_dtype(self.device)
         self.checkpoint = read_checkpoint(args.ckpt)  # a file that is none is found before the data are listed
+        choose_resolution(args, [self.checkpoint])
         self.recipe = two_view_recipe("w/s", args.resolution)
         self.train_loader = open_eval_data(args, "--train", args.train, self.recipe, "train features")
         self.val_loader = open_eval_data(args, "--val", args.val, self.recipe, "val features")
@@ -101,7 +102,8 @@ class ProbeRun:
                 "history": result["history"]}
 
     def header(self) -> dict:
-        return {"checkpoint": str(self.args.ckpt), **checkpoint_position(self.checkpoint), "mode": self.args.mode,
+        return {"checkpoint": str(self.args.ckpt), **checkpoint_position(self.checkpoint),
+                "resolution": self.args.resolution, "mode": self.args.mode,
                 "train_images": len(self.train_labels), "val_images": len(self.val_labels), "classes": self.num_classes,
                 "settings": dataclasses.asdict(self.settings)}
 

@@ -21,7 +21,7 @@ from msf_fast.checkpoint import read_checkpoint
 from msf_fast.errors import UserError
 from msf_fast.eval.arguments import (ALL, DEFAULT_CLASSES, DEFAULT_CLUSTERS, DEFAULT_NEIGHBOURS, DEFAULT_QUERIES,
                                      DEFAULT_ROWS)
-from msf_fast.eval.common import (check_output_folder, checked_device, note, open_eval_data,
+from msf_fast.eval.common import (check_output_folder, checked_device, choose_resolution, note, open_eval_data,
                                   output_folder, publish, same_images, warn)
 from msf_fast.eval.figures.analyses import (cluster_purity, embedding_method, kmeans, purity_floor,
                                             sample_cluster_rows)
@@ -45,7 +45,9 @@ def checked_start(args) -> tuple[torch.device, list]:
     """What every figure command checks before listing the data: the output folder, the device, and that every
     checkpoint is one (read once here, their backbones built later by `backbones_of`)."""
     check_output_folder(args, args.ckpt[0])
-    return checked_device(args), [read_checkpoint(path) for path in args.ckpt]
+    device, checkpoints = checked_device(args), [read_checkpoint(path) for path in args.ckpt]
+    choose_resolution(args, checkpoints)
+    return device, checkpoints
 
 
 def backbones_of(checkpoints: list, device: torch.device) -> tuple[list[nn.Module], list[str]]:
