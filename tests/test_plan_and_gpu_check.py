@@ -85,11 +85,24 @@ def test_the_store_resolution_sets_the_loader_cores_needed_and_the_ceiling(capsy
     def plan(*options):
         bench.main(["plan", "--images-per-s", "4500", "--gpus", "8", *options])
         return json.loads(capsys.readouterr().out.strip())
-    small, large = plan("--store-resolution", "256"), plan("--store-resolution", "500")
+    small, large = plan("--store-resolution", "256"), plan("--store-resolution", "512")
     assert small["loader_images_per_s_per_core"] == MEASURED_PER_CORE[256]
     assert large["loader_images_per_s_per_core"] == MEASURED_PER_CORE[512] < MEASURED_PER_CORE[256]
+    assert large["loader_rate_source"].startswith("measured at a 512-px store")
     assert large["loader_cores_needed"] == pytest.approx(32_400 / MEASURED_PER_CORE[512], abs=0.1)
     assert large["loader_cores_needed"] > small["loader_cores_needed"]
+    # between and near the measured sizes: a fixed cost per image plus one per pixel through both (300 px got the
+    # 256-px rate, 1.4x its pixels unpriced)
+    seconds = {size: 1 / rate for size, rate in MEASURED_PER_CORE.items()}
+    per_pixel = (seconds[512] - seconds[256]) / (512 ** 2 - 256 ** 2)
+    for size in (200, 300, 500, 600):
+        estimated = plan("--store-resolution", str(size))
+        assert estimated["loader_images_per_s_per_core"] == pytest.approx(
+            1 / (seconds[256] + per_pixel * (size ** 2 - 256 ** 2)), abs=0.1)
+        assert estimated["loader_rate_source"].startswith("estimated by pixels from the rates measured at 256- and "
+                                                          "512-px stores")
+    assert (MEASURED_PER_CORE[256] > plan("--store-resolution", "300")["loader_images_per_s_per_core"]
+            > plan("--store-resolution", "500")["loader_images_per_s_per_core"] > MEASURED_PER_CORE[512])
     assert small["binding_limit"] == "compute"  # no node cores given: no ceiling
     bound = plan("--store-resolution", "512", "--node-cores", "8")
     assert bound["binding_limit"] == "loader"

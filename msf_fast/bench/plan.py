@@ -8,8 +8,8 @@ The node trains at min(per-GPU rate x GPUs x scaling efficiency, data-loader cei
 lower is the binding limit. The loader ceiling is images/s for the whole node: give it directly, or as
 `--loader-images-per-s-per-core` (`bench loader` images/s divided by the cores it ran on, e.g. /2 on the
 2-core machine) times `--node-cores`, which assumes decoding scales linearly with cores. `--store-resolution`
-uses the per-core rate measured at that store size (a 512-px store decodes 4x the pixels of a 256-px one) and
-says how many cores the loader needs to keep up with the GPUs.
+uses the per-core rate measured at that store size (256 or 512 px; interpolated by pixels between and near them: a
+512-px store decodes 4x the pixels of a 256-px one) and says how many cores the loader needs to keep up with the GPUs.
 
 Reference: the product goal is 200 epochs of ResNet-50 on ImageNet (1,281,167 images, i.e. 256.2M images)
 on 8 GPUs in under 2 hours, i.e. 35,588 images/s for the node: 4,449 images/s per GPU with perfect
@@ -104,15 +104,20 @@ def loader_ceiling(images_per_s_per_core: float, cores: int) -> float:
 MEASURED_PER_CORE = {256: 726.0, 512: 277.0}
 
 
-def per_core_rate(store_resolution: int) -> tuple[int, float]:
-    """The measured (store size, images/s per core) nearest to `store_resolution` (ValueError for a store that is
-    neither near 256 nor near 512 px, where no figure stands for it)."""
-    nearest = min(MEASURED_PER_CORE, key=lambda size: abs(size - store_resolution))
-    if not 0.75 * nearest <= store_resolution <= 1.25 * nearest:
+def per_core_rate(store_resolution: int) -> tuple[float, str]:
+    """(images/s per core, where the figure comes from) for a store of `store_resolution` px: measured at 256 and
+    512 px, and between or near them a fixed cost per image plus one per pixel through both measured points (a
+    300-px store got the 256-px rate: it decodes 1.4x those pixels). UsageError far from both."""
+    low, high = min(MEASURED_PER_CORE), max(MEASURED_PER_CORE)
+    if not 0.75 * low <= store_resolution <= 1.25 * high:
         raise UsageError(f"--store-resolution {store_resolution}: measured figures exist for "
                          f"{' and '.join(map(str, MEASURED_PER_CORE))} px stores; measure yours with bench loader "
                          "and give --loader-images-per-s-per-core")
-    return nearest, MEASURED_PER_CORE[nearest]
+    if store_resolution in MEASURED_PER_CORE:
+        return MEASURED_PER_CORE[store_resolution], f"measured at a {store_resolution}-px store"
+    per_pixel = (1 / MEASURED_PER_CORE[high] - 1 / MEASURED_PER_CORE[low]) / (high ** 2 - low ** 2)
+    seconds = 1 / MEASURED_PER_CORE[low] + per_pixel * (store_resolution ** 2 - low ** 2)
+    return round(1 / seconds, 1), f"estimated by pixels from the rates measured at {low}- and {high}-px stores"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -143,8 +148,8 @@ def print_plan(args) -> dict:
     loader = args.loader_images_per_s
     per_core, source = args.loader_images_per_s_per_core, "given"
     if args.store_resolution is not None and per_core is None:
-        size, per_core = per_core_rate(args.store_resolution)
-        source = f"measured at a {size}-px store: README, Converting a dataset"
+        per_core, source = per_core_rate(args.store_resolution)
+        source += ": README, Converting a dataset"
     if args.loader_images_per_s_per_core is not None or args.node_cores is not None:
         if loader is not None:
             raise UsageError("give --loader-images-per-s or --loader-images-per-s-per-core with --node-cores, not both")
