@@ -363,6 +363,8 @@ class Trainer:
                     if self.step > self.total_steps else "")
             self.say(f"the run in {self.folder} is finished (step {self.step} of {self.total_steps}{past}): nothing "
                      "to do")
+            if self.is_main and log.exists() and not (self.folder / "training.png").exists():
+                self.plot()  # a stop while it was drawn left the run without it
             return result
         shared = self.device.type == "cpu" and core_load.threads_note(
             self.planned_threads, torch.get_num_threads(), process_cores(), self.busy_cores_of_others,
@@ -430,13 +432,16 @@ class Trainer:
                 if not completed and self.never_stepped():
                     self.leave_no_trace()
                 else:
-                    try:
-                        plot_run(self.folder / "log.jsonl", self.folder / "training.png")
-                    except OSError as error:
-                        if completed:
-                            self.say(f"warning: training.png not written: {error.strerror or error}")
+                    self.plot(warn=completed)
         finally:
             self.release_folder()
+
+    def plot(self, warn: bool = True) -> None:
+        try:
+            plot_run(self.folder / "log.jsonl", self.folder / "training.png")
+        except OSError as error:
+            if warn:
+                self.say(f"warning: training.png not written: {error.strerror or error}")
 
     def _start(self, result: TrainResult) -> None:
         """Step 0: the snapshot of the initialisation and its k-NN."""
@@ -449,10 +454,12 @@ class Trainer:
         if self.stops.nonfinite:
             raise self.nonfinite_stop(f"non-finite loss ({self.stops.nonfinite[1]})")
         self.save_point()
-        if self.stops.signal:
+        if self.stops.signal and self.step < self.total_steps:
             raise RunStopped(f"stopped by {self.stops.signal_name} at step {self.step}: the checkpoint "
                              f"{self.checkpoints.latest} holds it; continue with --train.resume=auto",
                              exit_code=128 + self.stops.signal)
+        if self.stops.signal:  # nothing is left to train: "continue with --train.resume=auto" found a finished run
+            self.say(f"{self.stops.signal_name} came after the last step: the run is finished")
         self._exclude_loader_start_up(result.time)
         if self.is_main:
             self.log.write(event="end", step=self.step, **result.time.record(), bound=result.time.bound)

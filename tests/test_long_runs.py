@@ -126,6 +126,20 @@ def test_ctrl_c_stops_at_the_step_with_a_checkpoint(tiny_imagefolder, tmp_path, 
     assert signal.getsignal(signal.SIGINT) is before  # the trainer's handlers are gone
 
 
+def test_a_stop_after_the_last_step_finishes_the_run(tiny_imagefolder, tmp_path, capsys):
+    """A stop at the last step said "continue with --train.resume=auto", which found a finished run with nothing
+    to do and no end record; a stop while training.png was drawn left the finished run without it for good."""
+    run = train(tiny_imagefolder, tmp_path, signal_at=STEPS)
+    assert run.step == STEPS and records(tmp_path)[-1]["event"] == "end"
+    assert "SIGUSR1 came after the last step: the run is finished" in capsys.readouterr().out
+    plot = tmp_path / "training.png"
+    assert plot.stat().st_size > 0
+    plot.unlink()
+    again = train(tiny_imagefolder, tmp_path, "--train.resume=auto")
+    assert again.step == STEPS and "is finished (step 24 of 24): nothing to do" in capsys.readouterr().out
+    assert plot.stat().st_size > 0 and records(tmp_path)[-1]["event"] == "end"
+
+
 def test_a_stop_does_not_evaluate_the_partial_epoch(tiny_imagefolder, tmp_path, capsys):
     """The k-NN monitor of a partial epoch is a misleading point, and delays the checkpoint past a scheduler's
     grace period (minutes on ImageNet). Its console line says it is partial (it read as a finished epoch)."""
