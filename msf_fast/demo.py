@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     except RunStopped as stop:
         print(f"{PROG}: {stop}", file=sys.stderr)
         return stop.exit_code
+    stopped = trainer.stops.signal  # during the last step: the training finished, the report is left for later
     written = trainer.folder / "summary.json"
     finished_summary = json.loads(written.read_text()) if already_finished and written.exists() else None
     if finished_summary is not None:  # a finished demo resumed: its summary stands, time and report included
@@ -185,10 +186,14 @@ def main(argv: list[str] | None = None) -> int:
                "plot": str(trainer.folder / "training.png")}
     if finished_summary is not None:  # only the report is added: the training's time is the one it recorded
         summary.update(minutes=finished_summary["minutes"], resumed_at_step=finished_summary.get("resumed_at_step"))
-    if not args.no_report and random_init is not None and trained is not None:
+    if not args.no_report and not stopped and random_init is not None and trained is not None:
         summary.update(paper_report(trainer, data, random_init, trained))
     (trainer.folder / "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(summary, cfg.eval.knn_k)
+    if stopped and not args.no_report:
+        print(f"{PROG}: stopped by {trainer.stops.signal_name} after the last step: the training is finished, the "
+              "report was not made (--train.resume=auto makes it)", file=sys.stderr)
+        return 128 + stopped
     return 0
 
 

@@ -387,10 +387,14 @@ class Trainer:
                     stats = self._run_epoch(bar)
                     result.time.add(stats.time)
                     self.stops.check_loss(self.step, stats.loss)
+                    last = self.step >= self.total_steps
+                    if last and not self.stops.nonfinite:  # before the final k-NN: a stop's grace time saves it
+                        self.save_point()
                     if self.is_main:
                         self._record_epoch(stats, result)
                     stopping, _ = self.stops.agree(interval_end=True)
-                    if not stopping and stats.complete and self.checkpoints.due_at_epoch_end(stats.epoch):
+                    if ((last or not stopping) and stats.complete
+                            and self.checkpoints.due_at_epoch_end(stats.epoch)):
                         self.save_point(stats.epoch if self.checkpoints.snapshot_due(stats.epoch) else None)
                 result.steps = self.step
                 self._finish(result)
@@ -578,8 +582,10 @@ class Trainer:
             self.stops.check_loss(pending["step"], pending["loss"])
             self.log.write(**pending)
         last = stats.epoch == self.cfg.train.epochs or self.step >= self.total_steps
-        # a stop signal ends the epoch early: its k-NN would be of a partial epoch, and delay the checkpoint
-        due = self.monitor is not None and self.monitor.due(stats.epoch, last) and not self.stops.signal
+        # a stop signal ends the epoch early: its k-NN would be of a partial epoch, and delay the checkpoint (the
+        # last one is saved first: a stop during the last step leaves a finished run, k-NN included)
+        finished = self.step >= self.total_steps
+        due = self.monitor is not None and self.monitor.due(stats.epoch, last) and (finished or not self.stops.signal)
         knn = self.evaluate_knn() if due else {"knn_top1": None}
         result.loss_by_epoch[stats.epoch] = stats.loss
         if knn["knn_top1"] is not None:

@@ -1,6 +1,8 @@
 """The demo learns: a run as shipped beats the random initialisation of the same network on k-NN and on the linear
 probe, and its report links the figures over training."""
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -186,3 +188,29 @@ def test_a_finished_demo_given_its_report_keeps_its_training_time(tmp_path, caps
     reported = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert (reported["minutes"], reported["resumed_at_step"]) == (trained["minutes"], None)
     assert "linear_probe" in reported
+
+
+def test_a_stop_during_the_last_step_leaves_the_report_for_the_resume(tmp_path, capsys, monkeypatch):
+    """The trained demo is whole, but the stop asked for an end: the minutes-long report is left to
+    --train.resume=auto (a stop at the last step said to resume a run that then had nothing to do)."""
+    from msf_fast.trainer import Trainer
+    train_step = Trainer._train_step
+
+    def signalling(self, *batch):
+        if self.step == self.total_steps - 1:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return train_step(self, *batch)
+    monkeypatch.setattr(Trainer, "_train_step", signalling)
+    arguments = ["--data", str(tmp_path / "data"), "--train-per-class", "32", "--val-per-class", "4",
+                 "--train.epochs=1", "--train.threads=1", "--data.backend=torch", "--eval.knn_k=5",
+                 f"--logging.folder={tmp_path / 'run'}", "--logging.progress=0"]
+    assert demo.main(arguments) == 128 + signal.SIGUSR1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"{DEMO}: stopped by SIGUSR1 after the last step: the training is finished, the report was not made "
+        "(--train.resume=auto makes it)")
+    trained = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert "linear_probe" not in trained and trained["trained_knn_top1"] is not None
+    monkeypatch.setattr(Trainer, "_train_step", train_step)
+    assert demo.main([*arguments, "--train.resume=auto"]) == 0
+    reported = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert "linear_probe" in reported and reported["minutes"] == trained["minutes"]
