@@ -388,13 +388,16 @@ class Trainer:
                     result.time.add(stats.time)
                     self.stops.check_loss(self.step, stats.loss)
                     last = self.step >= self.total_steps
-                    if last and not self.stops.nonfinite:  # before the final k-NN: a stop's grace time saves it
-                        self.save_point()
+                    if last:  # its checkpoint before the final k-NN, so that a stop's grace time covers it
+                        stopping, _ = self.stops.agree(interval_end=True)  # every rank's non-finite loss first
+                        if not self.stops.nonfinite:
+                            self.save_point()
                     if self.is_main:
                         self._record_epoch(stats, result)
-                    stopping, _ = self.stops.agree(interval_end=True)
-                    if ((last or not stopping) and stats.complete
-                            and self.checkpoints.due_at_epoch_end(stats.epoch)):
+                    if not last:
+                        stopping, _ = self.stops.agree(interval_end=True)
+                    whole = not stopping or (last and not self.stops.nonfinite)  # a stop at the end lets it finish
+                    if whole and stats.complete and self.checkpoints.due_at_epoch_end(stats.epoch):
                         self.save_point(stats.epoch if self.checkpoints.snapshot_due(stats.epoch) else None)
                 result.steps = self.step
                 self._finish(result)
@@ -463,7 +466,7 @@ class Trainer:
                              f"{self.checkpoints.latest} holds it; continue with --train.resume=auto",
                              exit_code=128 + self.stops.signal)
         if self.stops.signal:  # nothing is left to train: "continue with --train.resume=auto" found a finished run
-            self.say(f"{self.stops.signal_name} came after the last step: the run is finished")
+            self.say(f"{self.stops.signal_name} came at the last step: the run is finished")
         self._exclude_loader_start_up(result.time)
         if self.is_main:
             self.log.write(event="end", step=self.step, **result.time.record(), bound=result.time.bound)

@@ -131,7 +131,7 @@ def test_a_stop_after_the_last_step_finishes_the_run(tiny_imagefolder, tmp_path,
     to do and no end record; a stop while training.png was drawn left the finished run without it for good."""
     run = train(tiny_imagefolder, tmp_path, signal_at=STEPS)
     assert run.step == STEPS and records(tmp_path)[-1]["event"] == "end"
-    assert "SIGUSR1 came after the last step: the run is finished" in capsys.readouterr().out
+    assert "SIGUSR1 came at the last step: the run is finished" in capsys.readouterr().out
     plot = tmp_path / "training.png"
     assert plot.stat().st_size > 0
     plot.unlink()
