@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from dataset_prep.progress import stops_deferred
 from dataset_prep.staging import StagedPath
 from msf_fast.checkpoint import ORIGINAL, OURS, atomic_save, read_checkpoint
 from msf_fast.stopping import RunStopped
@@ -44,6 +45,14 @@ class RunCheckpoints:
         if not self.writer:
             return None
         content = state() if self.saved_step != step else None
+        # a second Ctrl-C waits the second or so the files take: inside torch.save it surfaced as a failed write
+        # (exit 1), and between the renames it left .partial files
+        with stops_deferred():
+            self._write(step, content, snapshot_epoch)
+        self._saved_at = time.monotonic()
+        return self.latest
+
+    def _write(self, step: int, content: dict | None, snapshot_epoch: int | None) -> None:
         try:
             if content is not None:
                 if self.latest.exists() and not self.latest_damaged:
@@ -56,8 +65,6 @@ class RunCheckpoints:
             kept = f"; {self.latest} (step {self.saved_step}) is intact" if self.latest.exists() else ""
             raise RunStopped(f"cannot write the checkpoint {self.latest}: {write_failure(error, self.folder)}{kept}",
                              exit_code=1) from None
-        self._saved_at = time.monotonic()
-        return self.latest
 
     def due_at_epoch_end(self, epoch: int) -> bool:
         return bool(self.checkpoint_every and epoch % self.checkpoint_every == 0) or self.snapshot_due(epoch)

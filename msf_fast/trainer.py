@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from dataset_prep import core_load
-from dataset_prep.progress import bar_disabled, bar_options
+from dataset_prep.progress import bar_disabled, bar_options, stops_deferred
 from dataset_prep.wording import plural
 from msf_fast import checkpoint as ckpt
 from msf_fast.config import holds_run_message, resolve_backend, to_dict
@@ -363,8 +363,9 @@ class Trainer:
                     if self.step > self.total_steps else "")
             self.say(f"the run in {self.folder} is finished (step {self.step} of {self.total_steps}{past}): nothing "
                      "to do")
-            if self.is_main and log.exists() and not (self.folder / "training.png").exists():
-                self.plot()  # a stop while it was drawn left the run without it
+            plot = self.folder / "training.png"
+            if self.is_main and log.exists() and (not plot.exists() or plot.stat().st_mtime < log.stat().st_mtime):
+                self.plot()  # a stop kept it from being drawn or brought up to date
             return result
         shared = self.device.type == "cpu" and core_load.threads_note(
             self.planned_threads, torch.get_num_threads(), process_cores(), self.busy_cores_of_others,
@@ -387,16 +388,12 @@ class Trainer:
                     stats = self._run_epoch(bar)
                     result.time.add(stats.time)
                     self.stops.check_loss(self.step, stats.loss)
-                    last = self.step >= self.total_steps
-                    if last:  # its checkpoint before the final k-NN, so that a stop's grace time covers it
-                        stopping, _ = self.stops.agree(interval_end=True)  # every rank's non-finite loss first
-                        if not self.stops.nonfinite:
-                            self.save_point()
                     if self.is_main:
                         self._record_epoch(stats, result)
-                    if not last:
-                        stopping, _ = self.stops.agree(interval_end=True)
-                    whole = not stopping or (last and not self.stops.nonfinite)  # a stop at the end lets it finish
+                    stopping, _ = self.stops.agree(interval_end=True)
+                    # a stop at the last step lets the run finish: its checkpoint comes after the final k-NN (one
+                    # saved before it, a stop during it left a finished run without its last epoch's record)
+                    whole = not stopping or (self.step >= self.total_steps and not self.stops.nonfinite)
                     if whole and stats.complete and self.checkpoints.due_at_epoch_end(stats.epoch):
                         self.save_point(stats.epoch if self.checkpoints.snapshot_due(stats.epoch) else None)
                 result.steps = self.step
@@ -445,7 +442,8 @@ class Trainer:
 
     def plot(self, warn: bool = True) -> None:
         try:
-            plot_run(self.folder / "log.jsonl", self.folder / "training.png")
+            with stops_deferred():  # a second or so: a stop then ends the run with its plot whole and up to date
+                plot_run(self.folder / "log.jsonl", self.folder / "training.png")
         except OSError as error:
             if warn:
                 self.say(f"warning: training.png not written: {error.strerror or error}")
@@ -585,8 +583,9 @@ class Trainer:
             self.stops.check_loss(pending["step"], pending["loss"])
             self.log.write(**pending)
         last = stats.epoch == self.cfg.train.epochs or self.step >= self.total_steps
-        # a stop signal ends the epoch early: its k-NN would be of a partial epoch, and delay the checkpoint (the
-        # last one is saved first: a stop during the last step leaves a finished run, k-NN included)
+        # a stop signal ends the epoch early: its k-NN would be of a partial epoch, and delay the checkpoint; a stop
+        # at the last step lets the run finish, k-NN included (a kill during it leaves the checkpoint before the last
+        # epoch, which a resume trains again)
         finished = self.step >= self.total_steps
         due = self.monitor is not None and self.monitor.due(stats.epoch, last) and (finished or not self.stops.signal)
         knn = self.evaluate_knn() if due else {"knn_top1": None}

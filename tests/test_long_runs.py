@@ -132,12 +132,16 @@ def test_a_stop_after_the_last_step_finishes_the_run(tiny_imagefolder, tmp_path,
     run = train(tiny_imagefolder, tmp_path, signal_at=STEPS)
     assert run.step == STEPS and records(tmp_path)[-1]["event"] == "end"
     assert "SIGUSR1 came at the last step: the run is finished" in capsys.readouterr().out
-    plot = tmp_path / "training.png"
+    plot, log = tmp_path / "training.png", tmp_path / "log.jsonl"
     assert plot.stat().st_size > 0
-    plot.unlink()
-    again = train(tiny_imagefolder, tmp_path, "--train.resume=auto")
-    assert again.step == STEPS and "is finished (step 24 of 24): nothing to do" in capsys.readouterr().out
-    assert plot.stat().st_size > 0 and records(tmp_path)[-1]["event"] == "end"
+    for stale in ("missing", "older than the log"):  # a stop while it was drawn, or before it was brought up to date
+        if stale == "missing":
+            plot.unlink()
+        else:
+            os.utime(plot, ns=(log.stat().st_mtime_ns - 10**9,) * 2)
+        again = train(tiny_imagefolder, tmp_path, "--train.resume=auto")
+        assert again.step == STEPS and "is finished (step 24 of 24): nothing to do" in capsys.readouterr().out
+        assert plot.stat().st_mtime_ns >= log.stat().st_mtime_ns and records(tmp_path)[-1]["event"] == "end"
 
 
 def test_a_stop_does_not_evaluate_the_partial_epoch(tiny_imagefolder, tmp_path, capsys):

@@ -87,3 +87,28 @@ def test_after_a_fallback_the_next_save_keeps_the_good_previous(tmp_path):
         resumed.save(step, states)
         assert torch.load(resumed.previous)["step"] == {11: 10, 12: 11}[step]
     assert torch.load(resumed.latest)["step"] == 12
+
+
+def test_a_second_ctrl_c_during_a_save_waits_for_the_files(tmp_path, monkeypatch):
+    """Raised inside torch.save it read as a failed write (exit 1); between the renames it left .partial files."""
+    import os
+    import signal
+    from msf_fast import run_checkpoints
+
+    def interrupted_save(content, path):
+        os.kill(os.getpid(), signal.SIGINT)  # Python's own handler: KeyboardInterrupt at the next bytecode
+        atomic_save(content, path)
+    checkpoints, states = RunCheckpoints(tmp_path, checkpoint_every=1, snapshot_every=1), States()
+    states.step = 1
+    checkpoints.save(1, states)
+    states.step = 2
+    monkeypatch.setattr(run_checkpoints, "atomic_save", interrupted_save)
+    previous_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            checkpoints.save(2, states, snapshot_epoch=2)
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+    assert torch.load(checkpoints.latest)["step"] == 2 and torch.load(checkpoints.previous)["step"] == 1
+    assert torch.load(checkpoints.snapshot_path(2))["step"] == 2
+    assert sorted(path.name for path in checkpoints.folder.iterdir()) == ["epoch_0002.pt", "latest.pt", "previous.pt"]
