@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import io
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -186,9 +187,17 @@ def main(argv: list[str] | None = None) -> int:
                "plot": str(trainer.folder / "training.png")}
     if finished_summary is not None:  # only the report is added: the training's time is the one it recorded
         summary.update(minutes=finished_summary["minutes"], resumed_at_step=finished_summary.get("resumed_at_step"))
+    stopped_report = None
     if not args.no_report and not stopped and random_init is not None and trained is not None:
-        summary.update(paper_report(trainer, data, random_init, trained))
+        try:
+            summary.update(paper_report(trainer, data, random_init, trained))
+        except ReportStopped as stop:  # the training's summary is kept: a resume adds the report
+            stopped_report = stop.exit_code
     (trainer.folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    if stopped_report is not None:
+        print(f"{PROG}: the report was interrupted; the training is finished (--train.resume=auto makes the report)",
+              file=sys.stderr)
+        return stopped_report
     print_summary(summary, cfg.eval.knn_k)
     if stopped and not args.no_report:
         print(f"{PROG}: stopped by {trainer.stops.signal_name} after the last step: the training is finished, the "
@@ -233,10 +242,22 @@ def print_summary(summary: dict, k: int) -> None:
     print(f"log: {summary['log']}  plot: {summary['plot']}")
 
 
+class ReportStopped(Exception):
+    """Ctrl-C or SIGTERM while an eval command of the report ran (it said "interrupted")."""
+
+    def __init__(self, exit_code: int):
+        super().__init__(exit_code)
+        self.exit_code = exit_code
+
+
 def quietly(command, argv: list[str]) -> int:
-    """Run an eval command without its JSON line on stdout (the demo prints its own summary)."""
+    """Run an eval command without its JSON line on stdout (the demo prints its own summary); ReportStopped when
+    it was stopped (it said "failed", exit 1)."""
     with contextlib.redirect_stdout(io.StringIO()):
-        return command(argv)
+        code = command(argv)
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        raise ReportStopped(code)
+    return code
 
 
 def paper_report(trainer, data: Path, random_init_knn: float, trained_knn: float) -> dict:

@@ -3,6 +3,7 @@ probe, and its report links the figures over training."""
 import json
 import os
 import signal
+import sys
 
 import numpy as np
 import pytest
@@ -214,3 +215,22 @@ def test_a_stop_during_the_last_step_leaves_the_report_for_the_resume(tmp_path, 
     assert demo.main([*arguments, "--train.resume=auto"]) == 0
     reported = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert "linear_probe" in reported and reported["minutes"] == trained["minutes"]
+
+
+def test_a_stop_during_the_report_keeps_the_training_summary(tmp_path, capsys, monkeypatch):
+    """The eval command said "interrupted" and the demo then "the linear probe ... failed", exit 1."""
+    from msf_fast import eval as evaluation
+
+    def stopped(argv):
+        print(f"{argv[0]}: interrupted", file=sys.stderr)
+        return 143
+    monkeypatch.setattr(evaluation, "main", stopped)
+    arguments = ["--data", str(tmp_path / "data"), "--train-per-class", "32", "--val-per-class", "4",
+                 "--train.epochs=1", "--train.threads=1", "--data.backend=torch", "--eval.knn_k=5",
+                 f"--logging.folder={tmp_path / 'run'}", "--logging.progress=0"]
+    assert demo.main(arguments) == 143
+    assert capsys.readouterr().err.strip().splitlines()[-2:] == [
+        "linear: interrupted",
+        f"{DEMO}: the report was interrupted; the training is finished (--train.resume=auto makes the report)"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert "linear_probe" not in summary and summary["trained_knn_top1"] is not None
