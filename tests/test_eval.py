@@ -118,8 +118,14 @@ def test_eval_defaults_to_the_resolution_the_checkpoint_trained_at(tiny_imagefol
     from msf_fast.eval.common import choose_resolution
     torch.save(export.backbone_state_dict(model), tmp_path / "backbone.pth")
     atomic_save(training_state(model, optimizer, None, 1, 3, 3, {"data": {"resolution": 64}}), tmp_path / "other.pt")
-    for paths, expected in ((["backbone.pth"], 224), (["ours.pt", "backbone.pth"], 32), (["ours.pt", "other.pt"], 224)):
+    for paths, expected, said in (
+            (["backbone.pth"], 224, "--resolution 224: backbone.pth records no training resolution; give "
+                                    "--resolution to choose another"),
+            (["backbone.pth", "ours.pt"], 32, "--resolution 32: the resolution ours.pt trained at; backbone.pth "
+                                              "records none; give --resolution to choose another"),
+            (["ours.pt", "other.pt"], 224, "--resolution 224: the checkpoints trained at 32 and 64 px (ours.pt 32, "
+                                           "other.pt 64); give --resolution to choose another")):
         args = Namespace(resolution=None, command="tsne")
         choose_resolution(args, [read_checkpoint(tmp_path / path) for path in paths])
         assert args.resolution == expected, paths
-    assert "the checkpoints trained at 32 and 64 px; give --resolution to choose" in capsys.readouterr().err
+        assert capsys.readouterr().err == f"{evaluation.PROG} tsne: note: {said}\n"

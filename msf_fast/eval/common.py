@@ -122,17 +122,30 @@ def note(args: argparse.Namespace, message: str) -> None:
 
 def choose_resolution(args: argparse.Namespace, checkpoints: list) -> None:
     """--resolution, or the one the checkpoints trained at (the training's k-NN monitor used it: a 32-px demo
-    checkpoint evaluated at 224 saw images 7x the size it learned on), else DEFAULT_RESOLUTION."""
+    checkpoint evaluated at 224 saw images 7x the size it learned on), else DEFAULT_RESOLUTION; a note says which,
+    unless it is 224 from an original checkpoint (trained at 224)."""
+    from msf_fast.checkpoint import BACKBONE
     from msf_fast.eval.arguments import DEFAULT_RESOLUTION
     if args.resolution is not None:
         return
-    trained = sorted({checkpoint.training_resolution for checkpoint in checkpoints} - {None})
+    recorded = {checkpoint.path.name: checkpoint.training_resolution for checkpoint in checkpoints
+                if checkpoint.training_resolution is not None}
+    unknown = [checkpoint.path.name for checkpoint in checkpoints
+               if checkpoint.training_resolution is None and checkpoint.kind == BACKBONE]
+    trained = sorted(set(recorded.values()))
     args.resolution = trained[0] if len(trained) == 1 else DEFAULT_RESOLUTION
     if len(trained) > 1:
-        note(args, f"--resolution {DEFAULT_RESOLUTION}: the checkpoints trained at {' and '.join(map(str, trained))} "
-                   "px; give --resolution to choose")
-    elif args.resolution != DEFAULT_RESOLUTION:
-        note(args, f"--resolution {args.resolution}: the resolution {checkpoints[0].path.name} trained at")
+        why = (f"the checkpoints trained at {' and '.join(map(str, trained))} px (" +
+               ", ".join(f"{name} {size}" for name, size in recorded.items()) + ")")
+    elif trained:
+        why = f"the resolution {' and '.join(recorded)} trained at"
+    elif unknown:
+        why = f"{' and '.join(unknown)} {'records' if len(unknown) == 1 else 'record'} no training resolution"
+    else:
+        return
+    if unknown and trained:
+        why += f"; {' and '.join(unknown)} {'records' if len(unknown) == 1 else 'record'} none"
+    note(args, f"--resolution {args.resolution}: {why}; give --resolution to choose another")
 
 
 def workers(args: argparse.Namespace, path: str) -> int:

@@ -85,9 +85,10 @@ def run_tsne(args) -> dict:
     name = "t-SNE" if args.method == "tsne" else "UMAP"
     chosen = (f"{shown_classes} random classes (seed {args.seed})" if classes is not None
               and shown_classes < len(loader.classes) else f"all {shown_classes} classes")
-    result = {"checkpoints": list(args.ckpt), "labels": titles, "data": args.data, "method": args.method,
-              "classes": sorted(sampler.members), "class_names": [loader.classes[c] for c in sorted(sampler.members)],
-              "images": len(labels), "indices": selection.indices, "png": str(png)}
+    result = {"checkpoints": list(args.ckpt), "labels": titles, "resolution": args.resolution, "data": args.data,
+              "method": args.method, "classes": sorted(sampler.members),
+              "class_names": [loader.classes[c] for c in sorted(sampler.members)], "images": len(labels),
+              "indices": selection.indices, "png": str(png)}
     return publish(args, folder, result, "tsne",
                    f"## Representation over training ({name})\n\n{name} of the L2-normalised backbone features of "
                    f"{len(labels)} images of {args.data}: {chosen}, the first {args.per_class} images of each; one "
@@ -140,8 +141,9 @@ def run_neighbours(args) -> dict:
     save_png(neighbours_figure(queries, found, titles), png)
     shares = [round(same_class_share(queries, neighbours), 4) for neighbours in found]
     excluded = " (a query is never its own neighbour)" if from_gallery else ""
-    result = {"checkpoints": list(args.ckpt), "labels": titles, "data": args.data, "queries_from": query_source,
-              "gallery_images": gallery_size, "queries": queries.indices, "query_labels": queries.labels.tolist(),
+    result = {"checkpoints": list(args.ckpt), "labels": titles, "resolution": args.resolution, "data": args.data,
+              "queries_from": query_source, "gallery_images": gallery_size, "queries": queries.indices,
+              "query_labels": queries.labels.tolist(),
               "k": args.k, "neighbours": [neighbours.indices.tolist() for neighbours in found],
               "same_class_share": shares, "png": str(png)}
     return publish(args, folder, result, "neighbours",
@@ -182,8 +184,9 @@ def run_clusters(args) -> dict:
     table = [[title, purity, floor] for title, purity, floor in zip(titles, purities, floors)]
     shrunk = (f" ({clusters_chosen(clusters, *counted)})" if args.clusters is None and clusters < DEFAULT_CLUSTERS
               else "")
-    result = {"checkpoints": list(args.ckpt), "labels": titles, "data": args.data, "images": len(labels),
-              "classes": len(set(labels.tolist())), "clusters": clusters, "backend": backend[0], "purity": purities,
+    result = {"checkpoints": list(args.ckpt), "labels": titles, "resolution": args.resolution, "data": args.data,
+              "images": len(labels), "classes": len(set(labels.tolist())), "clusters": clusters, "backend": backend[0],
+              "purity": purities,
               "purity_floor": floors, "shown_clusters": [[row.cluster for row in block] for block in blocks],
               "png": str(png)}
     return publish(args, folder, result, "clusters",
