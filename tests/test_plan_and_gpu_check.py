@@ -1,5 +1,6 @@
 """Time-to-train arithmetic, its CLI, and the GPU check script's CPU dry run."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -111,7 +112,37 @@ def test_the_store_resolution_sets_the_loader_cores_needed_and_the_ceiling(capsy
     assert mine["loader_images_per_s"] == 64_000 and mine["loader_rate_source"] == "given"
     with pytest.raises(SystemExit):
         bench.main(["plan", "--images-per-s", "4500", "--store-resolution", "1024"])
-    assert "measured figures exist for 256 and 512 px stores" in capsys.readouterr().err
+    assert ("--store-resolution 1024: figures exist for stores of 192 to 640 px (measured at 256 and 512)"
+            in capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--loader-images-per-s", "30000", "--node-cores", "96"],
+     "--node-cores: --loader-images-per-s is already the whole node's ceiling; --node-cores goes with "
+     "--loader-images-per-s-per-core or --store-resolution"),
+    (["--node-cores", "96"],
+     "--node-cores needs the loader's rate per core: --loader-images-per-s-per-core or --store-resolution"),
+    (["--loader-images-per-s", "30000", "--loader-images-per-s-per-core", "300"],
+     "give the node's --loader-images-per-s or the rate per core (--loader-images-per-s-per-core), not both"),
+])
+def test_plan_loader_options_that_do_not_go_together_say_why(options, message, capsys):
+    """'--loader-images-per-s 30000 --node-cores 96' was told 'not both' of an option it had not given."""
+    with pytest.raises(SystemExit):
+        bench.main(["plan", "--images-per-s", "4500", *options])
+    assert capsys.readouterr().err.strip() == f"python -m msf_fast.bench plan: error: {message} (see --help)"
+
+
+def test_a_rate_per_core_alone_gives_the_cores_needed_as_a_store_resolution_does(capsys):
+    """It was refused without --node-cores, which --store-resolution alone never needed; and the sentence before
+    said the loader was 'not limiting' when its ceiling was only unknown."""
+    for options in (["--loader-images-per-s-per-core", "300"], ["--store-resolution", "256"]):
+        bench.main(["plan", "--images-per-s", "4500", *options])
+        captured = capsys.readouterr()
+        assert json.loads(captured.out)["loader_images_per_s"] is None
+        first, second = captured.err.splitlines()
+        assert "compute-bound; the loader's ceiling is not known (give --node-cores)." in first
+        cores = math.ceil(32_400 / (300 if "300" in options else MEASURED_PER_CORE[256]))
+        assert second.startswith(f"To keep up with the GPUs (32,400 img/s), the loader needs {cores} CPU cores ")
 
 
 def test_a_loader_bound_plan_says_what_the_loader_must_deliver(capsys):

@@ -110,9 +110,9 @@ def per_core_rate(store_resolution: int) -> tuple[float, str]:
     300-px store got the 256-px rate: it decodes 1.4x those pixels). UsageError far from both."""
     low, high = min(MEASURED_PER_CORE), max(MEASURED_PER_CORE)
     if not 0.75 * low <= store_resolution <= 1.25 * high:
-        raise UsageError(f"--store-resolution {store_resolution}: measured figures exist for "
-                         f"{' and '.join(map(str, MEASURED_PER_CORE))} px stores; measure yours with bench loader "
-                         "and give --loader-images-per-s-per-core")
+        raise UsageError(f"--store-resolution {store_resolution}: figures exist for stores of {math.ceil(0.75 * low)} "
+                         f"to {int(1.25 * high)} px (measured at {low} and {high}); measure yours with bench loader "
+                         "and give its images/s per core as --loader-images-per-s-per-core")
     if store_resolution in MEASURED_PER_CORE:
         return MEASURED_PER_CORE[store_resolution], f"measured at a {store_resolution}-px store"
     per_pixel = (1 / MEASURED_PER_CORE[high] - 1 / MEASURED_PER_CORE[low]) / (high ** 2 - low ** 2)
@@ -134,7 +134,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loader-images-per-s-per-core", type=positive_number, default=None,
                         help="the loader's images/s per CPU core (with --node-cores), instead of --loader-images-per-s")
     parser.add_argument("--node-cores", type=positive_int, default=None,
-                        help="the node's CPU cores, with --loader-images-per-s-per-core")
+                        help="the node's CPU cores, with --loader-images-per-s-per-core or --store-resolution: the loader's "
+                             "ceiling")
     parser.add_argument("--target-hours", type=positive_number, default=2.0,
                         help="report the per-GPU rate this needs")
     parser.add_argument("--store-resolution", type=positive_int, default=None,
@@ -150,11 +151,16 @@ def print_plan(args) -> dict:
     if args.store_resolution is not None and per_core is None:
         per_core, source = per_core_rate(args.store_resolution)
         source += ": README, Converting a dataset"
-    if args.loader_images_per_s_per_core is not None or args.node_cores is not None:
+    if loader is not None and args.loader_images_per_s_per_core is not None:
+        raise UsageError("give the node's --loader-images-per-s or the rate per core (--loader-images-per-s-per-core), "
+                         "not both")
+    if args.node_cores is not None:
         if loader is not None:
-            raise UsageError("give --loader-images-per-s or --loader-images-per-s-per-core with --node-cores, not both")
-        if per_core is None or args.node_cores is None:
-            raise UsageError("--loader-images-per-s-per-core (or --store-resolution) and --node-cores go together")
+            raise UsageError("--node-cores: --loader-images-per-s is already the whole node's ceiling; --node-cores "
+                             "goes with --loader-images-per-s-per-core or --store-resolution")
+        if per_core is None:
+            raise UsageError("--node-cores needs the loader's rate per core: --loader-images-per-s-per-core or "
+                             "--store-resolution")
         loader = loader_ceiling(per_core, args.node_cores)
     plan = plan_training(args.images_per_s, args.gpus, args.epochs, args.dataset_size, loader, args.efficiency)
     needed = required_images_per_s_per_gpu(args.target_hours, args.gpus, args.epochs, args.dataset_size,
@@ -173,7 +179,8 @@ def print_plan(args) -> dict:
     elif plan.loader_images_per_s is not None:
         loader_text = f"; the loader allows {plan.loader_images_per_s:,.0f}"
     else:
-        loader_text = "; loader not limiting (no ceiling given)"
+        loader_text = ("; the loader's ceiling is not known (give --node-cores)" if per_core is not None else
+                       "; the loader's ceiling is not known (give --loader-images-per-s)")
     print(f"{plan.epochs:g} epochs of {plan.dataset_size:,} images on {plural(plan.gpus, 'GPU')} at "
           f"{plan.images_per_s_per_gpu:,.0f} img/s{' each' if plan.gpus > 1 else ''} (scaling {plan.efficiency:g}): "
           f"{plan.effective_images_per_s:,.0f} img/s, {plan.hours:.2f} h, {plan.binding_limit}-bound{loader_text}. "
@@ -185,7 +192,7 @@ def print_plan(args) -> dict:
             enough = args.node_cores >= result["loader_cores_needed"]
             node = f"; the node's {args.node_cores:,} {'are enough' if enough else 'are too few'}"
         print(f"To keep up with the {gpus} ({plan.compute_images_per_s:,.0f} img/s), the loader needs "
-              f"{result['loader_cores_needed']:,g} CPU cores{node} ({per_core:,.0f} img/s per core, {source}).",
+              f"{plural(math.ceil(result['loader_cores_needed']), 'CPU core')}{node} ({per_core:,.0f} img/s per core, {source}).",
               file=sys.stderr, flush=True)
     return result
 
