@@ -50,7 +50,9 @@ def writer_parser(prog: str, doc: str, out_metavar: str, out_help: str, max_reso
                              "default 0: all of them)")
     parser.add_argument("--val", action="store_true",
                         help="validation split: keep ImageFolder order (see the README for the eval recipe)")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed for --limit and shuffling (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="seed of the writer's random choices: --limit's subset, and the TFRecord shards' shuffle "
+                             "or which images a 'proportion' .beton stores as JPEG (default 0)")
     parser.add_argument("--strict", action="store_true",
                         help="write nothing and exit 1 if any image is bad (they are all listed)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output (kept until done)")
@@ -168,11 +170,19 @@ def stored_bytes(path: str) -> int:
 
 
 def run_cli(prog: str, parser: argparse.ArgumentParser, convert, argv=None,
-            check_output_name: Callable[[str], None] | None = None) -> int:
-    """Parse, check the options, the output's name (`check_output_name`: an OutputError when it contradicts the
-    format), the destination and the source, convert; map failures to one line and an exit code.
+            check_output_name: Callable[[str], None] | None = None,
+            settle_options: Callable[[argparse.Namespace], str | None] | None = None) -> int:
+    """Parse, check the options (`settle_options`: fills in the defaults that depend on others, or says what does
+    not go together), the output's name (`check_output_name`: an OutputError when it contradicts the format), the
+    destination and the source, convert; map failures to one line and an exit code.
     Ctrl-C and SIGTERM remove the partial output and exit 130 / 143."""
     args = parser.parse_args(argv)
+    problem = settle_options(args) if settle_options is not None else None
+    if problem:
+        parser.error(problem)
+    if args.workers > available_cores():  # 99 on 2 cores ran at a tenth of the speed of 2
+        print(f"{prog}: note: --workers {args.workers} is more than the {plural(available_cores(), 'core')} "
+              "available: they share them, which is slower", file=sys.stderr)
     try:
         if within(args.out, args.src):  # a later listing of the source (a run, a conversion) would read it as data
             raise OutputError(f"output {args.out!r} is inside the source folder {args.src!r}: the trainer and the "

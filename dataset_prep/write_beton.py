@@ -185,9 +185,25 @@ def make_writer(path: str, args, sizes: list[tuple[int, int]]):
                                   page_size=page_size_for(sizes), num_workers=args.workers)
 
 
+MODE_OPTIONS = {"compress_probability": ("proportion", 0.5), "smart_threshold": ("smart", 256 * 256 * 3)}
+
+
+def settle_store_options(args) -> str | None:
+    """--write-mode's default (jpg for --val, as ffcv-imagenet's validation store; else proportion), and the
+    defaults of the options of that mode; an option of another mode is refused (it was ignored without a word, as
+    --val overrode a --write-mode given)."""
+    if args.write_mode is None:
+        args.write_mode = "jpg" if args.val else "proportion"
+    for name, (mode, default) in MODE_OPTIONS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+        elif args.write_mode != mode:
+            return (f"--{name.replace('_', '-')} applies to --write-mode {mode}, and this store's mode is "
+                    f"{args.write_mode}{' (the default with --val)' if args.val else ''}")
+    return None
+
+
 def convert(args) -> None:
-    if args.val:
-        args.write_mode = "jpg"
     listing, samples = select_samples(args, PROG)  # a bad source is reported before FFCV's import (seconds)
     import_ffcv_or_fail()  # before the conversion's clock starts, and a clear error if missing
     report = ConversionReport("ffcv-beton", args, listing, samples)
@@ -227,19 +243,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = writer_parser(PROG, __doc__, "OUT.beton", "the store to create",
                            "longest side of stored images, larger ones are shrunk (default 256; 0 keeps full "
                            "resolution)", default_resolution=256)
-    parser.add_argument("--write-mode", choices=WRITE_MODES, default="proportion",
+    parser.add_argument("--write-mode", choices=WRITE_MODES, default=None,
                         help="how images are stored: 'jpg', 'raw' pixels (fast to read, ~6x larger), "
                              "'proportion' (JPEG with probability --compress-probability, else raw), 'smart' "
-                             "(raw unless larger than --smart-threshold bytes); default proportion; --val sets jpg")
-    parser.add_argument("--compress-probability", type=probability, default=0.5, metavar="P",
-                        help="'proportion' mode: fraction stored as JPEG (default 0.5)")
-    parser.add_argument("--smart-threshold", type=positive_int, default=256 * 256 * 3, metavar="BYTES",
-                        help="'smart' mode: raw images above this many bytes are stored as JPEG (default 196608)")
+                             "(raw unless larger than --smart-threshold bytes); default proportion, jpg with --val")
+    parser.add_argument("--compress-probability", type=probability, default=None, metavar="P",
+                        help="'proportion' mode: fraction stored as JPEG (default "
+                             f"{MODE_OPTIONS['compress_probability'][1]})")
+    parser.add_argument("--smart-threshold", type=positive_int, default=None, metavar="BYTES",
+                        help="'smart' mode: raw images above this many bytes are stored as JPEG (default "
+                             f"{MODE_OPTIONS['smart_threshold'][1]})")
     return parser
 
 
 def main(argv=None) -> int:
-    return run_cli(PROG, build_parser(), convert, argv, check_output_name)
+    return run_cli(PROG, build_parser(), convert, argv, check_output_name, settle_store_options)
 
 
 if __name__ == "__main__":

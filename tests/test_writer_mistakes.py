@@ -358,12 +358,14 @@ def test_an_output_under_a_file_is_named_as_such(writer, out, source, tmp_path, 
 def test_a_writers_workers_leave_ctrl_c_to_it():
     """A terminal's Ctrl-C reaches every process of the group: the workers' own KeyboardInterrupt tracebacks were
     printed beside the writer's one line."""
-    import multiprocessing
     import signal
 
-    from dataset_prep.progress import start_worker
-    with multiprocessing.Pool(1, initializer=start_worker, initargs=(os.getpid(),)) as pool:
-        assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN
+    from dataset_prep.progress import ordered_map
+
+    def handlers(_):
+        return signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    # (a multiprocessing.Pool here hung now and then: Pool.terminate's SIGTERM is ignored by such a worker)
+    assert list(ordered_map(handlers, [0, 1], workers=2, chunksize=1)) == [(signal.SIG_IGN, signal.SIG_IGN)] * 2
 
 
 @pytest.mark.parametrize("writer, out", [("write_tfrecord", "store"), ("write_beton", "s.beton")])
@@ -423,3 +425,29 @@ def test_a_stop_after_the_commit_point_is_too_late_to_undo_the_output():
         commit_point()
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.2)  # the handler ran, and raised nothing
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--write-mode", "jpg", "--compress-probability", "0.3"],
+     "--compress-probability applies to --write-mode proportion, and this store's mode is jpg"),
+    (["--val", "--smart-threshold", "1000"],
+     "--smart-threshold applies to --write-mode smart, and this store's mode is jpg (the default with --val)"),
+    (["--smart-threshold", "1000"],
+     "--smart-threshold applies to --write-mode smart, and this store's mode is proportion"),
+])
+def test_an_option_of_another_write_mode_is_refused(options, message, source, tmp_path, capsys):
+    """It was ignored without a word."""
+    code, err = run(write_beton.main, [source, str(tmp_path / "s.beton"), *options], capsys)
+    assert (code, err) == (2, [f"{BETON}: error: {message} (see --help)"])
+    assert entries(tmp_path) == {"clean"}
+
+
+def test_a_write_mode_given_with_val_is_honoured(source, tmp_path, capsys, keep_torch_threads):
+    """--val overrode it with jpg, and the manifest said jpg, without a word."""
+    import json
+    from dataset_prep.stores import beton_manifest_path
+    for options, mode in ((["--val", "--write-mode", "raw"], "raw"), (["--val"], "jpg"), ([], "proportion")):
+        out = str(tmp_path / f"{mode}.beton")
+        code, _ = run(write_beton.main, [source, out, *options], capsys)
+        assert code == 0
+        assert json.loads(Path(beton_manifest_path(out)).read_text())["options"]["write_mode"] == mode
