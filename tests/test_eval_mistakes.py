@@ -233,6 +233,25 @@ def test_an_out_inside_the_data_or_where_nothing_can_be_made_is_refused_before_a
             f"{EVAL} knn: error: --out /proc/x: cannot be created or written (No such file or directory)"])
 
 
+def test_an_out_inside_the_folder_a_store_was_written_from_is_refused(backbone, sets, no_work, tmp_path, capsys):
+    """The store is read, but the report became a class of its source folder's images."""
+    pytest.importorskip("ffcv")
+    from dataset_prep import write_beton
+    source = tmp_path / "source"
+    shutil.copytree(sets["train"], source)
+    store = tmp_path / "train.beton"
+    assert write_beton.main([str(source), str(store), "--write-mode", "raw", "--no-progress", "--workers", "1",
+                             "--max-resolution", "32"]) == 0
+    capsys.readouterr()
+    out = source / "report"
+    argv = eval_command("knn", backbone, "--train", str(store), "--val", sets["val"], "--out", str(out))
+    assert run(evaluation.main, argv, capsys) == (2, [
+        f"{EVAL} knn: error: --out {out} is inside {os.path.realpath(source)}, the folder --train {store} was written "
+        "from: its next listing would read the report and figures as a class of images; choose a folder outside the "
+        "data"])
+    assert sorted(os.listdir(source)) == [f"class_{c}" for c in range(4)]
+
+
 def test_a_device_that_is_not_there(backbone, sets, no_work, capsys):
     argv = eval_command("knn", backbone, "--train", sets["train"], "--val", sets["val"])
     argv[argv.index("cpu")] = "gpu"

@@ -3,6 +3,7 @@ the run folder). Each test runs the entry point as a user would."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -136,6 +137,25 @@ def test_a_run_folder_inside_the_data_is_refused(tiny_imagefolder, tmp_path):
             "images it reads; choose a folder outside the data")
     assert sorted(os.listdir(train)) == [f"class_{c}" for c in range(4)]
     assert not (val / "class_0" / "run").exists()
+
+
+def test_a_run_folder_inside_the_folder_a_store_was_written_from_is_refused(tiny_imagefolder, tmp_path):
+    """The trainer reads the store, but the run's folder became a class of the source folder's images: the
+    evaluation on that folder then said 'different classes: run only in --train'."""
+    pytest.importorskip("ffcv")
+    from dataset_prep import write_beton
+    source = tmp_path / "source"
+    shutil.copytree(tiny_imagefolder / "train", source)
+    store = tmp_path / "train.beton"
+    assert write_beton.main([str(source), str(store), "--write-mode", "raw", "--no-progress", "--workers", "1",
+                             "--max-resolution", "32"]) == 0
+    folder = source / "run"
+    assert config_error([f"--data.train_path={store}", "--train.batch_size=8", "--msf.bank_size=32",
+                         f"--logging.folder={folder}"]) == (
+        f"logging.folder={folder} is inside {os.path.realpath(source)}, the folder data.train_path={store} was "
+        "written from: the run's folder would be listed there as a class of images (by the evaluation, by a new "
+        "store); choose a folder outside the data")
+    assert sorted(os.listdir(source)) == [f"class_{c}" for c in range(4)]
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
