@@ -48,7 +48,13 @@ def ensure_demo_data(root: Path, train_per_class: int, val_per_class: int, seed:
         if all(summary.get(k) == v for k, v in wanted.items()):
             return summary
     check_replaceable(root)  # a user's dataset given as --data is refused before anything is deleted
-    print(f"generating the demo dataset in {root} ...", flush=True)
+    if ours:  # runs on the images replaced cannot be resumed ("other data"): say why the dataset is made again
+        options = {"train_per_class": "--train-per-class", "val_per_class": "--val-per-class", "seed": "--data-seed"}
+        changed = ", ".join(f"{options[key]} {summary.get(key)} -> {value}" for key, value in wanted.items()
+                            if summary.get(key) != value)
+        print(f"replacing the demo dataset in {root} ({changed}) ...", flush=True)
+    else:
+        print(f"generating the demo dataset in {root} ...", flush=True)
     if ours:  # the stores of the images replaced (another folder's .beton files are not the demo's to delete)
         summary_path.unlink()
         for stale in root.glob("*.beton*"):

@@ -234,3 +234,16 @@ def test_a_stop_during_the_report_keeps_the_training_summary(tmp_path, capsys, m
         f"{DEMO}: the report was interrupted; the training is finished (--train.resume=auto makes the report)"]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert "linear_probe" not in summary and summary["trained_knn_top1"] is not None
+
+
+def test_a_demo_dataset_made_again_says_what_changed(tmp_path, capsys):
+    """It said only 'generating', and the runs on the old images then could not resume (other data)."""
+    root = tmp_path / "data"
+    demo.ensure_demo_data(root, 2, 1, 0)
+    assert capsys.readouterr().out == f"generating the demo dataset in {root} ...\n"
+    demo.ensure_demo_data(root, 2, 1, 0)
+    assert capsys.readouterr().out == ""
+    summary = demo.ensure_demo_data(root, 3, 1, 1)
+    assert capsys.readouterr().out == (f"replacing the demo dataset in {root} (--train-per-class 2 -> 3, --data-seed "
+                                       "0 -> 1) ...\n")
+    assert summary["train_per_class"] == 3
