@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         if trainer is None:  # a fresh run left no trace, a resumed one did not write yet
             print(f"{PROG}: {rank}interrupted while the run started; {cfg.logging.folder} is as it was",
                   file=sys.stderr)
+        elif trainer.never_stepped():  # a fresh run: what it wrote is gone
+            print(f"{PROG}: {rank}interrupted before the first step; nothing was kept in {cfg.logging.folder}",
+                  file=sys.stderr)
         else:
             print(f"{PROG}: {rank}interrupted; the last checkpoint is where it was", file=sys.stderr)
         return stop_exit_code(stop)

@@ -126,6 +126,19 @@ def test_ctrl_c_stops_at_the_step_with_a_checkpoint(tiny_imagefolder, tmp_path, 
     assert signal.getsignal(signal.SIGINT) is before  # the trainer's handlers are gone
 
 
+def test_a_second_ctrl_c_before_the_first_step_says_nothing_was_kept(tiny_imagefolder, tmp_path, capsys,
+                                                                     monkeypatch):
+    """It said 'the last checkpoint is where it was' of a fresh run that had none (and kept nothing)."""
+    import train_imagenet
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Trainer, "train", interrupted)
+    assert train_imagenet.main(options(tiny_imagefolder, tmp_path / "run")) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"train_imagenet.py: interrupted before the first step; nothing was kept in {tmp_path / 'run'}")
+
+
 def test_a_stop_after_the_last_step_finishes_the_run(tiny_imagefolder, tmp_path, capsys):
     """A stop at the last step said "continue with --train.resume=auto", which found a finished run with nothing
     to do and no end record; a stop while training.png was drawn left the finished run without it for good."""
