@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision import datasets, transforms
 
 from dataset_prep.images import decode_failure, file_problem
+from dataset_prep.progress import STOP_SIGNALS, stops_deferred
 from dataset_prep.wording import plural
 from pipelines.contract import FirstBatchClock
 from pipelines.recipe import TwoViewRecipe, ViewRecipe
@@ -44,6 +45,15 @@ def leave_stopping_to_the_parent(worker_id: int) -> None:
     gone ends by itself (torch's watchdog)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held across the fork (started_batches)
+
+
+def started_batches(loader: DataLoader):
+    """The loader's iterator, its worker processes forked with Ctrl-C and SIGTERM held: a second Ctrl-C (the one
+    that stops at once) that came during a fork was raised in an at-fork handler of the logging module, printed as
+    "Exception ignored" and lost; the run went on to its end."""
+    with stops_deferred():
+        return iter(loader)
 
 
 class RandomGaussianBlur:
@@ -229,7 +239,7 @@ class TorchvisionTwoViewLoader:
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers,
                             pin_memory=self.pin_memory, prefetch_factor=4 if self.workers else None,
                             worker_init_fn=leave_stopping_to_the_parent)
-        for online, target, labels, skipped, reasons in loader:
+        for online, target, labels, skipped, reasons in started_batches(loader):
             clock.batch_arrived()
             for path, reason in zip(skipped, reasons):
                 if path:
@@ -290,7 +300,7 @@ class TorchvisionImageLoader:
         self.passes += 1
         loader = DataLoader(ReadableSamples(self.dataset, order.tolist(), self.blank), batch_size=self.batch_size,
                             num_workers=self.workers, worker_init_fn=leave_stopping_to_the_parent)
-        for images, labels, indices, skipped, reasons in loader:
+        for images, labels, indices, skipped, reasons in started_batches(loader):
             failed = [row for row, path in enumerate(skipped) if path]
             if failed:
                 for row in failed:

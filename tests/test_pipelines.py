@@ -91,3 +91,33 @@ def test_default_workers_fit_the_machine(tiny_imagefolder, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torch's "suggested max number of worker" warning would fail this
         assert sum(len(labels) for _, labels in loader) == 24
+
+
+FORK_INTERRUPTED = """
+import os, signal, sys
+from pipelines import build_eval_loader, two_view_recipe
+loader = build_eval_loader(sys.argv[1], two_view_recipe("w/s", 32), batch_size=8, workers=1)
+fired = []
+def interrupt():  # as a Ctrl-C that lands while a worker is forked (in the logging module's at-fork handler)
+    if not fired:
+        fired.append(True)
+        os.kill(os.getpid(), signal.SIGINT)
+os.register_at_fork(before=interrupt)
+try:
+    for batch in loader:
+        pass
+except KeyboardInterrupt:
+    sys.exit("stopped")
+print("went on")
+"""
+
+
+def test_a_ctrl_c_while_the_loader_forks_its_workers_is_not_lost(tiny_imagefolder):
+    """Raised inside an at-fork handler, it was printed as 'Exception ignored' and the run went on to its end."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    done = subprocess.run([sys.executable, "-c", FORK_INTERRUPTED, str(tiny_imagefolder / "val")],
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert (done.returncode, done.stdout, done.stderr.strip().splitlines()[-1:]) == (1, "", ["stopped"]), done.stderr
+    assert "Exception ignored" not in done.stderr
