@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: {rank}interrupted before the first step; nothing was kept in {cfg.logging.folder}",
                   file=sys.stderr)
         else:
-            print(f"{PROG}: {rank}interrupted; the last checkpoint is where it was", file=sys.stderr)
+            print(f"{PROG}: {rank}interrupted; --train.resume=auto continues from the last checkpoint written",
+                  file=sys.stderr)
         return stop_exit_code(stop)
     finally:
         shut_down()

@@ -103,6 +103,8 @@ class RunCheckpoints:
     def _link(source: Path, destination: Path) -> None:
         """`destination` becomes a file with `source`'s bytes, atomically: a hard link where the filesystem has
         them (latest.pt is replaced by a new file at each save, so the link keeps these bytes), else a copy."""
+        if destination.exists() and os.path.samefile(source, destination):  # a rename onto its own other name
+            return                                                              # does nothing: the temporary stayed
         with StagedPath(str(destination)) as staged:
             os.remove(staged.temporary)
             try:

@@ -31,7 +31,7 @@ from msf_fast.run_checkpoints import RunCheckpoints, read_training_state
 from msf_fast.run_folder import clear_run, holds_other_run, holds_run, other_run_message
 from msf_fast.run_lock import RunFolderLock
 from msf_fast.stopping import RunStopped, StopRequests, weights_finite
-from msf_fast.runlog import DeferredScalars, JsonlLog, logged_epochs, plot_run
+from msf_fast.runlog import DeferredScalars, JsonlLog, logged_epochs, plot_run, read_jsonl
 from msf_fast.schedule import learning_rate, progressive_resolution, scaled_lr
 from msf_fast.precision import resolve_precision
 from msf_fast.step import bank_dtype, make_sgd, resolve_device, train_step
@@ -363,9 +363,8 @@ class Trainer:
                     if self.step > self.total_steps else "")
             self.say(f"the run in {self.folder} is finished (step {self.step} of {self.total_steps}{past}): nothing "
                      "to do")
-            plot = self.folder / "training.png"
-            if self.is_main and log.exists() and (not plot.exists() or plot.stat().st_mtime < log.stat().st_mtime):
-                self.plot()  # a stop kept it from being drawn or brought up to date
+            if self.is_main and log.exists():
+                self.complete_ending(log)
             return result
         shared = self.device.type == "cpu" and core_load.threads_note(
             self.planned_threads, torch.get_num_threads(), process_cores(), self.busy_cores_of_others,
@@ -410,6 +409,21 @@ class Trainer:
             bar.close()
             self.close_outputs(completed)
         return result
+
+    def complete_ending(self, log: Path) -> None:
+        """What a stop as the run ended left undone, its last checkpoint written: the log's `end` record, and the
+        plot (missing, or older than the log)."""
+        events = [record.get("event") for record in read_jsonl(log) if record.get("event") in ("epoch", "end")]
+        if self.step == self.total_steps and events and events[-1] == "epoch":
+            ending = JsonlLog(log, append=True)
+            try:
+                ending.write(event="end", step=self.step, logged_on_resume=True)
+            finally:
+                ending.close()
+            self.say("its end, which a stop kept from being logged, is logged now")
+        plot = self.folder / "training.png"
+        if not plot.exists() or plot.stat().st_mtime < log.stat().st_mtime:
+            self.plot()
 
     def never_stepped(self) -> bool:
         """A fresh run that stops before its first step leaves nothing that marks the folder as holding a run."""

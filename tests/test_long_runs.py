@@ -157,6 +157,28 @@ def test_a_stop_after_the_last_step_finishes_the_run(tiny_imagefolder, tmp_path,
         assert plot.stat().st_mtime_ns >= log.stat().st_mtime_ns and records(tmp_path)[-1]["event"] == "end"
 
 
+def test_a_stop_after_the_final_checkpoint_leaves_an_ending_the_resume_completes(tiny_imagefolder, tmp_path,
+                                                                                 capsys):
+    """A second Ctrl-C right after the final checkpoint (a stop is held while one is written) left a run at its
+    last step without its `end` record, which a resume called finished and never completed."""
+    train(tiny_imagefolder, tmp_path)
+    log = tmp_path / "log.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    assert json.loads(lines[-1])["event"] == "end"
+    log.write_text("".join(lines[:-1]))  # the state that stop left: checkpoint at step 24, no end record
+    os.utime(tmp_path / "training.png", ns=(log.stat().st_mtime_ns - 10**9,) * 2)
+    capsys.readouterr()
+    again = train(tiny_imagefolder, tmp_path, "--train.resume=auto")
+    out = capsys.readouterr().out
+    assert again.step == STEPS and "is finished (step 24 of 24)" in out
+    assert "its end, which a stop kept from being logged, is logged now" in out
+    assert records(tmp_path)[-1] == {"event": "end", "step": STEPS, "logged_on_resume": True}
+    assert (tmp_path / "training.png").stat().st_mtime_ns >= log.stat().st_mtime_ns
+    train(tiny_imagefolder, tmp_path, "--train.resume=auto")  # once only
+    assert [r["event"] for r in records(tmp_path)].count("end") == 1
+    assert "is logged now" not in capsys.readouterr().out
+
+
 def test_a_stop_does_not_evaluate_the_partial_epoch(tiny_imagefolder, tmp_path, capsys):
     """The k-NN monitor of a partial epoch is a misleading point, and delays the checkpoint past a scheduler's
     grace period (minutes on ImageNet). Its console line says it is partial (it read as a finished epoch)."""

@@ -112,3 +112,14 @@ def test_a_second_ctrl_c_during_a_save_waits_for_the_files(tmp_path, monkeypatch
     assert torch.load(checkpoints.latest)["step"] == 2 and torch.load(checkpoints.previous)["step"] == 1
     assert torch.load(checkpoints.snapshot_path(2))["step"] == 2
     assert sorted(path.name for path in checkpoints.folder.iterdir()) == ["epoch_0002.pt", "latest.pt", "previous.pt"]
+
+
+def test_a_snapshot_already_linked_to_latest_leaves_no_temporary_file(tmp_path):
+    """Resumed from the step-0 checkpoint, the run linked latest.pt to epoch_0000.pt again, the same file: the
+    rename onto it did nothing and left .epoch_0000.pt.partial-PID in the folder."""
+    checkpoints, states = RunCheckpoints(tmp_path, checkpoint_every=1, snapshot_every=1), States()
+    checkpoints.save(0, states, snapshot_epoch=0)
+    resumed = RunCheckpoints(tmp_path, checkpoint_every=1, snapshot_every=1)
+    resumed.saved_step = 0  # resumed from latest.pt at step 0
+    resumed.save(0, states, snapshot_epoch=0)
+    assert sorted(path.name for path in checkpoints.folder.iterdir()) == ["epoch_0000.pt", "latest.pt"]
