@@ -101,6 +101,10 @@ def import_ffcv_or_fail() -> None:
         raise SourceError(str(error)) from None
 
 
+# each write mode's own option: (the mode, its default)
+MODE_OPTIONS = {"compress_probability": ("proportion", 0.5), "smart_threshold": ("smart", 256 * 256 * 3)}
+
+
 def make_writer(path: str, args, sizes: list[tuple[int, int]]):
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
@@ -178,14 +182,11 @@ def make_writer(path: str, args, sizes: list[tuple[int, int]]):
             raise ConversionError(f"an FFCV writer worker failed (exit code {failed[0]}); its error is printed above; "
                                   "nothing written")
 
+    mode_options = {name: getattr(args, name) for name in MODE_OPTIONS if getattr(args, name) is not None}
     image_field = RGBImageField(write_mode=args.write_mode, max_resolution=args.max_resolution or None,
-                                smart_threshold=args.smart_threshold, jpeg_quality=args.jpeg_quality,
-                                compress_probability=args.compress_probability)
+                                jpeg_quality=args.jpeg_quality, **mode_options)
     return MonitoredDatasetWriter(path, {"image": image_field, "label": IntField()},
                                   page_size=page_size_for(sizes), num_workers=args.workers)
-
-
-MODE_OPTIONS = {"compress_probability": ("proportion", 0.5), "smart_threshold": ("smart", 256 * 256 * 3)}
 
 
 def settle_store_options(args) -> str | None:
@@ -196,7 +197,7 @@ def settle_store_options(args) -> str | None:
         args.write_mode = "jpg" if args.val else "proportion"
     for name, (mode, default) in MODE_OPTIONS.items():
         if getattr(args, name) is None:
-            setattr(args, name, default)
+            setattr(args, name, default if args.write_mode == mode else None)  # the manifest records what applies
         elif args.write_mode != mode:
             return (f"--{name.replace('_', '-')} applies to --write-mode {mode}, and this store's mode is "
                     f"{args.write_mode}{' (the default with --val)' if args.val else ''}")

@@ -38,7 +38,17 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
 
 
-def ensure_demo_data(root: Path, train_per_class: int, val_per_class: int, seed: int) -> dict:
+DATA_OPTIONS = {"train_per_class": "--train-per-class", "val_per_class": "--val-per-class", "seed": "--data-seed"}
+
+
+class DemoDataInUse(Exception):
+    """A resumed demo asked for other images than those its run trained on."""
+
+
+def ensure_demo_data(root: Path, train_per_class: int, val_per_class: int, seed: int,
+                     resuming: bool = False) -> dict:
+    """The demo dataset in `root`, generated unless it is there with these settings; made again when they differ,
+    except for a resumed run (DemoDataInUse: replacing them would leave the run nothing to resume on)."""
     from dataset_prep.demo_data import MARKER, check_replaceable, generate_demo_dataset
     summary_path = root / MARKER
     wanted = {"train_per_class": train_per_class, "val_per_class": val_per_class, "seed": seed}
@@ -47,12 +57,17 @@ def ensure_demo_data(root: Path, train_per_class: int, val_per_class: int, seed:
         summary = json.loads(summary_path.read_text())
         if all(summary.get(k) == v for k, v in wanted.items()):
             return summary
+        changed = {DATA_OPTIONS[key]: (summary.get(key), value) for key, value in wanted.items()
+                   if summary.get(key) != value}
+        if resuming:
+            kept = " ".join(f"{option} {before}" for option, (before, _) in changed.items())
+            raise DemoDataInUse(f"--train.resume continues the run on the demo dataset in {root}, made with {kept}: "
+                                f"give {kept}, or start a new demo without --train.resume (its images are made "
+                                "again)")
     check_replaceable(root)  # a user's dataset given as --data is refused before anything is deleted
     if ours:  # runs on the images replaced cannot be resumed ("other data"): say why the dataset is made again
-        options = {"train_per_class": "--train-per-class", "val_per_class": "--val-per-class", "seed": "--data-seed"}
-        changed = ", ".join(f"{options[key]} {summary.get(key)} -> {value}" for key, value in wanted.items()
-                            if summary.get(key) != value)
-        print(f"replacing the demo dataset in {root} ({changed}) ...", flush=True)
+        said = ", ".join(f"{option} {before} -> {after}" for option, (before, after) in changed.items())
+        print(f"replacing the demo dataset in {root} ({said}) ...", flush=True)
     else:
         print(f"generating the demo dataset in {root} ...", flush=True)
     if ours:  # the stores of the images replaced (another folder's .beton files are not the demo's to delete)
@@ -146,9 +161,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from dataset_prep.demo_data import NotDemoData
     try:
-        dataset = ensure_demo_data(data, args.train_per_class, args.val_per_class, args.data_seed)
+        dataset = ensure_demo_data(data, args.train_per_class, args.val_per_class, args.data_seed,
+                                   resuming=not replace)
     except NotDemoData as error:  # a user's dataset given as --data: it would be deleted
         parser.error(f"--data {args.data}: {error}")
+    except DemoDataInUse as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
     fewer_steps = fewer_steps_note(chosen, dataset["train_images"])
     if fewer_steps:
         print(f"note: {fewer_steps}", flush=True)
@@ -258,11 +277,13 @@ class ReportStopped(Exception):
 
 def quietly(command, argv: list[str]) -> int:
     """Run an eval command without its JSON line on stdout (the demo prints its own summary); ReportStopped when
-    it was stopped (it said "failed", exit 1)."""
-    with contextlib.redirect_stdout(io.StringIO()):
+    it was stopped (the demo said "failed", exit 1), whose own "interrupted" line the demo's replaces."""
+    said = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(said):
         code = command(argv)
     if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
         raise ReportStopped(code)
+    sys.stderr.write(said.getvalue())
     return code
 
 

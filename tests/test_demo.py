@@ -229,9 +229,10 @@ def test_a_stop_during_the_report_keeps_the_training_summary(tmp_path, capsys, m
                  "--train.epochs=1", "--train.threads=1", "--data.backend=torch", "--eval.knn_k=5",
                  f"--logging.folder={tmp_path / 'run'}", "--logging.progress=0"]
     assert demo.main(arguments) == 143
-    assert capsys.readouterr().err.strip().splitlines()[-2:] == [
-        "linear: interrupted",
-        f"{DEMO}: the report was interrupted; the training is finished (--train.resume=auto makes the report)"]
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (
+        f"{DEMO}: the report was interrupted; the training is finished (--train.resume=auto makes the report)")
+    assert "linear: interrupted" not in err  # the eval command's own line: one line is the demo's
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert "linear_probe" not in summary and summary["trained_knn_top1"] is not None
 
@@ -247,3 +248,17 @@ def test_a_demo_dataset_made_again_says_what_changed(tmp_path, capsys):
     assert capsys.readouterr().out == (f"replacing the demo dataset in {root} (--train-per-class 2 -> 3, --data-seed "
                                        "0 -> 1) ...\n")
     assert summary["train_per_class"] == 3
+
+
+def test_a_resumed_demo_on_changed_data_options_is_refused_before_the_images_are_replaced(tmp_path, capsys):
+    """The dataset was made again, and then the resume refused the run's 'other data': its images were gone."""
+    root = tmp_path / "data"
+    demo.ensure_demo_data(root, 2, 1, 0)
+    before = sorted(path.name for path in (root / "train" / CLASS_NAMES[0]).iterdir())
+    capsys.readouterr()
+    assert demo.main(["--data", str(root), "--train-per-class", "3", "--val-per-class", "1", "--train.resume=auto",
+                      f"--logging.folder={tmp_path / 'run'}"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"{DEMO}: error: --train.resume continues the run on the demo dataset in {root}, made with --train-per-class "
+        "2: give --train-per-class 2, or start a new demo without --train.resume (its images are made again)"]
+    assert sorted(path.name for path in (root / "train" / CLASS_NAMES[0]).iterdir()) == before

@@ -450,4 +450,8 @@ def test_a_write_mode_given_with_val_is_honoured(source, tmp_path, capsys, keep_
         out = str(tmp_path / f"{mode}.beton")
         code, _ = run(write_beton.main, [source, out, *options], capsys)
         assert code == 0
-        assert json.loads(Path(beton_manifest_path(out)).read_text())["options"]["write_mode"] == mode
+        options = json.loads(Path(beton_manifest_path(out)).read_text())["options"]
+        assert options["write_mode"] == mode
+        # the options of the mode, not the defaults of the others
+        assert options["compress_probability"] == (0.5 if mode == "proportion" else None)
+        assert options["smart_threshold"] is None

@@ -151,13 +151,15 @@ def print_plan(args) -> dict:
     if args.store_resolution is not None and per_core is None:
         per_core, source = per_core_rate(args.store_resolution)
         source += ": README, Converting a dataset"
+    elif args.store_resolution is not None:  # the measured figure would be silently dropped
+        source = f"given, instead of the figure for --store-resolution {args.store_resolution}"
     if loader is not None and args.loader_images_per_s_per_core is not None:
         raise UsageError("give the node's --loader-images-per-s or the rate per core (--loader-images-per-s-per-core), "
                          "not both")
     if args.node_cores is not None:
         if loader is not None:
-            raise UsageError("--node-cores: --loader-images-per-s is already the whole node's ceiling; --node-cores "
-                             "goes with --loader-images-per-s-per-core or --store-resolution")
+            raise UsageError("--loader-images-per-s is the whole node's ceiling, and --node-cores makes one from the "
+                             "rate per core: give one of them")
         if per_core is None:
             raise UsageError("--node-cores needs the loader's rate per core: --loader-images-per-s-per-core or "
                              "--store-resolution")
