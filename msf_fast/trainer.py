@@ -519,7 +519,9 @@ class Trainer:
             stop, save = self.stops.agree(interval_end, self.checkpoints.due_by_time())
             if stop:
                 break
-            if save:
+            # not at an epoch's last step: a crash before its record was written lost that epoch's loss and k-NN
+            # (the epoch-end checkpoint, or the next step's, comes seconds later)
+            if save and self.step % self.steps_per_epoch and self.step < self.total_steps:
                 self.epoch_progress = progress()
                 self.save_point()
         if steps == 0:

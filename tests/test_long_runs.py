@@ -263,6 +263,22 @@ def test_time_based_checkpoints_let_a_crashed_run_continue_mid_epoch(tiny_imagef
     assert_same_state(state_of(continued), reference)
 
 
+def test_no_checkpoint_by_time_is_saved_before_its_epochs_record(tiny_imagefolder, tmp_path, monkeypatch):
+    """Saved by time at an epoch's last step, a checkpoint a crash then left behind resumed past an epoch the log
+    never recorded (at the run's last step: a finished run without its last epoch)."""
+    from msf_fast.run_checkpoints import RunCheckpoints
+    save, ahead_of_the_log = RunCheckpoints.save, []
+
+    def checked(self, step, state, snapshot_epoch=None):
+        logged = {r["epoch"] for r in records(tmp_path) if r["event"] == "epoch"}
+        if step and step % 12 == 0 and step // 12 not in logged:
+            ahead_of_the_log.append(step)
+        return save(self, step, state, snapshot_epoch)
+    monkeypatch.setattr(RunCheckpoints, "save", checked)
+    run = train(tiny_imagefolder, tmp_path, "--logging.checkpoint_every=0", "--logging.checkpoint_minutes=1e-9")
+    assert run.step == STEPS and ahead_of_the_log == []
+
+
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_imagefolder, tmp_path):
     train(tiny_imagefolder, tmp_path, "--train.epochs=1")
     latest = tmp_path / "checkpoints" / "latest.pt"
