@@ -124,6 +124,14 @@ def stops_deferred() -> Iterator[None]:
             signal.raise_signal(signum)
 
 
+def ignore_stops() -> None:
+    """In a worker process: Ctrl-C and SIGTERM are its parent's to act on (a terminal's Ctrl-C and a scheduler's
+    SIGTERM reach the whole process group), and no longer held as stops_deferred held them across the fork."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
 def start_worker(parent: int) -> None:
     """Run first in every worker process.
     - Ctrl-C and SIGTERM are left to the parent, which stops the workers with SIGKILL (their KeyboardInterrupt
@@ -131,9 +139,7 @@ def start_worker(parent: int) -> None:
       held a queue's lock left the parent's pool waiting on it forever).
     - On Linux it dies with its parent (`parent`: its PID, taken before the fork): a converter killed
       with SIGKILL left its workers running on, holding the disk and the cores."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked across the fork (stops_deferred)
+    ignore_stops()
     if sys.platform.startswith("linux"):
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -76,6 +76,12 @@ def images_source(path: str) -> str | None:
     return os.path.realpath(source) if isinstance(source, str) and source else None
 
 
+def written_from(path: str) -> str | None:
+    """The folder a store was written from, resolved (None for an ImageFolder, or a store without a manifest): a
+    folder made inside it would be listed as a class of images, though the store is what is read."""
+    return None if path_kind(path) == IMAGE_FOLDER else images_source(path)
+
+
 def same_images(first: str, second: str) -> str | None:
     """How `first` and `second` hold the same images, in words for a message (None when, as far as the paths and
     the stores' manifests tell, they do not): one path, a store and the folder it was written from, or two stores

@@ -21,8 +21,8 @@ from fastargs.validation import Checker
 from dataset_prep.argument_parser import OneLineParser
 from dataset_prep.image_folder import classes_without_images, without_images_message
 from dataset_prep.staging import nearest_existing
-from dataset_prep.stores import (BETON, IMAGE_FOLDER, TFRECORD, beton_problem, describe_path, images_source,
-                                 path_kind, read_manifest, tfrecord_problem, within)
+from dataset_prep.stores import (BETON, TFRECORD, beton_problem, describe_path, path_kind, read_manifest,
+                                 tfrecord_problem, within, written_from)
 from dataset_prep.wording import plural, with_article
 from msf_fast.architectures import RESNETS
 from msf_fast.checkpoint_files import not_a_checkpoint_file
@@ -442,8 +442,8 @@ def validate_data(cfg) -> None:
                 raise ConfigError(f"logging.folder={cfg.logging.folder} is inside {name}={path}: the run would write "
                                   "its checkpoints and log among the images it reads; choose a folder outside the "
                                   "data")
-            source = images_source(path)  # a store's: the folder it was written from
-            if source and path_kind(path) != IMAGE_FOLDER and within(cfg.logging.folder, source):
+            source = written_from(path)
+            if source and within(cfg.logging.folder, source):
                 raise ConfigError(f"logging.folder={cfg.logging.folder} is inside {source}, the folder {name}={path} "
                                   "was written from: the run's folder would be listed there as a class of images "
                                   "(by the evaluation, by a new store); choose a folder outside the data")

@@ -68,12 +68,12 @@ def ensure_demo_data(root: Path, train_per_class: int, val_per_class: int, seed:
     if ours:  # runs on the images replaced cannot be resumed ("other data"): say why the dataset is made again
         said = ", ".join(f"{option} {before} -> {after}" for option, (before, after) in changed.items())
         print(f"replacing the demo dataset in {root} ({said}) ...", flush=True)
-    else:
-        print(f"generating the demo dataset in {root} ...", flush=True)
-    if ours:  # the stores of the images replaced (another folder's .beton files are not the demo's to delete)
+        # the stores of the images replaced (another folder's .beton files are not the demo's to delete)
         summary_path.unlink()
         for stale in root.glob("*.beton*"):
             stale.unlink()
+    else:
+        print(f"generating the demo dataset in {root} ...", flush=True)
     summary = generate_demo_dataset(root, train_per_class=train_per_class, val_per_class=val_per_class, seed=seed)
     summary.update(wanted)
     summary_path.write_text(json.dumps(summary, indent=2))  # written last: marks the dataset complete

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
-import signal
 import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision import datasets, transforms
 
 from dataset_prep.images import decode_failure, file_problem
-from dataset_prep.progress import STOP_SIGNALS, stops_deferred
+from dataset_prep.progress import ignore_stops, stops_deferred
 from dataset_prep.wording import plural
 from pipelines.contract import FirstBatchClock
 from pipelines.recipe import TwoViewRecipe, ViewRecipe
@@ -43,9 +42,7 @@ def leave_stopping_to_the_parent(worker_id: int) -> None:
     saving; a terminal's Ctrl-C also reaches the whole group, and each worker, which inherits the trainer's handler,
     printed the trainer's "stopping after this step" line again. The parent stops them; a worker whose parent is
     gone ends by itself (torch's watchdog)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held across the fork (started_batches)
+    ignore_stops()  # held across the fork by started_batches
 
 
 def started_batches(loader: DataLoader):

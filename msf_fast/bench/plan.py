@@ -134,8 +134,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loader-images-per-s-per-core", type=positive_number, default=None,
                         help="the loader's images/s per CPU core (with --node-cores), instead of --loader-images-per-s")
     parser.add_argument("--node-cores", type=positive_int, default=None,
-                        help="the node's CPU cores, with --loader-images-per-s-per-core or --store-resolution: the loader's "
-                             "ceiling")
+                        help="the node's CPU cores, with --loader-images-per-s-per-core or --store-resolution: the "
+                             "loader's ceiling")
     parser.add_argument("--target-hours", type=positive_number, default=2.0,
                         help="report the per-GPU rate this needs")
     parser.add_argument("--store-resolution", type=positive_int, default=None,
@@ -193,9 +193,9 @@ def print_plan(args) -> dict:
         if args.node_cores is not None:
             enough = args.node_cores >= result["loader_cores_needed"]
             node = f"; the node's {args.node_cores:,} {'are enough' if enough else 'are too few'}"
-        print(f"To keep up with the {gpus} ({plan.compute_images_per_s:,.0f} img/s), the loader needs "
-              f"{plural(math.ceil(result['loader_cores_needed']), 'CPU core')}{node} ({per_core:,.0f} img/s per core, {source}).",
-              file=sys.stderr, flush=True)
+        cores = plural(math.ceil(result["loader_cores_needed"]), "CPU core")
+        print(f"To keep up with the {gpus} ({plan.compute_images_per_s:,.0f} img/s), the loader needs {cores}{node} "
+              f"({per_core:,.0f} img/s per core, {source}).", file=sys.stderr, flush=True)
     return result
 
 

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from dataset_prep.progress import bar_disabled, bar_options
 from dataset_prep.staging import StagedPath, nearest_existing
-from dataset_prep.stores import IMAGE_FOLDER, images_source, path_kind, within
+from dataset_prep.stores import within, written_from
 from dataset_prep.wording import plural
 from msf_fast.errors import UserError
 from msf_fast.eval import PROG
@@ -85,8 +85,8 @@ def check_output_folder(args: argparse.Namespace, checkpoint: str | Path) -> Pat
         if data and within(str(folder), data):  # its report and figures would be listed among the images
             raise UserError(f"{option} is inside --{data_option.replace('_', '-')} {data}: the next listing of the "
                             "data would read its report and figures as images; choose a folder outside the data")
-        source = images_source(data) if data and path_kind(data) != IMAGE_FOLDER else None
-        if source and within(str(folder), source):  # a store's: the folder it was written from
+        source = written_from(data) if data else None
+        if source and within(str(folder), source):
             raise UserError(f"{option} is inside {source}, the folder --{data_option.replace('_', '-')} {data} was "
                             "written from: its next listing would read the report and figures as a class of "
                             "images; choose a folder outside the data")
