@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One pass over the GPU paths: the CUDA-marked tests, the step / EMA / bank / batched-augmentation
+# One pass over the GPU paths: the CUDA-marked tests, the step / EMA / bank / batched-augmentation / JPEG-decode
 # benchmarks, the real trainer on synthetic data (augmentation + MSF step together, bench train --synthetic),
 # the time-to-train plan at the step rate and at the end-to-end rate, then a summary table. JSON lines
 # land in --out. First of all it shows the driver's CUDA and the wheels' (torch, DALI), kept in env.jsonl.
@@ -8,7 +8,7 @@
 #
 # Needs only torch and torchvision (pytest for the tests step, the trainer's packages for the train
 # check: each skipped with a note without them), runs from a plain checkout (no install: the repository
-# root goes on PYTHONPATH), about 3-4 minutes on one H100 (not yet measured). `--device cpu --tiny` is
+# root goes on PYTHONPATH), about 2 minutes on one H200 (4 Dec 2026). `--device cpu --tiny` is
 # the dry run: ResNet-18, batch 8, 32 px, a small bank, one timed step. $PYTHON picks the interpreter
 # (default: python). Every check runs even if an earlier one fails; the exit status is 1 when any failed.
 set -euo pipefail
@@ -43,7 +43,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PYTHON="${PYTHON:-python}"
 rm -f "$out"/{status.tsv,env.jsonl,pytest.log,step.jsonl,ema.jsonl,bank.jsonl,bank_bf16.jsonl,plan.jsonl}
-rm -f "$out"/{augment.jsonl,train.jsonl,plan_train.jsonl,summary.txt}
+rm -f "$out"/{augment.jsonl,jpeg.jsonl,train.jsonl,plan_train.jsonl,summary.txt}
 
 # First, before any check: the driver's CUDA and the wheels' (torch, DALI where installed), shown and recorded.
 "$PYTHON" - "$out/env.jsonl" << 'ENV'
@@ -110,12 +110,14 @@ if ((tiny)); then
   ema_args=(--arch resnet18 --repeats 3)
   bank_args=(--batch-size 32 --bank-size 8192 --dim 64 --topk 5 --chunk 1024 --repeats 1)
   augment_args=(--batch-size 8 --resolution 32 --batches 1 --repeats 1)
+  jpeg_args=(--images 4 --batch 2 --repeats 1)
   train_args=(--arch resnet18 --batch-size 8 --resolution 32 --bank-size 64 --steps 2 --warmup 1)
 else
   step_args=(--arch resnet50 --batch-size 256 --resolution 224 --steps "$steps")
   ema_args=(--arch resnet50)
   bank_args=(--batch-size 256 --bank-size 1024000 --dim 512 --topk 5)
   augment_args=(--batch-size 256 --resolution 224)
+  jpeg_args=(--images 256 --batch 64)
   # the paper's bank (1,024,000); the end-of-run checkpoint holds it (about 1 GB in bf16, in a temporary folder)
   train_args=(--arch resnet50 --batch-size 256 --resolution 224 --steps "$train_steps" --warmup 5)
 fi
@@ -141,6 +143,7 @@ run_check "bank float32" "$out/bank.jsonl" 180 "$PYTHON" -m msf_fast.bench bank 
 run_check "bank bfloat16" "$out/bank_bf16.jsonl" 180 \
   "$PYTHON" -m msf_fast.bench bank "${bank_args[@]}" --dtype bfloat16 --device "$device"
 run_check "augment" "$out/augment.jsonl" 120 "$PYTHON" -m msf_fast.bench augment "${augment_args[@]}" --device "$device"
+run_check "jpeg decode" "$out/jpeg.jsonl" 120 "$PYTHON" benchmarks/jpeg_decode_gpu.py "${jpeg_args[@]}" --device "$device"
 
 # 3. the real trainer, fed by synthetic uint8 crops on the device: the FFCV path's augmentation + the MSF step
 trainer_missing=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["trainer_missing"] or "")' \
@@ -250,6 +253,13 @@ def augment_result():
     return text
 
 
+def jpeg_result():
+    v = by_variant("jpeg.jsonl")
+    names = {"nvjpeg": "nvJPEG", "cpu": "libjpeg-turbo on 1 core", "gpu-views": "two views on the GPU"}
+    return " | ".join(f"{names[name]} {v[name]['us_per_image']:,.0f} us/img (host CPU {v[name]['cpu_us_per_image']:,.0f})"
+                      for name in names if name in v)
+
+
 def train_result():
     found = [line for line in lines("train.jsonl") if line.get("bench") == "train"]
     if not found:
@@ -280,7 +290,7 @@ def pytest_result():
 
 results = {"cuda tests": pytest_result, "step": step_result, "ema": ema_result,
            "bank float32": lambda: bank_result("bank.jsonl"), "bank bfloat16": lambda: bank_result("bank_bf16.jsonl"),
-           "augment": augment_result, "train": train_result, "plan": plan_result,
+           "augment": augment_result, "jpeg decode": jpeg_result, "train": train_result, "plan": plan_result,
            "plan (end-to-end)": lambda: plan_result("plan_train.jsonl")}
 env = (lines("env.jsonl") or [{}])[0]
 print(f"gpu_check summary: {env.get('gpu') or 'cpu'}, torch {env.get('torch')}, "

@@ -137,7 +137,8 @@ def declare_schema(config: Config, for_help: bool = False) -> None:
         topk=Param(POSITIVE, "neighbours the query is pulled to (1 = BYOL)", default=5),
         bank_size=Param(POSITIVE, "memory bank entries; a multiple of the global batch", default=1_024_000),
         momentum=Param(NumberIn(0, 1), "target EMA momentum", default=0.99),
-        bank_chunk=Param(POSITIVE, "bank rows scored at once by the top-k search", default=65536),
+        bank_chunk=Param(NON_NEGATIVE, "bank rows scored at once by the top-k search (0: 262,144 on CUDA, "
+                                       "65,536 on the CPU, the faster on each)", default=0),
         bank_dtype=Param(OneOf(["auto", "float32", "bfloat16", "float16"]),
                          "bank storage and search dtype (auto: the AMP dtype on CUDA, float32 on the CPU)",
                          default="auto"),

@@ -19,6 +19,7 @@ from dataset_prep import core_load
 from dataset_prep.progress import bar_disabled, bar_options, stops_deferred
 from dataset_prep.wording import plural
 from msf_fast import checkpoint as ckpt
+from msf_fast.bank import default_chunk_rows
 from msf_fast.config import holds_run_message, resolve_backend, to_dict
 from msf_fast.distributed import data_parallel
 from msf_fast.ema import make_ema
@@ -96,7 +97,7 @@ def build_model(cfg, device: torch.device, bank_storage: torch.dtype = torch.flo
     model = MSF(arch=cfg.model.arch, bank_size=cfg.msf.bank_size, topk=cfg.msf.topk,
                 momentum=cfg.msf.momentum, hidden_dim=cfg.model.hidden_dim or None,
                 proj_dim=cfg.model.proj_dim or None, small_input=cfg.model.small_input,
-                bank_chunk_size=cfg.msf.bank_chunk, bank_dtype=bank_storage)
+                bank_chunk_size=cfg.msf.bank_chunk or default_chunk_rows(device), bank_dtype=bank_storage)
     return model.to(device, memory_format=layout)
 
 

@@ -116,3 +116,18 @@ def test_workers_default_to_the_cores_available(tmp_path):
     assert load_config(base(tmp_path) + ["--data.workers=3"]).data.workers == 3
     with pytest.raises(ConfigError, match="data.workers='many': expected 'auto' or an integer >= 0"):
         load_config(base(tmp_path) + ["--data.workers=many"])
+
+
+@pytest.mark.parametrize("given, device, rows", [
+    ([], "cpu", 65_536),  # the faster chunk on a CPU (bench bank)
+    ([], "cuda", 262_144),  # on an H200, bf16 and float32 banks alike
+    (["--msf.bank_chunk=4096"], "cpu", 4096),
+])
+def test_the_bank_search_chunk_follows_the_device_unless_given(tmp_path, monkeypatch, given, device, rows):
+    import torch
+
+    import msf_fast.trainer as trainer
+    cfg = load_config(base(tmp_path) + ["--model.arch=resnet18"] + given)
+    # the model is built on the CPU: only the device's type picks the chunk
+    monkeypatch.setattr(trainer.MSF, "to", lambda model, *args, **kwargs: model)
+    assert trainer.build_model(cfg, torch.device(device)).bank.chunk_size == rows

@@ -205,8 +205,8 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)  # a hang guard, not a speed check
     assert done.returncode == 0, done.stderr[-3000:]
     assert "gpu_check summary" in done.stdout
-    for check in ("cuda tests", "step", "ema", "bank float32", "bank bfloat16", "augment", "train", "plan",
-                  "plan (end-to-end)"):
+    for check in ("cuda tests", "step", "ema", "bank float32", "bank bfloat16", "augment", "jpeg decode", "train",
+                  "plan", "plan (end-to-end)"):
         assert any(row.startswith(check) for row in done.stdout.splitlines()), check
 
     def json_lines(name):
@@ -224,6 +224,8 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     augment = json_lines("augment.jsonl")
     assert augment[-1]["view"] == "both" and augment[-1]["images_per_s"] > 0
     assert {line["op"] for line in augment[:-1]} >= {"base", "flip", "hue", "blur"}
+    [jpeg] = json_lines("jpeg.jsonl")  # on the CPU only libjpeg-turbo's row
+    assert jpeg["variant"] == "cpu" and jpeg["images"] == 4 and jpeg["us_per_image"] > 0 and jpeg["mean_kb"] > 10
     [train] = json_lines("train.jsonl")
     assert train["backend"] == "synthetic" and train["bound"] in ("loader", "compute")
     assert train["images_per_s"] > 0 and train["step_images_per_s"] > 0 and train["loader_images_per_s"] > 0

@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import time
 
-from dataset_prep.argument_parser import positive_int
+from dataset_prep.argument_parser import non_negative_int, positive_int
 from msf_fast.bench.timing import add_device_argument, peak_rss_mb, synchronize
 from msf_fast.errors import UsageError
 
@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bank-size", type=positive_int, default=1_024_000, help="bank entries (default 1,024,000)")
     parser.add_argument("--dim", type=positive_int, default=512, help="embedding width (default 512)")
     parser.add_argument("--topk", type=positive_int, default=5, help="neighbours (default 5)")
-    parser.add_argument("--chunk", type=positive_int, default=65536, help="bank rows scored at once (default 65536)")
+    parser.add_argument("--chunk", type=non_negative_int, default=0,
+                        help="bank rows scored at once (default 0: the trainer's, 262,144 on CUDA, 65,536 on the CPU)")
     parser.add_argument("--repeats", type=positive_int, default=3,
                         help="timed calls per variant, median reported (default 3)")
     add_device_argument(parser)
@@ -42,11 +43,12 @@ def measure_variant(args) -> dict:
     """One variant in this process: its median time and its peak extra memory."""
     import torch
     from msf_fast.devices import device_option
-    from msf_fast.bank import MemoryBank
+    from msf_fast.bank import MemoryBank, default_chunk_rows
     device = device_option(args.device)
     dtype = getattr(torch, args.dtype)
+    chunk = args.chunk or default_chunk_rows(device)
     torch.manual_seed(0)
-    bank = MemoryBank(args.bank_size, args.dim, chunk_size=args.chunk, dtype=dtype).to(device)
+    bank = MemoryBank(args.bank_size, args.dim, chunk_size=chunk, dtype=dtype).to(device)
     targets = torch.nn.functional.normalize(torch.randn(args.batch_size, args.dim, device=device), dim=1)
     queries = torch.nn.functional.normalize(torch.randn(args.batch_size, args.dim, device=device), dim=1)
 
@@ -76,7 +78,7 @@ def measure_variant(args) -> dict:
     extra = ((torch.cuda.max_memory_allocated() - base) / 2**20 if device.type == "cuda"
              else peak_rss_mb() - base)
     return {"bench": "bank", "variant": args.variant, "device": str(device), "batch": args.batch_size,
-            "bank": args.bank_size, "dim": args.dim, "topk": args.topk, "chunk": args.chunk, "dtype": args.dtype,
+            "bank": args.bank_size, "dim": args.dim, "topk": args.topk, "chunk": chunk, "dtype": args.dtype,
             "ms": round(1000 * statistics.median(times), 2), "peak_extra_mb": round(extra, 1), "loss": value}
 
 
