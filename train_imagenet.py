@@ -46,6 +46,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: {rank}interrupted; --train.resume=auto continues from the last checkpoint written",
                   file=sys.stderr)
         return stop_exit_code(stop)
+    except RuntimeError as error:  # torch.OutOfMemoryError is one
+        from msf_fast.errors import training_out_of_memory
+        shortage = training_out_of_memory(error, cfg)
+        if shortage is None:
+            raise
+        if trainer is None or trainer.never_stepped():
+            kept = f"nothing was kept in {cfg.logging.folder}"
+        else:
+            kept = "the last checkpoint written is kept (--train.resume=auto continues it with the same settings)"
+        print(f"{PROG}: {rank}error: {shortage}; {kept}", file=sys.stderr)
+        return 1
     finally:
         shut_down()
     if trainer.is_main:

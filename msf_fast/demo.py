@@ -195,6 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     except RunStopped as stop:
         print(f"{PROG}: {stop}", file=sys.stderr)
         return stop.exit_code
+    except RuntimeError as error:  # torch.OutOfMemoryError is one; any other is a bug and keeps its traceback
+        from msf_fast.errors import training_out_of_memory
+        shortage = training_out_of_memory(error, cfg)
+        if shortage is None:
+            raise
+        print(f"{PROG}: error: {shortage}", file=sys.stderr)
+        return 1
     stopped = trainer.stops.signal  # during the last step: the training finished, the report is left for later
     written = trainer.folder / "summary.json"
     finished_summary = json.loads(written.read_text()) if already_finished and written.exists() else None

@@ -40,6 +40,14 @@ def test_bank_benchmark_prints_json(capsys):
     assert lines[2]["same_loss"] is True and lines[0]["peak_extra_mb"] >= 0
 
 
+def test_a_bank_too_large_for_memory_is_one_line_naming_the_sizes(capsys):
+    """The variant's process failed in the CPU allocator; its whole traceback was the error's text."""
+    assert bench.main(["bank", f"--bank-size={10**12}", "--repeats=1", "--device=cpu"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "python -m msf_fast.bench bank: error: out of memory on the CPU: 1,907,348.6 GiB asked at once, at "
+        "--batch-size 256 and --bank-size 1000000000000: lower either")
+
+
 def test_step_benchmark_times_both_variants(capsys):
     bench.main(["step", "--arch=resnet18", "--batch-size=8", "--resolution=32", "--bank-size=64",
                 "--steps=1", "--repeats=1", "--reference", "--device=cpu"])

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dataset_prep.demo_data import CLASS_NAMES, generate_demo_dataset
@@ -262,3 +263,19 @@ def test_a_resumed_demo_on_changed_data_options_is_refused_before_the_images_are
         f"{DEMO}: error: --train.resume continues the run on the demo dataset in {root}, made with --train-per-class "
         "2: give --train-per-class 2, or start a new demo without --train.resume (its images are made again)"]
     assert sorted(path.name for path in (root / "train" / CLASS_NAMES[0]).iterdir()) == before
+
+
+def test_out_of_memory_in_the_demo_is_one_line(tmp_path, capsys, monkeypatch):
+    """--train.batch_size large enough to exhaust memory ended in torch's traceback of the step."""
+    from msf_fast.trainer import Trainer
+
+    def short_of_memory(self, *batch):
+        torch.empty(2**50, dtype=torch.uint8)  # the CPU allocator's own failure
+    monkeypatch.setattr(Trainer, "_train_step", short_of_memory)
+    arguments = ["--data", str(tmp_path / "data"), "--train-per-class", "32", "--val-per-class", "4",
+                 "--train.epochs=1", "--train.threads=1", "--data.backend=torch", "--train.batch_size=64",
+                 f"--logging.folder={tmp_path / 'run'}", "--logging.progress=0"]
+    assert demo.main(arguments) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"{DEMO}: error: out of memory on the CPU: 1,048,576.0 GiB asked at once, at train.batch_size=64 per process "
+        "and data.resolution=32: lower either in a new run")

@@ -94,6 +94,23 @@ def test_knn_command_reports_json(tiny_imagefolder, tmp_path, capsys):
     assert capsys.readouterr().err.strip().count("\n") == 0
 
 
+def test_an_allocation_too_large_is_one_line_naming_the_batch_and_resolution(tiny_imagefolder, tmp_path, capsys,
+                                                                             monkeypatch):
+    """--resolution 100000 printed the CPU allocator's own message ("[enforce fail at alloc_cpu.cpp:127] ...")."""
+    from msf_fast.eval import knn_command
+
+    def features_of_a_huge_batch(args):
+        torch.empty(2**50, dtype=torch.uint8)  # a real allocator failure: 1 PiB is past any address space
+    monkeypatch.setattr(knn_command, "run_knn", features_of_a_huge_batch)
+    torch.save(export.backbone_state_dict(MSF("resnet18", bank_size=32, topk=5)), tmp_path / "backbone.pth")
+    assert evaluation.main(["knn", "--ckpt", str(tmp_path / "backbone.pth"), "--train", str(tiny_imagefolder / "train"),
+                            "--val", str(tiny_imagefolder / "val"), "--resolution", "100000", "--batch-size", "32",
+                            "--device", "cpu"]) == 1
+    assert capsys.readouterr().err.strip() == ("python -m msf_fast.eval knn: error: out of memory on the CPU: "
+                                               "1,048,576.0 GiB asked at once, at --batch-size 32 and --resolution "
+                                               "100000: lower either")
+
+
 def test_eval_defaults_to_the_resolution_the_checkpoint_trained_at(tiny_imagefolder, tmp_path, capsys):
     """The demo's 32-px checkpoint was evaluated at 224 unless told: images 7x the size it learned on, and another
     number than its training's k-NN monitor."""

@@ -402,3 +402,40 @@ def test_a_resume_on_other_data_is_refused(tiny_imagefolder, tmp_path):
                              f"--data.train_path={tiny_imagefolder / 'val'}"]))
     assert "it was trained on an ImageFolder of 96 images in 4 classes, this run reads an ImageFolder of 24 " \
            "images in 4 classes (other data)" in str(refused.value)
+
+
+GPU_SHORTAGE = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.15 GiB of which "
+                "1.00 GiB is free. Including non-PyTorch memory, this process has 78.14 GiB memory in use.")
+
+
+@pytest.mark.parametrize("failing_step, kept", [
+    (0, "nothing was kept in {run}"),
+    (14, "the last checkpoint written is kept (--train.resume=auto continues it with the same settings)"),
+])
+def test_out_of_memory_is_one_line_naming_the_batch_and_the_resolution(tiny_imagefolder, tmp_path, capsys,
+                                                                         monkeypatch, failing_step, kept):
+    """A batch too large for the GPU, the commonest first mistake, ended in torch's traceback of the step."""
+    import train_imagenet
+    train_step = Trainer._train_step
+
+    def short_of_memory(self, *batch):
+        if self.step == failing_step:
+            raise torch.OutOfMemoryError(GPU_SHORTAGE)
+        return train_step(self, *batch)
+    monkeypatch.setattr(Trainer, "_train_step", short_of_memory)
+    run = tmp_path / "run"
+    assert train_imagenet.main(options(tiny_imagefolder, run)) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "train_imagenet.py: error: out of memory on the GPU: 2.00 GiB asked, 1.00 GiB free of 79.15 GiB, at "
+        f"train.batch_size=8 per process and data.resolution=32: lower either in a new run; {kept.format(run=run)}")
+    assert (run / "checkpoints" / "latest.pt").exists() == (failing_step > 0)
+
+
+def test_other_runtime_errors_keep_their_traceback(tiny_imagefolder, tmp_path, monkeypatch):
+    import train_imagenet
+
+    def broken(self):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(Trainer, "train", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        train_imagenet.main(options(tiny_imagefolder, tmp_path / "run"))

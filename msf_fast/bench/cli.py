@@ -24,7 +24,7 @@ import sys
 
 from dataset_prep.argument_parser import DefaultsHelpFormatter as HelpFormatter
 from dataset_prep.argument_parser import OneLineParser
-from msf_fast.errors import UsageError, UserError
+from msf_fast.errors import UsageError, UserError, out_of_memory_line
 
 PROG = "python -m msf_fast.bench"  # every message of these commands starts with it, as their usage line does
 # name: (function in msf_fast.bench.NAME, summary). A command's module (torch, numba, ...) is imported only when
@@ -80,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except UsageError as error:  # options that cannot go together, found by the command (other ValueErrors are bugs)
         parser.commands[args.command].error(str(error))
+    except RuntimeError as error:  # torch.OutOfMemoryError is one; any other is a bug and keeps its traceback
+        shortage = out_of_memory_line(error, args)
+        if shortage is None:
+            raise
+        print(f"{PROG} {args.command}: error: {shortage}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -24,7 +24,7 @@ import sys
 
 from dataset_prep.argument_parser import DefaultsHelpFormatter, OneLineParser
 from dataset_prep.staging import sigterm_as_ctrl_c, stop_exit_code
-from msf_fast.errors import UserError, disk_full
+from msf_fast.errors import UserError, disk_full, out_of_memory_line
 from msf_fast.eval import PROG
 from msf_fast.eval.arguments import (add_figure_commands, add_knn_command, add_probe_commands, option_conflict,
                                      path_problem)
@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint = args.ckpt[0] if isinstance(args.ckpt, list) else args.ckpt
             print(f"{PROG} {args.command}: error: cannot write into {output_folder(args, checkpoint)}: No space left "
                   "on device; nothing half-written", file=sys.stderr)
+            return 1
+        shortage = out_of_memory_line(error, args)
+        if shortage:
+            print(f"{PROG} {args.command}: error: {shortage}", file=sys.stderr)
             return 1
         print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
         return 2
