@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One pass over the GPU paths: the CUDA-marked tests, the step / EMA / bank / batched-augmentation / JPEG-decode
-# benchmarks, the real trainer on synthetic data (augmentation + MSF step together, bench train --synthetic),
+# One pass over the GPU paths: the CUDA-marked tests, the step (at 224 px against the original's way, then at the
+# lower resolutions of a progressive-resizing recipe) / EMA / bank / batched-augmentation / JPEG-decode benchmarks, the real trainer on synthetic data (augmentation + MSF step together, bench train --synthetic),
 # the time-to-train plan at the step rate and at the end-to-end rate, then a summary table. JSON lines
 # land in --out. First of all it shows the driver's CUDA and the wheels' (torch, DALI), kept in env.jsonl.
 #
@@ -43,7 +43,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PYTHON="${PYTHON:-python}"
 rm -f "$out"/{status.tsv,env.jsonl,pytest.log,step.jsonl,ema.jsonl,bank.jsonl,bank_bf16.jsonl,plan.jsonl}
-rm -f "$out"/{augment.jsonl,jpeg.jsonl,train.jsonl,plan_train.jsonl,summary.txt}
+rm -f "$out"/{augment.jsonl,jpeg.jsonl,train.jsonl,plan_train.jsonl,summary.txt} "$out"/step_*px.jsonl
 
 # First, before any check: the driver's CUDA and the wheels' (torch, DALI where installed), shown and recorded.
 "$PYTHON" - "$out/env.jsonl" << 'ENV'
@@ -107,6 +107,7 @@ run_check() {  # name, stdout file, time limit (s), command...: stdout is shown 
 
 if ((tiny)); then
   step_args=(--arch resnet18 --batch-size 8 --resolution 32 --bank-size 64 --steps 1 --repeats 1)
+  lower_resolutions=(24)
   ema_args=(--arch resnet18 --repeats 3)
   bank_args=(--batch-size 32 --bank-size 8192 --dim 64 --topk 5 --chunk 1024 --repeats 1)
   augment_args=(--batch-size 8 --resolution 32 --batches 1 --repeats 1)
@@ -114,6 +115,7 @@ if ((tiny)); then
   train_args=(--arch resnet18 --batch-size 8 --resolution 32 --bank-size 64 --steps 2 --warmup 1)
 else
   step_args=(--arch resnet50 --batch-size 256 --resolution 224 --steps "$steps")
+  lower_resolutions=(160 192)  # what a progressive-resizing recipe trains at before 224 (FFCV's ResNet-50 recipes)
   ema_args=(--arch resnet50)
   bank_args=(--batch-size 256 --bank-size 1024000 --dim 512 --topk 5)
   augment_args=(--batch-size 256 --resolution 224)
@@ -138,6 +140,10 @@ fi
 # 2. benchmarks
 run_check "step" "$out/step.jsonl" 300 \
   "$PYTHON" -m msf_fast.bench step "${step_args[@]}" --reference --device "$device"
+for resolution in "${lower_resolutions[@]}"; do  # the last --resolution given wins
+  run_check "step ${resolution} px" "$out/step_${resolution}px.jsonl" 120 \
+    "$PYTHON" -m msf_fast.bench step "${step_args[@]}" --resolution "$resolution" --device "$device"
+done
 run_check "ema" "$out/ema.jsonl" 120 "$PYTHON" -m msf_fast.bench ema "${ema_args[@]}" --device "$device"
 run_check "bank float32" "$out/bank.jsonl" 180 "$PYTHON" -m msf_fast.bench bank "${bank_args[@]}" --device "$device"
 run_check "bank bfloat16" "$out/bank_bf16.jsonl" 180 \
@@ -221,6 +227,11 @@ def step_result():
     return text + f" | peak {s.get('process_peak_mem_mb', '?')} MB"
 
 
+def lower_step_result(name):
+    ours = by_variant(name).get("msf-fast")
+    return f"msf-fast {ours['images_per_s']:,.0f} img/s ({ours['ms_per_step']} ms/step)" if ours else ""
+
+
 def ema_result():
     v, s = by_variant("ema.jsonl"), summary_line("ema.jsonl")
     text = " | ".join(f"{name} {line['us']:,.0f} us" for name, line in v.items())
@@ -289,6 +300,7 @@ def pytest_result():
 
 
 results = {"cuda tests": pytest_result, "step": step_result, "ema": ema_result,
+           **{f"step {r} px": (lambda r=r: lower_step_result(f"step_{r}px.jsonl")) for r in (24, 160, 192)},
            "bank float32": lambda: bank_result("bank.jsonl"), "bank bfloat16": lambda: bank_result("bank_bf16.jsonl"),
            "augment": augment_result, "jpeg decode": jpeg_result, "train": train_result, "plan": plan_result,
            "plan (end-to-end)": lambda: plan_result("plan_train.jsonl")}

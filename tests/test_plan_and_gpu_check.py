@@ -205,8 +205,8 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)  # a hang guard, not a speed check
     assert done.returncode == 0, done.stderr[-3000:]
     assert "gpu_check summary" in done.stdout
-    for check in ("cuda tests", "step", "ema", "bank float32", "bank bfloat16", "augment", "jpeg decode", "train",
-                  "plan", "plan (end-to-end)"):
+    for check in ("cuda tests", "step", "step 24 px", "ema", "bank float32", "bank bfloat16", "augment", "jpeg decode",
+                  "train", "plan", "plan (end-to-end)"):
         assert any(row.startswith(check) for row in done.stdout.splitlines()), check
 
     def json_lines(name):
@@ -214,6 +214,8 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
 
     step = {line.get("variant"): line for line in json_lines("step.jsonl")}
     assert step["msf-fast"]["images_per_s"] > 0 and step["reference"]["images_per_s"] > 0
+    [lower] = [line for line in json_lines("step_24px.jsonl") if line.get("variant")]
+    assert lower["resolution"] == 24 and lower["variant"] == "msf-fast" and lower["images_per_s"] > 0
     assert {"foreach", "reference"} <= {line.get("variant") for line in json_lines("ema.jsonl")}
     for name, dtype in (("bank.jsonl", "float32"), ("bank_bf16.jsonl", "bfloat16")):
         bank = json_lines(name)
