@@ -11,7 +11,6 @@ the GPU path is what a 512-px store's decode would cost the loader's cores if it
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -26,7 +25,7 @@ from PIL import Image
 from torchvision.io import decode_jpeg
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a file from anywhere
-from dataset_prep.argument_parser import positive_int  # noqa: E402
+from dataset_prep.argument_parser import OneLineParser, positive_int  # noqa: E402
 from dataset_prep.synthetic_photos import photo  # noqa: E402
 
 
@@ -80,12 +79,14 @@ def timed(function, device: str, repeats: int) -> tuple[float, float]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="benchmarks/jpeg_decode_gpu.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=positive_int, default=256, help="photos decoded per pass (default 256)")
     parser.add_argument("--batch", type=positive_int, default=64, help="images per nvJPEG call (default 64)")
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed passes, median reported (default 5)")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here (--device cpu times libjpeg-turbo alone)")
     torch.set_num_threads(1)
     encoded = encoded_photos(args.images)
     kb = sum(len(data) for data in encoded) / len(encoded) / 1024
