@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         shortage = training_out_of_memory(error, cfg)
         if shortage is None:
             raise
-        if trainer is None or trainer.never_stepped():
+        if trainer is None:  # it failed as it was built: a fresh run left no trace, a resumed one wrote nothing
+            kept = f"{cfg.logging.folder} is as it was"
+        elif trainer.never_stepped():
             kept = f"nothing was kept in {cfg.logging.folder}"
         else:
             kept = "the last checkpoint written is kept (--train.resume=auto continues it with the same settings)"

@@ -1,6 +1,7 @@
 """The one exception the commands report as a single line (exit code 2): a mistake in what the user asked for.
 
-Anything else (a torch or CUDA RuntimeError, a bug) keeps its traceback.
+Running out of memory is one line too (`out_of_memory`, exit code 1); anything else (another torch or CUDA
+RuntimeError, a bug) keeps its traceback.
 """
 import errno
 import re

@@ -409,6 +409,7 @@ GPU_SHORTAGE = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a tot
 
 
 @pytest.mark.parametrize("failing_step, kept", [
+    (None, "{run} is as it was"),  # while the trainer is built (the model and the bank moved to the GPU)
     (0, "nothing was kept in {run}"),
     (14, "the last checkpoint written is kept (--train.resume=auto continues it with the same settings)"),
 ])
@@ -423,12 +424,16 @@ def test_out_of_memory_is_one_line_naming_the_batch_and_the_resolution(tiny_imag
             raise torch.OutOfMemoryError(GPU_SHORTAGE)
         return train_step(self, *batch)
     monkeypatch.setattr(Trainer, "_train_step", short_of_memory)
+    if failing_step is None:
+        def building(self):
+            raise torch.OutOfMemoryError(GPU_SHORTAGE)
+        monkeypatch.setattr(Trainer, "create_device", building)
     run = tmp_path / "run"
     assert train_imagenet.main(options(tiny_imagefolder, run)) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "train_imagenet.py: error: out of memory on the GPU: 2.00 GiB asked, 1.00 GiB free of 79.15 GiB, at "
         f"train.batch_size=8 per process and data.resolution=32: lower either in a new run; {kept.format(run=run)}")
-    assert (run / "checkpoints" / "latest.pt").exists() == (failing_step > 0)
+    assert (run / "checkpoints" / "latest.pt").exists() == bool(failing_step)
 
 
 def test_other_runtime_errors_keep_their_traceback(tiny_imagefolder, tmp_path, monkeypatch):
