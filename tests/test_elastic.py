@@ -98,6 +98,7 @@ def test_sigterm_stops_every_rank_at_the_same_step(tiny_imagefolder, tmp_path):
     agent.send_signal(signal.SIGTERM)  # torchrun passes it on to every worker
     _, stderr = agent.communicate(timeout=120)
     assert agent.returncode != 0
+    assert (folder / "checkpoints" / "latest.pt").exists(), stderr[-3000:]
     checkpoint = torch.load(folder / "checkpoints" / "latest.pt", weights_only=False)
     step = checkpoint["step"]
     assert 2 <= step < STEPS
