@@ -33,7 +33,7 @@ while (($#)); do
     *) echo "gpu_check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
-case "$device" in cuda|cpu) ;; *) echo "gpu_check: --device must be cuda or cpu, got '$device'" >&2; exit 2 ;; esac
+case "$device" in cuda|cpu) ;; *) echo "gpu_check: --device must be cuda or cpu, got '$device' (see --help)" >&2; exit 2 ;; esac
 for count in "--steps=$steps" "--train-steps=$train_steps"; do
   [[ ${count#*=} =~ ^[1-9][0-9]*$ ]] || { echo "gpu_check: ${count%%=*} must be an integer >= 1, got '${count#*=}'" >&2; exit 2; }
 done

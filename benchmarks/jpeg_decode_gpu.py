@@ -1,13 +1,13 @@
 """Where the JPEG decode of a 512-px store could run: libjpeg-turbo on one CPU core, or nvJPEG on the GPU.
 
-    python benchmarks/jpeg_decode_gpu.py [--images 256] [--batch 64] [--repeats 5] [--device cuda|cpu]
+    python benchmarks/jpeg_decode_gpu.py [--images 256] [--batch 64] [--repeats 5] [--device auto|cpu|cuda|cuda:N]
 
 The images are the synthetic 500x375 (and 375x500) q90 photos of `bench loader`'s 512-px figures, encoded in
-memory. It prints JSON lines (and a table on stderr): on one CPU core, torchvision's decode (libjpeg-turbo) in microseconds
-per image; on the GPU, torchvision's batched nvJPEG decode in images/s and the host CPU time it costs per image
-(the process's CPU time over the wall time of the batches), then the two 224-px views cropped and resized on the
-GPU (antialiased bilinear, as torchvision's RandomResizedCrop), one image at a time. The host CPU time per image on
-the GPU path is what a 512-px store's decode would cost the loader's cores if it moved to the GPU.
+memory. It prints JSON lines (and a table on stderr), each in microseconds per image: on one CPU core,
+torchvision's decode (libjpeg-turbo); on the GPU, torchvision's batched nvJPEG decode, with the host CPU time it
+costs (all the process's threads), then the two 224-px views cropped and resized on the GPU (antialiased bilinear,
+as torchvision's RandomResizedCrop), one image at a time. The host CPU time per image on the GPU path is what a
+512-px store's decode would cost the loader's cores if it moved to the GPU.
 """
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ from torchvision.io import decode_jpeg
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a file from anywhere
 from dataset_prep.argument_parser import OneLineParser, positive_int  # noqa: E402
 from dataset_prep.synthetic_photos import photo  # noqa: E402
+from msf_fast.bench.timing import add_device_argument  # noqa: E402
+from msf_fast.devices import device_option  # noqa: E402
+from msf_fast.errors import UserError  # noqa: E402
 
 
 def encoded_photos(count: int, seed: int = 0) -> list[torch.Tensor]:
@@ -66,14 +69,14 @@ def two_views(images: list[torch.Tensor], generator: torch.Generator, size: int)
     return torch.cat(views).round_().clamp_(0, 255).to(torch.uint8)
 
 
-def timed(function, device: str, repeats: int) -> tuple[float, float]:
+def timed(function, device: torch.device, repeats: int) -> tuple[float, float]:
     """Median wall seconds of one call, and the process CPU seconds of one call (all its threads)."""
     walls, cpu_start = [], time.process_time()
     for _ in range(repeats):
         start = time.perf_counter()
         function()
-        if device == "cuda":
-            torch.cuda.synchronize()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         walls.append(time.perf_counter() - start)
     return float(np.median(walls)), (time.process_time() - cpu_start) / repeats
 
@@ -83,10 +86,12 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=positive_int, default=256, help="photos decoded per pass (default 256)")
     parser.add_argument("--batch", type=positive_int, default=64, help="images per nvJPEG call (default 64)")
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed passes, median reported (default 5)")
-    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(parser)
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: torch sees no CUDA device here (--device cpu times libjpeg-turbo alone)")
+    try:
+        device = device_option(args.device)
+    except UserError as error:
+        parser.error(str(error))
     torch.set_num_threads(1)
     encoded = encoded_photos(args.images)
     kb = sum(len(data) for data in encoded) / len(encoded) / 1024
@@ -102,26 +107,26 @@ def main(argv=None) -> int:
         for data in encoded:
             decode_jpeg(data)
     cpu_decode()  # warm-up
-    wall, _ = timed(cpu_decode, "cpu", args.repeats)
+    wall, _ = timed(cpu_decode, torch.device("cpu"), args.repeats)
     # one thread decodes, so its CPU time is its wall time (the process's also counts a few ms of other threads)
     record("cpu", "cpu, 1 core (libjpeg-turbo)", (wall, wall), mean_kb=round(kb, 1))
 
-    if args.device == "cuda":
+    if device.type == "cuda":
         batches = [encoded[i:i + args.batch] for i in range(0, len(encoded), args.batch)]
         for batch in batches[:2]:
-            decode_jpeg(batch, device="cuda")  # warm-up: nvJPEG handles and buffers
-        torch.cuda.synchronize()
+            decode_jpeg(batch, device=device)  # warm-up: nvJPEG handles and buffers
+        torch.cuda.synchronize(device)
 
         def gpu_decode():
             for batch in batches:
-                decode_jpeg(batch, device="cuda")
-        record("nvjpeg", f"cuda nvJPEG, batches of {args.batch}", timed(gpu_decode, "cuda", args.repeats),
-               gpu=torch.cuda.get_device_name(0))
-        decoded = [image for batch in batches for image in decode_jpeg(batch, device="cuda")]
+                decode_jpeg(batch, device=device)
+        record("nvjpeg", f"cuda nvJPEG, batches of {args.batch}", timed(gpu_decode, device, args.repeats),
+               gpu=torch.cuda.get_device_name(device))
+        decoded = [image for batch in batches for image in decode_jpeg(batch, device=device)]
         generator = torch.Generator().manual_seed(0)
         two_views(decoded[:8], generator, 224)
         record("gpu-views", "cuda two 224-px views (crop + antialiased resize)",
-               timed(lambda: two_views(decoded, generator, 224), "cuda", args.repeats))
+               timed(lambda: two_views(decoded, generator, 224), device, args.repeats))
     for row in rows:
         print(json.dumps(row))
         print(f"{row['where']:<52} {row['us_per_image']:8.1f} us/image   host CPU {row['cpu_us_per_image']:8.1f} "

@@ -61,9 +61,9 @@ def out_of_memory_line(error: BaseException, args) -> str | None:
 
 def training_out_of_memory(error: BaseException, cfg) -> str | None:
     """out_of_memory's words and the training settings that size its memory, to lower in a new run (a resume keeps
-    the batch and the resolution schedule); None for any other error."""
+    the batch, the resolution schedule and the bank); None for any other error."""
     shortage = out_of_memory(error)
     if shortage is None:
         return None
-    return (f"{shortage}, at train.batch_size={cfg.train.batch_size} per process and data.resolution="
-            f"{cfg.data.resolution}: lower either in a new run")
+    return (f"{shortage}, at train.batch_size={cfg.train.batch_size} per process, data.resolution="
+            f"{cfg.data.resolution} and msf.bank_size={cfg.msf.bank_size:,}: lower one of them in a new run")

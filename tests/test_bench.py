@@ -38,6 +38,13 @@ def test_bank_benchmark_prints_json(capsys):
     lines = json_lines(capsys.readouterr().out)
     assert [line.get("variant") for line in lines[:2]] == ["chunked", "dense"]
     assert lines[2]["same_loss"] is True and lines[0]["peak_extra_mb"] >= 0
+    assert (lines[0]["chunk"], lines[1]["chunk"]) == (1024, None)  # the dense search scores the bank at once
+
+
+def test_the_bank_benchmark_records_the_rows_it_scored_at_once(capsys):
+    """A chunk larger than the bank recorded the chunk asked for, not the rows scored."""
+    bench.main(["bank", "--bank-size=2048", "--batch-size=8", "--dim=16", "--chunk=65536", "--repeats=1"])
+    assert json_lines(capsys.readouterr().out)[0]["chunk"] == 2048
 
 
 def test_a_bank_too_large_for_memory_is_one_line_naming_the_sizes(capsys):
@@ -476,3 +483,15 @@ def test_a_bug_is_not_told_as_a_usage_mistake(monkeypatch):
     monkeypatch.setattr(resize, "bench_resize", broken)
     with pytest.raises(ValueError, match="an internal mistake"):
         bench.main(["resize"])
+
+
+def test_the_step_benchmark_searches_the_bank_as_the_trainer_does(monkeypatch):
+    """bench step built its MSF with model.py's 65,536-row chunk, the trainer's on the CPU but not on CUDA."""
+    from msf_fast import bank
+    from msf_fast.bench import step
+    monkeypatch.setitem(bank.DEFAULT_CHUNK_ROWS, "cpu", 48)  # a chunk only the device's default would give
+    args = Namespace(arch="resnet18", bank_size=64, topk=5)
+    images = torch.zeros(2, 3, 32, 32)
+    run = step.our_step(args, torch.device("cpu"), "off", False, images, images, torch.zeros(2, dtype=torch.long))
+    model = next(cell.cell_contents for cell in run.__closure__ if isinstance(cell.cell_contents, torch.nn.Module))
+    assert model.bank.chunk_size == 48

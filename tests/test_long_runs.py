@@ -432,7 +432,8 @@ def test_out_of_memory_is_one_line_naming_the_batch_and_the_resolution(tiny_imag
     assert train_imagenet.main(options(tiny_imagefolder, run)) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "train_imagenet.py: error: out of memory on the GPU: 2.00 GiB asked, 1.00 GiB free of 79.15 GiB, at "
-        f"train.batch_size=8 per process and data.resolution=32: lower either in a new run; {kept.format(run=run)}")
+        "train.batch_size=8 per process, data.resolution=32 and msf.bank_size=32: lower one of them in a new run; "
+        f"{kept.format(run=run)}")
     assert (run / "checkpoints" / "latest.pt").exists() == bool(failing_step)
 
 

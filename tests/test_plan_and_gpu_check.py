@@ -183,7 +183,7 @@ def test_plan_cli_rejects_bad_inputs_clearly(capsys):
 @pytest.mark.parametrize("arguments, expected", [
     (["--bogus"], "gpu_check: unknown argument '--bogus' (see --help)"),
     (["--device"], "gpu_check: --device needs a value (see --help)"),
-    (["--device", "tpu"], "gpu_check: --device must be cuda or cpu, got 'tpu'"),
+    (["--device", "tpu"], "gpu_check: --device must be cuda or cpu, got 'tpu' (see --help)"),
     (["--steps", "abc"], "gpu_check: --steps must be an integer >= 1, got 'abc'"),
     (["--train-steps", "0"], "gpu_check: --train-steps must be an integer >= 1, got '0'"),
     (["--out", "/proc/gpu_check"], "gpu_check: --out /proc/gpu_check: cannot create or write that folder"),

@@ -78,7 +78,8 @@ def measure_variant(args) -> dict:
     extra = ((torch.cuda.max_memory_allocated() - base) / 2**20 if device.type == "cuda"
              else peak_rss_mb() - base)
     return {"bench": "bank", "variant": args.variant, "device": str(device), "batch": args.batch_size,
-            "bank": args.bank_size, "dim": args.dim, "topk": args.topk, "chunk": chunk, "dtype": args.dtype,
+            "bank": args.bank_size, "dim": args.dim, "topk": args.topk,
+            "chunk": min(chunk, args.bank_size) if args.variant == "chunked" else None, "dtype": args.dtype,
             "ms": round(1000 * statistics.median(times), 2), "peak_extra_mb": round(extra, 1), "loss": value}
 
 

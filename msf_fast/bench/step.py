@@ -60,6 +60,7 @@ def synthetic_batch(args, device: torch.device):
 def our_step(args, device: torch.device, amp: str, channels_last, online_view, target_view, labels):
     """A callable running one of our training steps (amp resolved as the trainer resolves it)."""
     import torch
+    from msf_fast.bank import default_chunk_rows
     from msf_fast.ema import make_ema
     from msf_fast.model import MSF
     from msf_fast.precision import resolve_precision
@@ -69,7 +70,7 @@ def our_step(args, device: torch.device, amp: str, channels_last, online_view, t
     precision = resolve_precision(amp, device)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model = MSF(arch=args.arch, bank_size=args.bank_size, topk=args.topk,  # the trainer's choices throughout
-                bank_dtype=bank_dtype("auto", device, precision))
+                bank_chunk_size=default_chunk_rows(device), bank_dtype=bank_dtype("auto", device, precision))
     model = model.to(device, memory_format=layout)
     ema = make_ema(model.online, model.target, device)  # CUDA-graph replay on CUDA
     optimizer = make_sgd(model.trainable_parameters(), 0.05, 0.9, 1e-4, device)
