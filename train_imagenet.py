@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         if shortage is None:
             raise
         if trainer is None:  # it failed as it was built: a fresh run left no trace, a resumed one wrote nothing
-            kept = f"{cfg.logging.folder} is as it was"
+            kept = f"nothing was written in {cfg.logging.folder}"
         elif trainer.never_stepped():
             kept = f"nothing was kept in {cfg.logging.folder}"
         else:

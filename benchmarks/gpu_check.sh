@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # One pass over the GPU paths: the CUDA-marked tests, the step (at 224 px against the original's way, then at the
-# lower resolutions of a progressive-resizing recipe) / EMA / bank / batched-augmentation / JPEG-decode benchmarks, the real trainer on synthetic data (augmentation + MSF step together, bench train --synthetic),
-# the time-to-train plan at the step rate and at the end-to-end rate, then a summary table. JSON lines
-# land in --out. First of all it shows the driver's CUDA and the wheels' (torch, DALI), kept in env.jsonl.
+# lower resolutions of a progressive-resizing recipe) / EMA / bank / batched-augmentation / JPEG-decode benchmarks,
+# the real trainer on synthetic data (augmentation + MSF step together, bench train --synthetic), the time-to-train
+# plan at the step rate and at the end-to-end rate, then a summary table. JSON lines land in --out. First of all it
+# shows the driver's CUDA and the wheels' (torch, DALI), kept in env.jsonl.
 #
 #   bash benchmarks/gpu_check.sh [--device cuda|cpu] [--tiny] [--out DIR] [--steps N] [--train-steps N]
+#   (defaults: --device cuda, --out runs/gpu_check, --steps 10 timed steps per block of bench step,
+#   --train-steps 40 steps of bench train)
 #
-# Needs only torch and torchvision (pytest for the tests step, the trainer's packages for the train
-# check: each skipped with a note without them), runs from a plain checkout (no install: the repository
-# root goes on PYTHONPATH), about 2 minutes on one H200 (4 Dec 2026). `--device cpu --tiny` is
-# the dry run: ResNet-18, batch 8, 32 px, a small bank, one timed step. $PYTHON picks the interpreter
-# (default: python). Every check runs even if an earlier one fails; the exit status is 1 when any failed.
+# Needs only torch and torchvision (pytest for the tests step, the trainer's packages for the train check: each
+# skipped with a note without them), runs from a plain checkout (no install: the repository root goes on
+# PYTHONPATH); 91 s of checks on one H200, before the 160/192-px steps were added. `--device cpu --tiny` is the dry
+# run: ResNet-18, batch 8, 32 px, a small bank, one timed step. $PYTHON picks the interpreter (default: python).
+# Every check runs even if an earlier one fails; the exit status is 1 when any failed.
 set -euo pipefail
 
 device=cuda
@@ -29,7 +32,7 @@ while (($#)); do
     --out) out="$2"; shift 2 ;;
     --steps) steps="$2"; shift 2 ;;
     --train-steps) train_steps="$2"; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done

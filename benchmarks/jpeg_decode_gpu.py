@@ -135,4 +135,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("benchmarks/jpeg_decode_gpu.py: interrupted", file=sys.stderr)
+        sys.exit(130)

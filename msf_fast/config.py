@@ -138,7 +138,7 @@ def declare_schema(config: Config, for_help: bool = False) -> None:
         bank_size=Param(POSITIVE, "memory bank entries; a multiple of the global batch", default=1_024_000),
         momentum=Param(NumberIn(0, 1), "target EMA momentum", default=0.99),
         bank_chunk=Param(NON_NEGATIVE, "bank rows scored at once by the top-k search (0: 262,144 on CUDA, "
-                                       "65,536 on the CPU, the faster on each)", default=0),
+                                       "near the fastest for 291 MB; 65,536 on the CPU, faster there)", default=0),
         bank_dtype=Param(OneOf(["auto", "float32", "bfloat16", "float16"]),
                          "bank storage and search dtype (auto: the AMP dtype on CUDA, float32 on the CPU)",
                          default="auto"),

@@ -47,12 +47,12 @@ def out_of_memory(error: BaseException) -> str | None:
 
 def out_of_memory_line(error: BaseException, args) -> str | None:
     """out_of_memory's words and the command's options that size its allocations (`--batch-size`, `--resolution`,
-    `--bank-size`, those it has), to lower; None for any other error."""
+    `--bank-size`, `--dim`, those it has), to lower; None for any other error."""
     shortage = out_of_memory(error)
     if shortage is None:
         return None
-    sizes = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in ("batch_size", "resolution", "bank_size")
-             if getattr(args, name, None) is not None]
+    sizes = [f"--{name.replace('_', '-')} {getattr(args, name)}"
+             for name in ("batch_size", "resolution", "bank_size", "dim") if getattr(args, name, None) is not None]
     if not sizes:
         return shortage
     which = {1: "it", 2: "either"}.get(len(sizes), "one of them")
@@ -66,4 +66,4 @@ def training_out_of_memory(error: BaseException, cfg) -> str | None:
     if shortage is None:
         return None
     return (f"{shortage}, at train.batch_size={cfg.train.batch_size} per process, data.resolution="
-            f"{cfg.data.resolution} and msf.bank_size={cfg.msf.bank_size:,}: lower one of them in a new run")
+            f"{cfg.data.resolution} and msf.bank_size={cfg.msf.bank_size}: lower one of them in a new run")

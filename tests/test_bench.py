@@ -52,7 +52,7 @@ def test_a_bank_too_large_for_memory_is_one_line_naming_the_sizes(capsys):
     assert bench.main(["bank", f"--bank-size={10**12}", "--repeats=1", "--device=cpu"]) == 1
     assert capsys.readouterr().err.strip() == (
         "python -m msf_fast.bench bank: error: out of memory on the CPU: 1,907,348.6 GiB asked at once, at "
-        "--batch-size 256 and --bank-size 1000000000000: lower either")
+        "--batch-size 256, --bank-size 1000000000000 and --dim 512: lower one of them")
 
 
 def test_step_benchmark_times_both_variants(capsys):

@@ -278,4 +278,4 @@ def test_out_of_memory_in_the_demo_is_one_line(tmp_path, capsys, monkeypatch):
     assert demo.main(arguments) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"{DEMO}: error: out of memory on the CPU: 1,048,576.0 GiB asked at once, at train.batch_size=64 per process, "
-        "data.resolution=32 and msf.bank_size=1,024: lower one of them in a new run")
+        "data.resolution=32 and msf.bank_size=1024: lower one of them in a new run")

@@ -409,7 +409,7 @@ GPU_SHORTAGE = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a tot
 
 
 @pytest.mark.parametrize("failing_step, kept", [
-    (None, "{run} is as it was"),  # while the trainer is built (the model and the bank moved to the GPU)
+    (None, "nothing was written in {run}"),  # while the trainer is built (the model and the bank moved to the GPU)
     (0, "nothing was kept in {run}"),
     (14, "the last checkpoint written is kept (--train.resume=auto continues it with the same settings)"),
 ])
